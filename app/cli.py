@@ -1,0 +1,151 @@
+"""The ``perceiver-midi`` command line.
+
+Every user mistake (a missing or non-MIDI file, bad options) ends with one line on stderr and a
+non-zero exit code, never a traceback. Set PERCEIVER_MIDI_DEBUG=1 to see tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+
+DEFAULT_MAESTRO = (
+    pathlib.Path(__file__).resolve().parent.parent.parent / "shared/data/maestro-v3.0.0"
+)
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed as one line."""
+
+
+def _cmd_tokenize(args: argparse.Namespace) -> int:
+    from tokenizer import MidiError, encode
+
+    status = 0
+    for path in args.files:
+        try:
+            ids = encode(path, add_sos=args.sos, add_eos=args.eos)
+        except MidiError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            status = 1
+            continue
+        print(json.dumps({"file": path, "ids": ids.tolist()}, separators=(",", ":")))
+    return status
+
+
+def _read_ids_json(path: str) -> list[int]:
+    try:
+        text = pathlib.Path(path).read_text() if path != "-" else sys.stdin.read()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+    text = text.strip()
+    try:
+        obj = json.loads(text.splitlines()[0] if text.startswith("{") else text)
+    except (json.JSONDecodeError, IndexError):
+        raise UserError(f"{path}: not JSON (expected a list of ids or a tokenize line)") from None
+    ids = obj.get("ids") if isinstance(obj, dict) else obj
+    if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
+        raise UserError(f'{path}: expected a JSON list of integer ids or {{"ids": [...]}}')
+    return ids
+
+
+def _cmd_detokenize(args: argparse.Namespace) -> int:
+    from tokenizer import write_midi
+
+    ids = _read_ids_json(args.ids)
+    out = pathlib.Path(args.output)
+    if not out.parent.is_dir():
+        raise UserError(f"{out.parent}: output folder does not exist")
+    try:
+        write_midi(ids, out)
+    except ValueError as exc:
+        raise UserError(f"{args.ids}: {exc}") from None
+    except OSError as exc:
+        raise UserError(f"{out}: cannot write ({exc.strerror})") from None
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_prepare_data(args: argparse.Namespace) -> int:
+    from tokenizer import dataset
+
+    if args.midi_dir:
+        root = pathlib.Path(args.midi_dir)
+        if not root.is_dir():
+            raise UserError(f"{root}: not a folder")
+        sources = dataset.folder_sources(root)
+        if not any(sources.values()):
+            raise UserError(f"{root}: no .mid/.midi files found")
+    else:
+        root = pathlib.Path(args.maestro)
+        if not root.is_dir():
+            raise UserError(f"{root}: MAESTRO folder not found (pass --maestro DIR)")
+        try:
+            sources = dataset.maestro_sources(root)
+        except FileNotFoundError as exc:
+            raise UserError(str(exc)) from None
+    splits = args.split or list(dataset.SPLITS)
+    results = dataset.prepare(sources, args.out, splits, workers=args.workers)
+    for r in results:
+        note = " (already done, skipped)" if r.get("skipped") else ""
+        print(
+            f"{r['split']:>10}: {r['pieces']} pieces, {r['tokens']:,} tokens, "
+            f"{len(r['failures'])} failed{note}"
+        )
+        for f in r["failures"]:
+            print(f"  failed: {f['error']}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="perceiver-midi",
+        description="Piano music continuation with a Perceiver AR (MAESTRO performance tokens).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("tokenize", help="MIDI files -> one JSON line of ids per file")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--json", action="store_true", help="JSON lines output (the default format)")
+    p.add_argument("--sos", action="store_true", help="start each sequence with SOS (id 2)")
+    p.add_argument("--eos", action="store_true", help="end each sequence with EOS (id 1)")
+    p.set_defaults(func=_cmd_tokenize)
+
+    p = sub.add_parser("detokenize", help="ids (JSON) -> MIDI file")
+    p.add_argument("ids", metavar="IDS.json", help="a JSON list of ids, a tokenize line, or -")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.mid")
+    p.set_defaults(func=_cmd_detokenize)
+
+    p = sub.add_parser("prepare-data", help="tokenize MAESTRO (or a MIDI folder) for training")
+    p.add_argument("--maestro", default=str(DEFAULT_MAESTRO), help="MAESTRO v3 folder")
+    p.add_argument("--midi-dir", help="a folder of your own MIDI files instead of MAESTRO")
+    p.add_argument("--out", required=True, help="work folder for the token arrays")
+    p.add_argument("--split", action="append", choices=["train", "validation", "test"])
+    p.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
+    p.set_defaults(func=_cmd_prepare_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug, not a user mistake: one line unless debugging
+        if os.environ.get("PERCEIVER_MIDI_DEBUG"):
+            raise
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""The tokenizer's command line (tokenize, detokenize, prepare-data) and the prepared data."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import midi_factory as mf
+import numpy as np
+import pretty_midi
+import pytest
+
+from app.cli import main
+from tokenizer import encode
+from tokenizer.dataset import load_split
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples/bach_prelude_c.mid"
+
+
+def test_tokenize_and_detokenize_round_trip(tmp_path, capsys):
+    assert main(["tokenize", str(EXAMPLE), "--json"]) == 0
+    line = json.loads(capsys.readouterr().out.strip())
+    assert line["file"] == str(EXAMPLE)
+    assert line["ids"] == encode(EXAMPLE).tolist()
+    ids_file = tmp_path / "ids.json"
+    ids_file.write_text(json.dumps(line))
+    out = tmp_path / "back.mid"
+    assert main(["detokenize", str(ids_file), "-o", str(out)]) == 0
+    assert encode(out).tolist() == line["ids"]
+    assert len(pretty_midi.PrettyMIDI(str(out)).instruments[0].notes) == 256
+
+
+def test_tokenize_sos_eos(capsys):
+    assert main(["tokenize", str(EXAMPLE), "--sos", "--eos"]) == 0
+    ids = json.loads(capsys.readouterr().out)["ids"]
+    assert ids[0] == 2 and ids[-1] == 1
+
+
+@pytest.mark.parametrize(
+    "argv, code, message",
+    [
+        (["tokenize", "/no/such.mid"], 1, "/no/such.mid: no such file"),
+        (["detokenize", "/no/ids.json", "-o", "x.mid"], 2, "/no/ids.json: cannot read"),
+        (["prepare-data", "--maestro", "/no/maestro", "--out", "w"], 2, "MAESTRO folder not found"),
+        (["prepare-data", "--midi-dir", "/no/dir", "--out", "w"], 2, "/no/dir: not a folder"),
+    ],
+)
+def test_errors_are_one_line(argv, code, message, capsys):
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err
+
+
+def test_detokenize_bad_inputs(tmp_path, capsys):
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text("{not json")
+    assert main(["detokenize", str(bad_json), "-o", str(tmp_path / "o.mid")]) == 2
+    assert "not JSON" in capsys.readouterr().err
+    out_of_vocab = tmp_path / "oov.json"
+    out_of_vocab.write_text("[3, 999]")
+    assert main(["detokenize", str(out_of_vocab), "-o", str(tmp_path / "o.mid")]) == 2
+    assert "id 999 is outside the vocabulary" in capsys.readouterr().err
+    assert not (tmp_path / "o.mid").exists()  # nothing half-written
+    good = tmp_path / "good.json"
+    good.write_text("[63, 308, 191]")
+    assert main(["detokenize", str(good), "-o", str(tmp_path / "nodir/o.mid")]) == 2
+    assert "output folder does not exist" in capsys.readouterr().err
+
+
+def test_console_script_exit_code_and_no_traceback(tmp_path):
+    bad = tmp_path / "song.mid"
+    bad.write_text("hello")
+    proc = subprocess.run(
+        [sys.executable, "-m", "app.cli", "tokenize", str(bad)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == f"error: {bad}: not a MIDI file (no MThd header)"
+
+
+def _write_folder(folder: pathlib.Path, n: int) -> None:
+    folder.mkdir()
+    for k in range(n):
+        notes = [mf.on(100 * i, 60 + (i + k) % 12) for i in range(10)]
+        notes += [mf.off(100 * i + 90, 60 + (i + k) % 12) for i in range(10)]
+        (folder / f"piece{k:02d}.mid").write_bytes(mf.midi_bytes([[mf.tempo(0, 120)], notes]))
+    (folder / "broken.mid").write_bytes(b"MThd\x00\x00")
+
+
+def test_prepare_data_folder_split_memmap_and_skip(tmp_path, capsys):
+    midi = tmp_path / "midi"
+    _write_folder(midi, 40)
+    out = tmp_path / "work"
+    assert main(["prepare-data", "--midi-dir", str(midi), "--out", str(out), "--workers", "2"]) == 0
+    printed = capsys.readouterr()
+    assert "broken.mid: truncated" in printed.err
+    total, names = 0, set()
+    for split in ("train", "validation", "test"):
+        if not (out / split).exists():
+            continue
+        data = load_split(out, split)
+        assert isinstance(data.tokens, np.memmap)
+        for k, piece in enumerate(data.pieces):
+            np.testing.assert_array_equal(data.piece(k), encode(midi / piece["name"]))
+            names.add(piece["name"])
+        total += len(data)
+    assert total == 40 and len(names) == 40
+    # A re-run skips the finished splits.
+    assert main(["prepare-data", "--midi-dir", str(midi), "--out", str(out)]) == 0
+    assert "already done, skipped" in capsys.readouterr().out
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_prepare_data_maestro_test_split(maestro_root, tmp_path, capsys):
+    out = tmp_path / "work"
+    args = ["prepare-data", "--maestro", str(maestro_root), "--out", str(out), "--split", "test"]
+    assert main(args) == 0
+    assert "test: 177 pieces" in capsys.readouterr().out
+    data = load_split(out, "test")
+    assert len(data) == 177 and data.offsets[-1] == data.tokens.size
+    k = 5
+    np.testing.assert_array_equal(data.piece(k), encode(maestro_root / data.pieces[k]["name"]))
+    assert data.pieces[k]["canonical_composer"]

@@ -1,0 +1,52 @@
+"""MAESTRO performance tokenizer: MIDI <-> token ids identical to note-seq's (+3 reserved ids).
+
+    from tokenizer import encode, decode
+    ids = encode("piece.mid")      # numpy int32 array
+    pm = decode(ids)               # pretty_midi.PrettyMIDI
+
+No JAX here.
+"""
+
+from tokenizer import constants
+from tokenizer.decode import (
+    Note,
+    atomic_write_bytes,
+    decode,
+    decode_notes,
+    decode_to_note_sequence,
+    midi_bytes,
+    write_midi,
+)
+from tokenizer.encode import apply_sustain, encode, ids_from_table
+from tokenizer.midi import MidiError, NoteTable, read_midi
+from tokenizer.windows import (
+    cut_last_seconds,
+    cut_last_tokens,
+    cut_range,
+    music_seconds,
+    shift_tokens,
+    token_steps,
+)
+
+__all__ = [
+    "MidiError",
+    "Note",
+    "NoteTable",
+    "apply_sustain",
+    "atomic_write_bytes",
+    "constants",
+    "cut_last_seconds",
+    "cut_last_tokens",
+    "cut_range",
+    "decode",
+    "decode_notes",
+    "decode_to_note_sequence",
+    "encode",
+    "ids_from_table",
+    "midi_bytes",
+    "music_seconds",
+    "read_midi",
+    "shift_tokens",
+    "token_steps",
+    "write_midi",
+]

@@ -1,0 +1,151 @@
+"""Token ids -> notes -> PrettyMIDI / MIDI file / NoteSequence.
+
+Decoding follows note-seq's ``Performance.to_sequence``: TIME_SHIFT advances the clock, VELOCITY
+sets the velocity of later NOTE_ONs (100 before any VELOCITY, as note-seq), NOTE_OFF closes the
+oldest open note of its pitch (FIFO), a NOTE_OFF with nothing open is ignored, zero-length notes
+are dropped, notes still open at the end are closed there, reserved ids (PAD/EOS/SOS) are skipped.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import pathlib
+import tempfile
+
+import numpy as np
+
+from tokenizer import constants as C
+
+DEFAULT_VELOCITY = 100  # note-seq's to_sequence default
+# A MIDI clock of exactly 1000 ticks per second (120 bpm, 500 ticks per beat): every 10 ms step
+# lands on a whole tick, so written files re-encode to the same ids.
+MIDI_RESOLUTION = 500
+MIDI_TEMPO_BPM = 120.0
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Note:
+    pitch: int
+    velocity: int
+    start: float  # seconds
+    end: float  # seconds
+
+
+def _check_ids(ids) -> np.ndarray:
+    arr = np.asarray(ids)
+    if arr.ndim != 1:
+        raise ValueError(f"ids must be one-dimensional, got shape {arr.shape}")
+    if arr.size > C.MAX_IDS_IN:
+        raise ValueError(f"{arr.size:,} ids is over the {C.MAX_IDS_IN:,} limit")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"ids must be integers, got {arr.dtype}")
+    arr = arr.astype(np.int64)
+    if arr.size and (arr.min() < 0 or arr.max() >= C.VOCAB_SIZE):
+        bad = arr[(arr < 0) | (arr >= C.VOCAB_SIZE)][0]
+        raise ValueError(f"id {bad} is outside the vocabulary 0..{C.VOCAB_SIZE - 1}")
+    return arr
+
+
+def velocity_from_bin(vbin: int) -> int:
+    """note-seq's ``velocity_bin_to_velocity``: the lowest velocity of the bin."""
+    return C.MIN_VELOCITY + (vbin - 1) * C.VELOCITY_BIN_SIZE
+
+
+def decode_notes(ids) -> list[Note]:
+    """Token ids -> notes sorted by (start, pitch)."""
+    arr = _check_ids(ids)
+    step = 0
+    velocity = DEFAULT_VELOCITY
+    open_notes: dict[int, collections.deque] = collections.defaultdict(collections.deque)
+    # (start_step, pitch, order of the NOTE_ON, end_step, velocity)
+    notes: list[tuple[int, int, int, int, int]] = []
+    for k, tok in enumerate(arr.tolist()):
+        if tok < C.NOTE_OFF_FIRST_ID:
+            if tok >= C.NOTE_ON_FIRST_ID:
+                open_notes[tok - C.NOTE_ON_FIRST_ID].append((step, k, velocity))
+        elif tok < C.TIME_SHIFT_FIRST_ID:
+            pending = open_notes.get(tok - C.NOTE_OFF_FIRST_ID)
+            if pending:
+                start, order, vel = pending.popleft()
+                if step > start:
+                    notes.append((start, tok - C.NOTE_OFF_FIRST_ID, order, step, vel))
+        elif tok < C.VELOCITY_FIRST_ID:
+            step += tok - C.TIME_SHIFT_FIRST_ID + 1
+        else:
+            velocity = velocity_from_bin(tok - C.VELOCITY_FIRST_ID + 1)
+    for pitch, pending in open_notes.items():
+        for start, order, vel in pending:
+            if step > start:
+                notes.append((start, pitch, order, step, vel))
+    # Ties keep the NOTE_ON order, so that ids -> MIDI -> ids is exact wherever MIDI can hold it.
+    notes.sort()
+    sps = float(C.STEPS_PER_SECOND)
+    return [Note(p, v, s / sps, e / sps) for s, p, _, e, v in notes]
+
+
+def notes_to_pretty_midi(notes: list[Note]):
+    import pretty_midi
+
+    pm = pretty_midi.PrettyMIDI(resolution=MIDI_RESOLUTION, initial_tempo=MIDI_TEMPO_BPM)
+    piano = pretty_midi.Instrument(program=C.ACOUSTIC_GRAND_PIANO, name="Piano")
+    piano.notes = [pretty_midi.Note(n.velocity, n.pitch, n.start, n.end) for n in notes]
+    pm.instruments.append(piano)
+    return pm
+
+
+def decode(ids):
+    """Token ids -> ``pretty_midi.PrettyMIDI`` with one acoustic grand piano track."""
+    return notes_to_pretty_midi(decode_notes(ids))
+
+
+def decode_to_note_sequence(ids):
+    """Token ids -> ``note_seq.NoteSequence`` (imports note-seq, which is slow to import)."""
+    from note_seq.protobuf import music_pb2
+
+    ns = music_pb2.NoteSequence()
+    ns.ticks_per_quarter = MIDI_RESOLUTION
+    ns.tempos.add(qpm=MIDI_TEMPO_BPM)
+    for n in decode_notes(ids):
+        ns.notes.add(
+            pitch=n.pitch,
+            velocity=n.velocity,
+            start_time=n.start,
+            end_time=n.end,
+            program=C.ACOUSTIC_GRAND_PIANO,
+        )
+        ns.total_time = max(ns.total_time, n.end)
+    return ns
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
+    path = pathlib.Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def midi_bytes(pm) -> bytes:
+    """Serialize a PrettyMIDI to standard MIDI file bytes."""
+    import io
+
+    buf = io.BytesIO()
+    pm.write(buf)
+    return buf.getvalue()
+
+
+def write_midi(ids_or_pm, path: str | os.PathLike) -> pathlib.Path:
+    """Write token ids (or a PrettyMIDI) to a MIDI file atomically; returns the path."""
+    pm = ids_or_pm if hasattr(ids_or_pm, "instruments") else decode(ids_or_pm)
+    atomic_write_bytes(path, midi_bytes(pm))
+    return pathlib.Path(path)
