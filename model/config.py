@@ -1,0 +1,137 @@
+"""Perceiver AR configuration: one frozen dataclass and named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from model.vocab import VOCAB_SIZE
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Hyper-parameters of a Perceiver AR (and, with ``num_latents == max_len``, a plain decoder).
+
+    Attributes:
+      vocab_size: number of token ids (PAD=0, EOS=1, SOS=2 included).
+      max_len: N, the input context length seen by the cross-attention.
+      num_latents: M, the number of latents (the last M input positions), M <= N.
+      d_model: width of the latent stack.
+      num_heads: heads of the latent self-attention layers.
+      num_layers: L, number of causal self-attention layers over the latents.
+      mlp_ratio: hidden width of every MLP as a multiple of ``d_model``.
+      input_dim: width of the input embedding and of the cross-attention keys/values (the official
+        code's ``input_embed_dim``); ``None`` means ``d_model``. When it differs from ``d_model`` a
+        linear map turns the latents' input embeddings into their initial ``d_model`` state.
+      cross_heads: heads of the cross-attention (``None`` means ``num_heads``).
+      dropout: dropout on attention and MLP outputs at training time.
+      cross_attend_dropout: fraction of the non-latent input positions dropped from the
+        cross-attention keys at training time (the paper's regulariser).
+      rotary_fraction: fraction of each head's channels that carry rotary position encoding.
+      max_wavelength: longest rotary wavelength (must be >= ``max_len``).
+      z_loss: weight of the log(Z)^2 auxiliary loss.
+      activation: MLP non-linearity: ``"sq_relu"`` (official default), ``"gelu"`` or ``"relu"``.
+      attn_query_chunk: if > 0, attention is computed over chunks of this many queries with
+        rematerialisation, which bounds the memory of the score matrix (for very long M).
+      dtype: compute dtype (``"float32"``; ``"bfloat16"`` is sensible on GPU/TPU). Parameters,
+        softmax, losses and sampling are always float32.
+    """
+
+    vocab_size: int = VOCAB_SIZE
+    max_len: int = 4096
+    num_latents: int = 512
+    d_model: int = 256
+    num_heads: int = 4
+    num_layers: int = 4
+    mlp_ratio: int = 4
+    input_dim: int | None = None
+    cross_heads: int | None = None
+    dropout: float = 0.1
+    cross_attend_dropout: float = 0.15
+    rotary_fraction: float = 0.5
+    max_wavelength: float = 10_000.0
+    z_loss: float = 1e-4
+    activation: str = "sq_relu"
+    attn_query_chunk: int = 0
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if not 1 <= self.num_latents <= self.max_len:
+            raise ValueError(f"num_latents must be in [1, max_len], got {self.num_latents}")
+        if self.d_model % self.num_heads:
+            raise ValueError("d_model must be divisible by num_heads")
+        if self.embed_dim % self.num_cross_heads:
+            raise ValueError("input_dim must be divisible by cross_heads")
+        if not 0.0 <= self.rotary_fraction <= 1.0:
+            raise ValueError("rotary_fraction must be in [0, 1]")
+        if self.max_wavelength < self.max_len:
+            raise ValueError("max_wavelength must be >= max_len")
+        if self.activation not in ("sq_relu", "gelu", "relu"):
+            raise ValueError(f"unknown activation {self.activation!r}")
+        if not 0.0 <= self.cross_attend_dropout < 1.0 or not 0.0 <= self.dropout < 1.0:
+            raise ValueError("dropout rates must be in [0, 1)")
+
+    @property
+    def embed_dim(self) -> int:
+        return self.d_model if self.input_dim is None else self.input_dim
+
+    @property
+    def num_cross_heads(self) -> int:
+        return self.num_heads if self.cross_heads is None else self.cross_heads
+
+    @property
+    def is_transformer(self) -> bool:
+        """True when M == N: the same code is then a plain decoder-only Transformer."""
+        return self.num_latents == self.max_len
+
+    def replace(self, **overrides) -> Config:
+        return dataclasses.replace(self, **overrides)
+
+
+PRESETS: dict[str, Config] = {
+    # Unit tests: trains in seconds.
+    "tiny": Config(
+        max_len=64,
+        num_latents=16,
+        d_model=64,
+        num_heads=2,
+        num_layers=2,
+        mlp_ratio=2,
+        dropout=0.0,
+        cross_attend_dropout=0.0,
+        max_wavelength=10_000.0,
+    ),
+    # What we can train and sample on 2 CPU cores (measured, see benchmarks/README.md): a
+    # 4096-token context, 256 latents, 4.0 M parameters, narrow (128-wide) cross-attention
+    # keys/values so a sequence's decoding caches stay at 6 MiB (4 MiB inputs + 2 MiB latents).
+    "cpu": Config(
+        max_len=4096,
+        num_latents=256,
+        d_model=256,
+        num_heads=4,
+        num_layers=4,
+        mlp_ratio=4,
+        input_dim=128,
+        cross_heads=2,
+        dropout=0.1,
+        cross_attend_dropout=0.15,
+    ),
+    # GPU/TPU scale, in the spirit of the paper's MAESTRO models.
+    "paper": Config(
+        max_len=4096,
+        num_latents=1024,
+        d_model=1024,
+        num_heads=16,
+        num_layers=12,
+        mlp_ratio=4,
+        dropout=0.1,
+        cross_attend_dropout=0.15,
+        dtype="bfloat16",
+    ),
+}
+
+
+def get_config(name: str = "tiny", **overrides) -> Config:
+    """Preset ``name`` with ``overrides`` applied, e.g. ``get_config("cpu", max_len=8192)``."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    return dataclasses.replace(PRESETS[name], **overrides)

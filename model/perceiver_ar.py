@@ -1,0 +1,502 @@
+"""Perceiver AR (Hawthorne et al., 2022) in Flax NNX.
+
+Shapes in names: B batch, L input length (<= N), M latents, E input/cross-attention width,
+D latent width, H heads, K channels per head, V vocabulary, C cache capacity.
+
+Architecture (as the paper and the official code):
+  * token embedding (width E) of the L inputs; no learned positions, rotary encodings instead;
+  * the latents are the last M input positions: their initial state is their own input
+    embedding (mapped to width D when E != D);
+  * one causal cross-attention: the latent at input index p attends to the inputs <= p
+    (PAD keys masked), pre-LayerNorm on queries and on keys/values, query residual, then an MLP;
+  * L causal self-attention layers over the latents (pre-LayerNorm);
+  * final LayerNorm and logits (zero-initialised as in the official code).
+Rotary encoding rotates ``rotary_fraction`` of every head's channels by the absolute position of
+the token inside the *unpadded* sequence (``cumsum(non_pad) - 1``), so left padding changes nothing
+and cached keys stay valid while decoding. With ``num_latents == max_len`` this is a plain
+decoder-only Transformer (the cross-attention is then just its first layer).
+
+Inputs are left-padded with PAD so that the latents are always the last M positions.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from model.config import Config
+from model.vocab import PAD_ID
+
+_NEG_INF = -1e30  # finite "minus infinity" for masked scores (a fully masked row stays finite)
+
+
+# ----------------------------------------------------------------------------------------------
+# Functional pieces
+# ----------------------------------------------------------------------------------------------
+
+
+def rotary_dims(head_dim: int, fraction: float) -> int:
+    """Number of rotated channels per head: ``fraction * head_dim`` rounded down to even."""
+    return int(head_dim * fraction) // 2 * 2
+
+
+def apply_rotary(
+    x_BxHxTxK: jax.Array, pos_BxT: jax.Array, rot_dims: int, max_wavelength: float
+) -> jax.Array:
+    """Rotates the first ``rot_dims`` channels of every head by angle ``pos / wavelength``."""
+    if rot_dims == 0:
+        return x_BxHxTxK
+    half = rot_dims // 2
+    inv_freq_R = max_wavelength ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angle_BxTxR = pos_BxT.astype(jnp.float32)[..., None] * inv_freq_R
+    cos_Bx1xTxR = jnp.cos(angle_BxTxR)[:, None].astype(x_BxHxTxK.dtype)
+    sin_Bx1xTxR = jnp.sin(angle_BxTxR)[:, None].astype(x_BxHxTxK.dtype)
+    x1 = x_BxHxTxK[..., :half]
+    x2 = x_BxHxTxK[..., half:rot_dims]
+    rotated = [x1 * cos_Bx1xTxR - x2 * sin_Bx1xTxR, x2 * cos_Bx1xTxR + x1 * sin_Bx1xTxR]
+    return jnp.concatenate([*rotated, x_BxHxTxK[..., rot_dims:]], axis=-1)
+
+
+def dot_product_attention(q_xQxK: jax.Array, k_xTxK: jax.Array, v_xTxK: jax.Array, mask_xQxT):
+    """Softmax attention over the last two axes (any leading axes, e.g. ``[B, H]`` or ``[B*H]``)
+    with a boolean mask broadcastable to the scores (True = may attend); softmax in float32."""
+    scale = q_xQxK.shape[-1] ** -0.5
+    s_xQxT = jnp.einsum("...qk,...tk->...qt", q_xQxK, k_xTxK, preferred_element_type=jnp.float32)
+    s_xQxT = jnp.where(mask_xQxT, s_xQxT * scale, _NEG_INF)
+    p_xQxT = jax.nn.softmax(s_xQxT, axis=-1).astype(v_xTxK.dtype)
+    return jnp.einsum("...qt,...tk->...qk", p_xQxT, v_xTxK)
+
+
+def per_sequence_attention(q_BxHxQxK, k_BxHxTxK, v_BxHxTxK, mask_Bx1xQxT) -> jax.Array:
+    """``dot_product_attention`` one sequence at a time (a ``lax.map`` over the batch).
+
+    Same result; for many queries over a long cache this keeps each score matrix cache-sized,
+    which is ~3x faster on CPU than one batched [B, H, Q, T] computation.
+    """
+
+    def one(args):
+        q, k, v, mask = (x[None] for x in args)
+        return dot_product_attention(q, k, v, mask)[0]
+
+    return jax.lax.map(one, (q_BxHxQxK, k_BxHxTxK, v_BxHxTxK, mask_Bx1xQxT))
+
+
+def causal_attention(
+    q_BxHxQxK: jax.Array,
+    k_BxHxTxK: jax.Array,
+    v_BxHxTxK: jax.Array,
+    q_index_Q: jax.Array,
+    key_ok_BxT: jax.Array,
+    query_chunk: int = 0,
+) -> jax.Array:
+    """Causal attention where query i sits at key index ``q_index_Q[i]``.
+
+    Query i sees key j iff ``j <= q_index[i]`` and (``key_ok[j]`` or ``j == q_index[i]``): a query
+    always sees itself, so PAD queries (short sequences) give finite outputs, never NaN.
+    With ``query_chunk > 0`` queries are processed in rematerialised chunks (bounded memory).
+    """
+    t_T = jnp.arange(k_BxHxTxK.shape[2], dtype=jnp.int32)
+
+    def block(q_blk, qi_blk):
+        causal_QxT = t_T[None, :] <= qi_blk[:, None]
+        self_QxT = t_T[None, :] == qi_blk[:, None]
+        mask_BxQxT = causal_QxT[None] & (key_ok_BxT[:, None, :] | self_QxT[None])
+        return dot_product_attention(q_blk, k_BxHxTxK, v_BxHxTxK, mask_BxQxT[:, None])
+
+    num_q = q_BxHxQxK.shape[2]
+    if query_chunk <= 0 or num_q <= query_chunk:
+        return block(q_BxHxQxK, q_index_Q)
+    n_chunks = -(-num_q // query_chunk)
+    pad = n_chunks * query_chunk - num_q
+    q_pad = jnp.pad(q_BxHxQxK, ((0, 0), (0, 0), (0, pad), (0, 0)))
+    qi_pad = jnp.pad(q_index_Q, (0, pad), constant_values=q_index_Q[-1])
+    b, h, _, kd = q_BxHxQxK.shape
+    q_NxBxHxCxK = q_pad.reshape(b, h, n_chunks, query_chunk, kd).transpose(2, 0, 1, 3, 4)
+    qi_NxC = qi_pad.reshape(n_chunks, query_chunk)
+    out_NxBxHxCxK = jax.lax.map(lambda a: jax.checkpoint(block)(*a), (q_NxBxHxCxK, qi_NxC))
+    out = out_NxBxHxCxK.transpose(1, 2, 0, 3, 4).reshape(b, h, n_chunks * query_chunk, -1)
+    return out[:, :, :num_q]
+
+
+def _activation(name: str, x: jax.Array) -> jax.Array:
+    if name == "sq_relu":
+        return jnp.square(jax.nn.relu(x))
+    if name == "gelu":
+        return jax.nn.gelu(x)
+    return jax.nn.relu(x)
+
+
+def keep_mask(rng: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
+    """Boolean mask, True with probability ``1 - rate`` (rate rounded to a multiple of 1/256).
+
+    One random byte per element (four per 32-bit draw): ~15x cheaper on CPU than
+    ``jax.random.bernoulli``, which matters for dropout over every activation.
+    """
+    size = math.prod(shape)
+    words = jax.random.bits(rng, ((size + 3) // 4,), jnp.uint32)
+    bytes_ = jax.lax.bitcast_convert_type(words, jnp.uint8).reshape(-1)[:size]
+    return bytes_.reshape(shape) >= round(rate * 256)
+
+
+def _dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
+    if rng is None or rate <= 0.0:
+        return x
+    keep_prob = 1.0 - round(rate * 256) / 256
+    return jnp.where(keep_mask(rng, rate, x.shape), x / keep_prob, 0).astype(x.dtype)
+
+
+def _split_heads(x_BxTxF: jax.Array, heads: int) -> jax.Array:
+    b, t, f = x_BxTxF.shape
+    return x_BxTxF.reshape(b, t, heads, f // heads).transpose(0, 2, 1, 3)
+
+
+def _fold_heads(x_BxHxTxK: jax.Array) -> jax.Array:
+    """[B, H, T, K] -> [B*H, T, K]: the decoding caches' layout (no size-1 axes when B == 1, which
+    would make XLA copy the caches at every step)."""
+    b, h, t, k = x_BxHxTxK.shape
+    return x_BxHxTxK.reshape(b * h, t, k)
+
+
+def _merge_heads(x_BxHxTxK: jax.Array) -> jax.Array:
+    b, h, t, k = x_BxHxTxK.shape
+    return x_BxHxTxK.transpose(0, 2, 1, 3).reshape(b, t, h * k)
+
+
+# ----------------------------------------------------------------------------------------------
+# Modules
+# ----------------------------------------------------------------------------------------------
+
+
+class MLP(nnx.Module):
+    def __init__(self, width: int, hidden: int, activation: str, dtype, *, rngs: nnx.Rngs):
+        self.fc1 = nnx.Linear(width, hidden, dtype=dtype, rngs=rngs)
+        self.fc2 = nnx.Linear(hidden, width, dtype=dtype, rngs=rngs)
+        self.activation = activation
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.fc2(_activation(self.activation, self.fc1(x)))
+
+
+class CrossAttendBlock(nnx.Module):
+    """Latents (queries, width D) attend to the inputs (keys/values, width E); residual + MLP."""
+
+    def __init__(self, c: Config, dtype, *, rngs: nnx.Rngs):
+        e, d = c.embed_dim, c.d_model
+        self.heads = c.num_cross_heads
+        self.rot = rotary_dims(e // self.heads, c.rotary_fraction)
+        self.max_wavelength = c.max_wavelength
+        self.dropout = c.dropout
+        self.query_init = nnx.Linear(e, d, dtype=dtype, rngs=rngs) if e != d else None
+        self.q_norm = nnx.LayerNorm(d, dtype=dtype, rngs=rngs)
+        self.kv_norm = nnx.LayerNorm(e, dtype=dtype, rngs=rngs)
+        self.q = nnx.Linear(d, e, use_bias=False, dtype=dtype, rngs=rngs)
+        self.kv = nnx.Linear(e, 2 * e, use_bias=False, dtype=dtype, rngs=rngs)
+        self.out = nnx.Linear(e, d, dtype=dtype, rngs=rngs)
+        self.mlp_norm = nnx.LayerNorm(d, dtype=dtype, rngs=rngs)
+        self.mlp = MLP(d, c.mlp_ratio * d, c.activation, dtype, rngs=rngs)
+
+    def init_latents(self, emb_BxMxE: jax.Array) -> jax.Array:
+        return emb_BxMxE if self.query_init is None else self.query_init(emb_BxMxE)
+
+    def keys_values(self, emb_BxTxE: jax.Array, pos_BxT: jax.Array):
+        kv_BxTx2E = self.kv(self.kv_norm(emb_BxTxE))
+        k_BxTxE, v_BxTxE = jnp.split(kv_BxTx2E, 2, axis=-1)
+        k_BxHxTxK = apply_rotary(
+            _split_heads(k_BxTxE, self.heads), pos_BxT, self.rot, self.max_wavelength
+        )
+        return k_BxHxTxK, _split_heads(v_BxTxE, self.heads)
+
+    def queries(self, z_BxMxD: jax.Array, pos_BxM: jax.Array) -> jax.Array:
+        q_BxHxMxK = _split_heads(self.q(self.q_norm(z_BxMxD)), self.heads)
+        return apply_rotary(q_BxHxMxK, pos_BxM, self.rot, self.max_wavelength)
+
+    def finish(self, z_BxMxD, attn_BxHxMxK, rng=None) -> jax.Array:
+        r1, r2 = jax.random.split(rng) if rng is not None else (None, None)
+        z_BxMxD = z_BxMxD + _dropout(self.out(_merge_heads(attn_BxHxMxK)), self.dropout, r1)
+        return z_BxMxD + _dropout(self.mlp(self.mlp_norm(z_BxMxD)), self.dropout, r2)
+
+
+class SelfAttendBlock(nnx.Module):
+    """Pre-LayerNorm causal self-attention over the latents, then an MLP."""
+
+    def __init__(self, c: Config, dtype, *, rngs: nnx.Rngs):
+        d = c.d_model
+        self.heads = c.num_heads
+        self.rot = rotary_dims(d // self.heads, c.rotary_fraction)
+        self.max_wavelength = c.max_wavelength
+        self.dropout = c.dropout
+        self.norm = nnx.LayerNorm(d, dtype=dtype, rngs=rngs)
+        self.qkv = nnx.Linear(d, 3 * d, use_bias=False, dtype=dtype, rngs=rngs)
+        self.out = nnx.Linear(d, d, dtype=dtype, rngs=rngs)
+        self.mlp_norm = nnx.LayerNorm(d, dtype=dtype, rngs=rngs)
+        self.mlp = MLP(d, c.mlp_ratio * d, c.activation, dtype, rngs=rngs)
+
+    def project(self, z_BxMxD: jax.Array, pos_BxM: jax.Array):
+        q, k, v = jnp.split(self.qkv(self.norm(z_BxMxD)), 3, axis=-1)
+        q_BxHxMxK = apply_rotary(
+            _split_heads(q, self.heads), pos_BxM, self.rot, self.max_wavelength
+        )
+        k_BxHxMxK = apply_rotary(
+            _split_heads(k, self.heads), pos_BxM, self.rot, self.max_wavelength
+        )
+        return q_BxHxMxK, k_BxHxMxK, _split_heads(v, self.heads)
+
+    def finish(self, z_BxMxD, attn_BxHxMxK, rng=None) -> jax.Array:
+        r1, r2 = jax.random.split(rng) if rng is not None else (None, None)
+        z_BxMxD = z_BxMxD + _dropout(self.out(_merge_heads(attn_BxHxMxK)), self.dropout, r1)
+        return z_BxMxD + _dropout(self.mlp(self.mlp_norm(z_BxMxD)), self.dropout, r2)
+
+
+class DecodeCache(NamedTuple):
+    """State of cached decoding (a pytree of arrays, so it can be carried by a lax loop).
+
+    Token *columns* are indices into the caller's token buffer: the (left-padded) prompt window
+    occupies columns ``[0, W)`` and generated tokens follow. Column ``c`` of sequence ``b`` has
+    position ``c - pad[b]``. The cross-attention cache is a ring: column ``c`` lives in slot
+    ``c % C``, so a reset never recomputes the inputs' keys/values. The latent caches hold the
+    latents of columns ``lat_col0 + j`` in slots ``j < lat_len`` for every self-attention layer.
+    """
+
+    cross_k: jax.Array  # [B*Hc, C, Kc]
+    cross_v: jax.Array  # [B*Hc, C, Kc]
+    lat_k: tuple  # L x [B*H, Mc, K]
+    lat_v: tuple  # L x [B*H, Mc, K]
+    pad: jax.Array  # [B] int32: PAD columns at the left of the prompt window
+    cur: jax.Array  # [] int32: newest column in the cross-attention cache
+    lo: jax.Array  # [] int32: first column of the current window
+    lat_len: jax.Array  # [] int32
+    lat_col0: jax.Array  # [] int32
+
+
+class PerceiverAR(nnx.Module):
+    """Perceiver AR; ``PerceiverAR(get_config("tiny"), rngs=nnx.Rngs(0))``."""
+
+    def __init__(self, config: Config, *, rngs: nnx.Rngs):
+        self.config = config
+        dtype = jnp.dtype(config.dtype)
+        self.embed = nnx.Embed(config.vocab_size, config.embed_dim, dtype=dtype, rngs=rngs)
+        self.cross = CrossAttendBlock(config, dtype, rngs=rngs)
+        self.layers = nnx.List(
+            [SelfAttendBlock(config, dtype, rngs=rngs) for _ in range(config.num_layers)]
+        )
+        self.final_norm = nnx.LayerNorm(config.d_model, dtype=dtype, rngs=rngs)
+        self.logits = nnx.Linear(
+            config.d_model,
+            config.vocab_size,
+            kernel_init=nnx.initializers.zeros_init(),
+            dtype=dtype,
+            rngs=rngs,
+        )
+
+    # -- full forward -------------------------------------------------------------------------
+
+    def __call__(
+        self,
+        tokens_BxL: jax.Array,
+        *,
+        num_latents: int | None = None,
+        deterministic: bool = True,
+        rng: jax.Array | None = None,
+        embeddings: jax.Array | None = None,
+    ) -> jax.Array:
+        """Logits ``[B, M, V]`` (float32) predicting the token after each of the last M inputs.
+
+        ``tokens_BxL`` is left-padded with PAD; L may be anything >= 1 (normally N). With
+        ``deterministic=False`` dropout and cross-attend input dropout use ``rng``.
+        ``embeddings`` (``[B, L, E]``) replaces ``embed(tokens)``, e.g. to take gradients with
+        respect to the inputs; ``tokens`` still define PAD and positions.
+        """
+        c = self.config
+        b, n = tokens_BxL.shape
+        m = min(num_latents or c.num_latents, n)
+        if deterministic:
+            rng = None
+        elif rng is None and (c.dropout > 0 or c.cross_attend_dropout > 0):
+            raise ValueError("training mode (deterministic=False) needs an rng")
+        rngs = list(jax.random.split(rng, c.num_layers + 2)) if rng is not None else None
+
+        valid_BxL = tokens_BxL != PAD_ID
+        pos_BxL = jnp.maximum(jnp.cumsum(valid_BxL, axis=1, dtype=jnp.int32) - 1, 0)
+        emb_BxLxE = self.embed(tokens_BxL) if embeddings is None else embeddings
+
+        # Cross-attend input dropout: drop non-latent input positions from the keys.
+        key_ok_BxL = valid_BxL
+        if rngs is not None and c.cross_attend_dropout > 0:
+            keep_BxL = keep_mask(rngs[-1], c.cross_attend_dropout, (b, n))
+            keep_BxL = keep_BxL | (jnp.arange(n) >= n - m)[None]
+            key_ok_BxL = key_ok_BxL & keep_BxL
+
+        q_index_M = jnp.arange(n - m, n, dtype=jnp.int32)
+        lat_pos_BxM = pos_BxL[:, n - m :]
+        z_BxMxD = self.cross.init_latents(emb_BxLxE[:, n - m :])
+        k_BxHxLxK, v_BxHxLxK = self.cross.keys_values(emb_BxLxE, pos_BxL)
+        q_BxHxMxK = self.cross.queries(z_BxMxD, lat_pos_BxM)
+        attn = causal_attention(
+            q_BxHxMxK, k_BxHxLxK, v_BxHxLxK, q_index_M, key_ok_BxL, c.attn_query_chunk
+        )
+        z_BxMxD = self.cross.finish(z_BxMxD, attn, rngs[0] if rngs else None)
+
+        lat_ok_BxM = valid_BxL[:, n - m :]
+        lat_index_M = jnp.arange(m, dtype=jnp.int32)
+        for i, layer in enumerate(self.layers):
+            q_BxHxMxK, k_BxHxMxK, v_BxHxMxK = layer.project(z_BxMxD, lat_pos_BxM)
+            attn = causal_attention(
+                q_BxHxMxK, k_BxHxMxK, v_BxHxMxK, lat_index_M, lat_ok_BxM, c.attn_query_chunk
+            )
+            z_BxMxD = layer.finish(z_BxMxD, attn, rngs[i + 1] if rngs else None)
+        return self.logits(self.final_norm(z_BxMxD)).astype(jnp.float32)
+
+    # -- cached decoding ----------------------------------------------------------------------
+    #
+    # init_cache -> encode_prompt (window columns [0, W-1)) -> refill (column W-1, f latents)
+    # -> decode_step ... -> refill (reset: newest token, f latents over the last W columns) -> ...
+
+    def init_cache(self, batch_size: int, *, num_latents: int, cross_capacity: int) -> DecodeCache:
+        """Empty cache for ``cross_capacity`` (= N) input columns and ``num_latents`` latents."""
+        c = self.config
+        dtype = jnp.dtype(c.dtype)
+        hc, kc = c.num_cross_heads, c.embed_dim // c.num_cross_heads
+        h, k = c.num_heads, c.d_model // c.num_heads
+        cross = jnp.zeros((batch_size * hc, cross_capacity, kc), dtype)
+        lat = tuple(jnp.zeros((batch_size * h, num_latents, k), dtype) for _ in range(c.num_layers))
+        zero = jnp.zeros((), jnp.int32)
+        return DecodeCache(
+            cross, cross, lat, lat, jnp.zeros((batch_size,), jnp.int32), zero - 1, zero, zero, zero
+        )
+
+    def _write_inputs(self, cache: DecodeCache, tokens_BxT: jax.Array) -> DecodeCache:
+        """Cross-attention keys/values of T tokens at columns ``cur+1 .. cur+T`` (no ring wrap)."""
+        t = tokens_BxT.shape[1]
+        col_T = cache.cur + 1 + jnp.arange(t, dtype=jnp.int32)
+        pos_BxT = col_T[None] - cache.pad[:, None]
+        k_BxHxTxK, v_BxHxTxK = self.cross.keys_values(self.embed(tokens_BxT), pos_BxT)
+        at = (0, (cache.cur + 1) % cache.cross_k.shape[1], 0)
+        dt = cache.cross_k.dtype
+        return cache._replace(
+            cross_k=jax.lax.dynamic_update_slice(
+                cache.cross_k, _fold_heads(k_BxHxTxK).astype(dt), at
+            ),
+            cross_v=jax.lax.dynamic_update_slice(
+                cache.cross_v, _fold_heads(v_BxHxTxK).astype(dt), at
+            ),
+            cur=cache.cur + t,
+        )
+
+    def _cross_mask(self, cache: DecodeCache, q_col_Q: jax.Array) -> jax.Array:
+        """[B, 1, Q, C]: query at column q sees window columns in [max(lo, pad), q], and itself."""
+        cap = cache.cross_k.shape[1]
+        slot_C = jnp.arange(cap, dtype=jnp.int32)
+        col_C = cache.cur - (cache.cur - slot_C) % cap  # column held by each ring slot
+        first_B = jnp.maximum(cache.lo, cache.pad)
+        ok_BxC = col_C[None] >= first_B[:, None]
+        mask_BxQxC = (col_C[None, None] <= q_col_Q[None, :, None]) & ok_BxC[:, None]
+        mask_BxQxC = mask_BxQxC | (col_C[None, None] == q_col_Q[None, :, None])
+        return mask_BxQxC[:, None]
+
+    def encode_prompt(self, cache: DecodeCache, tokens_BxT: jax.Array) -> DecodeCache:
+        """Writes a left-padded prompt window's keys/values at columns ``[0, T)``."""
+        pad_B = jnp.sum(tokens_BxT == PAD_ID, axis=1, dtype=jnp.int32)
+        cache = cache._replace(pad=pad_B, cur=jnp.full((), -1, jnp.int32))
+        return self._write_inputs(cache, tokens_BxT)
+
+    def refill(
+        self, cache: DecodeCache, latent_tokens_BxF: jax.Array, *, window: int
+    ) -> tuple[jax.Array, DecodeCache]:
+        """Latent reset fill (paper Appendix E.3; flaxformer ``decoding_latent_reset_fill``).
+
+        ``latent_tokens_BxF`` are the tokens of the last F columns; the last one is new (column
+        ``cur + 1``) and is appended to the input cache. The window becomes the last ``window``
+        columns; F latents are computed from scratch over it, their keys/values replace the
+        latent caches. Returns the logits ``[B, V]`` of the next token and the new cache; the
+        result equals a full forward over the window with F latents.
+        """
+        f = latent_tokens_BxF.shape[1]
+        cache = self._write_inputs(cache, latent_tokens_BxF[:, -1:])
+        cache = cache._replace(lo=cache.cur - window + 1)
+        col_F = cache.cur - f + 1 + jnp.arange(f, dtype=jnp.int32)
+        pos_BxF = col_F[None] - cache.pad[:, None]
+        z_BxFxD = self.cross.init_latents(self.embed(latent_tokens_BxF))
+        q_BxHxFxK = self.cross.queries(z_BxFxD, pos_BxF)
+        b, hc = q_BxHxFxK.shape[:2]
+        cache_shape = (b, hc) + cache.cross_k.shape[1:]
+        attn = per_sequence_attention(
+            q_BxHxFxK,
+            cache.cross_k.reshape(cache_shape),
+            cache.cross_v.reshape(cache_shape),
+            self._cross_mask(cache, col_F),
+        )
+        z_BxFxD = self.cross.finish(z_BxFxD, attn)
+
+        idx_F = jnp.arange(f)
+        causal_FxF = idx_F[None, :] <= idx_F[:, None]
+        lat_ok_BxF = col_F[None] >= cache.pad[:, None]
+        mask_Bx1xFxF = (causal_FxF[None] & (lat_ok_BxF[:, None] | jnp.eye(f, dtype=bool)[None]))[
+            :, None
+        ]
+        lat_k, lat_v = [], []
+        dt = cache.lat_k[0].dtype if cache.lat_k else None
+        for i, layer in enumerate(self.layers):
+            q_BxHxFxK, k_BxHxFxK, v_BxHxFxK = layer.project(z_BxFxD, pos_BxF)
+            attn = dot_product_attention(q_BxHxFxK, k_BxHxFxK, v_BxHxFxK, mask_Bx1xFxF)
+            z_BxFxD = layer.finish(z_BxFxD, attn)
+            k_new, v_new = _fold_heads(k_BxHxFxK).astype(dt), _fold_heads(v_BxHxFxK).astype(dt)
+            lat_k.append(jax.lax.dynamic_update_slice(cache.lat_k[i], k_new, (0, 0, 0)))
+            lat_v.append(jax.lax.dynamic_update_slice(cache.lat_v[i], v_new, (0, 0, 0)))
+        logits_BxV = self.logits(self.final_norm(z_BxFxD[:, -1])).astype(jnp.float32)
+        cache = cache._replace(
+            lat_k=tuple(lat_k),
+            lat_v=tuple(lat_v),
+            lat_len=jnp.asarray(f, jnp.int32),
+            lat_col0=cache.cur - f + 1,
+        )
+        return logits_BxV, cache
+
+    def decode_step(self, cache: DecodeCache, token_B: jax.Array) -> tuple[jax.Array, DecodeCache]:
+        """Appends one token per sequence (as an input and as a new latent); logits ``[B, V]``.
+
+        The caller guarantees room: at most ``C - W`` steps and ``Mc - F`` steps after a refill.
+        """
+        cache = self._write_inputs(cache, token_B[:, None])
+        col_1 = cache.cur[None]
+        pos_Bx1 = col_1[None] - cache.pad[:, None]
+        z_Bx1xD = self.cross.init_latents(self.embed(token_B[:, None]))
+        q_BxHx1xK = self.cross.queries(z_Bx1xD, pos_Bx1)
+        b, hc = q_BxHx1xK.shape[:2]
+        mask_BxHx1xC = jnp.broadcast_to(
+            self._cross_mask(cache, col_1), (b, hc, 1, cache.cross_k.shape[1])
+        )
+        attn = dot_product_attention(
+            _fold_heads(q_BxHx1xK), cache.cross_k, cache.cross_v, _fold_heads(mask_BxHx1xC)
+        )
+        z_Bx1xD = self.cross.finish(z_Bx1xD, attn.reshape(q_BxHx1xK.shape))
+
+        num_slots = cache.lat_k[0].shape[1] if cache.lat_k else 1
+        slot_M = jnp.arange(num_slots, dtype=jnp.int32)
+        lat_ok_BxM = (slot_M[None] <= cache.lat_len) & (
+            cache.lat_col0 + slot_M[None] >= cache.pad[:, None]
+        )
+        h = self.config.num_heads
+        mask_NxM = jnp.broadcast_to(lat_ok_BxM[:, None], (b, h, num_slots)).reshape(b * h, 1, -1)
+        at = (0, cache.lat_len, 0)
+        lat_k, lat_v = [], []
+        for i, layer in enumerate(self.layers):
+            q_BxHx1xK, k_BxHx1xK, v_BxHx1xK = layer.project(z_Bx1xD, pos_Bx1)
+            dt = cache.lat_k[i].dtype
+            lk = jax.lax.dynamic_update_slice(cache.lat_k[i], _fold_heads(k_BxHx1xK).astype(dt), at)
+            lv = jax.lax.dynamic_update_slice(cache.lat_v[i], _fold_heads(v_BxHx1xK).astype(dt), at)
+            attn = dot_product_attention(_fold_heads(q_BxHx1xK), lk, lv, mask_NxM)
+            z_Bx1xD = layer.finish(z_Bx1xD, attn.reshape(q_BxHx1xK.shape))
+            lat_k.append(lk)
+            lat_v.append(lv)
+
+        logits_BxV = self.logits(self.final_norm(z_Bx1xD[:, 0])).astype(jnp.float32)
+        cache = cache._replace(lat_k=tuple(lat_k), lat_v=tuple(lat_v), lat_len=cache.lat_len + 1)
+        return logits_BxV, cache
+
+
+def count_params(model: nnx.Module) -> int:
+    return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

@@ -1,0 +1,478 @@
+"""The one sampler every surface (CLI, batch, web app) calls: compiled, cached, batched.
+
+``sample(model, prompts, max_new_tokens=...)`` returns the new ids of every prompt.
+
+How decoding works (paper Appendix E.3; flaxformer's ``decoding_latent_reset_fill``):
+  * Every prompt gets SOS prepended (unless it already starts with SOS) and is cut to its last
+    ``W = N - R`` tokens, left-padded to W. ``R`` (``refill_headroom``) is the number of tokens
+    decoded one at a time between two latent fills.
+  * The prompt's inputs are encoded once: their cross-attention keys/values go into a ring cache
+    of N slots (keys carry rotary encodings of absolute positions, so they stay valid).
+  * A *fill* appends the newest token to the input cache and computes ``f = num_latents - R``
+    latents (the last f positions) from scratch over the last W inputs, caching their
+    keys/values in every self-attention layer; it yields the logits of the next token.
+  * Each following *step* feeds the newly sampled token: its keys/values are appended to the
+    input ring and, as a new latent, to every latent cache. After R steps the window holds N
+    inputs and the latent caches ``num_latents`` latents; the next token triggers a *reset*: a
+    new fill over the last W inputs (the window slides; no input is re-encoded). Every prediction
+    therefore sees between N - R and N inputs, inside the range seen in training, and equals a
+    full forward over the same window and latents (tested to 1e-4 in float32).
+  * ``use_cache=False`` instead runs a full forward over the last N tokens for every token: the
+    uncached baseline.
+
+The whole loop (fills, steps, sampling, stopping) is one ``jax.jit`` function built from
+``lax.while_loop``/``lax.cond``; it is compiled once per (model, batch bucket, length bucket,
+num_latents, headroom) and reused: batch sizes are padded to powers of two and
+``max_new_tokens`` to a power of two (>= 64); sampling settings are traced values, so changing
+temperature, top-k, top-p, seed, budgets or chunking never recompiles.
+
+Determinism: prompt i of a request draws from ``key(seed + i)`` (or ``key(seeds[i])``) folded with
+the step number, and sees only its own tokens, so the same seeds and settings give the same ids
+whatever the batch composition or chunking: prompt i of a batch run with ``seed=s`` equals a
+single run of that prompt with ``seed=s + i``. (Different batch buckets compile to different
+programs whose float rounding may differ in the last bits; in practice this does not change
+sampled ids.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from model.vocab import (
+    EOS_ID,
+    PAD_ID,
+    SOS_ID,
+    STEPS_PER_SECOND,
+    TIME_SHIFT_FIRST_ID,
+    TIME_SHIFT_LAST_ID,
+)
+
+DEFAULT_REFILL_HEADROOM = 128  # flaxformer's default: refill the latent cache to num_latents - 128
+DEFAULT_CHUNK_WITH_CALLBACK = 64
+_NO_TIME_LIMIT = np.iinfo(np.int32).max // 2
+
+
+class StopSampling(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raise from a callback (or return True) to stop early, keeping what was generated."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StepInfo:
+    """Progress passed to ``callback`` after every compiled chunk (per prompt, request order)."""
+
+    step: int  # decoding steps done (every live sequence gains at most one token per step)
+    max_new_tokens: int
+    num_tokens: np.ndarray  # [P] new tokens kept so far
+    seconds: np.ndarray  # [P] music time so far (sum of TIME_SHIFTs x 10 ms)
+    done: np.ndarray  # [P] bool: stopped (EOS or time budget)
+    tokens: list[np.ndarray]  # [P] the new ids so far
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """Static shape decisions; part of the compilation key."""
+
+    max_len: int  # N (cross-attention cache capacity)
+    window: int  # W = N - R: inputs of a fill
+    num_latents: int  # latent cache capacity
+    fill: int  # latents computed by a fill
+    period: int  # R + 1 tokens per fill
+    batch: int  # padded batch size
+    buffer: int  # W + padded max_new_tokens
+    uncached: bool  # recompute a full forward for every token
+    record_logits: bool
+
+
+class _Settings(NamedTuple):
+    keys: jax.Array  # [B] PRNG keys
+    temperature: jax.Array  # [] f32 (0 = greedy)
+    top_k: jax.Array  # [] i32 (0 = off)
+    top_p: jax.Array  # [] f32 (1 = off)
+    stop_at_eos: jax.Array  # [] bool
+    max_time: jax.Array  # [B] i32 budget in 10 ms steps
+
+
+class _Carry(NamedTuple):
+    tokens: jax.Array  # [B, S] window of the prompt followed by the generated ids
+    cache: Any
+    g: jax.Array  # [] i32 decoding steps done
+    done: jax.Array  # [B] bool
+    n_out: jax.Array  # [B] i32 tokens kept
+    time: jax.Array  # [B] i32 music time in 10 ms steps
+    logits: jax.Array  # [B, G, V] f32 when recording, else [0]
+
+
+def _next_pow2(x: int, minimum: int = 1) -> int:
+    return max(minimum, 1 << max(0, int(x) - 1).bit_length())
+
+
+def _choose_tokens(logits_BxV: jax.Array, g: jax.Array, s: _Settings) -> jax.Array:
+    """Temperature, top-k, top-p, then a categorical draw with key fold_in(key_b, g)."""
+    vocab = logits_BxV.shape[-1]
+    ids_V = jnp.arange(vocab)
+    banned_V = (ids_V == PAD_ID) | (ids_V == SOS_ID) | ((ids_V == EOS_ID) & ~s.stop_at_eos)
+    logits_BxV = jnp.where(banned_V[None], -jnp.inf, logits_BxV.astype(jnp.float32))
+    greedy_B = jnp.argmax(logits_BxV, axis=-1)
+
+    x_BxV = logits_BxV / jnp.maximum(s.temperature, 1e-6)
+    x_BxV = jax.lax.cond(
+        (s.top_k > 0) | (s.top_p < 1.0), functools.partial(_top_k_top_p, s=s), lambda x: x, x_BxV
+    )
+    step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(s.keys, g)
+    sampled_B = jax.vmap(jax.random.categorical)(step_keys, x_BxV)
+    return jnp.where(s.temperature > 0, sampled_B, greedy_B).astype(jnp.int32)
+
+
+def _top_k_top_p(x_BxV: jax.Array, s: _Settings) -> jax.Array:
+    """Masks (to -inf) tokens outside the top-k and outside the top-p nucleus."""
+    vocab = x_BxV.shape[-1]
+    ids_V = jnp.arange(vocab)
+    sorted_BxV = -jnp.sort(-x_BxV, axis=-1)
+    k = jnp.where(s.top_k > 0, jnp.minimum(s.top_k, vocab), vocab)
+    sorted_BxV = jnp.where(ids_V[None] < k, sorted_BxV, -jnp.inf)
+    kth_Bx1 = jax.lax.dynamic_slice_in_dim(sorted_BxV, k - 1, 1, axis=1)
+    x_BxV = jnp.where(x_BxV < kth_Bx1, -jnp.inf, x_BxV)
+    p_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
+    before_BxV = jnp.cumsum(p_BxV, axis=-1) - p_BxV
+    keep_B = jnp.maximum(jnp.sum(before_BxV < s.top_p, axis=-1), 1)
+    thresh_Bx1 = jnp.take_along_axis(sorted_BxV, (keep_B - 1)[:, None], axis=-1)
+    thresh_Bx1 = jnp.where(s.top_p >= 1.0, -jnp.inf, thresh_Bx1)
+    return jnp.where(x_BxV < thresh_Bx1, -jnp.inf, x_BxV)
+
+
+def _advance(c: _Carry, cache, logits_BxV, s: _Settings, plan: _Plan) -> _Carry:
+    tok_B = _choose_tokens(logits_BxV, c.g, s)
+    tokens = jax.lax.dynamic_update_slice(c.tokens, tok_B[:, None], (0, plan.window + c.g))
+    is_eos_B = (tok_B == EOS_ID) & s.stop_at_eos
+    keep_B = ~c.done & ~is_eos_B
+    is_shift_B = (tok_B >= TIME_SHIFT_FIRST_ID) & (tok_B <= TIME_SHIFT_LAST_ID)
+    shift_B = jnp.where(is_shift_B & keep_B, tok_B - TIME_SHIFT_FIRST_ID + 1, 0)
+    time_B = c.time + shift_B
+    logits = c.logits
+    if plan.record_logits:
+        logits = jax.lax.dynamic_update_slice(logits, logits_BxV[:, None], (0, c.g, 0))
+    return _Carry(
+        tokens=tokens,
+        cache=cache,
+        g=c.g + 1,
+        done=c.done | is_eos_B | (time_B >= s.max_time),
+        n_out=c.n_out + keep_B.astype(jnp.int32),
+        time=time_B,
+        logits=logits,
+    )
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _init_carry(graphdef, plan: _Plan, params, tokens_BxS, done_B) -> _Carry:
+    model = nnx.merge(graphdef, params)
+    b, s = tokens_BxS.shape
+    if plan.uncached:
+        cache = jnp.zeros((0,), jnp.float32)
+    else:
+        cache = model.init_cache(b, num_latents=plan.num_latents, cross_capacity=plan.max_len)
+        cache = model.encode_prompt(cache, tokens_BxS[:, : plan.window - 1])
+    if plan.record_logits:
+        logits = jnp.zeros((b, s - plan.window, model.config.vocab_size), jnp.float32)
+    else:
+        logits = jnp.zeros((0,), jnp.float32)
+    zero_b = jnp.zeros((b,), jnp.int32)
+    return _Carry(tokens_BxS, cache, jnp.zeros((), jnp.int32), done_B, zero_b, zero_b, logits)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(3,))
+def _run_chunk(graphdef, plan: _Plan, params, carry: _Carry, g_end, s: _Settings) -> _Carry:
+    """Decodes until step ``g_end``, or until every sequence is done."""
+    model = nnx.merge(graphdef, params)
+
+    def live(c: _Carry):
+        return (c.g < g_end) & ~jnp.all(c.done)
+
+    def full_forward(c: _Carry) -> _Carry:  # uncached baseline: recompute everything
+        window_BxN = jax.lax.dynamic_slice_in_dim(c.tokens, c.g, plan.window, axis=1)
+        logits_BxV = model(window_BxN, num_latents=plan.num_latents)[:, -1]
+        return _advance(c, c.cache, logits_BxV, s, plan)
+
+    def refill(c: _Carry) -> _Carry:
+        start = plan.window - plan.fill + c.g
+        latent_tokens_BxF = jax.lax.dynamic_slice_in_dim(c.tokens, start, plan.fill, axis=1)
+        logits_BxV, cache = model.refill(c.cache, latent_tokens_BxF, window=plan.window)
+        return _advance(c, cache, logits_BxV, s, plan)
+
+    def step(c: _Carry) -> _Carry:
+        last_B = jax.lax.dynamic_index_in_dim(
+            c.tokens, plan.window - 1 + c.g, axis=1, keepdims=False
+        )
+        logits_BxV, cache = model.decode_step(c.cache, last_B)
+        return _advance(c, cache, logits_BxV, s, plan)
+
+    if plan.uncached:
+        return jax.lax.while_loop(live, full_forward, carry)
+
+    def segment(c: _Carry) -> _Carry:
+        c = jax.lax.cond(c.g % plan.period == 0, refill, lambda c: c, c)
+        if plan.period > 1:
+            c = jax.lax.while_loop(lambda c: live(c) & (c.g % plan.period != 0), step, c)
+        return c
+
+    return jax.lax.while_loop(live, segment, carry)
+
+
+def _as_prompt_list(prompts) -> list[np.ndarray]:
+    if isinstance(prompts, np.ndarray | jax.Array):
+        arr = np.asarray(prompts)
+        if arr.ndim == 1:
+            return [arr]
+        if arr.ndim == 2:
+            return list(arr)
+        raise ValueError(f"prompts must be 1-D or 2-D, got shape {arr.shape}")
+    if isinstance(prompts, Sequence):
+        return [np.asarray(p) for p in prompts]
+    raise TypeError("prompts must be a list of 1-D id arrays or a 2-D array")
+
+
+def refill_headroom_for(num_latents: int, refill_headroom: int | None = None) -> int:
+    """R: the default is flaxformer's ``num_latents - 128`` fill, capped at half the latents."""
+    if refill_headroom is None:
+        return min(DEFAULT_REFILL_HEADROOM, num_latents // 2)
+    return int(refill_headroom)
+
+
+def prompt_window(config, num_latents: int | None = None, refill_headroom: int | None = None):
+    """How many tokens of a prompt (SOS included) the cached sampler conditions on: ``N - R``."""
+    mc = config.num_latents if num_latents is None else int(num_latents)
+    return config.max_len - refill_headroom_for(mc, refill_headroom)
+
+
+def _prompt_window_ids(p: np.ndarray, i: int, vocab_size: int, window: int) -> np.ndarray:
+    """Validates prompt ``i``, prepends SOS (unless present) and keeps its last ``window`` ids."""
+    if p.ndim != 1:
+        raise ValueError(f"prompt {i} must be 1-D, got shape {p.shape}")
+    if p.size and not np.issubdtype(p.dtype, np.integer):
+        raise ValueError(f"prompt {i} must hold integer ids, got dtype {p.dtype}")
+    p = p.astype(np.int64)
+    if p.size and (p.min() < 0 or p.max() >= vocab_size):
+        raise ValueError(f"prompt {i} has ids outside [0, {vocab_size})")
+    if np.any(p == PAD_ID):
+        raise ValueError(f"prompt {i} contains PAD ({PAD_ID})")
+    if p.size == 0 or p[0] != SOS_ID:
+        p = np.concatenate([[SOS_ID], p])
+    return p[-window:].astype(np.int32)
+
+
+def _per_prompt_seeds(seed, n_prompts: int) -> np.ndarray:
+    if isinstance(seed, int | np.integer):
+        seeds = [int(seed) + i for i in range(n_prompts)]
+    else:
+        seeds = [int(x) for x in seed]
+        if len(seeds) != n_prompts:
+            raise ValueError(f"got {len(seeds)} seeds for {n_prompts} prompts")
+    if any(not 0 <= x < 2**32 for x in seeds):
+        raise ValueError("seeds must be in [0, 2**32)")
+    return np.asarray(seeds, np.uint32)
+
+
+def _generate(
+    model,
+    prompts,
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int | Sequence[int] = 0,
+    max_seconds: float | None = None,
+    num_latents: int | None = None,
+    stop_at_eos: bool = True,
+    chunk_size: int | None = None,
+    callback: Callable[[StepInfo], Any] | None = None,
+    refill_headroom: int | None = None,
+    use_cache: bool = True,
+    record_logits: bool = False,
+):
+    cfg = model.config
+    prompt_list = _as_prompt_list(prompts)
+    n_prompts = len(prompt_list)
+    if n_prompts == 0:
+        return [], None, None
+    if int(max_new_tokens) < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    max_new_tokens = int(max_new_tokens)
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0, got {top_k}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if max_seconds is not None and max_seconds <= 0:
+        raise ValueError(f"max_seconds must be > 0, got {max_seconds}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    mc = cfg.num_latents if num_latents is None else int(num_latents)
+    if not 1 <= mc <= cfg.num_latents:
+        raise ValueError(f"num_latents must be in [1, {cfg.num_latents}], got {num_latents}")
+    headroom = refill_headroom_for(mc, refill_headroom) if use_cache else 0
+    if not 0 <= headroom <= mc - 1:
+        raise ValueError(f"refill_headroom must be in [0, num_latents - 1], got {headroom}")
+    window = cfg.max_len - headroom
+    windows = [_prompt_window_ids(p, i, cfg.vocab_size, window) for i, p in enumerate(prompt_list)]
+    seeds = _per_prompt_seeds(seed, n_prompts)
+    if max_new_tokens == 0:
+        return [np.zeros((0,), np.int32) for _ in range(n_prompts)], None, None
+
+    bucket_g = _next_pow2(max_new_tokens, 64)
+    plan = _Plan(
+        max_len=cfg.max_len,
+        window=window,
+        num_latents=mc,
+        fill=mc - headroom,
+        period=headroom + 1,
+        batch=_next_pow2(n_prompts),
+        buffer=window + bucket_g,
+        uncached=not use_cache,
+        record_logits=record_logits,
+    )
+
+    tokens = np.full((plan.batch, plan.buffer), PAD_ID, np.int32)
+    tokens[:, window - 1] = SOS_ID  # batch-padding rows: a bare SOS, marked done
+    for i, ids in enumerate(windows):
+        tokens[i, window - ids.size : window] = ids
+    done = np.arange(plan.batch) >= n_prompts
+
+    seeds = np.concatenate([seeds, np.zeros(plan.batch - n_prompts, np.uint32)])
+    keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
+    max_time = _NO_TIME_LIMIT
+    if max_seconds is not None:
+        max_time = max(1, int(round(max_seconds * STEPS_PER_SECOND)))
+    settings = _Settings(
+        keys=keys,
+        temperature=jnp.float32(temperature),
+        top_k=jnp.int32(top_k),
+        top_p=jnp.float32(top_p),
+        stop_at_eos=jnp.bool_(stop_at_eos),
+        max_time=jnp.full((plan.batch,), max_time, jnp.int32),
+    )
+
+    graphdef, params = nnx.split(model)
+    carry = _init_carry(graphdef, plan, params, jnp.asarray(tokens), jnp.asarray(done))
+    if callback is not None and chunk_size is None:
+        chunk_size = DEFAULT_CHUNK_WITH_CALLBACK
+    chunk = max_new_tokens if chunk_size is None else int(chunk_size)
+
+    g = 0
+    while True:
+        g_end = min(g + chunk, max_new_tokens)
+        carry = _run_chunk(graphdef, plan, params, carry, jnp.int32(g_end), settings)
+        g = int(carry.g)
+        finished = g >= max_new_tokens or bool(np.all(np.asarray(carry.done)[:n_prompts]))
+        if callback is not None:
+            info = _step_info(carry, plan, n_prompts, max_new_tokens)
+            try:
+                stop = callback(info)
+            except StopSampling:
+                stop = True
+            if stop:
+                break
+        if finished:
+            break
+
+    tokens_out = np.asarray(carry.tokens)
+    n_out = np.asarray(carry.n_out)
+    outputs = [tokens_out[i, window : window + n_out[i]].copy() for i in range(n_prompts)]
+    logits = None
+    if record_logits:
+        logits = np.asarray(carry.logits)[:n_prompts, :g]
+    return outputs, logits, plan
+
+
+def _step_info(carry: _Carry, plan: _Plan, n_prompts: int, max_new_tokens: int) -> StepInfo:
+    tokens = np.asarray(carry.tokens)
+    n_out = np.asarray(carry.n_out)[:n_prompts]
+    return StepInfo(
+        step=int(carry.g),
+        max_new_tokens=max_new_tokens,
+        num_tokens=n_out.copy(),
+        seconds=np.asarray(carry.time)[:n_prompts] / STEPS_PER_SECOND,
+        done=np.asarray(carry.done)[:n_prompts].copy(),
+        tokens=[tokens[i, plan.window : plan.window + n_out[i]].copy() for i in range(n_prompts)],
+    )
+
+
+def sample(
+    model,
+    prompts: list[np.ndarray] | np.ndarray,
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int | Sequence[int] = 0,
+    max_seconds: float | None = None,
+    num_latents: int | None = None,
+    stop_at_eos: bool = True,
+    chunk_size: int | None = None,
+    callback: Callable[[StepInfo], Any] | None = None,
+    refill_headroom: int | None = None,
+    use_cache: bool = True,
+) -> list[np.ndarray]:
+    """Continues every prompt; returns the new ids per prompt (request order).
+
+    Args:
+      model: a ``PerceiverAR`` (anything with ``config``, ``init_cache``, ``prefill`` and
+        ``decode_step`` works).
+      prompts: a list of 1-D int arrays (lengths may differ, may be empty) or a 2-D array.
+        SOS is prepended to each prompt unless it already starts with SOS; only the last
+        ``N - refill_headroom`` tokens are used. Prompts must not contain PAD.
+      max_new_tokens: token budget per prompt.
+      temperature: softmax temperature; 0 means greedy.
+      top_k: keep the k most likely tokens (0 = off). top_k=1 is greedy.
+      top_p: nucleus sampling: keep the smallest set with probability >= top_p (1 = off).
+      seed: an int: prompt i draws from ``key(seed + i)`` (so a batch run equals single runs with
+        seeds seed, seed+1, ...); or one seed per prompt. Keys are folded with the step number.
+      max_seconds: music-time budget per sequence: it stops once the sum of its TIME_SHIFTs
+        (x 10 ms) reaches the budget; the token that reaches it is kept.
+      num_latents: latents used while sampling (<= config.num_latents): the test-time compute knob.
+      stop_at_eos: stop a sequence at EOS (EOS is not returned). If False, EOS is never sampled.
+      chunk_size: decode in compiled chunks of this many steps, returning to Python in between
+        (for ``callback``). Results do not depend on it.
+      callback: ``callback(StepInfo)`` after each chunk (default chunk 64 when given); returning
+        True or raising ``StopSampling`` stops early, keeping what was generated.
+      refill_headroom: R, tokens decoded one by one between full forwards (default
+        ``min(128, num_latents // 2)``); a fill computes ``num_latents - R`` latents.
+      use_cache: False recomputes a full forward for every token (benchmark baseline).
+
+    PAD and SOS are never sampled.
+    """
+    outputs, _, _ = _generate(
+        model,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        max_seconds=max_seconds,
+        num_latents=num_latents,
+        stop_at_eos=stop_at_eos,
+        chunk_size=chunk_size,
+        callback=callback,
+        refill_headroom=refill_headroom,
+        use_cache=use_cache,
+    )
+    return outputs
+
+
+def sample_with_logits(model, prompts, **kwargs):
+    """Like ``sample`` but also returns the model's raw logits at every decoding step.
+
+    Returns ``(outputs, logits[P, steps, V], plan)``; a diagnostic for tests (e.g. comparing cached
+    logits with full forwards). ``plan`` tells the window ``W``, fill latents and period.
+    """
+    return _generate(model, prompts, record_logits=True, **kwargs)

@@ -1,0 +1,17 @@
+"""The few vocabulary constants the model and the sampler need.
+
+The tokenizer package holds the authoritative copy (a test checks that they agree). Ids follow the
+official Perceiver AR code: reserved ids first, then note-seq's ``PerformanceOneHotEncoding`` events
+(NOTE_ON 0-127, NOTE_OFF 0-127, TIME_SHIFT 1-100 steps, VELOCITY 1-32), token id = 3 + event index.
+"""
+
+PAD_ID = 0
+EOS_ID = 1
+SOS_ID = 2
+NUM_RESERVED = 3
+VOCAB_SIZE = 391
+
+# TIME_SHIFT events: id 259 is a shift of 1 step, id 358 a shift of 100 steps; one step is 10 ms.
+TIME_SHIFT_FIRST_ID = 259
+TIME_SHIFT_LAST_ID = 358
+STEPS_PER_SECOND = 100

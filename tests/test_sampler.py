@@ -1,0 +1,304 @@
+"""Sampler tests: fake-logit models (exact expectations) and a tiny random Perceiver AR."""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from model import sampler as sampler_lib
+from model import vocab
+from model.config import get_config
+from model.perceiver_ar import PerceiverAR
+from model.sampler import StepInfo, StopSampling, sample, sample_with_logits
+
+TINY = get_config("tiny")  # N=64, M=16 -> window 56, fill 8, a reset every 9 tokens
+NOTE_FIRST, NOTE_LAST = 3, 130
+HALF_SECOND_SHIFT = vocab.TIME_SHIFT_FIRST_ID + 49  # 50 steps = 0.5 s
+
+
+class _FakeCache(NamedTuple):
+    calls: jax.Array  # [B] how many times the model was asked for logits
+
+
+class RuleModel(nnx.Module):
+    """Fake logits: the next token is a fixed function of the newest token.
+
+    * a note id x in [3, 130) -> x + 1 (130 -> 3); ``eos_after`` -> EOS;
+    * SOS -> 3; anything else -> 3;
+    * ``time_shift=True``: always the 0.5 s TIME_SHIFT.
+    The target gets logit 100, a fallback note (``FALLBACK``) logit 50, the rest 0, so sampling at
+    any temperature returns the target, or the fallback when the target is banned.
+    """
+
+    FALLBACK = 100
+
+    def __init__(self, eos_after: int | None = None, time_shift: bool = False):
+        self.config = TINY
+        self.eos_after = eos_after
+        self.time_shift = time_shift
+
+    def init_cache(self, batch_size, *, num_latents, cross_capacity):
+        del num_latents, cross_capacity
+        return _FakeCache(calls=jnp.zeros((batch_size,), jnp.int32))
+
+    def encode_prompt(self, cache, tokens_BxT):
+        del tokens_BxT
+        return cache
+
+    def _logits(self, last_B):
+        if self.time_shift:
+            target_B = jnp.full_like(last_B, HALF_SECOND_SHIFT)
+        else:
+            is_note = (last_B >= NOTE_FIRST) & (last_B <= NOTE_LAST)
+            target_B = jnp.where(is_note, last_B + 1, NOTE_FIRST)
+            target_B = jnp.where(target_B > NOTE_LAST, NOTE_FIRST, target_B)
+            if self.eos_after is not None:
+                target_B = jnp.where(last_B == self.eos_after, vocab.EOS_ID, target_B)
+        logits = jnp.zeros((last_B.shape[0], TINY.vocab_size), jnp.float32)
+        logits = logits.at[:, self.FALLBACK].set(50.0)
+        return logits.at[jnp.arange(last_B.shape[0]), target_B].set(100.0)
+
+    def refill(self, cache, latent_tokens_BxF, *, window):
+        del window
+        return self._logits(latent_tokens_BxF[:, -1]), cache._replace(calls=cache.calls + 1)
+
+    def decode_step(self, cache, token_B):
+        return self._logits(token_B), cache._replace(calls=cache.calls + 1)
+
+
+def expected_rule_output(prompt, n, eos_after=None):
+    last = int(np.concatenate([[vocab.SOS_ID], prompt])[-1])
+    out = []
+    for _ in range(n):
+        if eos_after is not None and last == eos_after:
+            break
+        last = last + 1 if NOTE_FIRST <= last <= NOTE_LAST else NOTE_FIRST
+        last = NOTE_FIRST if last > NOTE_LAST else last
+        out.append(last)
+    return np.array(out, np.int32)
+
+
+class ProbModel(RuleModel):
+    """Fake logits with a fixed distribution: P(10)=0.5, P(11)=0.3, P(12)=0.2, others ~0."""
+
+    def _logits(self, last_B):
+        row = (
+            jnp.full((TINY.vocab_size,), -1e9)
+            .at[jnp.array([10, 11, 12])]
+            .set(jnp.log(jnp.array([0.5, 0.3, 0.2])))
+        )
+        return jnp.broadcast_to(row, (last_B.shape[0], TINY.vocab_size))
+
+
+@pytest.fixture(scope="module")
+def random_tiny():
+    model = PerceiverAR(TINY, rngs=nnx.Rngs(0))
+    kernel = model.logits.kernel
+    kernel[...] = 0.5 * jax.random.normal(jax.random.key(1), kernel.shape)
+    return model
+
+
+def _prompts(lengths, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(vocab.NUM_RESERVED, vocab.VOCAB_SIZE, size=k) for k in lengths]
+
+
+# ---------------------------------------------------------------------------------------------
+# Fake logits: exact outputs
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk_size", [None, 5])
+def test_fake_model_outputs_exactly_its_rule(chunk_size):
+    prompts = [np.array([], np.int32), np.array([50, 60, 7]), np.arange(3, 103)]  # 100 > N
+    outs = sample(RuleModel(), prompts, max_new_tokens=40, chunk_size=chunk_size, temperature=1.0)
+    for prompt, out in zip(prompts, outs, strict=True):
+        np.testing.assert_array_equal(out, expected_rule_output(prompt, 40))
+        assert out.dtype == np.int32
+
+
+def test_fake_model_greedy_and_top_k_p_agree():
+    prompts = [np.array([9]), np.array([130])]
+    for kwargs in ({"temperature": 0.0}, {"top_k": 1}, {"top_p": 0.5}, {"top_k": 5, "top_p": 0.9}):
+        outs = sample(RuleModel(), prompts, max_new_tokens=20, **kwargs)
+        for prompt, out in zip(prompts, outs, strict=True):
+            np.testing.assert_array_equal(out, expected_rule_output(prompt, 20))
+
+
+def test_eos_stops_each_sequence_and_is_not_returned():
+    model = RuleModel(eos_after=20)
+    prompts = [np.array([10]), np.array([17]), np.array([25])]
+    outs = sample(model, prompts, max_new_tokens=30)
+    assert [len(o) for o in outs] == [10, 3, 30]  # 11..20 then EOS; 18..20 then EOS; no EOS
+    for prompt, out in zip(prompts, outs, strict=True):
+        np.testing.assert_array_equal(out, expected_rule_output(prompt, 30, eos_after=20))
+        assert vocab.EOS_ID not in out
+    # With stop_at_eos=False, EOS is never sampled: the fallback token replaces it.
+    out = sample(model, [np.array([19])], max_new_tokens=3, stop_at_eos=False)[0]
+    np.testing.assert_array_equal(out, [20, RuleModel.FALLBACK, RuleModel.FALLBACK + 1])
+
+
+def test_music_time_budget():
+    outs = sample(
+        RuleModel(time_shift=True),
+        [np.array([5]), np.array([])],
+        max_new_tokens=50,
+        max_seconds=2.0,
+    )
+    for out in outs:
+        np.testing.assert_array_equal(out, [HALF_SECOND_SHIFT] * 4)  # 4 x 0.5 s reaches 2.0 s
+    out = sample(RuleModel(time_shift=True), [np.array([5])], max_new_tokens=50, max_seconds=2.2)
+    assert len(out[0]) == 5  # 2.5 s: the token that reaches the budget is kept
+    # Notes take no time: the token budget stops the note-only model.
+    out = sample(RuleModel(), [np.array([5])], max_new_tokens=7, max_seconds=0.1)
+    assert len(out[0]) == 7
+
+
+def test_token_budget_and_trivial_requests():
+    out = sample(RuleModel(), [np.array([5]), np.array([6])], max_new_tokens=0)
+    assert [len(o) for o in out] == [0, 0]
+    assert sample(RuleModel(), [], max_new_tokens=5) == []
+    out = sample(RuleModel(), np.array([[5, 6], [7, 8]]), max_new_tokens=3)  # 2-D array input
+    np.testing.assert_array_equal(out[1], [9, 10, 11])
+    out = sample(RuleModel(), np.array([5, 6]), max_new_tokens=65)  # 1-D array: one prompt
+    assert len(out) == 1 and len(out[0]) == 65
+
+
+def test_top_k_and_top_p_restrict_the_support():
+    model = ProbModel()
+    prompts = [np.array([5])] * 8
+
+    def drawn(**kwargs):
+        outs = sample(model, prompts, max_new_tokens=64, seed=3, **kwargs)
+        return set(np.concatenate(outs).tolist())
+
+    assert drawn() == {10, 11, 12}
+    assert drawn(top_k=2) == {10, 11}
+    assert drawn(top_p=0.6) == {10, 11}  # 0.5 < 0.6, 0.5 + 0.3 >= 0.6
+    assert drawn(top_p=0.4) == {10}
+    assert drawn(temperature=0.0) == {10}
+    counts = np.bincount(np.concatenate(sample(model, prompts, max_new_tokens=64)), minlength=13)
+    assert counts[10] > counts[11] > counts[12] > 0  # follows the 0.5 / 0.3 / 0.2 distribution
+
+
+def test_callback_progress_and_early_stop():
+    infos: list[StepInfo] = []
+
+    def record(info):
+        infos.append(info)
+
+    prompts = [np.array([5]), np.array([100])]
+    full = sample(RuleModel(), prompts, max_new_tokens=20, callback=record, chunk_size=6)
+    assert [i.step for i in infos] == [6, 12, 18, 20]
+    assert infos[-1].max_new_tokens == 20
+    np.testing.assert_array_equal(infos[1].num_tokens, [12, 12])
+    np.testing.assert_array_equal(infos[1].tokens[0], full[0][:12])
+    assert not infos[-1].done.any()
+
+    def stop_after_first(info):
+        return True
+
+    outs = sample(RuleModel(), prompts, max_new_tokens=20, callback=stop_after_first, chunk_size=6)
+    for out, ref in zip(outs, full, strict=True):
+        np.testing.assert_array_equal(out, ref[:6])
+
+    def raise_stop(info):
+        if info.step >= 12:
+            raise StopSampling
+
+    outs = sample(RuleModel(), prompts, max_new_tokens=20, callback=raise_stop, chunk_size=6)
+    assert [len(o) for o in outs] == [12, 12]
+
+
+def test_invalid_requests_raise_clear_errors():
+    model = RuleModel()
+    with pytest.raises(ValueError, match="PAD"):
+        sample(model, [np.array([5, 0, 6])], max_new_tokens=2)
+    with pytest.raises(ValueError, match="outside"):
+        sample(model, [np.array([391])], max_new_tokens=2)
+    with pytest.raises(ValueError, match="num_latents"):
+        sample(model, [np.array([5])], max_new_tokens=2, num_latents=TINY.num_latents + 1)
+    with pytest.raises(ValueError, match="top_p"):
+        sample(model, [np.array([5])], max_new_tokens=2, top_p=0.0)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        sample(model, [np.array([5])], max_new_tokens=-1)
+    with pytest.raises(ValueError, match="seeds"):
+        sample(model, [np.array([5])], max_new_tokens=2, seed=[1, 2])
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiny random Perceiver AR
+# ---------------------------------------------------------------------------------------------
+
+
+def test_batch_equals_single_runs(random_tiny):
+    prompts = _prompts([3, 30, 90])
+    kwargs = {"max_new_tokens": 30, "temperature": 1.0, "top_p": 0.95, "stop_at_eos": False}
+    batch = sample(random_tiny, prompts, seed=11, **kwargs)
+    for i, prompt in enumerate(prompts):
+        single = sample(random_tiny, [prompt], seed=11 + i, **kwargs)[0]
+        np.testing.assert_array_equal(batch[i], single)
+    # Explicit per-prompt seeds and a different batch composition give the same rows.
+    again = sample(random_tiny, [prompts[2], prompts[0]], seed=[13, 11], **kwargs)
+    np.testing.assert_array_equal(again[0], batch[2])
+    np.testing.assert_array_equal(again[1], batch[0])
+
+
+def test_same_seed_same_ids_and_chunking_does_not_matter(random_tiny):
+    prompts = _prompts([5, 20])
+    kwargs = {"max_new_tokens": 30, "stop_at_eos": False}
+    a = sample(random_tiny, prompts, seed=4, **kwargs)
+    b = sample(random_tiny, prompts, seed=4, chunk_size=7, **kwargs)
+    c = sample(random_tiny, prompts, seed=5, **kwargs)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert any(not np.array_equal(x, z) for x, z in zip(a, c, strict=True))
+    assert all(len(x) == 30 for x in a)
+    assert all(vocab.PAD_ID not in x and vocab.SOS_ID not in x for x in a)
+
+
+def test_top_k_1_equals_greedy(random_tiny):
+    prompts = _prompts([4, 40])
+    greedy = sample(random_tiny, prompts, max_new_tokens=30, temperature=0.0, stop_at_eos=False)
+    top1 = sample(random_tiny, prompts, max_new_tokens=30, top_k=1, seed=9, stop_at_eos=False)
+    for g, t in zip(greedy, top1, strict=True):
+        np.testing.assert_array_equal(g, t)
+
+
+def test_uncached_sampling_is_a_full_forward_per_token(random_tiny):
+    prompts = _prompts([10])
+    outs, logits, plan = sample_with_logits(
+        random_tiny, prompts, max_new_tokens=6, use_cache=False, temperature=0.0, stop_at_eos=False
+    )
+    n = TINY.max_len
+    assert plan.window == n and plan.period == 1
+    seq = np.concatenate([np.zeros(n - 11, np.int64), [vocab.SOS_ID], prompts[0], outs[0]])
+    forward = nnx.jit(lambda m, t: m(t)[:, -1])
+    for g in range(6):
+        full = forward(random_tiny, jnp.asarray(seq[g : g + n])[None])[0]
+        np.testing.assert_allclose(np.asarray(full), logits[0, g], atol=1e-4)
+        assert int(jnp.argmax(full)) == outs[0][g]
+
+
+def test_fewer_latents_at_sampling_time(random_tiny):
+    outs = sample(random_tiny, _prompts([8, 12]), max_new_tokens=20, num_latents=4)
+    assert all(0 < len(o) <= 20 for o in outs)
+
+
+def test_one_compilation_per_shape_bucket(random_tiny):
+    kwargs = {"max_new_tokens": 20, "stop_at_eos": False}
+    sample(random_tiny, _prompts([3, 5, 7]), **kwargs)  # batch bucket 4, token bucket 64
+    before = sampler_lib._run_chunk._cache_size()
+    sample(random_tiny, _prompts([9, 2, 4, 60]), seed=3, temperature=0.7, top_k=5, **kwargs)
+    sample(
+        random_tiny,
+        _prompts([1, 2, 3]),
+        max_new_tokens=50,
+        top_p=0.8,
+        chunk_size=16,
+        max_seconds=3.0,
+    )
+    assert sampler_lib._run_chunk._cache_size() == before
