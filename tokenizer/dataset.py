@@ -18,6 +18,7 @@ import csv
 import dataclasses
 import hashlib
 import json
+import multiprocessing
 import os
 import pathlib
 import shutil
@@ -133,7 +134,9 @@ def prepare_split(
     paths = [s.path for s in sources]
     bar = _progress(len(paths), f"{split:>10}", progress)
     if workers > 1 and len(paths) > 8:
-        with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+        # forkserver: safe even when the parent has threads (e.g. JAX imported in the same process)
+        ctx = multiprocessing.get_context("forkserver")
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
             results = []
             for r in pool.map(_encode_one, paths, chunksize=4):
                 results.append(r)

@@ -1,0 +1,108 @@
+"""Model checkpoints: a folder with ``config.json`` and orbax-saved float32 ``params/``.
+
+    save_model(model, "checkpoints/maestro-cpu", metadata={...})
+    model = load_model()                     # the shipped default checkpoint
+    model = load_model("checkpoints/maestro-cpu")
+
+Loading errors are :class:`CheckpointError` with a one-line message (unknown path, not a
+checkpoint, incompatible config).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+import warnings
+
+import jax
+from flax import nnx
+
+from model.config import Config
+from model.perceiver_ar import PerceiverAR
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+CHECKPOINTS_DIR = REPO_ROOT / "checkpoints"
+DEFAULT_NAME = "maestro-cpu"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message is one line."""
+
+
+def default_checkpoint() -> pathlib.Path | None:
+    """The shipped checkpoint the CLI and app use when none is given (None if absent)."""
+    path = pathlib.Path(os.environ.get("PERCEIVER_MIDI_CHECKPOINT", CHECKPOINTS_DIR / DEFAULT_NAME))
+    return path if (path / "config.json").exists() else None
+
+
+def _checkpointer():
+    import orbax.checkpoint as ocp
+
+    return ocp.StandardCheckpointer()
+
+
+def save_model(model: PerceiverAR, directory: str | os.PathLike, *, metadata: dict | None = None):
+    """Write ``config.json`` (config + metadata) and ``params/``; replaces the folder atomically."""
+    directory = pathlib.Path(directory).resolve()
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        ckpt = _checkpointer()
+        ckpt.save(tmp / "params", nnx.state(model, nnx.Param))
+        ckpt.wait_until_finished()
+        info = {"config": dataclasses.asdict(model.config), "metadata": metadata or {}}
+        (tmp / "config.json").write_text(json.dumps(info, indent=1) + "\n")
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_info(directory: str | os.PathLike) -> dict:
+    path = pathlib.Path(directory)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        info = json.loads((path / "config.json").read_text())
+        Config(**info["config"])
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: not a checkpoint (no config.json)") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable config.json ({exc})") from None
+    return info
+
+
+def load_model(directory: str | os.PathLike | None = None, **config_overrides) -> PerceiverAR:
+    """Load a checkpoint (default: the shipped one). ``config_overrides`` may change settings that
+    do not touch parameter shapes (e.g. ``dropout=0.0``, ``max_len`` within the rotary range)."""
+    if directory is None:
+        directory = default_checkpoint()
+        if directory is None:
+            raise CheckpointError(
+                f"no default checkpoint at {CHECKPOINTS_DIR / DEFAULT_NAME}; pass --checkpoint DIR"
+            )
+    path = pathlib.Path(directory).resolve()
+    return _load_cached(str(path), tuple(sorted(config_overrides.items())))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(path: str, overrides: tuple) -> PerceiverAR:
+    info = read_info(path)
+    config = Config(**info["config"]).replace(**dict(overrides))
+    abstract = nnx.eval_shape(lambda: PerceiverAR(config, rngs=nnx.Rngs(0)))
+    target = nnx.state(abstract, nnx.Param)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            params = _checkpointer().restore(pathlib.Path(path) / "params", target)
+    except Exception as exc:  # orbax raises many types; the user needs one line
+        raise CheckpointError(f"{path}: cannot restore params ({type(exc).__name__})") from None
+    model = PerceiverAR(config, rngs=nnx.Rngs(0))
+    nnx.update(model, jax.tree.map(lambda x: x, params))
+    return model

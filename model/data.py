@@ -1,0 +1,141 @@
+"""Training crops and evaluation windows over prepared token splits (numpy; no JAX).
+
+A piece is ``[SOS] + ids``. Training rows are random crops of up to N + 1 tokens, left-padded with
+PAD, chosen so that all M latent positions have targets; the crop for (seed, step) is a pure
+function of them, so "data position" for exact resume is just the step number.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from model.vocab import PAD_ID, SOS_ID
+from tokenizer.augment import augment
+from tokenizer.dataset import TokenSplit
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """Magenta's MAESTRO augmentation: transpose within +-3 semitones, stretch time 0.95..1.05."""
+
+    max_transpose: int = 3
+    min_stretch: float = 0.95
+    max_stretch: float = 1.05
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_transpose > 0 or self.min_stretch != 1.0 or self.max_stretch != 1.0
+
+
+NO_AUGMENTATION = Augmentation(0, 1.0, 1.0)
+
+
+class TrainBatches:
+    """``batch(step)`` -> int32 ``[batch_size, seq_len]`` (seq_len = N + 1), deterministic."""
+
+    def __init__(
+        self,
+        split: TokenSplit,
+        *,
+        seq_len: int,
+        num_targets: int,
+        batch_size: int,
+        seed: int,
+        augmentation: Augmentation = Augmentation(),
+    ):
+        if len(split) == 0:
+            raise ValueError("the training split has no pieces")
+        self.split = split
+        self.seq_len = seq_len
+        self.num_targets = num_targets
+        self.batch_size = batch_size
+        self.seed = seed
+        self.aug = augmentation
+        lengths = np.diff(split.offsets).astype(np.float64) + 1  # + SOS
+        self.piece_p = lengths / lengths.sum()  # every token equally likely to be a target
+
+    def row(self, rng: np.random.Generator) -> np.ndarray:
+        k = int(rng.choice(self.piece_p.size, p=self.piece_p))
+        piece = self.split.piece(k)
+        length = piece.size + 1  # with SOS
+        # The crop ends at `end` (exclusive) in [SOS] + piece; at least num_targets + 1 tokens
+        # (or the whole piece when it is shorter).
+        lo = min(self.num_targets + 1, length)
+        end = int(rng.integers(lo, length + 1))
+        semitones = (
+            int(rng.integers(-self.aug.max_transpose, self.aug.max_transpose + 1))
+            if self.aug.max_transpose
+            else 0
+        )
+        stretch = float(rng.uniform(self.aug.min_stretch, self.aug.max_stretch))
+        # Take a little more than needed before augmenting: stretching and dropped notes change
+        # the length; the crop is cut to seq_len afterwards, keeping its end.
+        raw = int(self.seq_len * max(1.0, 1.0 / self.aug.min_stretch) * 1.05) + 16
+        start = max(0, end - raw)
+        body = np.asarray(piece[max(0, start - 1) : end - 1], np.int32)
+        if start == 0:
+            body = np.concatenate([[SOS_ID], body]).astype(np.int32)
+        if self.aug.enabled:
+            body = augment(body, semitones, stretch)
+        body = body[-self.seq_len :]
+        out = np.full(self.seq_len, PAD_ID, np.int32)
+        out[self.seq_len - body.size :] = body
+        return out
+
+    def batch(self, step: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, step])
+        return np.stack([self.row(rng) for _ in range(self.batch_size)])
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalWindow:
+    piece: int
+    end: int  # inputs are seq[max(0, end - context) : end]; targets seq[end - n + 1 : end + 1]
+    n_targets: int
+
+
+def eval_windows(lengths: np.ndarray, num_latents: int) -> list[EvalWindow]:
+    """Windows that score every token of every piece exactly once.
+
+    A piece of L tokens is scored as ``[SOS] + ids``: targets are positions 1..L. Window k ends at
+    input position e = min((k + 1) * M, L) (exclusive) and scores the targets at positions
+    (k * M, e], each with all the preceding context the model takes (up to N inputs).
+    """
+    out = []
+    for p, length in enumerate(np.asarray(lengths).tolist()):
+        scored = 0
+        while scored < length:
+            end = min(scored + num_latents, length)
+            out.append(EvalWindow(p, end, end - scored))
+            scored = end
+    return out
+
+
+def window_arrays(
+    split: TokenSplit, windows: list[EvalWindow], context: int, num_latents: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(inputs [W, context], targets [W, M], mask [W, M]) for a list of windows.
+
+    Inputs are left-padded; the last M input positions are the latents, whose targets are the
+    next tokens; only the window's own new targets are unmasked.
+    """
+    w = len(windows)
+    inputs = np.full((w, context), PAD_ID, np.int32)
+    targets = np.full((w, num_latents), PAD_ID, np.int32)
+    mask = np.zeros((w, num_latents), bool)
+    for i, win in enumerate(windows):
+        piece = split.piece(win.piece)
+        # seq = [SOS] + piece; seq[j] for j >= 1 is piece[j - 1].
+        lo = max(0, win.end - context)
+        seq_in = np.asarray(piece[max(0, lo - 1) : win.end - 1], np.int32)
+        if lo == 0:
+            seq_in = np.concatenate([[SOS_ID], seq_in])
+        inputs[i, context - seq_in.size :] = seq_in
+        # Targets of the last M inputs: seq[end - M + 1 .. end] = piece[end - M .. end - 1].
+        t_lo = win.end - num_latents
+        tgt = np.asarray(piece[max(0, t_lo) : win.end], np.int32)
+        targets[i, num_latents - tgt.size :] = tgt
+        mask[i, num_latents - win.n_targets :] = True
+    return inputs, targets, mask
