@@ -12,13 +12,9 @@ import os
 import pathlib
 import sys
 
-DEFAULT_MAESTRO = (
-    pathlib.Path(__file__).resolve().parent.parent.parent / "shared/data/maestro-v3.0.0"
-)
-
-
-class UserError(Exception):
-    """A problem the user can fix; printed as one line."""
+from app import generate_cli, train_cli, web
+from app.errors import UserError
+from app.train_cli import DEFAULT_MAESTRO
 
 
 def _cmd_tokenize(args: argparse.Namespace) -> int:
@@ -126,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", action="append", choices=["train", "validation", "test"])
     p.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
     p.set_defaults(func=_cmd_prepare_data)
+
+    train_cli.add_commands(sub)
+    generate_cli.add_commands(sub)  # continue, generate, render, batch
+    web.add_commands(sub)  # the Gradio app
     return parser
 
 

@@ -14,3 +14,40 @@ def maestro_root() -> pathlib.Path:
     if not (MAESTRO / "maestro-v3.0.0.csv").exists():
         pytest.skip(f"MAESTRO v3 not found at {MAESTRO} (set PERCEIVER_MIDI_MAESTRO)")
     return MAESTRO
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> pathlib.Path:
+    """A tiny random Perceiver AR saved with ``model.checkpoint.save_model`` (app tests)."""
+    from flax import nnx
+
+    from model.checkpoint import save_model
+    from model.config import get_config
+    from model.perceiver_ar import PerceiverAR
+
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    save_model(PerceiverAR(get_config("tiny"), rngs=nnx.Rngs(0)), path, metadata={"test": True})
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_checkpoint):
+    """The tiny checkpoint loaded (the same cached object the CLI gets from ``load_model``)."""
+    from model.checkpoint import load_model
+
+    return load_model(tiny_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def short_prime(tmp_path_factory) -> pathlib.Path:
+    """A 2-second, 8-note piano MIDI file (about 30 tokens: it fits the tiny model's context)."""
+    import pretty_midi
+
+    pm = pretty_midi.PrettyMIDI(resolution=500, initial_tempo=120)
+    piano = pretty_midi.Instrument(program=0)
+    for k, pitch in enumerate([60, 64, 67, 72, 67, 64, 62, 65]):
+        piano.notes.append(pretty_midi.Note(70 + 5 * k, pitch, 0.25 * k, 0.25 * k + 0.4))
+    pm.instruments.append(piano)
+    path = tmp_path_factory.mktemp("primes") / "short.mid"
+    pm.write(str(path))
+    return path

@@ -1,0 +1,492 @@
+"""CLI subcommands: ``continue``, ``generate``, ``render`` and ``batch``.
+
+Registered by ``app.cli.build_parser`` through :func:`add_commands`. All of them go through
+:mod:`app.pipeline`; user mistakes raise :class:`app.errors.UserError` (one line, exit 2), and
+argument errors of these subcommands are one line too (no usage dump).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+import time
+
+from app.errors import UserError
+
+DEFAULT_SECONDS = 20.0
+DEFAULT_PRIME_SECONDS = 20.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Options
+# ----------------------------------------------------------------------------------------------
+
+
+def _one_line_errors(parser: argparse.ArgumentParser) -> None:
+    def error(message: str):
+        parser.exit(2, f"error: {message} (see {parser.prog} --help)\n")
+
+    parser.error = error  # type: ignore[method-assign]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_sampling(p: argparse.ArgumentParser, *, batch: bool = False) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument(
+        "--seconds",
+        type=float,
+        metavar="S",
+        help=f"music time to add per continuation (default {DEFAULT_SECONDS:g})",
+    )
+    g.add_argument(
+        "--tokens", type=_positive_int, metavar="N", help="token budget instead of --seconds"
+    )
+    g.add_argument(
+        "--variations",
+        type=_positive_int,
+        metavar="N",
+        default=1,
+        help="continuations per prime, sampled as one batch (default 1)",
+    )
+    g.add_argument(
+        "--temperature", type=float, default=1.0, metavar="T", help="0 = greedy (default 1.0)"
+    )
+    g.add_argument(
+        "--top-k", type=int, default=0, metavar="K", help="keep the k likeliest tokens (0 = off)"
+    )
+    g.add_argument(
+        "--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling (1.0 = off)"
+    )
+    seed_help = (
+        "base seed; each item's seed is derived from it and the prime's identity"
+        if batch
+        else "seed of variation 1 (variation v uses seed + v - 1); default 0"
+    )
+    g.add_argument("--seed", type=int, default=0, metavar="N", help=seed_help)
+    g.add_argument(
+        "--latents",
+        type=_positive_int,
+        metavar="M",
+        help="latents used while sampling (test-time compute; default: the model's)",
+    )
+    g.add_argument(
+        "--ignore-eos", action="store_true", help="never stop early at EOS: fill the budget"
+    )
+    g.add_argument(
+        "--checkpoint", metavar="DIR", help="model checkpoint (default: checkpoints/maestro-cpu)"
+    )
+
+
+def _add_window(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("prime window (default: the last 20 s)")
+    g.add_argument(
+        "--prime-seconds", type=float, metavar="S", help="use the last S seconds of the prime"
+    )
+    g.add_argument("--prime-tokens", type=_positive_int, metavar="N", help="use the last N tokens")
+    g.add_argument(
+        "--prime-range",
+        metavar="START:END",
+        help="use music time START..END seconds (END may be empty: to the end; '0:' = all)",
+    )
+
+
+def _add_output(
+    p: argparse.ArgumentParser, *, out_default: str | None, full: bool = True, audio: str = "wav"
+):
+    g = p.add_argument_group("output")
+    if out_default is None:
+        g.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    else:
+        g.add_argument(
+            "--out", default=out_default, metavar="DIR", help="output folder (default: .)"
+        )
+    g.add_argument(
+        "--audio",
+        choices=["wav", "flac", "none"],
+        default=audio,
+        help=f"audio next to each MIDI file (default {audio})",
+    )
+    _add_synth(g)
+    if full:
+        g.add_argument(
+            "--full",
+            action="store_true",
+            help="write the prime window and the continuation in one file",
+        )
+
+
+def _add_synth(g) -> None:
+    g.add_argument("--soundfont", metavar="SF2", help="SoundFont (default: bundled TimGM6mb.sf2)")
+    g.add_argument("--sample-rate", type=int, metavar="HZ", help="audio sample rate (44100)")
+    g.add_argument(
+        "--synth",
+        choices=["midirenderer", "fluidsynth"],
+        help="synthesizer (default midirenderer; fluidsynth needs pyfluidsynth + libfluidsynth)",
+    )
+
+
+def settings_from_args(args: argparse.Namespace, *, window: bool = True):
+    """Settings from parsed options; contradictory options are a UserError."""
+    from app.pipeline import Settings, Window
+
+    if args.seconds is not None and args.tokens is not None:
+        raise UserError("use --seconds or --tokens, not both")
+    seconds = args.seconds
+    if seconds is None and args.tokens is None:
+        seconds = DEFAULT_SECONDS
+    win = Window.last_seconds(DEFAULT_PRIME_SECONDS)
+    if window:
+        given = [
+            name
+            for name in ("prime_seconds", "prime_tokens", "prime_range")
+            if getattr(args, name) is not None
+        ]
+        if len(given) > 1:
+            opts = " and ".join("--" + n.replace("_", "-") for n in given)
+            raise UserError(f"{opts} contradict each other: give one prime window")
+        if args.prime_seconds is not None:
+            win = Window.last_seconds(args.prime_seconds)
+        elif args.prime_tokens is not None:
+            win = Window.last_tokens(args.prime_tokens)
+        elif args.prime_range is not None:
+            win = Window.parse_range(args.prime_range)
+    return Settings(
+        seconds=seconds,
+        tokens=args.tokens,
+        variations=args.variations,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        latents=args.latents,
+        window=win,
+        stop_at_eos=not args.ignore_eos,
+    )
+
+
+def output_options_from_args(args: argparse.Namespace):
+    from app.pipeline import OutputOptions
+
+    if args.audio == "none":
+        for name in ("soundfont", "sample_rate", "synth"):
+            if getattr(args, name) is not None:
+                flag = "--" + name.replace("_", "-")
+                raise UserError(f"{flag} needs audio output, but --audio is none")
+    if args.soundfont is not None and not pathlib.Path(args.soundfont).is_file():
+        raise UserError(f"{args.soundfont}: no such SoundFont file")
+    return OutputOptions(
+        full=getattr(args, "full", False),
+        audio=args.audio,
+        sample_rate=args.sample_rate or 44100,
+        soundfont=args.soundfont,
+        synth=args.synth or "midirenderer",
+    )
+
+
+def load_model_or_exit(checkpoint: str | None):
+    from model.checkpoint import CheckpointError, load_model
+
+    try:
+        return load_model(checkpoint)
+    except CheckpointError as exc:
+        raise UserError(str(exc)) from None
+
+
+# ----------------------------------------------------------------------------------------------
+# continue / generate
+# ----------------------------------------------------------------------------------------------
+
+
+class _SamplingProgress:
+    """A tqdm bar fed by the sampler's callback: music seconds (or tokens) of the budget."""
+
+    def __init__(self, settings, n: int):
+        from tqdm import tqdm
+
+        self.settings = settings
+        self.t0 = time.perf_counter()
+        self.first: tuple[float, int] | None = None  # (time, tokens) at the first/last callback
+        self.last: tuple[float, int] = (self.t0, 0)
+        by_time = settings.seconds is not None
+        self.total = float(settings.seconds if by_time else settings.tokens)
+        self.bar = tqdm(
+            total=round(self.total, 2),
+            unit="s" if by_time else "tok",
+            desc=f"sampling {n}" if n > 1 else "sampling",
+            file=sys.stderr,
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:g} {unit} "
+            "[{elapsed}<{remaining}{postfix}]",
+            disable=None,
+        )
+
+    def __call__(self, info) -> None:
+        import numpy as np
+
+        if self.settings.seconds is not None:
+            frac = np.minimum(1.0, info.seconds / self.settings.seconds)
+        else:
+            frac = np.minimum(1.0, info.num_tokens / self.total)
+        frac = np.where(info.done, 1.0, frac)
+        self.bar.n = round(float(frac.mean()) * self.total, 2)
+        now, tokens = time.perf_counter(), int(info.num_tokens.sum())
+        if self.first is None:  # the first chunk includes compiling the sampler
+            self.first = (now, tokens)
+        self.last = (now, tokens)
+        rate = tokens / max(1e-9, now - self.t0)
+        self.bar.set_postfix_str(f"{rate:.0f} tok/s", refresh=False)
+        self.bar.refresh()
+
+    def steady_rate(self) -> float | None:
+        """Tokens/s after the first chunk (so without compilation), if there was more than one."""
+        if self.first is None or self.last[0] <= self.first[0]:
+            return None
+        return (self.last[1] - self.first[1]) / (self.last[0] - self.first[0])
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _print_table(rows: list[tuple[str, str, str, str]]) -> None:
+    header = ("files", "music s", "tokens", "tokens/s")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    for k, r in enumerate([header, *rows]):
+        cells = [r[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)
+        ]
+        print("  ".join(cells).rstrip())
+        if k == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def _generate(args: argparse.Namespace, prime_source, stem: str, label: str) -> int:
+    from app.pipeline import continue_prime, ensure_out_dir, prime_ids, write_outputs
+
+    settings = settings_from_args(args, window=prime_source is not None)
+    options = output_options_from_args(args)
+    if prime_source is not None:  # fail fast on the prime, before loading the model
+        prime_ids(prime_source, settings.window)
+    out_dir = ensure_out_dir(args.out)
+    model = load_model_or_exit(args.checkpoint)
+    progress = _SamplingProgress(settings, settings.variations)
+    try:
+        conts = continue_prime(model, prime_source, settings, callback=progress)
+    finally:
+        progress.close()
+
+    # tokens/s: the batch's rate after the first chunk (which includes compiling the sampler),
+    # shared out by tokens; the wall-time rate when sampling took a single chunk.
+    c0 = conts[0]
+    total_tokens = sum(c.tokens for c in conts)
+    steady = progress.steady_rate()
+    batch_rate = steady if steady is not None else total_tokens / max(1e-9, c0.sample_seconds)
+    rows = []
+    for c in conts:
+        paths = write_outputs(c, out_dir, stem, options)
+        files = ", ".join(str(p) for p in paths.values())
+        rate = batch_rate * c.tokens / max(1, total_tokens)
+        rows.append((files, f"{c.seconds:.2f}", str(c.tokens), f"{rate:.0f}"))
+        if c.stop == "eos":
+            print(
+                f"note: variation {c.variation} ended at EOS after {c.seconds:.2f} s",
+                file=sys.stderr,
+            )
+    if c0.prime_cut:
+        print(
+            f"note: the prime window was longer than the model's context; it was cut to its "
+            f"last {c0.prime.size} tokens",
+            file=sys.stderr,
+        )
+    if len(conts) > 1:
+        total_s = sum(c.seconds for c in conts)
+        rows.append(("total", f"{total_s:.2f}", str(total_tokens), f"{batch_rate:.0f}"))
+    if prime_source is not None:
+        what = (
+            f"prime window {settings.window.describe()} "
+            f"({c0.prime_seconds:.2f} s, {c0.prime.size} tokens)"
+        )
+    else:
+        what = "from SOS"
+    rate_note = "after compilation" if steady is not None else "incl. compilation"
+    print(
+        f"{label}: {what}; seeds {c0.seed}..{conts[-1].seed}; sampled in "
+        f"{c0.sample_seconds:.1f} s ({batch_rate:.0f} tokens/s {rate_note})"
+    )
+    _print_table(rows)
+    return 0
+
+
+def cmd_continue(args: argparse.Namespace) -> int:
+    prime = pathlib.Path(args.prime)
+    if not prime.exists():
+        raise UserError(f"{prime}: no such file")
+    if prime.is_dir():
+        raise UserError(f"{prime}: is a directory, not a MIDI file")
+    return _generate(args, str(prime), prime.stem, str(prime))
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    return _generate(args, None, args.name, "generate")
+
+
+# ----------------------------------------------------------------------------------------------
+# render
+# ----------------------------------------------------------------------------------------------
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from app import render
+    from app.pipeline import ensure_out_dir
+    from tokenizer import MidiError, read_midi
+
+    out = pathlib.Path(args.output)
+    render.audio_format(out)
+    try:
+        table = read_midi(args.input)
+    except MidiError as exc:
+        raise UserError(str(exc)) from None
+    if len(table) == 0:
+        raise UserError(f"{args.input}: contains no notes")
+    if args.soundfont is not None and not pathlib.Path(args.soundfont).is_file():
+        raise UserError(f"{args.soundfont}: no such SoundFont file")
+    ensure_out_dir(out.parent)
+    rate = args.sample_rate or render.DEFAULT_SAMPLE_RATE
+    try:
+        path, seconds = render.render_file(
+            args.input,
+            out,
+            sample_rate=rate,
+            soundfont=args.soundfont,
+            synth=args.synth or "midirenderer",
+        )
+    except OSError as exc:
+        raise UserError(f"{out}: cannot write ({exc.strerror})") from None
+    print(f"wrote {path} ({seconds:.2f} s, {rate} Hz, stereo)")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# batch
+# ----------------------------------------------------------------------------------------------
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from app.batch import run_batch
+
+    settings = settings_from_args(args)
+    options = output_options_from_args(args)
+    if args.workers is not None and args.ray is None:
+        raise UserError("--workers needs --ray")
+    summary = run_batch(
+        args.primes,
+        args.out,
+        defaults=settings,
+        base_seed=args.seed,
+        options=options,
+        checkpoint=args.checkpoint,
+        batch_size=args.batch_size,
+        ray_address=args.ray,
+        workers=args.workers,
+    )
+    rate = summary.done / summary.elapsed if summary.elapsed > 0 else 0.0
+    print(
+        f"batch: {summary.done} done, {summary.skipped} skipped (already in the manifest), "
+        f"{len(summary.failed)} failed; {summary.music_seconds:.1f} s of music, "
+        f"{summary.tokens} tokens in {summary.elapsed:.1f} s ({rate:.2f} items/s)"
+    )
+    print(f"manifest: {os.path.join(summary.out_dir, 'manifest.jsonl')}")
+    reasons: dict[str, list[str]] = {}
+    for f in summary.failed:
+        reasons.setdefault(f["reason"], []).append(f["id"])
+    for reason, ids in reasons.items():
+        print(f"  failed ({len(ids)} item{'s' if len(ids) > 1 else ''}): {reason}")
+    return 1 if summary.failed and not summary.done and not summary.skipped else 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Registration
+# ----------------------------------------------------------------------------------------------
+
+
+def add_commands(sub) -> None:
+    """Adds ``continue``, ``generate``, ``render`` and ``batch`` to ``perceiver-midi``."""
+    p = sub.add_parser(
+        "continue",
+        help="continue a MIDI file: MIDI (+ audio) files",
+        description="Continue PRIME.mid; writes DIR/<prime-stem>_v1.mid (+ audio), ...",
+    )
+    p.add_argument("prime", metavar="PRIME.mid")
+    _add_sampling(p)
+    _add_window(p)
+    _add_output(p, out_default=".")
+    p.set_defaults(func=cmd_continue)
+    _one_line_errors(p)
+
+    p = sub.add_parser(
+        "generate",
+        help="generate music with no prime (from SOS)",
+        description="Generate from scratch; writes DIR/<name>_v1.mid (+ audio), ...",
+    )
+    _add_sampling(p)
+    _add_output(p, out_default=".", full=False)
+    p.add_argument("--name", default="generated", help="file name stem (default: generated)")
+    p.set_defaults(func=cmd_generate)
+    _one_line_errors(p)
+
+    p = sub.add_parser(
+        "render",
+        help="MIDI -> WAV/FLAC with a SoundFont",
+        description="Synthesize a MIDI file (SoundFont; peak normalized to -1 dBFS).",
+    )
+    p.add_argument("input", metavar="IN.mid")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.wav|OUT.flac")
+    _add_synth(p)
+    p.set_defaults(func=cmd_render)
+    _one_line_errors(p)
+
+    p = sub.add_parser(
+        "batch",
+        help="dataset generation from a folder or CSV/JSONL of primes, with a manifest",
+        description=(
+            "Continue every prime of PRIMES (a folder of MIDI files, or a CSV/JSONL listing with "
+            "a 'prime' column, paths relative to the listing, and optional per-prime columns: id, "
+            "seed, variations, seconds, tokens, temperature, top_k, top_p, latents, "
+            "prime_seconds, prime_tokens, prime_range) into DIR, with one line per output in "
+            "DIR/manifest.jsonl and failures in DIR/failed.jsonl. Item seeds derive from --seed "
+            "and the prime's identity. Re-running skips finished items."
+        ),
+    )
+    p.add_argument("primes", metavar="PRIMES")
+    _add_sampling(p, batch=True)
+    _add_window(p)
+    _add_output(p, out_default=None, audio="none")
+    g = p.add_argument_group("throughput")
+    g.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=8,
+        metavar="N",
+        help="items per sampler call (default 8)",
+    )
+    g.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="run on Ray: a local Ray by default, or an existing cluster at ADDRESS",
+    )
+    g.add_argument(
+        "--workers", type=_positive_int, metavar="N", help="Ray workers (default: cluster CPUs)"
+    )
+    p.set_defaults(func=cmd_batch)
+    _one_line_errors(p)

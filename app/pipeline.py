@@ -1,0 +1,583 @@
+"""The one pipeline every surface calls: prime -> prime window -> ids -> sampler -> MIDI -> audio.
+
+    from app.pipeline import Settings, Window, continue_prime, write_outputs
+    from model.checkpoint import load_model
+
+    model = load_model("checkpoints/maestro-cpu")
+    settings = Settings(seconds=20, variations=2, seed=7, window=Window.last_seconds(20))
+    for c in continue_prime(model, "sketch.mid", settings):
+        write_outputs(c, "out", "sketch")          # out/sketch_v1.mid + out/sketch_v1.wav
+
+The CLI (``continue``, ``generate``), batch generation and the web app all go through
+:func:`sample_continuations`, so the same seed and settings give the same notes everywhere.
+
+Seeds: variation ``v`` (1-based) of ``continue_prime`` is sampled with seed
+``settings.seed + v - 1`` (the sampler's own rule for a batch with one int seed). Batch generation
+passes one seed per item.
+
+Prime handling:
+  * the window (last N seconds, last N tokens, a start..end range, or the whole prime) is cut on
+    event boundaries by the tokenizer (``cut_last_seconds`` / ``cut_last_tokens`` / ``cut_range``);
+  * a window without any NOTE_ON is refused with a one-line :class:`UserError`;
+  * a window longer than the model's context is cut to the last tokens the sampler can see
+    (:func:`context_tokens`), so the ``full`` MIDI is exactly what the model was given;
+  * no prime at all (``None``) starts from SOS alone.
+
+Budgets: ``seconds`` stops a continuation once its music time reaches the budget; the TIME_SHIFT
+that crosses it is shortened so that the music time is exactly ``seconds`` (a note still
+sounding at the end is closed there). ``tokens`` is a token budget. With only ``seconds`` the
+token budget is ``seconds * MAX_TOKENS_PER_SECOND`` (a guard against a model that never advances
+time). EOS ends a continuation early unless ``stop_at_eos=False`` (then EOS is never sampled).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import pathlib
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from app.errors import UserError
+from tokenizer import constants as C
+
+DEFAULT_SECONDS = 20.0
+DEFAULT_PRIME_SECONDS = 20.0
+MAX_TOKENS_PER_SECOND = 200  # dense MAESTRO passages stay well under this
+MAX_SEED = 2**32 - 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Settings
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """Which part of the prime the model is given.
+
+    kind: ``"last_seconds"`` (the last ``seconds`` of music), ``"last_tokens"`` (the last
+    ``tokens`` ids), ``"range"`` (music time ``start``..``end`` seconds; ``end=None``: to the end;
+    the continuation then starts at ``end``), or ``"all"`` (the whole prime).
+    """
+
+    kind: str = "last_seconds"
+    seconds: float | None = DEFAULT_PRIME_SECONDS
+    tokens: int | None = None
+    start: float | None = None
+    end: float | None = None
+
+    def __post_init__(self):
+        if self.kind == "last_seconds":
+            if self.seconds is None or not self.seconds > 0 or not math.isfinite(self.seconds):
+                raise UserError(f"prime seconds must be a positive number, got {self.seconds}")
+        elif self.kind == "last_tokens":
+            if self.tokens is None or int(self.tokens) < 1:
+                raise UserError(f"prime tokens must be a positive integer, got {self.tokens}")
+        elif self.kind == "range":
+            start = self.start if self.start is not None else 0.0
+            if not (start >= 0 and math.isfinite(start)):
+                raise UserError(f"prime range start must be >= 0 seconds, got {self.start}")
+            if self.end is not None and not self.end > start:
+                raise UserError(f"prime range end ({self.end:g} s) must be after its start")
+        elif self.kind != "all":
+            raise UserError(f"unknown prime window kind {self.kind!r}")
+
+    @classmethod
+    def last_seconds(cls, seconds: float) -> Window:
+        return cls("last_seconds", seconds=float(seconds))
+
+    @classmethod
+    def last_tokens(cls, tokens: int) -> Window:
+        return cls("last_tokens", seconds=None, tokens=int(tokens))
+
+    @classmethod
+    def range(cls, start: float, end: float | None = None) -> Window:
+        return cls(
+            "range", seconds=None, start=float(start), end=None if end is None else float(end)
+        )
+
+    @classmethod
+    def whole(cls) -> Window:
+        return cls("all", seconds=None)
+
+    @classmethod
+    def parse_range(cls, text: str) -> Window:
+        """``"START:END"`` or ``"START:"`` (to the end), in seconds, e.g. ``"10:30"``."""
+        parts = str(text).split(":")
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            start = float(parts[0]) if parts[0].strip() else 0.0
+            end = float(parts[1]) if parts[1].strip() else None
+        except ValueError:
+            raise UserError(
+                f"prime range must look like START:END in seconds, got {text!r}"
+            ) from None
+        return cls.range(start, end)
+
+    def describe(self) -> str:
+        if self.kind == "last_seconds":
+            return f"last {self.seconds:g} s"
+        if self.kind == "last_tokens":
+            return f"last {self.tokens} tokens"
+        if self.kind == "range":
+            end = "end" if self.end is None else f"{self.end:g} s"
+            return f"{self.start or 0:g} s..{end}"
+        return "whole prime"
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.kind == "last_seconds":
+            return {"kind": self.kind, "seconds": self.seconds}
+        if self.kind == "last_tokens":
+            return {"kind": self.kind, "tokens": self.tokens}
+        if self.kind == "range":
+            return {"kind": self.kind, "start": self.start or 0.0, "end": self.end}
+        return {"kind": self.kind}
+
+    def cut(self, ids: np.ndarray) -> np.ndarray:
+        """The window of ``ids`` (tokenizer cuts, on event boundaries)."""
+        from tokenizer import cut_last_seconds, cut_last_tokens, cut_range
+
+        if self.kind == "last_seconds":
+            return cut_last_seconds(ids, self.seconds)
+        if self.kind == "last_tokens":
+            return cut_last_tokens(ids, int(self.tokens))
+        if self.kind == "range":
+            return cut_range(ids, self.start or 0.0, self.end)
+        return np.asarray(ids, np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything that decides the notes of a continuation (with the model and the prime).
+
+    seconds: music time to add (None: no time budget); tokens: token budget (None: derived from
+    ``seconds``); at least one must be set; both: whichever is reached first.
+    variations: continuations of the same prime, sampled as one batch (seeds seed, seed+1, ...).
+    temperature (0 = greedy), top_k (0 = off), top_p (1 = off): the sampling controls.
+    latents: latents used while sampling (None: the model's own); the test-time compute knob.
+    stop_at_eos: False never samples EOS, so the budget is always filled.
+    """
+
+    seconds: float | None = DEFAULT_SECONDS
+    tokens: int | None = None
+    variations: int = 1
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    latents: int | None = None
+    window: Window = dataclasses.field(default_factory=Window)
+    stop_at_eos: bool = True
+
+    def __post_init__(self):
+        if self.seconds is None and self.tokens is None:
+            raise UserError("give a music-time budget (seconds) or a token budget (tokens)")
+        if self.seconds is not None and not (self.seconds > 0 and math.isfinite(self.seconds)):
+            raise UserError(f"seconds must be a positive number, got {self.seconds}")
+        if self.tokens is not None and int(self.tokens) < 1:
+            raise UserError(f"tokens must be a positive integer, got {self.tokens}")
+        if int(self.variations) < 1:
+            raise UserError(f"variations must be at least 1, got {self.variations}")
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise UserError(f"temperature must be >= 0, got {self.temperature}")
+        if int(self.top_k) < 0:
+            raise UserError(f"top-k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise UserError(f"top-p must be in (0, 1], got {self.top_p}")
+        if not 0 <= int(self.seed) <= MAX_SEED - int(self.variations) + 1:
+            raise UserError(f"seed must be in 0..{MAX_SEED - int(self.variations) + 1}")
+        if self.latents is not None and int(self.latents) < 1:
+            raise UserError(f"latents must be a positive integer, got {self.latents}")
+
+    def replace(self, **changes) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def max_new_tokens(self) -> int:
+        if self.tokens is not None:
+            return int(self.tokens)
+        return max(64, math.ceil(self.seconds * MAX_TOKENS_PER_SECOND))
+
+    def sampler_key(self) -> tuple:
+        """Settings that must be equal for prompts to share one sampler call."""
+        return (
+            self.seconds,
+            self.tokens,
+            float(self.temperature),
+            int(self.top_k),
+            float(self.top_p),
+            self.latents,
+            bool(self.stop_at_eos),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as JSON (seed and window apart; batch manifests list them separately)."""
+        return {
+            "seconds": self.seconds,
+            "tokens": self.tokens,
+            "temperature": float(self.temperature),
+            "top_k": int(self.top_k),
+            "top_p": float(self.top_p),
+            "latents": self.latents,
+            "stop_at_eos": bool(self.stop_at_eos),
+        }
+
+
+# ----------------------------------------------------------------------------------------------
+# Results
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Continuation:
+    """One sampled continuation.
+
+    prime: the prime window ids the model was given (no SOS); ids: the new ids; seed: the
+    sampler seed; variation: 1-based; seconds: music time of ``ids``; tokens: ``len(ids)``;
+    sample_seconds: wall time of the sampler call that produced it (shared by its batch, includes
+    compilation on first use); stop: why it ended (``"seconds"``, ``"tokens"``, ``"eos"`` or
+    ``"stopped"`` by the callback); prime_cut: the window was longer than the model context and
+    was cut to its last tokens.
+    """
+
+    prime: np.ndarray
+    ids: np.ndarray
+    seed: int
+    variation: int
+    seconds: float
+    tokens: int
+    sample_seconds: float
+    stop: str
+    prime_cut: bool = False
+
+    @property
+    def prime_seconds(self) -> float:
+        from tokenizer import music_seconds
+
+        return music_seconds(self.prime)
+
+    @property
+    def full_ids(self) -> np.ndarray:
+        """Prime window followed by the continuation: exactly what the model saw and wrote."""
+        return np.concatenate([self.prime, self.ids]).astype(np.int32)
+
+    def continuation_ids(self) -> np.ndarray:
+        """The continuation alone, playable from time 0: the velocity in force at the end of the
+        prime is re-stated if the continuation plays a note before choosing one."""
+        return _with_velocity(self.prime, self.ids)
+
+    def midi(self):
+        """PrettyMIDI of the continuation alone (starts at time 0)."""
+        from tokenizer import decode
+
+        return decode(self.continuation_ids())
+
+    def full_midi(self):
+        """PrettyMIDI of the prime window then the continuation (at the window's end time)."""
+        from tokenizer import decode
+
+        return decode(self.full_ids)
+
+
+def _with_velocity(prime: np.ndarray, new: np.ndarray) -> np.ndarray:
+    new = np.asarray(new, np.int32)
+    is_on = (new >= C.NOTE_ON_FIRST_ID) & (new < C.NOTE_OFF_FIRST_ID)
+    is_vel = new >= C.VELOCITY_FIRST_ID
+    if not is_on.any() or is_vel[: int(np.argmax(is_on))].any():
+        return new
+    prime_vel = prime[np.asarray(prime) >= C.VELOCITY_FIRST_ID]
+    if prime_vel.size == 0:
+        return new
+    return np.concatenate([[int(prime_vel[-1])], new]).astype(np.int32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Steps
+# ----------------------------------------------------------------------------------------------
+
+
+def prime_ids(source, window: Window | None = None, *, name: str | None = None) -> np.ndarray:
+    """Prime (path, bytes, PrettyMIDI, NoteSequence, an id array, or None) -> window ids.
+
+    Raises :class:`UserError` (one line) for unreadable input, a prime with no notes, or a
+    window without notes. ``None`` gives no prime (the sampler starts from SOS alone).
+    """
+    from tokenizer import MidiError, encode, music_seconds
+
+    window = window or Window()
+    if source is None:
+        return np.zeros((0,), np.int32)
+    label = name or (str(source) if isinstance(source, str | os.PathLike) else "prime")
+    if isinstance(source, np.ndarray | list | tuple):
+        ids = np.asarray(source, np.int64).reshape(-1)
+        if ids.size and (ids.min() < 0 or ids.max() >= C.VOCAB_SIZE):
+            raise UserError(f"{label}: ids outside the vocabulary 0..{C.VOCAB_SIZE - 1}")
+        ids = ids[(ids != C.PAD_ID) & (ids != C.SOS_ID) & (ids != C.EOS_ID)].astype(np.int32)
+    else:
+        try:
+            ids = encode(source, name=name)
+        except MidiError as exc:
+            raise UserError(str(exc)) from None
+    cut = window.cut(ids)
+    if not _has_note_on(cut):
+        raise UserError(
+            f"{label}: the prime window ({window.describe()}) contains no notes "
+            f"(the prime is {music_seconds(ids):.1f} s long)"
+        )
+    return cut
+
+
+def _has_note_on(ids: np.ndarray) -> bool:
+    ids = np.asarray(ids)
+    return bool(np.any((ids >= C.NOTE_ON_FIRST_ID) & (ids < C.NOTE_OFF_FIRST_ID)))
+
+
+def context_tokens(model, latents: int | None = None) -> int:
+    """Most prime tokens the sampler conditions on (its window ``N - R`` minus the SOS)."""
+    from model.sampler import prompt_window
+
+    return prompt_window(model.config, latents) - 1
+
+
+def _fit_context(prime: np.ndarray, capacity: int) -> tuple[np.ndarray, bool]:
+    from tokenizer import cut_last_tokens
+
+    if prime.size <= capacity:
+        return prime, False
+    return cut_last_tokens(prime, capacity), True
+
+
+def _trim_to_seconds(ids: np.ndarray, seconds: float | None) -> tuple[np.ndarray, bool]:
+    """Shortens the TIME_SHIFT that crossed the budget; returns (ids, budget reached)."""
+    from tokenizer.windows import shift_steps
+
+    if seconds is None or ids.size == 0:
+        return ids, False
+    budget = max(1, int(round(seconds * C.STEPS_PER_SECOND)))
+    steps = shift_steps(ids)
+    total = int(steps.sum())
+    if total < budget:
+        return ids, False
+    excess = total - budget
+    last = int(ids[-1])
+    if excess and C.TIME_SHIFT_FIRST_ID <= last <= C.TIME_SHIFT_LAST_ID:
+        ids = ids.copy()
+        ids[-1] = last - excess  # the shift was > excess: the total before it was < budget
+    return ids, True
+
+
+def check_latents(model, latents: int | None) -> None:
+    m = model.config.num_latents
+    if latents is not None and not 1 <= int(latents) <= m:
+        raise UserError(f"latents must be in 1..{m} for this checkpoint, got {latents}")
+
+
+def sample_continuations(
+    model,
+    primes: Sequence[np.ndarray],
+    seeds: Sequence[int],
+    settings: Settings,
+    *,
+    callback: Callable[[Any], Any] | None = None,
+    variations: Sequence[int] | None = None,
+) -> list[Continuation]:
+    """One sampler call: continues ``primes[i]`` (window ids) with seed ``seeds[i]``.
+
+    ``settings`` gives the budgets and sampling controls (its ``seed``, ``variations`` and
+    ``window`` are not used here). ``callback`` receives the sampler's ``StepInfo`` after every
+    compiled chunk and may stop early (return True or raise ``StopSampling``). ``variations``
+    labels the results (default 1, 2, ...).
+    """
+    from model.sampler import StopSampling, sample
+    from tokenizer import music_seconds
+
+    if len(primes) != len(seeds):
+        raise ValueError(f"{len(primes)} primes but {len(seeds)} seeds")
+    if not primes:
+        return []
+    check_latents(model, settings.latents)
+    capacity = context_tokens(model, settings.latents)
+    fitted = [_fit_context(np.asarray(p, np.int32), capacity) for p in primes]
+    stopped_early = False
+
+    def on_chunk(info):
+        nonlocal stopped_early
+        try:
+            stopped_early = bool(callback(info))
+        except StopSampling:
+            stopped_early = True
+        return stopped_early
+
+    t0 = time.perf_counter()
+    try:
+        outs = sample(
+            model,
+            [p for p, _ in fitted],
+            max_new_tokens=settings.max_new_tokens,
+            temperature=float(settings.temperature),
+            top_k=int(settings.top_k),
+            top_p=float(settings.top_p),
+            seed=[int(s) for s in seeds],
+            max_seconds=settings.seconds,
+            num_latents=settings.latents,
+            stop_at_eos=bool(settings.stop_at_eos),
+            callback=on_chunk if callback is not None else None,
+        )
+    except ValueError as exc:  # settings the model cannot honour
+        raise UserError(str(exc)) from None
+    elapsed = time.perf_counter() - t0
+
+    results = []
+    labels = list(variations) if variations is not None else list(range(1, len(primes) + 1))
+    for (prime, cut), seed, ids, v in zip(fitted, seeds, outs, labels, strict=True):
+        ids, reached = _trim_to_seconds(np.asarray(ids, np.int32), settings.seconds)
+        if reached:
+            stop = "seconds"
+        elif ids.size >= settings.max_new_tokens:
+            stop = "tokens"
+        elif stopped_early:
+            stop = "stopped"
+        else:
+            stop = "eos"
+        results.append(
+            Continuation(
+                prime=prime,
+                ids=ids,
+                seed=int(seed),
+                variation=int(v),
+                seconds=music_seconds(ids),
+                tokens=int(ids.size),
+                sample_seconds=elapsed,
+                stop=stop,
+                prime_cut=cut,
+            )
+        )
+    return results
+
+
+def variation_seeds(seed: int, variations: int) -> list[int]:
+    """Seeds of variations 1..N: seed, seed + 1, ... (the sampler's rule for a batch)."""
+    return [int(seed) + v for v in range(int(variations))]
+
+
+def continue_prime(
+    model,
+    prime_source,
+    settings: Settings,
+    *,
+    callback: Callable[[Any], Any] | None = None,
+    name: str | None = None,
+) -> list[Continuation]:
+    """Continues one prime ``settings.variations`` times (one batch); see the module doc.
+
+    ``prime_source``: a MIDI path, bytes, PrettyMIDI, NoteSequence, an id array, or None (start
+    from SOS). Raises :class:`UserError` with a one-line message for user mistakes.
+    """
+    prime = prime_ids(prime_source, settings.window, name=name)
+    n = int(settings.variations)
+    return sample_continuations(
+        model, [prime] * n, variation_seeds(settings.seed, n), settings, callback=callback
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Writers
+# ----------------------------------------------------------------------------------------------
+
+AUDIO_CHOICES = ("wav", "flac", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputOptions:
+    """What to write for each continuation.
+
+    full: the MIDI holds the prime window then the continuation (else the continuation alone);
+    audio: ``"wav"``, ``"flac"`` or ``"none"``; soundfont: a .sf2 path or bytes (None: the bundled
+    TimGM6mb.sf2); synth: ``"midirenderer"`` or ``"fluidsynth"``.
+    """
+
+    full: bool = False
+    audio: str = "wav"
+    sample_rate: int = 44100
+    soundfont: str | os.PathLike | bytes | None = None
+    synth: str = "midirenderer"
+
+    def __post_init__(self):
+        if self.audio not in AUDIO_CHOICES:
+            raise UserError(f"audio must be one of {', '.join(AUDIO_CHOICES)}, got {self.audio!r}")
+
+    def file_names(self, stem: str, variation: int) -> dict[str, str]:
+        names = {"midi": f"{stem}_v{variation}.mid"}
+        if self.audio != "none":
+            names["audio"] = f"{stem}_v{variation}.{self.audio}"
+        return names
+
+
+def output_bytes(c: Continuation, options: OutputOptions) -> dict[str, bytes]:
+    """The files of one continuation as bytes: ``{"midi": ..., "audio": ...}`` (audio is the
+    rendering of exactly that MIDI file)."""
+    from app import render
+    from tokenizer import midi_bytes
+
+    pm = c.full_midi() if options.full else c.midi()
+    data = {"midi": midi_bytes(pm)}
+    if options.audio != "none":
+        audio = render.render(
+            data["midi"],
+            sample_rate=options.sample_rate,
+            soundfont=options.soundfont,
+            synth=options.synth,
+        )
+        data["audio"] = render.audio_bytes(audio, options.sample_rate, options.audio)
+    return data
+
+
+def write_files(out_dir: str | os.PathLike, names: dict[str, str], data: dict[str, bytes]):
+    """Writes ``data[kind]`` to ``out_dir / names[kind]`` atomically; returns {kind: Path}."""
+    from tokenizer import atomic_write_bytes
+
+    out_dir = pathlib.Path(out_dir)
+    paths = {}
+    for kind, rel in names.items():
+        path = out_dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, data[kind])
+        paths[kind] = path
+    return paths
+
+
+def write_outputs(
+    c: Continuation,
+    out_dir: str | os.PathLike,
+    stem: str,
+    options: OutputOptions | None = None,
+) -> dict[str, pathlib.Path]:
+    """Writes ``out_dir/<stem>_v<variation>.mid`` (+ ``.wav``/``.flac``) atomically; returns
+    ``{"midi": path, "audio": path}``."""
+    options = options or OutputOptions()
+    return write_files(out_dir, options.file_names(stem, c.variation), output_bytes(c, options))
+
+
+def ensure_out_dir(path: str | os.PathLike) -> pathlib.Path:
+    """Creates the output folder; UserError (one line) if it cannot be created or written."""
+    import tempfile
+
+    path = pathlib.Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UserError(f"{path}: cannot create the output folder ({reason})") from None
+    try:
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UserError(f"{path}: output folder is not writable ({reason})") from None
+    return path

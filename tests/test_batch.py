@@ -1,0 +1,281 @@
+"""Batch generation (app/batch.py): manifest, identity-derived seeds, failures, resume after
+SIGKILL, and the Ray path giving the same manifest as the local one."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pretty_midi
+import pytest
+import soundfile
+
+from app.batch import MANIFEST, load_primes, prime_seed
+from app.cli import main
+from app.pipeline import Settings, continue_prime
+from app.render import DEFAULT_TAIL_SECONDS
+from tokenizer import midi_bytes
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+SECONDS = 3.0  # same token bucket as tests/test_pipeline.py
+
+
+def _run(args, capsys=None):
+    try:
+        rc = main([str(a) for a in args])
+    except SystemExit as exc:
+        rc = exc.code
+    out = capsys.readouterr() if capsys else None
+    return rc, out
+
+
+def _manifest(out_dir):
+    return [json.loads(line) for line in (out_dir / MANIFEST).read_text().splitlines()]
+
+
+def _check_complete(out_dir, records):
+    """Every listed file exists and is complete (MIDI parses, audio decodes to its length)."""
+    for rec in records:
+        # Parses (a tiny random model may write a continuation without notes: still a MIDI file).
+        pm = pretty_midi.PrettyMIDI(str(out_dir / rec["outputs"]["midi"]))
+        if "audio" in rec["outputs"]:
+            data, rate = soundfile.read(str(out_dir / rec["outputs"]["audio"]))
+            assert rate == rec["settings"]["sample_rate"]
+            expected = (pm.get_end_time() + DEFAULT_TAIL_SECONDS) * rate
+            assert abs(len(data) - expected) <= 2
+    assert not [p for p in out_dir.rglob("*") if p.name.endswith(".tmp")]
+
+
+@pytest.fixture()
+def primes(tmp_path, short_prime):
+    """A folder: two good primes (one in a subfolder, .midi), a non-MIDI file, a note-less MIDI."""
+    d = tmp_path / "primes"
+    (d / "sub").mkdir(parents=True)
+    shutil.copy(short_prime, d / "a.mid")
+    shutil.copy(short_prime, d / "sub" / "b.midi")
+    (d / "bad.mid").write_text("this is not MIDI\n")
+    empty = pretty_midi.PrettyMIDI()
+    empty.instruments.append(pretty_midi.Instrument(0))
+    empty.write(str(d / "empty.mid"))
+    return d
+
+
+def _batch_args(src, out, ckpt, *extra):
+    return ["batch", src, "--out", out, "--checkpoint", ckpt, "--seconds", SECONDS,
+            "--variations", 2, "--batch-size", 2, *extra]  # fmt: skip
+
+
+def test_folder_batch_writes_manifest_and_records_failures(
+    primes, tiny_checkpoint, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    rc, cap = _run(_batch_args(primes, out, tiny_checkpoint, "--audio", "wav", "--seed", 9), capsys)
+    assert rc == 0
+    records = _manifest(out)
+    assert [r["id"] for r in records] == ["a.mid#v1", "a.mid#v2", "sub/b.midi#v1", "sub/b.midi#v2"]
+    for r in records:
+        assert r["seed"] == prime_seed(9, r["prime"]) + r["variation"] - 1
+        assert r["window"] == {"kind": "last_seconds", "seconds": 20.0}
+        assert r["settings"]["seconds"] == SECONDS and r["settings"]["audio"] == "wav"
+        assert r["checkpoint"]["path"] == str(tiny_checkpoint) and r["checkpoint"]["fingerprint"]
+        assert r["tokens"] > 0 and 0 < r["music_seconds"] <= SECONDS
+        assert r["prime_tokens"] > 0
+    assert records[2]["outputs"] == {"midi": "sub/b_v1.mid", "audio": "sub/b_v1.wav"}
+    _check_complete(out, records)
+    failed = [json.loads(line) for line in (out / "failed.jsonl").read_text().splitlines()]
+    assert sorted(f["id"] for f in failed) == [
+        "bad.mid#v1",
+        "bad.mid#v2",
+        "empty.mid#v1",
+        "empty.mid#v2",
+    ]
+    assert any("not a MIDI file" in f["reason"] for f in failed)
+    assert any("no notes" in f["reason"] for f in failed)
+    assert "4 done, 0 skipped" in cap.out and "4 failed" in cap.out
+    assert "not a MIDI file" in cap.out
+
+    # Re-running skips every finished item (failed ones are tried again).
+    rc, cap = _run(_batch_args(primes, out, tiny_checkpoint, "--audio", "wav", "--seed", 9), capsys)
+    assert rc == 0 and "0 done, 4 skipped" in cap.out
+    assert _manifest(out) == records
+
+
+def test_seeds_come_from_identity_not_position(primes, tmp_path):
+    defaults = Settings(seconds=SECONDS)
+    by_folder = {p.identity: p.settings.seed for p in load_primes(primes, defaults, 5)}
+    listing = tmp_path / "list.jsonl"  # the same primes in another order, paths relative to it
+    rows = ["primes/sub/b.midi", "primes/a.mid"]
+    listing.write_text("".join(json.dumps({"prime": r, "id": r[7:]}) + "\n" for r in rows))
+    by_listing = {p.identity: p.settings.seed for p in load_primes(listing, defaults, 5)}
+    assert by_listing == {k: by_folder[k] for k in ("sub/b.midi", "a.mid")}
+    assert prime_seed(5, "a.mid") != prime_seed(6, "a.mid") != prime_seed(5, "b.mid")
+    assert prime_seed(5, "a.mid") == prime_seed(5, "a.mid") < 2**31
+
+
+def test_same_seed_same_midi_from_batch_continue_and_pipeline(
+    primes, tiny_checkpoint, tiny_model, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    assert _run(_batch_args(primes, out, tiny_checkpoint, "--seed", 1), capsys)[0] == 0
+    rec = {r["id"]: r for r in _manifest(out)}
+    seed = rec["sub/b.midi#v1"]["seed"]
+    assert rec["sub/b.midi#v2"]["seed"] == seed + 1
+    settings = Settings(seconds=SECONDS, variations=2, seed=seed)
+    conts = continue_prime(tiny_model, primes / "sub" / "b.midi", settings)
+    rc, _ = _run(
+        ["continue", primes / "sub" / "b.midi", "--checkpoint", tiny_checkpoint, "--out",
+         tmp_path / "cont", "--seconds", SECONDS, "--variations", 2, "--seed", seed,
+         "--audio", "none"],
+        capsys,
+    )  # fmt: skip
+    assert rc == 0
+    for c in conts:
+        from_batch = (out / rec[f"sub/b.midi#v{c.variation}"]["outputs"]["midi"]).read_bytes()
+        assert from_batch == midi_bytes(c.midi())
+        assert from_batch == (tmp_path / "cont" / f"b_v{c.variation}.mid").read_bytes()
+
+
+def test_listing_with_per_item_settings(short_prime, tiny_checkpoint, tmp_path, capsys):
+    csv = tmp_path / "list.csv"
+    csv.write_text(
+        "prime,id,seconds,prime_range,seed,variations\n"
+        f"{short_prime},first,,,,\n"
+        f"{short_prime},second,4,0.5:1.5,123,1\n"
+        "missing.mid,third,,,,\n"
+    )
+    out = tmp_path / "out"
+    args = ["batch", csv, "--out", out, "--checkpoint", tiny_checkpoint, "--seconds", SECONDS,
+            "--variations", 2, "--ignore-eos", "--batch-size", 2]  # fmt: skip
+    rc, cap = _run(args, capsys)
+    assert rc == 0
+    rec = {r["id"]: r for r in _manifest(out)}
+    assert sorted(rec) == ["first#v1", "first#v2", "second#v1"]
+    assert rec["second#v1"]["seed"] == 123
+    assert rec["second#v1"]["window"] == {"kind": "range", "start": 0.5, "end": 1.5}
+    assert rec["second#v1"]["settings"]["seconds"] == 4.0
+    assert rec["second#v1"]["music_seconds"] == pytest.approx(4.0, abs=0.01)
+    assert rec["first#v1"]["music_seconds"] == pytest.approx(SECONDS, abs=0.01)
+    assert rec["first#v1"]["outputs"] == {"midi": "first_v1.mid"}
+    assert "third#v1" in (out / "failed.jsonl").read_text()
+    assert "missing.mid" in cap.out and "no such file" in cap.out
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"prime,temprature\n{short_prime},0.5\n")
+    rc, cap = _run(["batch", bad, "--out", out, "--checkpoint", tiny_checkpoint], capsys)
+    assert rc == 2 and "unknown column 'temprature'" in cap.err and cap.err.count("\n") == 1
+
+
+def test_resume_repairs_torn_lines_leftovers_and_missing_files(
+    primes, tiny_checkpoint, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    args = _batch_args(primes, out, tiny_checkpoint, "--audio", "flac")
+    assert _run(args, capsys)[0] == 0
+    first = _manifest(out)
+    # Simulate a crash: a torn manifest line, a temporary file, and an item's file gone.
+    with open(out / MANIFEST, "a") as f:
+        f.write('{"id":"a.mid#v1","prime":"a.m')
+    (out / ".a_v1.mid.abc123.tmp").write_bytes(b"partial")
+    (out / first[1]["outputs"]["audio"]).unlink()
+    rc, cap = _run(args, capsys)
+    assert rc == 0 and "1 done, 3 skipped" in cap.out
+    again = _manifest(out)
+    assert sorted(r["id"] for r in again) == sorted(r["id"] for r in first)  # exactly once
+    assert {json.dumps(r, sort_keys=True) for r in again} == {
+        json.dumps(r, sort_keys=True) for r in first
+    }
+    _check_complete(out, again)
+    # Other settings into the same folder are refused, not mixed in.
+    rc, cap = _run([*args, "--temperature", "0.5"], capsys)
+    assert rc == 2 and "different settings.temperature" in cap.err
+
+
+def test_batch_killed_with_sigkill_resumes_exactly_once(short_prime, tiny_checkpoint, tmp_path):
+    src = tmp_path / "primes"
+    src.mkdir()
+    for i in range(16):
+        shutil.copy(short_prime, src / f"p{i:02d}.mid")
+    out = tmp_path / "out"
+    args = _batch_args(src, out, tiny_checkpoint, "--audio", "wav")
+    args[args.index("--batch-size") + 1] = 1
+    total = 32
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    manifest = out / MANIFEST
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if manifest.exists() and manifest.read_bytes().count(b"\n") >= 2:
+                break
+            time.sleep(0.005)
+        assert proc.poll() is None, "the batch ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    lines_at_kill = manifest.read_bytes().count(b"\n")
+    assert 2 <= lines_at_kill < total
+
+    rc, _ = _run(args)
+    assert rc == 0
+    records = _manifest(out)
+    ids = [r["id"] for r in records]
+    assert len(ids) == len(set(ids)) == total
+    _check_complete(out, records)
+
+    # The resumed dataset equals an uninterrupted run.
+    fresh = tmp_path / "fresh"
+    assert (
+        _run(_batch_args(src, fresh, tiny_checkpoint, "--audio", "wav", "--batch-size", 1))[0] == 0
+    )
+    assert sorted(map(json.dumps, _manifest(fresh))) == sorted(map(json.dumps, records))
+    for r in records:
+        for rel in r["outputs"].values():
+            assert (out / rel).read_bytes() == (fresh / rel).read_bytes()
+
+
+def test_ray_gives_the_same_manifest_and_files_as_local(primes, tiny_checkpoint, tmp_path, capsys):
+    pytest.importorskip("ray")
+    (primes / "empty.mid").unlink()
+    local, on_ray = tmp_path / "local", tmp_path / "ray"
+    common = ["--audio", "wav", "--variations", 1, "--batch-size", 1]
+    assert _run([*_batch_args(primes, local, tiny_checkpoint), *common], capsys)[0] == 0
+    rc, cap = _run(
+        [*_batch_args(primes, on_ray, tiny_checkpoint), *common, "--ray", "--workers", 2], capsys
+    )
+    assert rc == 0, cap.err
+    assert (on_ray / MANIFEST).read_bytes() == (local / MANIFEST).read_bytes()
+    assert (on_ray / "failed.jsonl").read_bytes() == (local / "failed.jsonl").read_bytes()
+    records = _manifest(local)
+    assert len(records) == 2
+    for r in records:
+        for rel in r["outputs"].values():
+            assert (on_ray / rel).read_bytes() == (local / rel).read_bytes()
+
+
+def test_a_second_run_on_the_same_folder_is_refused(primes, tiny_checkpoint, tmp_path, capsys):
+    import fcntl
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / ".batch.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        rc, cap = _run(_batch_args(primes, out, tiny_checkpoint), capsys)
+    assert rc == 2 and "another batch run is writing here" in cap.err
+
+
+def test_unreachable_ray_address_is_one_line(primes, tiny_checkpoint, tmp_path, capsys):
+    pytest.importorskip("ray")
+    args = [*_batch_args(primes, tmp_path / "out", tiny_checkpoint), "--ray", "127.0.0.1:1"]
+    rc, cap = _run(args, capsys)
+    assert rc == 2 and cap.err == "error: cannot reach Ray at 127.0.0.1:1 (Connection refused)\n"
