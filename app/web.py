@@ -1,0 +1,586 @@
+"""The Gradio web app: ``perceiver-midi app`` (or ``python -m app``).
+
+    perceiver-midi app --checkpoint checkpoints/maestro-cpu --port 7860
+
+The page, in the order a composer works:
+  1. Prime: upload a MIDI file, choose a shipped example, or start from nothing; its piano roll
+     (the prime window in colour) and a player for the window; two sliders choose the window
+     (start and end, in seconds; default: the last 20 s); Undo goes back one prime.
+  2. Controls: continuation length, variations (1-4), temperature, top-p, top-k, seed with a
+     "random" toggle; Advanced: latents (test-time compute) and prime tokens.
+  3. Generate / Stop, with a status line (music seconds and tokens so far while sampling).
+  4. Results, one per variation: audio (3 s of the prime, then the continuation), a piano roll
+     (prime grey, continuation coloured, a dashed line at the seam), the MIDI files (the
+     continuation alone, and the piece so far + the continuation), and "Continue from this".
+
+The named API endpoint ``/continue`` (see README) takes a prime MIDI file and the settings and
+returns the audio and MIDI files of each variation. The handlers live in ``app/web_core.py``
+(plain Python, tested without a browser); this module only lays out the page and adapts values.
+One model per process, loaded and compiled before the server starts; per-session state in
+``gr.State``; Gradio's queue bounds how many requests use the model at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import os
+import sys
+import time
+
+from app.errors import UserError
+from app.web_core import (
+    DEFAULT_SECONDS,
+    MAX_SECONDS,
+    MAX_UPLOAD_BYTES,
+    MAX_VARIATIONS,
+    Composer,
+    Done,
+    GenerateRequest,
+    Progress,
+    ResultReady,
+    Session,
+    Started,
+    human_size,
+    list_examples,
+)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+DEFAULT_MAX_CONCURRENCY = 2
+TITLE = "perceiver-midi: continue your piano sketch"
+log = logging.getLogger("perceiver_midi.web")
+
+CSS = """
+#status { min-height: 2.2em; }
+.result-card { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 6px; }
+"""
+
+
+# ----------------------------------------------------------------------------------------------
+# Page
+# ----------------------------------------------------------------------------------------------
+
+
+def _user_errors(fn):
+    """UserError -> gr.Error (a message in the page); other exceptions -> one line too."""
+    import gradio as gr
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        except gr.Error:
+            raise
+        except Exception as exc:  # a bug: keep serving, say what happened in one line
+            log.exception("handler failed")
+            raise gr.Error(f"internal error: {type(exc).__name__}: {exc}") from None
+
+    return wrapper
+
+
+def _continue_from(composer: Composer, k: int, s: Session):
+    return composer.continue_from(s, k)
+
+
+def build_app(
+    model,
+    *,
+    composer: Composer | None = None,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+):
+    """The gr.Blocks of the app for ``model`` (queue and launch it yourself, or use ``main``)."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a server
+    import gradio as gr
+
+    composer = composer or Composer(model, max_upload_bytes=max_upload_bytes)
+    examples = list_examples(composer.examples_dir)
+    n_lat = composer.num_latents
+
+    with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
+        demo.composer = composer  # for tests and benchmarks
+        session = gr.State(
+            Session(composer.root / "sessions"),  # deep-copied per browser session
+            delete_callback=lambda s: s.close() if isinstance(s, Session) else None,
+        )
+        gr.Markdown(
+            f"# {TITLE}\nUpload a MIDI sketch (or pick an example), choose the part that primes "
+            "the model, generate a few continuations, listen, download the one you like, "
+            "continue from it, undo."
+        )
+
+        # 1. Prime ------------------------------------------------------------------------------
+        gr.Markdown("## 1. Prime")
+        with gr.Row(equal_height=True):
+            upload = gr.File(
+                label=f"Upload a MIDI file (up to {human_size(composer.max_upload_bytes)})",
+                file_types=[".mid", ".midi"],
+                type="filepath",
+                elem_id="upload",
+                height=150,
+                scale=2,
+            )
+            with gr.Column(scale=1):
+                example = gr.Dropdown(
+                    choices=examples,
+                    value=None,
+                    label="or a shipped example",
+                    elem_id="example",
+                )
+                with gr.Row():
+                    nothing_btn = gr.Button("Start from nothing", size="sm", elem_id="nothing")
+                    undo_btn = gr.Button("Undo", size="sm", interactive=False, elem_id="undo")
+        prime_info = gr.Markdown(Session().prime.describe(), elem_id="prime-info")
+        with gr.Row():
+            prime_roll = gr.Image(
+                label="Prime (the window in colour)",
+                type="filepath",
+                interactive=False,
+                height=260,
+                elem_id="prime-roll",
+                scale=3,
+            )
+            prime_audio = gr.Audio(
+                label="Hear the prime window",
+                type="filepath",
+                interactive=False,
+                elem_id="prime-audio",
+                scale=2,
+            )
+        with gr.Row():
+            win_start = gr.Slider(
+                0, 1, value=0, step=0.01, label="Prime window start (s)", interactive=False
+            )
+            win_end = gr.Slider(
+                0, 1, value=1, step=0.01, label="Prime window end (s)", interactive=False
+            )
+
+        # 2. Controls ---------------------------------------------------------------------------
+        gr.Markdown("## 2. Continue")
+        with gr.Row():
+            seconds = gr.Slider(1, 60, value=DEFAULT_SECONDS, step=1, label="Length (s)")
+            variations = gr.Slider(1, MAX_VARIATIONS, value=2, step=1, label="Variations")
+            temperature = gr.Slider(0, 2, value=1.0, step=0.05, label="Temperature (0 = greedy)")
+        with gr.Row():
+            top_p = gr.Slider(0.05, 1, value=1.0, step=0.01, label="Top-p (1 = off)")
+            top_k = gr.Slider(0, 200, value=0, step=1, label="Top-k (0 = off)")
+            seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
+            random_seed = gr.Checkbox(value=True, label="Random seed")
+        with gr.Accordion("Advanced", open=False):
+            with gr.Row():
+                latents = gr.Slider(
+                    1,
+                    n_lat,
+                    value=n_lat,
+                    step=1,
+                    label=f"Latents (test-time compute; the model's: {n_lat})",
+                    info="A new value compiles the sampler once (a few seconds).",
+                )
+                prime_tokens = gr.Slider(
+                    0,
+                    composer.context_tokens,
+                    value=0,
+                    step=1,
+                    label="Prime tokens (0 = all of the window the model can see)",
+                )
+                stop_at_eos = gr.Checkbox(
+                    value=True,
+                    label="Stop at the end of a piece (EOS)",
+                    info="Off: always fill the length.",
+                )
+        with gr.Row():
+            generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
+            stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="stop")
+        status = gr.Markdown("", elem_id="status")
+
+        # 3. Results ----------------------------------------------------------------------------
+        gr.Markdown("## 3. Results")
+        slots = []
+        for row in range(0, MAX_VARIATIONS, 2):
+            with gr.Row():
+                for k in range(row, min(row + 2, MAX_VARIATIONS)):
+                    with gr.Column(visible=False, elem_classes="result-card") as card:
+                        header = gr.Markdown(elem_id=f"result-{k + 1}-header")
+                        audio = gr.Audio(
+                            label="Audio (3 s of the prime, then the continuation)",
+                            type="filepath",
+                            interactive=False,
+                            elem_id=f"result-{k + 1}-audio",
+                        )
+                        roll = gr.Image(
+                            label="Piano roll",
+                            type="filepath",
+                            interactive=False,
+                            height=220,
+                            elem_id=f"result-{k + 1}-roll",
+                        )
+                        files = gr.File(
+                            label="MIDI: the continuation, and the piece so far (_full)",
+                            file_count="multiple",
+                            interactive=False,
+                            elem_id=f"result-{k + 1}-files",
+                        )
+                        cont_btn = gr.Button(
+                            "Continue from this", size="sm", elem_id=f"result-{k + 1}-continue"
+                        )
+                    slots.append((card, header, audio, roll, files, cont_btn))
+
+        # Hidden components of the /continue API -------------------------------------------------
+        with gr.Column(visible=False):
+            api_prime = gr.File(label="prime", type="filepath")
+            api_seconds = gr.Number(value=DEFAULT_SECONDS, label="seconds")
+            api_variations = gr.Number(value=1, precision=0, label="variations")
+            api_temperature = gr.Number(value=1.0, label="temperature")
+            api_top_p = gr.Number(value=1.0, label="top_p")
+            api_top_k = gr.Number(value=0, precision=0, label="top_k")
+            api_seed = gr.Number(value=0, precision=0, label="seed")
+            api_latents = gr.Number(value=0, precision=0, label="latents")
+            api_prime_seconds = gr.Number(value=20.0, label="prime_seconds")
+            api_prime_tokens = gr.Number(value=0, precision=0, label="prime_tokens")
+            api_prime_range = gr.Textbox(value="", label="prime_range")
+            api_ignore_eos = gr.Checkbox(value=False, label="ignore_eos")
+            api_audio = gr.File(label="audio", file_count="multiple")
+            api_midi = gr.File(label="midi", file_count="multiple")
+            api_info = gr.JSON(label="info")
+            api_btn = gr.Button("continue")
+
+        # Wiring ---------------------------------------------------------------------------------
+        # UI handlers never raise for a user mistake: the message goes to a toast and to the
+        # prime's status line, the page keeps what it showed, and the upload box is emptied for
+        # the next file. (Raising would also flag every output component with "Error".)
+        prime_outputs = [prime_info, prime_roll, prime_audio, win_start, win_end, undo_btn]
+        with_state = [session, *prime_outputs, upload]
+
+        def prime_updates(view):
+            if view.empty:
+                start = gr.update(minimum=0, maximum=1, value=0, interactive=False)
+                end = gr.update(minimum=0, maximum=1, value=1, interactive=False)
+            else:
+                top = round(view.total, 2)
+                start = gr.update(minimum=0, maximum=top, value=view.window[0], interactive=True)
+                end = gr.update(minimum=0, maximum=top, value=view.window[1], interactive=True)
+            return (
+                view.info,
+                str(view.roll),
+                str(view.audio) if view.audio else None,
+                start,
+                end,
+                gr.update(interactive=view.can_undo),
+            )
+
+        def tell(exc: Exception) -> str:
+            if isinstance(exc, UserError):
+                msg = str(exc)
+            else:  # a bug: keep serving, say what happened in one line
+                log.exception("handler failed")
+                msg = f"internal error: {type(exc).__name__}: {exc}"
+            gr.Warning(msg, title="Error")
+            return msg
+
+        def prime_handler(action):
+            """(session, *args) -> the new prime's view, or the message and no change."""
+
+            def handler(s: Session, *args):
+                try:
+                    view = action(s, *args)
+                except Exception as exc:
+                    msg = tell(exc)
+                    info = f"**Error:** {msg}\n\n{s.prime.describe()} (unchanged)"
+                    return (s, info, *[gr.skip()] * (len(prime_outputs) - 1), None)
+                if view is None:
+                    return (s, *[gr.skip()] * len(prime_outputs), None)
+                return (s, *prime_updates(view), None)
+
+            return handler
+
+        on_upload = prime_handler(composer.load_upload)
+        on_example = prime_handler(lambda s, name: composer.load_example(s, name) if name else None)
+        on_nothing = prime_handler(composer.start_empty)
+        on_undo = prime_handler(composer.undo)
+
+        def on_window(s: Session, start, end):
+            try:
+                view = composer.set_window(s, start, end)
+            except Exception as exc:
+                msg = tell(exc)
+                return f"**Error:** {msg}\n\n{s.prime.describe()}", gr.skip(), gr.skip()
+            return view.info, str(view.roll), str(view.audio) if view.audio else None
+
+        def on_stop(s: Session):
+            composer.stop(s)
+
+        slot_outputs = [c for slot in slots for c in slot[:5]]
+        gen_outputs = [status, seed, generate_btn, stop_btn, *slot_outputs]
+
+        def gen_frame(status_text=None, seed_value=None, busy=None, slot_values=None):
+            skip = gr.skip
+            out = [
+                status_text if status_text is not None else skip(),
+                seed_value if seed_value is not None else skip(),
+                gr.update(interactive=not busy) if busy is not None else skip(),
+                gr.update(interactive=bool(busy)) if busy is not None else skip(),
+            ]
+            values = slot_values or {}
+            for k in range(MAX_VARIATIONS):
+                out.extend(values.get(k, [skip()] * 5))
+            return tuple(out)
+
+        def on_generate(
+            s: Session,
+            seconds_v,
+            variations_v,
+            temperature_v,
+            top_p_v,
+            top_k_v,
+            seed_v,
+            random_v,
+            latents_v,
+            prime_tokens_v,
+            stop_at_eos_v,
+            start_v,
+            end_v,
+        ):
+            req = GenerateRequest(
+                seconds=seconds_v,
+                variations=variations_v,
+                temperature=temperature_v,
+                top_p=top_p_v,
+                top_k=top_k_v,
+                seed=seed_v if seed_v is not None else 0,
+                random_seed=bool(random_v),
+                latents=latents_v,
+                prime_tokens=prime_tokens_v,
+                stop_at_eos=bool(stop_at_eos_v),
+                window_start=None if s.prime.empty else start_v,
+                window_end=None if s.prime.empty else end_v,
+            )
+            try:
+                for ev in composer.generate(s, req):
+                    if isinstance(ev, Started):
+                        # The cards of this request are shown (empty) now, before their values
+                        # arrive: a card made visible in the same update as its audio and image
+                        # sometimes drops them in the browser (Gradio 6.31).
+                        cards = {
+                            k: [gr.update(visible=k < ev.variations),
+                                f"**Variation {k + 1}**: sampling...", None, None, None]
+                            for k in range(MAX_VARIATIONS)
+                        }  # fmt: skip
+                        yield gen_frame(ev.status, ev.seed, True, cards)
+                    elif isinstance(ev, Progress):
+                        yield gen_frame(ev.status)
+                    elif isinstance(ev, ResultReady):
+                        r = ev.result
+                        files = [str(r.midi), str(r.full_midi)]
+                        values = [gr.skip(), r.header(), str(r.audio), str(r.roll), files]
+                        yield gen_frame(ev.status, slot_values={ev.index: values})
+                    elif isinstance(ev, Done):
+                        yield gen_frame(ev.status, busy=False)
+            except Exception as exc:
+                yield gen_frame(f"**Error:** {tell(exc)}", busy=False)
+
+        @_user_errors
+        def on_api_continue(
+            prime,
+            seconds=DEFAULT_SECONDS,
+            variations=1,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=0,
+            seed=0,
+            latents=0,
+            prime_seconds=20.0,
+            prime_tokens=0,
+            prime_range="",
+            ignore_eos=False,
+        ):
+            return composer.api_continue(
+                prime,
+                seconds=seconds,
+                variations=variations,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=top_k,
+                seed=seed,
+                latents=latents,
+                prime_seconds=prime_seconds,
+                prime_tokens=prime_tokens,
+                prime_range=prime_range,
+                ignore_eos=bool(ignore_eos),
+            )
+
+        ui = {"api_visibility": "private", "show_progress": "minimal"}
+        upload.upload(on_upload, [session, upload], with_state, api_name="set_prime",
+                      api_visibility="undocumented", show_progress="minimal")  # fmt: skip
+        example.input(on_example, [session, example], with_state, **ui)
+        nothing_btn.click(on_nothing, [session], with_state, **ui)
+        undo_btn.click(on_undo, [session], with_state, **ui)
+        for slider in (win_start, win_end):
+            slider.release(on_window, [session, win_start, win_end],
+                           [prime_info, prime_roll, prime_audio], **ui)  # fmt: skip
+        for k, slot in enumerate(slots):
+            on_continue = prime_handler(functools.partial(_continue_from, composer, k))
+            slot[5].click(on_continue, [session], with_state, **ui)
+        generate_btn.click(
+            on_generate,
+            [
+                session,
+                seconds,
+                variations,
+                temperature,
+                top_p,
+                top_k,
+                seed,
+                random_seed,
+                latents,
+                prime_tokens,
+                stop_at_eos,
+                win_start,
+                win_end,
+            ],  # fmt: skip
+            gen_outputs,
+            api_name="generate",
+            concurrency_id="model",
+            show_progress="hidden",
+            api_visibility="undocumented",
+        )
+        stop_btn.click(on_stop, [session], None, concurrency_limit=None, queue=False,
+                       api_visibility="private")  # fmt: skip
+        api_btn.click(
+            on_api_continue,
+            [
+                api_prime,
+                api_seconds,
+                api_variations,
+                api_temperature,
+                api_top_p,
+                api_top_k,
+                api_seed,
+                api_latents,
+                api_prime_seconds,
+                api_prime_tokens,
+                api_prime_range,
+                api_ignore_eos,
+            ],  # fmt: skip
+            [api_audio, api_midi, api_info],
+            api_name="continue",
+            api_description=(
+                "Continue a prime MIDI file (or nothing: None). Returns the audio (WAV, 3 s of "
+                "the prime then the continuation) of each variation, its MIDI files "
+                "(<stem>_vN.mid: the continuation; <stem>_vN_full.mid: the prime up to the "
+                "window's end, then the continuation) and a JSON summary. Window: prime_range "
+                "'START:END' if given, else the last prime_tokens tokens if > 0, else the last "
+                "prime_seconds seconds. latents 0 = the model's. Variation v uses seed + v - 1. "
+                "ignore_eos: never end early (as the CLI's --ignore-eos)."
+            ),
+            concurrency_id="model",
+        )
+        demo.load(prime_handler(composer.prime_view), [session], with_state, **ui)
+    return demo
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+
+
+def _add_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on ({DEFAULT_HOST})")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port ({DEFAULT_PORT})")
+    p.add_argument("--share", action="store_true", help="also serve on a public gradio.live link")
+    p.add_argument(
+        "--checkpoint", metavar="DIR", help="model checkpoint (default: checkpoints/maestro-cpu)"
+    )
+    p.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=DEFAULT_MAX_CONCURRENCY,
+        metavar="N",
+        help=f"requests using the model at once; the rest wait in the queue "
+        f"(default {DEFAULT_MAX_CONCURRENCY})",
+    )
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    """Loads the model once, warms the sampler, then serves until interrupted."""
+    from model.checkpoint import CheckpointError, load_model
+
+    if args.max_concurrency < 1:
+        raise UserError(f"--max-concurrency must be at least 1, got {args.max_concurrency}")
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port must be in 0..65535, got {args.port}")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    t0 = time.perf_counter()
+    try:
+        model = load_model(args.checkpoint)
+    except CheckpointError as exc:
+        raise UserError(str(exc)) from None
+    _say(f"model loaded in {time.perf_counter() - t0:.1f} s; compiling the sampler...")
+    composer = Composer(model)
+    try:
+        took = composer.warm_up(log=_say)
+        _say(f"warm in {took:.1f} s")
+        demo = build_app(model, composer=composer)
+        try:
+            serve(demo, host=args.host, port=args.port, max_concurrency=args.max_concurrency,
+                  share=args.share)  # fmt: skip
+        except OSError as exc:
+            raise UserError(f"cannot serve on {args.host}:{args.port} ({exc})") from None
+    finally:
+        composer.close()
+    return 0
+
+
+def serve(
+    demo,
+    *,
+    host: str = DEFAULT_HOST,
+    port: int | None = DEFAULT_PORT,
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+    share: bool = False,
+    block: bool = True,
+) -> str:
+    """Queues and launches ``demo`` (from :func:`build_app`); returns the local URL. With
+    ``block=False`` the server runs in a thread (tests, benchmarks): ``demo.close()`` stops it."""
+    demo.queue(default_concurrency_limit=int(max_concurrency))
+    _, url, _ = demo.launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        max_file_size=demo.composer.max_upload_bytes,
+        prevent_thread_lock=not block,
+        quiet=not block,
+    )
+    return url
+
+
+def add_commands(sub) -> None:
+    """Adds ``app`` to ``perceiver-midi``."""
+    p = sub.add_parser(
+        "app",
+        help="the web app (Gradio): compose by continuing, in the browser",
+        description="Serve the perceiver-midi web app.",
+    )
+    _add_options(p)
+    p.set_defaults(func=cmd_app)
+
+    def error(message: str):
+        p.exit(2, f"error: {message} (see {p.prog} --help)\n")
+
+    p.error = error  # type: ignore[method-assign]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m app``: the same options as ``perceiver-midi app``."""
+    from app.cli import main as cli_main
+
+    return cli_main(["app", *(sys.argv[1:] if argv is None else argv)])
+
+
+__all__ = ["MAX_SECONDS", "add_commands", "build_app", "cmd_app", "main"]

@@ -1,0 +1,713 @@
+"""The web app's handlers as plain Python: a :class:`Composer` (the model, loaded once per process)
+and a per-browser-session :class:`Session` (kept in ``gr.State``; no shared mutable globals).
+
+Every handler takes and returns plain values (dataclasses, paths, numbers) and raises
+:class:`app.errors.UserError` with a one-line message for anything the user can fix; ``app/web.py``
+turns values into Gradio updates and errors into a message in the page (a toast and a status
+line; ``gr.Error`` for the ``/continue`` API). Generation goes through the one pipeline,
+:func:`app.pipeline.continue_prime`, so the same seed and settings give the same notes as
+``perceiver-midi continue``.
+
+The prime is a whole *piece* (token ids, no SOS): an uploaded file, a shipped example, nothing
+(SOS only), or a previous piece with one of its continuations appended ("Continue from this").
+The prime *window* (seconds ``start..end`` of the piece) is the part the model is given; the
+continuation starts at the window's end. Each session keeps a history of pieces for "Undo".
+
+What each result holds:
+  * audio: the last ``LEAD_IN_SECONDS`` (3 s) of the prime window, then the continuation, so the
+    composer hears the seam (WAV, 48 kHz, the bundled SoundFont via app/render.py);
+  * a piano roll: the prime window grey, the continuation coloured, a dashed line at the seam;
+  * ``<stem>_vN.mid``: the continuation alone (byte for byte what ``perceiver-midi continue``
+    writes) and ``<stem>_vN_full.mid``: the piece up to the window's end followed by the
+    continuation, which is exactly what "Continue from this" makes the new prime.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import queue
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import numpy as np
+
+from app import web_media as media
+from app.errors import UserError
+
+MAX_VARIATIONS = 4
+MAX_SECONDS = 120.0  # longest continuation a request may ask for
+MAX_UPLOAD_BYTES = 4 * 1024 * 1024  # the largest MAESTRO file is under 1 MiB
+DEFAULT_SECONDS = 20.0
+DEFAULT_PRIME_SECONDS = 20.0
+PROGRESS_EVERY_S = 0.25  # at most this often a progress update is sent to the page
+API_FILES_TTL_S = 3600.0  # /continue output folders older than this are removed
+EXAMPLES_DIR = pathlib.Path(__file__).resolve().parent.parent / "examples"
+
+
+# ----------------------------------------------------------------------------------------------
+# Session state
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Prime:
+    """A piece used as prime: its ids (no SOS; empty = start from nothing) and a name."""
+
+    ids: np.ndarray
+    name: str
+    origin: str  # "nothing", "upload", "example" or "continued"
+    continued: int = 0  # how many continuations were appended to the original
+
+    @classmethod
+    def nothing(cls) -> Prime:
+        return cls(np.zeros((0,), np.int32), "nothing", "nothing")
+
+    @property
+    def empty(self) -> bool:
+        return self.ids.size == 0
+
+    @property
+    def seconds(self) -> float:
+        from tokenizer import music_seconds
+
+        return music_seconds(self.ids)
+
+    def default_window(self) -> tuple[float, float]:
+        total = self.seconds
+        return max(0.0, round(total - DEFAULT_PRIME_SECONDS, 2)), total
+
+    def describe(self) -> str:
+        if self.empty:
+            return "**Nothing**: the model starts from silence (SOS alone)."
+        how = f"continued {self.continued}x" if self.continued else self.origin
+        return f"**{self.name}** ({how}): {self.seconds:.2f} s, {self.ids.size:,} tokens."
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Result:
+    """One rendered continuation of a session's last generation."""
+
+    continuation: object  # app.pipeline.Continuation
+    base: Prime  # the piece it continues
+    head: np.ndarray  # the piece up to the window's end (where the continuation starts)
+    audio: pathlib.Path
+    audio_seconds: float
+    lead_in: float  # seconds of prime before the continuation in the audio
+    roll: pathlib.Path
+    midi: pathlib.Path  # the continuation alone
+    full_midi: pathlib.Path  # head + continuation
+
+    @property
+    def piece_ids(self) -> np.ndarray:
+        return np.concatenate([self.head, self.continuation.ids]).astype(np.int32)
+
+    def header(self) -> str:
+        c = self.continuation
+        why = {
+            "seconds": "",
+            "tokens": ", token budget reached",
+            "eos": ", ended at EOS",
+            "stopped": ", stopped",
+        }.get(c.stop, "")
+        return (
+            f"**Variation {c.variation}**: seed {c.seed}, {c.seconds:.1f} s, {c.tokens} tokens{why}"
+        )
+
+
+class Session:
+    """Per-browser-session state (one per ``gr.State``): the prime history for "Undo", the
+    results of the last generation, a stop flag and a folder for this session's files."""
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = pathlib.Path(root) if root is not None else None
+        self.history: list[Prime] = [Prime.nothing()]
+        self.results: list[Result] = []
+        self.stop = threading.Event()
+        self.generation = 0
+        self.counter = 0
+        self._folder: pathlib.Path | None = None
+
+    # gr.State deep-copies its initial value per session: give each copy its own flag and folder.
+    def __deepcopy__(self, memo) -> Session:
+        new = Session(self.root)
+        new.history = list(self.history)
+        new.results = list(self.results)
+        return new
+
+    @property
+    def prime(self) -> Prime:
+        return self.history[-1]
+
+    @property
+    def can_undo(self) -> bool:
+        return len(self.history) > 1
+
+    def folder(self) -> pathlib.Path:
+        if self._folder is None:
+            base = self.root or pathlib.Path(tempfile.gettempdir())
+            base.mkdir(parents=True, exist_ok=True)
+            self._folder = pathlib.Path(tempfile.mkdtemp(prefix="session-", dir=base))
+        return self._folder
+
+    def next_name(self, prefix: str) -> str:
+        self.counter += 1
+        return f"{prefix}{self.counter:04d}"
+
+    def close(self) -> None:
+        """Removes this session's files (gr.State's delete_callback)."""
+        self.stop.set()
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
+
+
+# ----------------------------------------------------------------------------------------------
+# Plain values in and out
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PrimeView:
+    """What the Prime panel shows."""
+
+    info: str
+    roll: pathlib.Path
+    audio: pathlib.Path | None
+    total: float  # piece length in seconds (the window sliders' maximum)
+    window: tuple[float, float]  # the window shown (by default the last 20 s)
+    empty: bool
+    can_undo: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateRequest:
+    """The controls of the page, as the user set them."""
+
+    seconds: float = DEFAULT_SECONDS
+    variations: int = 2
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+    random_seed: bool = False
+    latents: int | None = None  # None or >= the model's: the model's own
+    prime_tokens: int | None = None  # None or 0: as many as the model can see
+    stop_at_eos: bool = True  # False: never end early, always fill the length
+    window_start: float | None = None  # None: the default window (last 20 s)
+    window_end: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Started:
+    seed: int
+    variations: int
+    status: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    status: str
+    seconds: tuple[float, ...]
+    tokens: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ResultReady:
+    index: int  # 0-based result slot
+    result: Result
+    status: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Done:
+    status: str
+    first_audio_s: float | None  # from the start of the request to the first rendered result
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    source: np.ndarray | None  # what the pipeline is given (None: from nothing)
+    settings: object  # app.pipeline.Settings
+    base: Prime
+    head: np.ndarray
+
+
+def _as_int(value, what: str) -> int:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{what} must be a number, got {value!r}") from None
+    if not np.isfinite(f) or f != int(f):
+        raise UserError(f"{what} must be a whole number, got {value!r}")
+    return int(f)
+
+
+def _as_float(value, what: str) -> float:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{what} must be a number, got {value!r}") from None
+    if not np.isfinite(f):
+        raise UserError(f"{what} must be a finite number, got {value!r}")
+    return f
+
+
+def human_size(n: int) -> str:
+    if n >= 2**20:
+        return f"{n / 2**20:.1f} MiB".replace(".0 ", " ")
+    return f"{n / 2**10:.1f} KiB".replace(".0 ", " ")
+
+
+def list_examples(folder: str | os.PathLike = EXAMPLES_DIR) -> list[str]:
+    folder = pathlib.Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.suffix.lower() in (".mid", ".midi"))
+
+
+def read_upload(path: str | os.PathLike | None, *, max_bytes: int = MAX_UPLOAD_BYTES) -> Prime:
+    """An uploaded file -> a Prime; one-line UserError for a missing, oversized, non-MIDI, empty
+    or note-less file."""
+    from tokenizer import MidiError, encode
+
+    if path is None or str(path) == "":
+        raise UserError("no file was uploaded")
+    path = pathlib.Path(path)
+    name = path.name
+    try:
+        size = path.stat().st_size
+    except OSError:
+        raise UserError(f"{name}: the upload could not be read") from None
+    if size == 0:
+        raise UserError(f"{name}: the file is empty")
+    if size > max_bytes:
+        raise UserError(
+            f"{name}: {human_size(size)} is over the {human_size(max_bytes)} upload limit"
+        )
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{name}: cannot read ({exc.strerror})") from None
+    try:
+        ids = encode(data, name=name)
+    except MidiError as exc:
+        raise UserError(str(exc)) from None
+    return Prime(np.asarray(ids, np.int32), media.safe_stem(name), "upload")
+
+
+# ----------------------------------------------------------------------------------------------
+# The composer: one per process
+# ----------------------------------------------------------------------------------------------
+
+
+class Composer:
+    """The model and the handlers. Holds no per-user state: that is in :class:`Session`."""
+
+    def __init__(
+        self,
+        model,
+        *,
+        root: str | os.PathLike | None = None,
+        examples_dir: str | os.PathLike = EXAMPLES_DIR,
+        max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    ):
+        self.model = model
+        if root is None:
+            root = tempfile.mkdtemp(prefix="perceiver-midi-web-")
+        self.root = pathlib.Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.examples_dir = pathlib.Path(examples_dir)
+        self.max_upload_bytes = int(max_upload_bytes)
+
+    # -- sessions ------------------------------------------------------------------------------
+
+    def new_session(self) -> Session:
+        return Session(self.root / "sessions")
+
+    @property
+    def num_latents(self) -> int:
+        return int(self.model.config.num_latents)
+
+    @property
+    def context_tokens(self) -> int:
+        from app.pipeline import context_tokens
+
+        return context_tokens(self.model)
+
+    # -- the prime -----------------------------------------------------------------------------
+
+    def prime_view(self, session: Session, window: tuple[float, float] | None = None) -> PrimeView:
+        prime = session.prime
+        folder = session.folder()
+        name = session.next_name("prime")
+        if prime.empty:
+            roll = media.prime_roll_png(prime.ids, folder / f"{name}.png")
+            return PrimeView(prime.describe(), roll, None, 0.0, (0.0, 0.0), True, session.can_undo)
+        if window is None:
+            window = prime.default_window()
+        w = self.window(prime, *window)
+        roll = media.prime_roll_png(prime.ids, folder / f"{name}.png", window=window)
+        audio = self._window_audio(prime, w, folder / f"{name}.wav")
+        info = f"{prime.describe()} Window: {window[0]:.2f}..{window[1]:.2f} s."
+        return PrimeView(info, roll, audio, prime.seconds, window, False, session.can_undo)
+
+    def _window_audio(self, prime: Prime, window, path: pathlib.Path) -> pathlib.Path:
+        from tokenizer import cut_last_seconds, music_seconds
+
+        ids = window.cut(prime.ids)
+        if music_seconds(ids) > media.PRIME_AUDIO_MAX_SECONDS:
+            ids = cut_last_seconds(ids, media.PRIME_AUDIO_MAX_SECONDS)
+        return media.write_audio_file(ids, path)[0]
+
+    def window(self, prime: Prime, start, end):
+        """Window.range(start, end) of ``prime``, checked against the piece; ``end`` at the
+        piece's end means "to the end" (the CLI's default window is then reproduced exactly)."""
+        from app.pipeline import Window
+
+        total = prime.seconds
+        start = 0.0 if start is None else _as_float(start, "window start")
+        end = total if end is None else _as_float(end, "window end")
+        if start < 0 or start >= total:
+            raise UserError(
+                f"the prime window starts at {start:g} s, outside the piece (0..{total:.2f} s)"
+            )
+        if end <= start:
+            raise UserError(f"the prime window must end after it starts ({start:g}..{end:g} s)")
+        if end > total + 0.005:
+            raise UserError(
+                f"the prime window ends at {end:g} s, after the end of the piece ({total:.2f} s)"
+            )
+        return Window.range(start, None if end >= total - 0.005 else end)
+
+    def _push(self, session: Session, prime: Prime) -> PrimeView:
+        session.history.append(prime)
+        try:
+            return self.prime_view(session)
+        except Exception:
+            session.history.pop()
+            raise
+
+    def load_upload(self, session: Session, path) -> PrimeView:
+        return self._push(session, read_upload(path, max_bytes=self.max_upload_bytes))
+
+    def load_example(self, session: Session, name: str) -> PrimeView:
+        from tokenizer import MidiError, encode
+
+        if name not in list_examples(self.examples_dir):
+            raise UserError(f"no shipped example named {name!r}")
+        try:
+            ids = encode(self.examples_dir / name)
+        except MidiError as exc:
+            raise UserError(str(exc)) from None
+        return self._push(
+            session, Prime(np.asarray(ids, np.int32), media.safe_stem(name), "example")
+        )
+
+    def start_empty(self, session: Session) -> PrimeView:
+        return self._push(session, Prime.nothing())
+
+    def set_window(self, session: Session, start, end) -> PrimeView:
+        if session.prime.empty:
+            return self.prime_view(session)
+        return self.prime_view(session, (float(start), float(end)))
+
+    def continue_from(self, session: Session, index: int) -> PrimeView:
+        """Result ``index`` (0-based) of the last generation becomes the new prime."""
+        if not 0 <= int(index) < len(session.results):
+            raise UserError(f"there is no result {int(index) + 1} to continue from")
+        r = session.results[int(index)]
+        prime = Prime(r.piece_ids, r.base.name if not r.base.empty else "generated",
+                      "continued", r.base.continued + 1)  # fmt: skip
+        return self._push(session, prime)
+
+    def undo(self, session: Session) -> PrimeView:
+        if not session.can_undo:
+            raise UserError("nothing to undo")
+        session.history.pop()
+        return self.prime_view(session)
+
+    def stop(self, session: Session) -> None:
+        session.stop.set()
+
+    # -- generation ----------------------------------------------------------------------------
+
+    def _settings(self, req: GenerateRequest) -> dict:
+        """The pipeline Settings' fields from the request (checked; window apart)."""
+        from app.pipeline import check_latents
+
+        seconds = _as_float(req.seconds, "continuation length")
+        if not 0 < seconds <= MAX_SECONDS:
+            raise UserError(f"continuation length must be in (0, {MAX_SECONDS:g}] seconds")
+        variations = _as_int(req.variations, "variations")
+        if not 1 <= variations <= MAX_VARIATIONS:
+            raise UserError(f"variations must be 1..{MAX_VARIATIONS}, got {variations}")
+        latents = None if req.latents in (None, "", 0) else _as_int(req.latents, "latents")
+        if latents is not None and latents >= self.num_latents:
+            latents = None  # the model's own
+        check_latents(self.model, latents)
+        return {
+            "seconds": seconds,
+            "variations": variations,
+            "temperature": _as_float(req.temperature, "temperature"),
+            "top_k": _as_int(req.top_k, "top-k"),
+            "top_p": _as_float(req.top_p, "top-p"),
+            "seed": _as_int(req.seed, "seed"),
+            "latents": latents,
+            "stop_at_eos": bool(req.stop_at_eos),
+        }
+
+    def plan(self, prime: Prime, req: GenerateRequest) -> _Plan:
+        """Checks the request against the prime and the model: what the pipeline is given."""
+        from app.pipeline import Settings, Window, prime_ids
+        from tokenizer import cut_range
+
+        fields = self._settings(req)
+        tokens = 0 if req.prime_tokens in (None, "") else _as_int(req.prime_tokens, "prime tokens")
+        if tokens < 0:
+            raise UserError(f"prime tokens must be >= 0 (0 = all the model sees), got {tokens}")
+        if prime.empty:
+            return _Plan(None, Settings(**fields), prime, prime.ids)
+        if req.window_start is None and req.window_end is None:
+            start, end = prime.default_window()
+        else:
+            start, end = req.window_start, req.window_end
+        window = self.window(prime, start, end)
+        cut = prime_ids(prime.ids, window, name=prime.name)  # refuses a window without notes
+        head = prime.ids if window.end is None else cut_range(prime.ids, 0.0, window.end)
+        source = prime.ids
+        if tokens:  # the window, then at most its last ``tokens`` tokens
+            source, window = cut, Window.last_tokens(tokens)
+        return _Plan(source, Settings(**fields, window=window), prime, np.asarray(head, np.int32))
+
+    def api_plan(
+        self, prime: Prime, req: GenerateRequest, prime_seconds, prime_tokens, prime_range
+    ) -> _Plan:
+        """The CLI's windows: ``prime_range`` "START:END" if given, else the last
+        ``prime_tokens`` tokens if > 0, else the last ``prime_seconds`` seconds."""
+        from app.pipeline import Settings, Window, prime_ids
+        from tokenizer import cut_range
+
+        fields = self._settings(req)
+        if prime.empty:
+            return _Plan(None, Settings(**fields), prime, prime.ids)
+        rng = str(prime_range or "").strip()
+        tokens = _as_int(prime_tokens or 0, "prime tokens")
+        if rng:
+            window = Window.parse_range(rng)
+        elif tokens > 0:
+            window = Window.last_tokens(tokens)
+        else:
+            window = Window.last_seconds(
+                _as_float(prime_seconds or DEFAULT_PRIME_SECONDS, "prime seconds")
+            )
+        prime_ids(prime.ids, window, name=prime.name)  # refuses a window without notes
+        head = prime.ids
+        if window.kind == "range" and window.end is not None:
+            head = cut_range(prime.ids, 0.0, window.end)
+        settings = Settings(**fields, window=window)
+        return _Plan(prime.ids, settings, prime, np.asarray(head, np.int32))
+
+    def generate(self, session: Session, req: GenerateRequest) -> Iterator[object]:
+        """Yields Started, then Progress while sampling, then one ResultReady per variation (as
+        soon as it is rendered), then Done. ``session.stop`` (the Stop button) ends sampling
+        early; what was generated is kept and rendered."""
+        from app.pipeline import continue_prime
+
+        t0 = time.perf_counter()
+        if req.random_seed:
+            req = dataclasses.replace(req, seed=secrets.randbelow(2**31))
+        plan = self.plan(session.prime, req)
+        settings = plan.settings
+        n = int(settings.variations)
+        session.stop.clear()
+        session.generation += 1
+        session.results = []
+        what = "from nothing" if plan.base.empty else f"window {settings.window.describe()}"
+        yield Started(
+            int(settings.seed), n, f"Sampling {n} variation{'s' if n > 1 else ''} ({what})..."
+        )
+
+        events: queue.Queue = queue.Queue()
+        cancelled = threading.Event()
+
+        def callback(info) -> bool:
+            events.put(info)
+            return session.stop.is_set() or cancelled.is_set()
+
+        def work() -> None:
+            try:
+                conts = continue_prime(
+                    self.model, plan.source, settings, callback=callback, name=plan.base.name
+                )
+                events.put(("done", conts))
+            except BaseException as exc:  # handed to the request's thread
+                events.put(("error", exc))
+
+        threading.Thread(target=work, name="sampler", daemon=True).start()
+        last = 0.0
+        try:
+            while True:
+                item = events.get()
+                if isinstance(item, tuple):
+                    kind, value = item
+                    if kind == "error":
+                        raise value
+                    conts = value
+                    break
+                now = time.perf_counter()
+                if now - last >= PROGRESS_EVERY_S:
+                    last = now
+                    yield self._progress(item, settings, now - t0)
+        finally:
+            cancelled.set()  # the page went away or something failed: stop the sampler
+
+        folder = session.folder() / f"gen{session.generation:04d}"
+        first_audio = None
+        for k, c in enumerate(conts):
+            result = self._render(c, plan, folder)
+            session.results.append(result)
+            if first_audio is None:
+                first_audio = time.perf_counter() - t0
+            yield ResultReady(k, result, f"Rendered {k + 1} of {len(conts)}...")
+        c0 = conts[0]
+        stopped = any(c.stop == "stopped" for c in conts)
+        verb = "Stopped: kept what was generated" if stopped else "Done"
+        each = "; ".join(f"{c.seconds:.1f} s, {c.tokens} tokens" for c in conts)
+        yield Done(
+            f"{verb}: {len(conts)} variation{'s' if len(conts) > 1 else ''} ({each}), seeds "
+            f"{c0.seed}..{conts[-1].seed}; sampled in {c0.sample_seconds:.1f} s, first audio "
+            f"after {first_audio:.1f} s.",
+            first_audio,
+        )
+
+    def _progress(self, info, settings, elapsed: float) -> Progress:
+        target = settings.seconds
+        secs = tuple(min(float(s), target) for s in info.seconds)
+        toks = tuple(int(t) for t in info.num_tokens)
+        each = ", ".join(f"{s:.1f}" for s in secs)
+        return Progress(
+            f"Sampling: {each} / {target:g} s of music, {sum(toks):,} tokens so far "
+            f"({elapsed:.1f} s). Stop keeps what is there.",
+            secs,
+            toks,
+        )
+
+    def _render(self, c, plan: _Plan, folder: pathlib.Path) -> Result:
+        from app.pipeline import OutputOptions, output_bytes
+        from tokenizer import atomic_write_bytes, cut_last_seconds, music_seconds
+
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = f"{media.safe_stem(plan.base.name, 'generated')}_v{c.variation}"
+        if c.prime.size:
+            lead = cut_last_seconds(c.prime, media.LEAD_IN_SECONDS)
+        else:
+            lead = np.zeros((0,), np.int32)
+        audio, audio_seconds = media.write_audio_file(
+            np.concatenate([lead, c.ids]).astype(np.int32), folder / f"{stem}.wav"
+        )
+        roll = media.result_roll_png(c.prime, c.ids, folder / f"{stem}.png")
+        midi = folder / f"{stem}.mid"
+        atomic_write_bytes(midi, output_bytes(c, OutputOptions(audio="none"))["midi"])
+        head = np.asarray(plan.head, np.int32)
+        full = media.write_midi_file(np.concatenate([head, c.ids]), folder / f"{stem}_full.mid")
+        return Result(c, plan.base, head, audio, audio_seconds, music_seconds(lead), roll,
+                      midi, full)  # fmt: skip
+
+    # -- the /continue API ---------------------------------------------------------------------
+
+    def api_continue(
+        self,
+        prime,
+        *,
+        seconds: float = DEFAULT_SECONDS,
+        variations: int = 1,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int = 0,
+        latents: int = 0,
+        prime_seconds: float = DEFAULT_PRIME_SECONDS,
+        prime_tokens: int = 0,
+        prime_range: str = "",
+        ignore_eos: bool = False,
+    ) -> tuple[list[str], list[str], dict]:
+        """One request, no session: returns (audio paths, MIDI paths, info). MIDI paths are
+        ``<stem>_vN.mid`` (the continuation) and ``<stem>_vN_full.mid`` per variation. The
+        window: ``prime_range`` ("START:END" seconds) if given, else the last ``prime_tokens``
+        tokens if > 0, else the last ``prime_seconds`` seconds, as the CLI's options;
+        ``ignore_eos`` as the CLI's ``--ignore-eos``."""
+        from app.pipeline import continue_prime
+
+        self._sweep_api_files()
+        if prime in (None, ""):
+            base = Prime.nothing()
+        else:
+            base = read_upload(prime, max_bytes=self.max_upload_bytes)
+        req = GenerateRequest(seconds=seconds, variations=variations, temperature=temperature,
+                              top_p=top_p, top_k=top_k, seed=seed, latents=latents,
+                              stop_at_eos=not ignore_eos)  # fmt: skip
+        plan = self.api_plan(base, req, prime_seconds, prime_tokens, prime_range)
+        folder = Session(self.root / "api").folder()
+        conts = continue_prime(self.model, plan.source, plan.settings, name=base.name)
+        results = [self._render(c, plan, folder) for c in conts]
+        info = {
+            "prime": base.name if not base.empty else None,
+            "window": plan.settings.window.to_dict() if not base.empty else None,
+            "variations": [
+                {
+                    "variation": r.continuation.variation,
+                    "seed": r.continuation.seed,
+                    "seconds": r.continuation.seconds,
+                    "tokens": r.continuation.tokens,
+                    "stop": r.continuation.stop,
+                    "audio_lead_in_seconds": r.lead_in,
+                }
+                for r in results
+            ],
+        }
+        audio = [str(r.audio) for r in results]
+        midi = [str(p) for r in results for p in (r.midi, r.full_midi)]
+        return audio, midi, info
+
+    def _sweep_api_files(self) -> None:
+        api = self.root / "api"
+        if not api.is_dir():
+            return
+        now = time.time()
+        for p in api.iterdir():
+            try:
+                if now - p.stat().st_mtime > API_FILES_TTL_S:
+                    shutil.rmtree(p, ignore_errors=True)
+            except OSError:
+                pass
+
+    # -- start-up --------------------------------------------------------------------------------
+
+    def warm_up(self, *, seconds: float = DEFAULT_SECONDS, batches=(1, 2, 4), log=None) -> float:
+        """Compiles the sampler for the default continuation length at each batch bucket (one
+        chunk each, then stops) and loads the renderers; returns the seconds it took."""
+        from app.pipeline import Settings, continue_prime
+
+        t0 = time.perf_counter()
+        for b in batches:
+            t = time.perf_counter()
+            settings = Settings(seconds=seconds, variations=b)
+            continue_prime(self.model, None, settings, callback=lambda info: True)
+            if log:
+                log(f"  sampler compiled for {b} variation{'s' if b > 1 else ''} "
+                    f"({time.perf_counter() - t:.1f} s)")  # fmt: skip
+        folder = self.root / f"warm-{uuid.uuid4().hex[:8]}"
+        folder.mkdir(parents=True, exist_ok=True)
+        media.warm_up(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -1,0 +1,182 @@
+"""Pictures and sounds for the web app: piano rolls (matplotlib, Agg), audio (app/render.py) and
+MIDI files, written into a folder the app serves from.
+
+Nothing here knows about Gradio; every function takes ids or notes and a path.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+
+import numpy as np
+
+SAMPLE_RATE = 48000  # midirenderer's own rate: no resampling, so the fastest to render
+LEAD_IN_SECONDS = 3.0  # the audio of a result starts this long before the continuation
+PRIME_AUDIO_MAX_SECONDS = 60.0  # the prime player plays at most the last minute of the window
+
+GREY = "#9a9a9a"
+GREY_LIGHT = "#d4d4d4"
+PRIME_COLOR = "#4a6fa5"
+CONT_COLOR = "#e4572e"
+LINE_COLOR = "#222222"
+
+
+def safe_stem(name: str, default: str = "prime") -> str:
+    """A file-name stem made of ``[A-Za-z0-9_.-]`` (at most 60 characters)."""
+    stem = pathlib.Path(str(name)).stem if name else ""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("._-")[:60]
+    return stem or default
+
+
+def _write_bytes(path: pathlib.Path, data: bytes) -> pathlib.Path:
+    from tokenizer import atomic_write_bytes
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, data)
+    return path
+
+
+def write_midi_file(ids: np.ndarray, path: str | os.PathLike) -> pathlib.Path:
+    """Token ids -> a MIDI file (one piano track), written atomically."""
+    from tokenizer import decode, midi_bytes
+
+    return _write_bytes(pathlib.Path(path), midi_bytes(decode(np.asarray(ids, np.int32))))
+
+
+def write_audio_file(ids: np.ndarray, path: str | os.PathLike) -> tuple[pathlib.Path, float]:
+    """Token ids -> a 16-bit stereo WAV rendered with the bundled SoundFont; returns (path,
+    seconds of audio)."""
+    from app import render
+    from tokenizer import decode, midi_bytes
+
+    audio = render.render(midi_bytes(decode(np.asarray(ids, np.int32))), sample_rate=SAMPLE_RATE)
+    data = render.audio_bytes(audio, SAMPLE_RATE, "wav")
+    return _write_bytes(pathlib.Path(path), data), audio.shape[0] / SAMPLE_RATE
+
+
+def _note_arrays(ids) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(pitch, start, end, velocity) arrays of the notes of ``ids``."""
+    from tokenizer import decode_notes
+
+    notes = decode_notes(np.asarray(ids, np.int32))
+    if not notes:
+        z = np.zeros((0,))
+        return z, z, z, z
+    arr = np.asarray([(n.pitch, n.start, n.end, n.velocity) for n in notes], np.float64)
+    return arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3]
+
+
+def _figure(width_px: int = 1000, height_px: int = 260):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width_px / 100, height_px / 100), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.045, 0.17, 0.945, 0.78))
+    ax.set_facecolor("#fbfbfb")
+    ax.tick_params(labelsize=8)
+    ax.set_xlabel("seconds", fontsize=8, labelpad=1)
+    return fig, ax
+
+
+def _draw_notes(ax, pitch, start, end, velocity, color: str, alpha_min: float = 0.45) -> None:
+    if pitch.size == 0:
+        return
+    alpha = alpha_min + (1 - alpha_min) * np.clip(velocity / 127.0, 0, 1)
+    colors = [(*_rgb(color), float(a)) for a in alpha]
+    ax.barh(pitch, end - start, left=start, height=0.9, color=colors, linewidth=0)
+
+
+def _rgb(hex_color: str) -> tuple[float, float, float]:
+    h = hex_color.lstrip("#")
+    return tuple(int(h[i : i + 2], 16) / 255.0 for i in (0, 2, 4))  # type: ignore[return-value]
+
+
+def _pitch_limits(ax, *pitch_arrays) -> None:
+    allp = np.concatenate([p for p in pitch_arrays if p.size] or [np.array([60.0])])
+    lo, hi = float(allp.min()), float(allp.max())
+    if hi - lo < 24:  # at least two octaves, centred
+        mid = (hi + lo) / 2
+        lo, hi = mid - 12, mid + 12
+    ax.set_ylim(lo - 1.5, hi + 1.5)
+    ax.set_ylabel("pitch", fontsize=8, labelpad=1)
+
+
+def _save(fig, path: str | os.PathLike) -> pathlib.Path:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return _write_bytes(pathlib.Path(path), buf.getvalue())
+
+
+def prime_roll_png(
+    ids: np.ndarray,
+    path: str | os.PathLike,
+    *,
+    window: tuple[float, float] | None = None,
+) -> pathlib.Path:
+    """The whole prime piece; notes inside ``window`` (start, end seconds) in colour, the rest
+    light grey, the window shaded."""
+    from tokenizer import music_seconds
+
+    fig, ax = _figure()
+    total = music_seconds(ids)
+    pitch, start, end, vel = _note_arrays(ids)
+    if pitch.size == 0:
+        ax.text(0.5, 0.5, "no prime: the model starts from nothing", ha="center", va="center",
+                transform=ax.transAxes, fontsize=10, color=GREY)  # fmt: skip
+        ax.set_xlim(0, 1)
+        ax.set_yticks([])
+        return _save(fig, path)
+    if window is None:
+        window = (0.0, total)
+    w0, w1 = window
+    inside = (end > w0) & (start < w1)
+    _draw_notes(ax, pitch[~inside], start[~inside], end[~inside], vel[~inside], GREY_LIGHT, 0.9)
+    _draw_notes(ax, pitch[inside], start[inside], end[inside], vel[inside], PRIME_COLOR)
+    ax.axvspan(w0, w1, color=PRIME_COLOR, alpha=0.07, linewidth=0)
+    for x in (w0, w1):
+        ax.axvline(x, color=PRIME_COLOR, linewidth=1.2)
+    ax.set_xlim(0, max(total, float(end.max()), w1) * 1.005 + 1e-3)
+    _pitch_limits(ax, pitch)
+    return _save(fig, path)
+
+
+def result_roll_png(
+    prime: np.ndarray, continuation: np.ndarray, path: str | os.PathLike
+) -> pathlib.Path:
+    """The prime window greyed, the continuation coloured, a line where the continuation starts."""
+    from tokenizer import music_seconds
+
+    fig, ax = _figure()
+    prime = np.asarray(prime, np.int32)
+    t0 = music_seconds(prime)
+    pitch, start, end, vel = _note_arrays(np.concatenate([prime, continuation]))
+    is_cont = start >= t0 - 1e-9
+    _draw_notes(ax, pitch[~is_cont], start[~is_cont], end[~is_cont], vel[~is_cont], GREY, 0.5)
+    _draw_notes(ax, pitch[is_cont], start[is_cont], end[is_cont], vel[is_cont], CONT_COLOR)
+    ax.axvline(t0, color=LINE_COLOR, linewidth=1.5, linestyle="--")
+    total = t0 + music_seconds(continuation)
+    right = max(total, float(end.max()) if end.size else 0.0, t0 + 1.0)
+    ax.set_xlim(0, right * 1.005)
+    if t0 > 0:
+        ax.text(t0, 1.0, " continuation ", transform=ax.get_xaxis_transform(), fontsize=8,
+                va="top", ha="left", color=LINE_COLOR)  # fmt: skip
+    _pitch_limits(ax, pitch)
+    return _save(fig, path)
+
+
+def warm_up(folder: str | os.PathLike) -> None:
+    """Imports matplotlib and midirenderer and loads the SoundFont once (first-request latency)."""
+    from tokenizer import constants as C
+
+    folder = pathlib.Path(folder)
+    ids = np.asarray([C.VELOCITY_FIRST_ID + 20, C.NOTE_ON_FIRST_ID + 60,
+                      C.TIME_SHIFT_FIRST_ID + 20, C.NOTE_OFF_FIRST_ID + 60], np.int32)  # fmt: skip
+    result_roll_png(ids[:0], ids, folder / "warm.png")
+    write_audio_file(ids, folder / "warm.wav")
+    for p in ("warm.png", "warm.wav"):
+        (folder / p).unlink(missing_ok=True)

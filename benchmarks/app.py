@@ -1,0 +1,363 @@
+"""Web app benchmark: a real server (``python -m app``), driven by gradio_client.
+
+    python benchmarks/app.py                         # the shipped checkpoint, else a random one
+    python benchmarks/app.py --checkpoint DIR        # any checkpoint
+
+What is measured (results in ``benchmarks/results/app.json``, written atomically):
+  * startup: from starting ``python -m app`` to the page answering (model load + the sampler
+    compiled for the default continuation length at 1, 2 and 4 variations).
+  * click to first audio: what the page does when Generate is pressed (the ``/generate`` event,
+    the prime ``examples/bach_prelude_c.mid`` set first, its last 20 s as the window, a 20 s
+    continuation with "stop at EOS" off so that every continuation is exactly 20 s of music):
+    from submitting the event to receiving the first update that carries a result's audio.
+    Measured for 1 and 2 variations (the page's default is 2), ``--repeats`` times each, fresh
+    seeds; the median is reported, with the server's own figure (its "first audio after" status
+    line) and the tokens of each continuation.
+  * the same at MAESTRO's density, in process: a model still in training (or a random one)
+    may need fewer tokens for 20 s than a trained one, so the Generate handler's work for one
+    variation (sampling with the page's progress callback, then audio, piano roll, MIDI) is
+    also timed with a budget of ``--dense-tokens`` (800 = 20 s at ~40 tokens/s) tokens.
+  * load: ``--requests`` (20) gradio_client requests to ``/continue`` (same prime, a 20 s
+    continuation, 1 variation, ignore_eos, seeds 0..19), all submitted at once from as many
+    threads, each with its own client; latency from submit to the result (files downloaded),
+    p50/p95/max, errors (must be 0), throughput. The server runs with ``--max-concurrency``
+    (default 2).
+
+With no shipped checkpoint (and no ``--checkpoint``) a random ``cpu``-preset model is used and
+the result says so: its speed per token is that of a trained one, but a random model takes far
+fewer tokens to fill 20 s of music than a trained one (about 40 tokens/s on MAESTRO), so the
+tokens per continuation are recorded next to the times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import pathlib
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "benchmarks" / "results" / "app.json"
+EXAMPLE = ROOT / "examples" / "bach_prelude_c.mid"
+TARGET_FIRST_AUDIO_S = 5.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _percentile(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    if not xs:
+        return float("nan")
+    k = (len(xs) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def _checkpoint(arg: str | None, tmp: pathlib.Path) -> tuple[str, str, dict]:
+    from model.checkpoint import default_checkpoint, read_info
+
+    if arg:
+        return arg, "given", read_info(arg).get("metadata", {})
+    shipped = default_checkpoint()
+    if shipped is not None:
+        return str(shipped), "shipped", read_info(shipped).get("metadata", {})
+    from flax import nnx
+
+    from model.checkpoint import save_model
+    from model.config import get_config
+    from model.perceiver_ar import PerceiverAR
+
+    path = tmp / "random-cpu"
+    save_model(PerceiverAR(get_config("cpu"), rngs=nnx.Rngs(0)), path, metadata={"random": True})
+    return str(path), "random cpu preset (no shipped checkpoint yet)", {}
+
+
+class Server:
+    """``python -m app`` in a subprocess; its output goes to a log file."""
+
+    def __init__(self, checkpoint: str, port: int, max_concurrency: int, log: pathlib.Path):
+        env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
+        self.url = f"http://127.0.0.1:{port}/"
+        self.log = log
+        self.t0 = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "app",
+                "--checkpoint",
+                checkpoint,
+                "--port",
+                str(port),
+                "--max-concurrency",
+                str(max_concurrency),
+            ],  # fmt: skip
+            cwd=ROOT,
+            env=env,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 600.0) -> float:
+        while time.perf_counter() - self.t0 < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the app exited ({self.proc.returncode}):\n{self.tail()}")
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as r:
+                    if r.status == 200:
+                        return time.perf_counter() - self.t0
+            except OSError:
+                time.sleep(0.5)
+        raise TimeoutError(f"the app did not answer in {timeout:.0f} s:\n{self.tail()}")
+
+    def tail(self) -> str:
+        return "\n".join(self.log.read_text().splitlines()[-15:])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def _is_audio(value) -> bool:
+    if isinstance(value, dict):
+        value = value.get("path") or value.get("url") or ""
+    return isinstance(value, str) and value.endswith(".wav")
+
+
+def click_to_first_audio(
+    url: str, seconds: float, variations: int, seed: int, latents: int
+) -> dict:
+    """One Generate press through the page's own event; seconds until the first audio."""
+    from gradio_client import Client, handle_file
+
+    client = Client(url, verbose=False, download_files=False)
+    view = client.predict(handle_file(str(EXAMPLE)), api_name="/set_prime")
+    start, end = view[3]["value"], view[4]["value"]  # the window sliders (last 20 s)
+    t0 = time.perf_counter()
+    # The page's inputs, in order: length, variations, temperature, top-p, top-k, seed, random
+    # seed, latents, prime tokens, stop at EOS (off: always 20 s), window start, window end.
+    job = client.submit(seconds, variations, 1.0, 1.0, 0, seed, False, latents, 0, False,
+                        start, end, api_name="/generate")  # fmt: skip
+    first = None
+    status = ""
+    for out in job:
+        if first is None and any(_is_audio(v) for v in out):
+            first = time.perf_counter() - t0
+        if isinstance(out[0], str) and out[0]:
+            status = out[0]
+    total = time.perf_counter() - t0
+    m = re.search(r"first audio after ([0-9.]+) s", status)
+    each = re.findall(r"([0-9.]+) s, ([0-9]+) tokens", status)
+    return {
+        "music_seconds": [float(a) for a, _ in each],
+        "tokens": [int(b) for _, b in each],
+        "first_audio_s": first,
+        "all_results_s": total,
+        "server_first_audio_s": float(m.group(1)) if m else None,
+        "status": status,
+    }
+
+
+def load_check(url: str, requests: int, seconds: float, out: pathlib.Path) -> dict:
+    from gradio_client import Client, handle_file
+
+    barrier = threading.Barrier(requests)
+
+    def one(i: int) -> dict:
+        client = Client(url, verbose=False, download_files=str(out / f"r{i}"))
+        barrier.wait()
+        t0 = time.perf_counter()
+        try:
+            audio, midi, info = client.predict(
+                handle_file(str(EXAMPLE)), seconds=seconds, seed=i, ignore_eos=True,
+                api_name="/continue",
+            )  # fmt: skip
+            ok = len(audio) == 1 and len(midi) == 2 and os.path.getsize(audio[0]) > 0
+            tokens = info["variations"][0]["tokens"]
+            return {"ok": ok, "latency_s": time.perf_counter() - t0, "tokens": tokens}
+        except Exception as exc:  # counted as an error
+            return {"ok": False, "latency_s": time.perf_counter() - t0, "error": repr(exc)}
+
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(requests) as pool:
+        rows = list(pool.map(one, range(requests)))
+    wall = time.perf_counter() - t0
+    lat = [r["latency_s"] for r in rows if r["ok"]]
+    tokens = [r["tokens"] for r in rows if r.get("tokens") is not None]
+    return {
+        "requests": requests,
+        "concurrent_clients": requests,
+        "seconds": seconds,
+        "variations": 1,
+        "errors": sum(not r["ok"] for r in rows),
+        "error_messages": sorted({r["error"] for r in rows if "error" in r})[:5],
+        "p50_s": statistics.median(lat) if lat else None,
+        "p95_s": _percentile(lat, 0.95) if lat else None,
+        "max_s": max(lat) if lat else None,
+        "wall_s": wall,
+        "requests_per_s": requests / wall,
+        "mean_tokens_per_continuation": statistics.mean(tokens) if tokens else None,
+    }
+
+
+def dense_first_audio(ckpt: str, tokens: int, repeats: int, tmp: pathlib.Path) -> dict:
+    """The Generate handler's work for one variation (sampling in the page's chunked callback
+    mode, then rendering audio, piano roll and MIDI), in process, with a fixed token budget: how
+    long the first audio takes at MAESTRO's density (about 40 tokens per second of music)."""
+    import dataclasses
+
+    from app.pipeline import continue_prime
+    from app.web_core import Composer, GenerateRequest, read_upload
+    from model.checkpoint import load_model
+
+    model = load_model(ckpt)
+    composer = Composer(model, root=tmp / "dense")
+    prime = read_upload(EXAMPLE)
+    plan = composer.plan(prime, GenerateRequest(variations=1))
+    settings = plan.settings.replace(seconds=None, tokens=tokens, stop_at_eos=False)
+    plan = dataclasses.replace(plan, settings=settings)
+    continue_prime(model, plan.source, settings, callback=lambda info: True)  # compile
+    runs = []
+    for k in range(repeats):
+        t0 = time.perf_counter()
+        conts = continue_prime(
+            model, plan.source, settings.replace(seed=2000 + k), callback=lambda info: False
+        )
+        sampled = time.perf_counter() - t0
+        composer._render(conts[0], plan, tmp / "dense" / f"run{k}")
+        runs.append(
+            {
+                "first_audio_s": time.perf_counter() - t0,
+                "sample_s": sampled,
+                "tokens": conts[0].tokens,
+                "music_seconds": conts[0].seconds,
+            }
+        )
+    composer.close()
+    return {
+        "tokens": tokens,
+        "median_s": statistics.median(r["first_audio_s"] for r in runs),
+        "runs": runs,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", help="default: the shipped one, else a random cpu preset")
+    p.add_argument("--requests", type=int, default=20)
+    p.add_argument("--max-concurrency", type=int, default=2)
+    p.add_argument("--seconds", type=float, default=20.0, help="continuation length (20)")
+    p.add_argument("--repeats", type=int, default=3, help="Generate presses per setting (3)")
+    p.add_argument("--out", default=str(RESULTS), help="results JSON")
+    p.add_argument("--note", default="", help="a remark stored with the results")
+    p.add_argument(
+        "--dense-tokens",
+        type=int,
+        default=800,
+        help="token budget of the in-process first-audio check (800: 20 s at MAESTRO's density)",
+    )
+    args = p.parse_args(argv)
+
+    from benchmarks.env import environment
+
+    env = environment()
+    load_before = os.getloadavg()[0]
+    for pkg in ("gradio", "gradio_client", "midirenderer", "matplotlib"):
+        try:
+            from importlib import metadata
+
+            env["versions"][pkg] = metadata.version(pkg)
+        except Exception:
+            pass
+    with tempfile.TemporaryDirectory(prefix="bench-app-") as tmp_name:
+        tmp = pathlib.Path(tmp_name)
+        ckpt, kind, meta = _checkpoint(args.checkpoint, tmp)
+        from model.checkpoint import read_info
+
+        latents = int(read_info(ckpt)["config"]["num_latents"])  # the Latents slider's default
+        print(f"checkpoint: {ckpt} ({kind})", flush=True)
+        server = Server(ckpt, _free_port(), args.max_concurrency, tmp / "server.log")
+        try:
+            startup = server.wait_ready()
+            print(f"startup (load + warm-up): {startup:.1f} s", flush=True)
+            first_audio = {}
+            seed = 1000
+            for variations in (1, 2):
+                runs = []
+                for _ in range(args.repeats):
+                    seed += 10
+                    runs.append(
+                        click_to_first_audio(server.url, args.seconds, variations, seed, latents)
+                    )
+                times = [r["first_audio_s"] for r in runs if r["first_audio_s"] is not None]
+                first_audio[str(variations)] = {
+                    "median_s": statistics.median(times) if times else None,
+                    "runs": runs,
+                }
+                print(f"click -> first audio, {args.seconds:g} s, {variations} variation(s): "
+                      + ", ".join(f"{t:.2f}" for t in times) + " s", flush=True)  # fmt: skip
+            load = load_check(server.url, args.requests, args.seconds, tmp / "load")
+            print(f"load: {load['requests']} concurrent /continue, {load['errors']} errors, "
+                  f"p50 {load['p50_s']:.2f} s, p95 {load['p95_s']:.2f} s, "
+                  f"{load['requests_per_s']:.2f} req/s", flush=True)  # fmt: skip
+        finally:
+            server.stop()
+        dense = dense_first_audio(ckpt, args.dense_tokens, args.repeats, tmp)
+        print(f"first audio at MAESTRO density ({args.dense_tokens} tokens, in process): "
+              + ", ".join(f"{r['first_audio_s']:.2f}" for r in dense["runs"]) + " s",
+              flush=True)  # fmt: skip
+
+    med1 = first_audio["1"]["median_s"]
+    results = {
+        "environment": env,
+        "checkpoint": {"path": ckpt, "kind": kind, "metadata": meta},
+        "server": {"startup_s": startup, "max_concurrency": args.max_concurrency},
+        "click_to_first_audio": {
+            "seconds": args.seconds,
+            "prime": "examples/bach_prelude_c.mid, last 20 s",
+            "by_variations": first_audio,
+            "target_s": TARGET_FIRST_AUDIO_S,
+            "meets_target_1_variation": med1 is not None and med1 <= TARGET_FIRST_AUDIO_S,
+            "at_maestro_density_in_process": dense,
+        },
+        "load": load,
+        "load_average_1m": {"before": load_before, "after": os.getloadavg()[0]},
+        "note": args.note,
+    }
+    from tokenizer import atomic_write_bytes
+
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, (json.dumps(results, indent=1) + "\n").encode())
+    print(f"wrote {out}")
+    print(f"click to first audio ({args.seconds:g} s, 1 variation): {med1} s "
+          f"(target {TARGET_FIRST_AUDIO_S:g} s)")  # fmt: skip
+    return 0 if load["errors"] == 0 and med1 is not None else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,385 @@
+"""The web app's handlers (app/web_core.py) with the tiny random model, the `app` command line,
+and a load check: 20 concurrent gradio_client requests to `/continue` on a running app."""
+
+import concurrent.futures
+import io
+import statistics
+import time
+
+import numpy as np
+import pretty_midi
+import pytest
+import soundfile
+
+from app.errors import UserError
+from app.pipeline import Window
+from app.web_core import Composer, Done, GenerateRequest, Progress, ResultReady, Started
+from tokenizer import decode_notes, encode, music_seconds
+
+SECONDS = 3.0  # the token bucket of tests/test_pipeline.py: no extra compilation
+
+pytestmark = pytest.mark.filterwarnings(  # from gradio's queue, not ours
+    "ignore:.*no_silent_downcasting:Warning", "ignore:The copy keyword is deprecated:Warning"
+)
+
+
+@pytest.fixture(scope="module")
+def composer(tiny_model, tmp_path_factory):
+    c = Composer(tiny_model, root=tmp_path_factory.mktemp("web"))
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def session(composer):
+    s = composer.new_session()
+    yield s
+    s.close()
+
+
+def _events(composer, session, **kw):
+    kw.setdefault("seconds", SECONDS)
+    kw.setdefault("seed", 3)
+    return list(composer.generate(session, GenerateRequest(**kw)))
+
+
+def _midi_file(path, notes):
+    pm = pretty_midi.PrettyMIDI(resolution=500, initial_tempo=120)
+    piano = pretty_midi.Instrument(program=0)
+    for pitch, start, end in notes:
+        piano.notes.append(pretty_midi.Note(80, pitch, start, end))
+    pm.instruments.append(piano)
+    pm.write(str(path))
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Handlers
+# ----------------------------------------------------------------------------------------------
+
+
+def test_generate_gives_audio_piano_roll_and_midi(composer, session, short_prime):
+    view = composer.load_upload(session, short_prime)
+    assert not view.empty and view.can_undo and view.audio.is_file()
+    assert view.roll.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert view.window == (0.0, pytest.approx(view.total))  # a 2 s piece: all of it
+
+    events = _events(composer, session, variations=2)
+    kinds = [type(e) for e in events]
+    assert kinds[0] is Started and kinds[-1] is Done
+    assert kinds.count(ResultReady) == 2 and set(kinds[1:-3]) <= {Progress}
+    assert events[-1].first_audio_s is not None and "Done" in events[-1].status
+
+    prime = encode(short_prime)
+    for k, ev in enumerate(e for e in events if isinstance(e, ResultReady)):
+        r = ev.result
+        c = r.continuation
+        assert ev.index == k and c.variation == k + 1 and c.seed == 3 + k
+        assert c.stop in ("seconds", "eos") and c.tokens > 0
+        # Audio: the last 3 s of the prime (all 2 s here), the continuation, a 1 s tail.
+        audio, rate = soundfile.read(r.audio)
+        assert rate == 48000 and audio.ndim == 2 and np.abs(audio).max() > 0
+        assert 1.0 < len(audio) / rate <= r.lead_in + c.seconds + 1.0 + 0.05  # ends at a note
+        assert r.audio_seconds == pytest.approx(len(audio) / rate)
+        assert r.lead_in == pytest.approx(music_seconds(prime))
+        assert r.roll.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        # MIDI: the continuation alone, and the piece so far (prime + continuation).
+        alone = pretty_midi.PrettyMIDI(str(r.midi))
+        assert alone.get_end_time() <= c.seconds + 1e-6
+        full = decode_notes(encode(r.full_midi))
+        assert [(n.pitch, n.start) for n in full[: len(decode_notes(prime))]] == [
+            (n.pitch, n.start) for n in decode_notes(prime)
+        ]
+        assert len(full) == len(decode_notes(np.concatenate([prime, c.ids])))
+        assert f"Variation {k + 1}" in r.header() and f"seed {3 + k}" in r.header()
+    assert len(session.results) == 2
+
+
+def test_same_seed_and_settings_give_the_cli_notes(
+    composer, session, tiny_checkpoint, short_prime, tmp_path
+):
+    from app.cli import main
+
+    out = tmp_path / "cli"
+    rc = main(["continue", str(short_prime), "--checkpoint", str(tiny_checkpoint),
+               "--out", str(out), "--seconds", str(SECONDS), "--variations", "2",
+               "--seed", "3", "--audio", "none"])  # fmt: skip
+    assert rc == 0
+    composer.load_upload(session, short_prime)
+    _events(composer, session, variations=2)
+    for r in session.results:
+        cli = out / f"short_v{r.continuation.variation}.mid"
+        assert r.midi.read_bytes() == cli.read_bytes()
+
+
+def test_continue_from_this_and_undo(composer, session, short_prime):
+    composer.load_upload(session, short_prime)
+    uploaded = session.prime
+    _events(composer, session, variations=2)
+    second = session.results[1]
+
+    view = composer.continue_from(session, 1)
+    piece = np.concatenate([uploaded.ids, second.continuation.ids])
+    np.testing.assert_array_equal(session.prime.ids, piece)
+    assert session.prime.continued == 1 and "continued 1x" in view.info
+    assert view.total == pytest.approx(uploaded.seconds + second.continuation.seconds)
+    # The "_full" download is exactly the new prime.
+    assert decode_notes(encode(second.full_midi)) == decode_notes(piece)
+    # The default window is the last 20 s of the new piece.
+    assert view.window == (max(0.0, round(view.total - 20, 2)), view.total)
+
+    # Continue again from the new piece, then undo twice: back to the upload, then to nothing.
+    _events(composer, session, variations=1)
+    composer.continue_from(session, 0)
+    assert session.prime.continued == 2 and len(session.history) == 4
+    composer.undo(session)
+    np.testing.assert_array_equal(session.prime.ids, piece)
+    view = composer.undo(session)
+    assert session.prime is uploaded and "(upload)" in view.info and view.can_undo
+    view = composer.undo(session)
+    assert session.prime.empty and view.empty and not view.can_undo
+    with pytest.raises(UserError, match="nothing to undo"):
+        composer.undo(session)
+    with pytest.raises(UserError, match="no result 3"):
+        composer.continue_from(session, 2)
+
+
+def test_start_from_nothing_and_examples(composer, session):
+    view = composer.start_empty(session)
+    assert view.empty and view.audio is None
+    events = _events(composer, session, variations=1)
+    assert "from nothing" in events[0].status
+    r = session.results[0]
+    assert r.lead_in == 0.0 and r.head.size == 0
+    composer.continue_from(session, 0)
+    np.testing.assert_array_equal(session.prime.ids, r.continuation.ids)
+
+    view = composer.load_example(session, "bach_prelude_c.mid")
+    assert "bach_prelude_c" in view.info and view.window[1] == pytest.approx(view.total)
+    assert view.window[0] == pytest.approx(view.total - 20)
+    with pytest.raises(UserError, match="no shipped example"):
+        composer.load_example(session, "../README.md")
+
+
+def test_random_seed_is_reported(composer, session, short_prime):
+    composer.load_upload(session, short_prime)
+    events = _events(composer, session, variations=2, random_seed=True, seed=0)
+    seed = events[0].seed
+    assert [r.continuation.seed for r in session.results] == [seed, seed + 1]
+    assert f"seeds {seed}..{seed + 1}" in events[-1].status
+
+
+def test_stop_keeps_what_was_generated(composer, session, short_prime):
+    composer.load_upload(session, short_prime)
+    events = []
+    # 20 s (the page's default) takes several sampler chunks with the tiny model; Stop as soon
+    # as sampling starts: the first chunk (64 tokens) is kept and rendered.
+    for ev in composer.generate(session, GenerateRequest(seconds=20, variations=2, seed=1)):
+        events.append(ev)
+        if isinstance(ev, Started):
+            composer.stop(session)
+    assert isinstance(events[-1], Done) and events[-1].status.startswith("Stopped")
+    for r in session.results:
+        c = r.continuation
+        assert c.stop == "stopped" and 0 < c.tokens <= 64 and c.seconds < 20
+        assert r.audio.is_file() and r.midi.is_file()
+    # The flag is cleared by the next request.
+    _events(composer, session, variations=1)
+    assert session.results[0].continuation.stop != "stopped"
+
+
+def test_window_and_settings(composer, session, tmp_path):
+    # Notes at 0-1 s and 5-6 s: 2..4 s is silence.
+    path = _midi_file(tmp_path / "gap.mid", [(60, 0.0, 1.0), (64, 5.0, 6.0)])
+    composer.load_upload(session, path)
+    prime = session.prime
+    plan = composer.plan(prime, GenerateRequest(window_start=0.5, window_end=5.5))
+    assert plan.settings.window == Window.range(0.5, 5.5)
+    assert music_seconds(plan.head) == pytest.approx(5.5)
+    plan = composer.plan(prime, GenerateRequest(window_start=4, window_end=prime.seconds))
+    assert plan.settings.window == Window.range(4.0, None)  # to the end
+    np.testing.assert_array_equal(plan.head, prime.ids)
+    plan = composer.plan(prime, GenerateRequest(prime_tokens=3, latents=8))
+    assert plan.settings.window == Window.last_tokens(3) and plan.settings.latents == 8
+    assert composer.plan(prime, GenerateRequest(latents=16)).settings.latents is None
+    assert composer.plan(prime, GenerateRequest()).settings.stop_at_eos
+    assert not composer.plan(prime, GenerateRequest(stop_at_eos=False)).settings.stop_at_eos
+
+    bad = [
+        (dict(window_start=7, window_end=8), "outside the piece"),
+        (dict(window_start=-1, window_end=3), "outside the piece"),
+        (dict(window_start=1, window_end=9), "after the end of the piece"),
+        (dict(window_start=3, window_end=2), "must end after it starts"),
+        (dict(window_start=2, window_end=4), "contains no notes"),
+        (dict(variations=5), "variations must be 1..4"),
+        (dict(seconds=0), "continuation length"),
+        (dict(top_p=0), "top-p"),
+        (dict(latents=99999), None),  # the model's own: fine
+        (dict(seed="x"), "seed must be a number"),
+    ]
+    for kw, message in bad:
+        if message is None:
+            composer.plan(prime, GenerateRequest(**kw))
+            continue
+        with pytest.raises(UserError, match=message):
+            list(composer.generate(session, GenerateRequest(**kw)))
+    assert session.prime is prime and session.results == []
+
+
+def test_bad_uploads_give_a_message_and_the_app_keeps_serving(tiny_model, tmp_path, short_prime):
+    composer = Composer(tiny_model, root=tmp_path / "root", max_upload_bytes=1024)
+    session = composer.new_session()
+    empty_midi = pretty_midi.PrettyMIDI()
+    empty_midi.instruments.append(pretty_midi.Instrument(program=0))
+    buf = io.BytesIO()
+    empty_midi.write(buf)
+    files = {
+        "notes.txt": (b"these are not notes\n", "not a MIDI file"),
+        "empty.mid": (b"", "the file is empty"),
+        "silent.mid": (buf.getvalue(), "contains no notes"),
+        "truncated.mid": (short_prime.read_bytes()[:40], "truncated MIDI file"),
+        "big.mid": (b"MThd" + bytes(2000), "2 KiB is over the 1 KiB upload limit"),
+    }
+    for name, (data, message) in files.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(UserError, match=message) as err:
+            composer.load_upload(session, path)
+        assert "\n" not in str(err.value) and name in str(err.value)
+        assert len(session.history) == 1 and session.prime.empty  # nothing changed
+        with pytest.raises(UserError, match=message):
+            composer.api_continue(str(path), seconds=SECONDS)
+    with pytest.raises(UserError, match="no file was uploaded"):
+        composer.load_upload(session, None)
+    # ...and the next request is served.
+    composer.load_upload(session, short_prime)
+    _events(composer, session, variations=1)
+    assert session.results[0].audio.is_file()
+    composer.close()
+
+
+def test_api_continue(composer, short_prime):
+    audio, midi, info = composer.api_continue(
+        str(short_prime), seconds=SECONDS, variations=2, seed=3
+    )
+    assert len(audio) == 2 and len(midi) == 4
+    assert [p.rsplit("/", 1)[1] for p in midi] == [
+        "short_v1.mid", "short_v1_full.mid", "short_v2.mid", "short_v2_full.mid"
+    ]  # fmt: skip
+    assert [v["seed"] for v in info["variations"]] == [3, 4]
+    assert info["window"] == {"kind": "last_seconds", "seconds": 20.0}
+    for p in audio:
+        assert soundfile.info(p).duration > 1.0
+    _, _, info = composer.api_continue(str(short_prime), seconds=SECONDS, prime_range="0.5:1.5")
+    assert info["window"] == {"kind": "range", "start": 0.5, "end": 1.5}
+    _, midi, info = composer.api_continue(None, seconds=SECONDS)
+    assert info["prime"] is None and len(midi) == 2
+    _, _, info = composer.api_continue(str(short_prime), seconds=SECONDS, ignore_eos=True)
+    assert info["variations"][0]["stop"] == "seconds"
+    with pytest.raises(UserError, match="prime range must look like"):
+        composer.api_continue(str(short_prime), prime_range="soon")
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+
+
+def test_app_command_options_and_one_line_errors(capsys):
+    from app.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["app", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for opt in ("--host", "--port", "--share", "--checkpoint", "--max-concurrency"):
+        assert opt in out
+    assert main(["app", "--checkpoint", "/no/such/checkpoint"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: /no/such/checkpoint: no such checkpoint\n"
+    assert main(["app", "--max-concurrency", "0", "--checkpoint", "x"]) == 2
+    assert "--max-concurrency must be at least 1" in capsys.readouterr().err
+
+
+def test_app_command_loads_warms_and_launches(tiny_checkpoint, monkeypatch, capsys):
+    import gradio as gr
+
+    from app import web
+    from app.cli import main
+
+    calls = {}
+
+    def fake_launch(self, **kw):
+        calls["launch"] = kw
+        calls["concurrency"] = self._queue.default_concurrency_limit
+        calls["endpoints"] = {fn.api_name for fn in self.fns.values()}
+        return None, "http://fake", None
+
+    monkeypatch.setattr(gr.Blocks, "launch", fake_launch)
+    monkeypatch.setattr(web.Composer, "warm_up", lambda self, log=None: 0.0)
+    rc = main(["app", "--checkpoint", str(tiny_checkpoint), "--host", "0.0.0.0",
+               "--port", "7999", "--max-concurrency", "3", "--share"])  # fmt: skip
+    assert rc == 0
+    kw = calls["launch"]
+    assert kw["server_name"] == "0.0.0.0" and kw["server_port"] == 7999 and kw["share"]
+    assert calls["concurrency"] == 3
+    assert {"continue", "generate"} <= calls["endpoints"]
+    assert "warm in" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# A running app: /continue through gradio_client, 20 at once
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served(tiny_model, tmp_path_factory):
+    from app.web import build_app, serve
+
+    composer = Composer(tiny_model, root=tmp_path_factory.mktemp("served"))
+    demo = build_app(tiny_model, composer=composer)
+    url = serve(demo, host="127.0.0.1", port=None, max_concurrency=2, block=False)
+    yield url
+    demo.close()
+    composer.close()
+
+
+def test_continue_endpoint_answers_gradio_client(served, short_prime, tmp_path):
+    from gradio_client import Client, handle_file
+
+    client = Client(served, verbose=False, download_files=str(tmp_path))
+    audio, midi, info = client.predict(
+        handle_file(str(short_prime)), seconds=SECONDS, variations=2, seed=3,
+        api_name="/continue",
+    )  # fmt: skip
+    assert len(audio) == 2 and len(midi) == 4 and info["variations"][1]["seed"] == 4
+    assert soundfile.info(audio[0]).duration > 1.0
+    assert open(midi[0], "rb").read(4) == b"MThd"
+    assert pretty_midi.PrettyMIDI(midi[1]).instruments  # _full: the prime is in it
+    # A bad upload: the message comes back, and the next request is served.
+    bad = tmp_path / "bad.mid"
+    bad.write_bytes(b"not midi at all")
+    with pytest.raises(Exception, match="bad.mid: not a MIDI file"):
+        client.predict(handle_file(str(bad)), seconds=SECONDS, api_name="/continue")
+    audio, _, _ = client.predict(None, seconds=SECONDS, api_name="/continue")
+    assert len(audio) == 1
+
+
+def test_twenty_concurrent_requests(served, short_prime, tmp_path):
+    from gradio_client import Client, handle_file
+
+    def one(i: int) -> float:
+        client = Client(served, verbose=False, download_files=str(tmp_path / str(i)))
+        t0 = time.perf_counter()
+        audio, midi, info = client.predict(
+            handle_file(str(short_prime)), seconds=SECONDS, seed=i, api_name="/continue"
+        )
+        assert len(audio) == 1 and len(midi) == 2 and info["variations"][0]["seed"] == i
+        return time.perf_counter() - t0
+
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        futures = [pool.submit(one, i) for i in range(20)]
+        latencies = sorted(f.result() for f in futures)  # re-raises any error
+    assert len(latencies) == 20
+    p95 = latencies[int(0.95 * (len(latencies) - 1))]
+    print(f"20 concurrent /continue: p50 {statistics.median(latencies):.2f} s, p95 {p95:.2f} s")

@@ -1,0 +1,175 @@
+"""End to end in a real browser: the app on 127.0.0.1, Debian's Chromium (headless) driven by
+Playwright's Python package (no browser download: ``scripts/install_browser.sh`` apt-installs
+``chromium`` when /usr/bin/chromium is missing).
+
+A bad upload shows its message and changes nothing; an example upload, Generate, the result's
+audio (an <audio> with a non-zero duration) and MIDI download (fetched: a real MIDI file),
+"Continue from this", Undo. The page is saved as ``tests/artifacts/app.png``.
+
+Set PERCEIVER_MIDI_BROWSER_CHECKPOINT=DIR to drive the app with a real checkpoint (e.g. for the
+README screenshot); by default the tiny random test model is used.
+"""
+
+import os
+import pathlib
+import subprocess
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CHROMIUM = pathlib.Path(os.environ.get("PERCEIVER_MIDI_CHROMIUM", "/usr/bin/chromium"))
+ARTIFACTS = ROOT / "tests" / "artifacts"
+EXAMPLE = ROOT / "examples" / "bach_prelude_c.mid"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--no-first-run",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--autoplay-policy=no-user-gesture-required",
+]
+TIMEOUT_MS = 120_000
+
+pytestmark = pytest.mark.filterwarnings(  # from gradio's queue, not ours
+    "ignore:.*no_silent_downcasting:Warning", "ignore:The copy keyword is deprecated:Warning"
+)
+
+# Every <audio> under a root, shadow roots included (Gradio's waveform player keeps its media
+# element in a shadow root): [[src, duration, readyState], ...].
+AUDIO_JS = """(sel) => {
+  const out = [];
+  const walk = (root) => root.querySelectorAll('*').forEach((el) => {
+    if (el.tagName === 'AUDIO') out.push([el.src, el.duration, el.readyState]);
+    if (el.shadowRoot) walk(el.shadowRoot);
+  });
+  const root = document.querySelector(sel);
+  if (root !== null) walk(root);
+  return out;
+}"""
+
+
+def _chromium() -> pathlib.Path:
+    if not CHROMIUM.exists():
+        script = ROOT / "scripts" / "install_browser.sh"
+        proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0:
+            why = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            pytest.skip(f"Chromium is not installed and {script.name} failed: {why[0]}")
+        if not CHROMIUM.exists():
+            pytest.skip(f"{CHROMIUM} is missing after {script.name} ran")
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory, tiny_checkpoint):
+    from app.web import build_app, serve
+    from app.web_core import Composer
+    from model.checkpoint import load_model
+
+    model = load_model(os.environ.get("PERCEIVER_MIDI_BROWSER_CHECKPOINT") or tiny_checkpoint)
+    composer = Composer(model, root=tmp_path_factory.mktemp("browser-app"))
+    composer.warm_up(batches=(2,))  # the page's defaults: 20 s, 2 variations
+    demo = build_app(model, composer=composer)
+    url = serve(demo, host="127.0.0.1", port=None, max_concurrency=2, block=False)
+    yield url
+    demo.close()
+    composer.close()
+
+
+@pytest.fixture(scope="module")
+def page():
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="the Playwright Python package is not installed"
+    )
+    chromium = _chromium()
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(chromium), headless=True, args=CHROMIUM_ARGS
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(TIMEOUT_MS)
+        yield page
+        browser.close()
+
+
+def _text(page, selector: str) -> str:
+    return page.inner_text(selector)
+
+
+def _wait_text(page, selector: str, text: str) -> None:
+    page.wait_for_function(
+        "([sel, text]) => { const el = document.querySelector(sel);"
+        " return el !== null && el.innerText.includes(text); }",
+        arg=[selector, text],
+    )
+
+
+def _wait_audio(page, selector: str) -> None:
+    """Until an <audio> under ``selector`` has a source and a duration > 0."""
+    try:
+        page.wait_for_function(
+            f"(sel) => ({AUDIO_JS})(sel).some(([src, d]) => src && d > 0)", arg=selector
+        )
+    except Exception:  # keep what the page showed
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "failure.png"), full_page=True)
+        raise
+
+
+def test_compose_in_a_real_browser(page, app_url, tmp_path):
+    page.goto(app_url, wait_until="load")
+    page.wait_for_selector("#generate")
+    _wait_text(page, "#prime-info", "Nothing")
+
+    # A file that is not MIDI: a message in the page; the prime does not change.
+    bad = tmp_path / "sketch.mid"
+    bad.write_bytes(b"this is not a MIDI file\n")
+    page.set_input_files("#upload input[type=file]", str(bad))
+    page.get_by_text("sketch.mid: not a MIDI file").first.wait_for()
+    assert "Nothing" in _text(page, "#prime-info")
+
+    # The shipped example as an upload: info, piano roll, a window of the last 20 s.
+    page.set_input_files("#upload input[type=file]", str(EXAMPLE))
+    _wait_text(page, "#prime-info", "bach_prelude_c (upload)")
+    assert "Window: 34.84..54.84 s" in _text(page, "#prime-info")
+    page.wait_for_selector("#prime-roll img")
+
+    # Generate (20 s, 2 variations: the defaults), wait for the results.
+    t0 = time.perf_counter()
+    page.click("#generate")
+    _wait_audio(page, "#result-1-audio")
+    first_audio = time.perf_counter() - t0
+    _wait_text(page, "#status", "Done")
+    status = _text(page, "#status")
+    print(f"click -> first audio {first_audio:.1f} s in the browser; {status}")
+
+    for k in (1, 2):
+        _wait_audio(page, f"#result-{k}-audio")
+        audios = page.evaluate(AUDIO_JS, f"#result-{k}-audio")
+        assert any(src and duration > 0 for src, duration, _ in audios), audios
+        assert f"Variation {k}" in _text(page, f"#result-{k}-header")
+    links = page.eval_on_selector_all(
+        "#result-1-files a[download]", "els => els.map(a => [a.href, a.download])"
+    )
+    names = [name for _, name in links]
+    assert names == ["bach_prelude_c_v1.mid", "bach_prelude_c_v1_full.mid"], names
+    for href, _ in links:
+        response = page.request.get(href)
+        assert response.ok and response.body()[:4] == b"MThd"
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for close in page.query_selector_all("[data-testid=toast-close]"):  # the bad upload's toast
+        close.click()
+    page.wait_for_selector("[data-testid=toast-body]", state="detached")
+    page.screenshot(path=str(ARTIFACTS / "app.png"), full_page=True)
+
+    # Continue from variation 2, then undo: back to the upload.
+    page.click("#result-2-continue")
+    _wait_text(page, "#prime-info", "continued 1x")
+    page.click("#undo")
+    _wait_text(page, "#prime-info", "bach_prelude_c (upload)")
+    page.screenshot(path=str(ARTIFACTS / "app_after_undo.png"), full_page=True)
