@@ -44,7 +44,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import dataclasses
 
     from model.config import PRESETS, Config
-    from model.train import TrainConfig, train
+    from model.train import TrainConfig, branch, has_state, read_train_config, train
 
     if args.preset not in PRESETS:
         raise UserError(f"unknown preset {args.preset!r}; choose from {sorted(PRESETS)}")
@@ -54,14 +54,41 @@ def _cmd_train(args: argparse.Namespace) -> int:
     unknown = set(overrides) - model_keys - train_keys
     if unknown:
         raise UserError(f"unknown setting(s) {sorted(unknown)} for --set")
-    model_over = tuple(sorted((k, v) for k, v in overrides.items() if k in model_keys))
+    model_over = dict(sorted((k, v) for k, v in overrides.items() if k in model_keys))
     train_over = {k: v for k, v in overrides.items() if k in train_keys and k not in model_keys}
-    tc = TrainConfig(
-        preset=args.preset, model_overrides=model_over, init_from=args.init_from, **train_over
-    )
+    if args.branch_from and args.init_from:
+        raise UserError("--branch-from and --init-from exclude each other")
+    if args.branch_from and not (args.cooldown_steps and args.cooldown_steps > 0):
+        raise UserError("--branch-from needs --cooldown-steps N (N >= 1)")
     try:
-        tc.model_config()
-    except ValueError as exc:
+        if args.branch_from and has_state(args.workdir):
+            tc = read_train_config(args.workdir)  # resume an interrupted cooldown branch
+        elif args.branch_from:
+            main = pathlib.Path(args.branch_from)
+            if not (main / "train_config.json").exists():
+                raise UserError(f"{main}: not a training work dir (no train_config.json)")
+            base = read_train_config(main)
+            model_over = dict(base.model_overrides) | model_over
+            tc = dataclasses.replace(
+                base,
+                model_overrides=tuple(sorted(model_over.items())),
+                schedule="wsd",
+                decay_steps=args.cooldown_steps,
+                **train_over,
+            )
+            tc.model_config()
+            step = branch(main, args.workdir)
+            tc = dataclasses.replace(tc, decay_start=step)
+            print(f"cooldown branch of {main} at step {step}: {args.cooldown_steps} steps to 0")
+        else:
+            tc = TrainConfig(
+                preset=args.preset,
+                model_overrides=tuple(sorted(model_over.items())),
+                init_from=args.init_from,
+                **train_over,
+            )
+            tc.model_config()
+    except (ValueError, TypeError) as exc:
         raise UserError(str(exc)) from None
     data = pathlib.Path(args.data)
     _ensure_data(data, pathlib.Path(args.maestro), ["train", "validation"])
@@ -141,7 +168,17 @@ def add_commands(sub) -> None:
     p.add_argument("--maestro", default=str(DEFAULT_MAESTRO), help="MAESTRO, if --data is empty")
     p.add_argument("--steps", type=int, help="stop at this (absolute) step")
     p.add_argument("--hours", type=float, help="stop after this many hours")
-    p.add_argument("--init-from", help="params to start from in a new work dir (default: shipped)")
+    p.add_argument(
+        "--init-from",
+        help="params for a new work dir: a checkpoint folder, or 'none' for random weights "
+        "(default: the shipped checkpoint when its shape matches)",
+    )
+    p.add_argument(
+        "--branch-from",
+        metavar="MAIN",
+        help="cooldown branch: start WORKDIR from MAIN's latest state and decay the rate to 0",
+    )
+    p.add_argument("--cooldown-steps", type=int, help="length of the --branch-from cooldown")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="NLL (nats/token) over a MAESTRO split, every token once")

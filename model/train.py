@@ -3,7 +3,12 @@
 * Data: random crops of N + 1 tokens with Magenta's augmentation (model/data.py); the batch of a
   step is a pure function of (seed, step), and so is the dropout key: resuming from a checkpoint
   replays exactly what an uninterrupted run would have done.
-* Optimisation: optax AdamW, linear warmup then cosine decay, global-norm clipping.
+* Optimisation: optax AdamW (no weight decay on biases and norm scales), global-norm clipping,
+  and a warmup-stable-decay schedule (Hägele et al. 2024): linear warmup, then a constant rate
+  for as long as the run goes on. A cooldown is a *branch*: ``--branch-from MAIN`` copies the
+  main run's latest state into a new work dir and decays the rate to 0 over ``decay_steps``
+  (``1-sqrt`` shape by default), producing an exportable checkpoint while the main run goes on.
+  ``schedule="cosine"`` keeps the classic warmup + cosine decay over ``total_steps``.
 * Checkpoints: orbax ``CheckpointManager`` in ``WORKDIR/ckpt`` every ``save_minutes`` and on
   SIGTERM/SIGINT; the best validation params are exported with ``save_model`` to ``WORKDIR/best``.
 * Data parallel over all devices (``jax.sharding``: batch axis sharded, parameters replicated);
@@ -15,15 +20,17 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import json
-import math
 import os
 import pathlib
+import shutil
 import signal
 import time
 import warnings
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -44,8 +51,12 @@ class TrainConfig:
     batch_size: int = 8
     learning_rate: float = 1e-3
     warmup_steps: int = 500
-    total_steps: int = 100_000  # length of the cosine schedule
-    min_lr_ratio: float = 0.1
+    schedule: str = "wsd"  # "wsd" (warmup-stable-decay) or "cosine"
+    decay_start: int | None = None  # wsd: the step the cooldown starts (None: no cooldown)
+    decay_steps: int = 0  # wsd: cooldown length; the rate reaches 0 at decay_start + decay_steps
+    decay_shape: str = "1-sqrt"  # wsd cooldown: "1-sqrt" (Hägele et al.'s best) or "linear"
+    total_steps: int = 100_000  # cosine: length of the schedule
+    min_lr_ratio: float = 0.1  # cosine: final rate as a fraction of the peak
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     seed: int = 0
@@ -55,36 +66,68 @@ class TrainConfig:
     eval_pieces: int = 24  # validation subset: this many pieces ...
     eval_tokens_per_piece: int = 2048  # ... cut to this many tokens each
     save_minutes: float = 5.0
-    init_from: str | None = None  # params to start from when the work dir is new
+    init_from: str | None = None  # params for a new work dir: a folder, "none", None = shipped
+
+    def __post_init__(self):
+        if self.schedule not in ("wsd", "cosine"):
+            raise ValueError(f"schedule must be 'wsd' or 'cosine', got {self.schedule!r}")
+        if self.decay_shape not in ("1-sqrt", "linear"):
+            raise ValueError(f"decay_shape must be '1-sqrt' or 'linear', got {self.decay_shape!r}")
+        if self.decay_start is not None and self.decay_steps < 1:
+            raise ValueError("a cooldown (decay_start) needs decay_steps >= 1")
 
     def model_config(self) -> Config:
         return get_config(self.preset, **dict(self.model_overrides))
+
+    @property
+    def end_step(self) -> int | None:
+        """The step where a wsd cooldown reaches 0 (training stops there), else None."""
+        if self.schedule == "wsd" and self.decay_start is not None:
+            return self.decay_start + self.decay_steps
+        return None
 
 
 # -- the pure parts -------------------------------------------------------------------------------
 
 
+def learning_rate(tc: TrainConfig, step):
+    """The rate used by the update that takes the model from ``step`` to ``step + 1``.
+
+    Pure in ``step`` (a Python int or a traced array): the optimizer's schedule and the logs use
+    this one function.
+    """
+    step = jnp.asarray(step, jnp.float32)
+    warm = jnp.minimum(1.0, step / max(tc.warmup_steps, 1))
+    if tc.schedule == "cosine":
+        span = max(tc.total_steps - tc.warmup_steps, 1)
+        frac = jnp.clip((step - tc.warmup_steps) / span, 0.0, 1.0)
+        cos = 0.5 * (1 + jnp.cos(jnp.pi * frac))
+        after = tc.min_lr_ratio + (1 - tc.min_lr_ratio) * cos
+        return tc.learning_rate * jnp.where(step < tc.warmup_steps, warm, after)
+    if tc.decay_start is None:
+        return tc.learning_rate * warm
+    frac = jnp.clip((step - tc.decay_start) / tc.decay_steps, 0.0, 1.0)
+    decay = 1.0 - jnp.sqrt(frac) if tc.decay_shape == "1-sqrt" else 1.0 - frac
+    return tc.learning_rate * warm * decay
+
+
+def decay_mask(params):
+    """Weight decay on matrices only: biases, norm scales (1-D) are not decayed."""
+    return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
 def make_optimizer(model: PerceiverAR, tc: TrainConfig) -> nnx.Optimizer:
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0,
-        peak_value=tc.learning_rate,
-        warmup_steps=tc.warmup_steps,
-        decay_steps=max(tc.total_steps, tc.warmup_steps + 1),
-        end_value=tc.learning_rate * tc.min_lr_ratio,
-    )
     tx = optax.chain(
         optax.clip_by_global_norm(tc.grad_clip),
-        optax.adamw(schedule, b1=0.9, b2=0.98, weight_decay=tc.weight_decay),
+        optax.adamw(
+            functools.partial(learning_rate, tc),
+            b1=0.9,
+            b2=0.98,
+            weight_decay=tc.weight_decay,
+            mask=decay_mask,
+        ),
     )
     return nnx.Optimizer(model, tx, wrt=nnx.Param)
-
-
-def learning_rate(tc: TrainConfig, step: int) -> float:
-    if step < tc.warmup_steps:
-        return tc.learning_rate * step / max(tc.warmup_steps, 1)
-    frac = min(1.0, (step - tc.warmup_steps) / max(tc.total_steps - tc.warmup_steps, 1))
-    cos = 0.5 * (1 + math.cos(math.pi * frac))
-    return tc.learning_rate * (tc.min_lr_ratio + (1 - tc.min_lr_ratio) * cos)
 
 
 def step_rng(seed: int, step: int) -> jax.Array:
@@ -177,8 +220,57 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
+def read_train_config(workdir: str | os.PathLike) -> TrainConfig:
+    """The TrainConfig a work dir was trained with (its ``train_config.json``)."""
+    raw = json.loads((pathlib.Path(workdir) / "train_config.json").read_text())
+    raw["model_overrides"] = tuple(tuple(kv) for kv in raw.get("model_overrides", ()))
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in raw.items() if k in known})
+
+
+def has_state(workdir: str | os.PathLike) -> bool:
+    work = pathlib.Path(workdir)
+    return (work / "ckpt").is_dir() and _manager(work).latest_step() is not None
+
+
+def branch(main_workdir: str | os.PathLike, workdir: str | os.PathLike) -> int:
+    """Starts a cooldown branch: copies MAIN's latest saved state into WORKDIR/ckpt.
+
+    Returns the step branched from. Refuses a WORKDIR that already holds training state (resume
+    it instead) and a MAIN without any.
+    """
+    main, work = pathlib.Path(main_workdir), pathlib.Path(workdir)
+    step = _manager(main).latest_step()
+    if step is None:
+        raise ValueError(f"{main}: no saved training state to branch from")
+    if has_state(work):
+        raise ValueError(f"{work}: already holds training state; resume it without --branch-from")
+    work.mkdir(parents=True, exist_ok=True)
+    tmp = work / f".ckpt-{step}.tmp"
+    shutil.copytree(main / "ckpt" / str(step), tmp)
+    (work / "ckpt").mkdir(exist_ok=True)
+    os.replace(tmp, work / "ckpt" / str(step))
+    return int(step)
+
+
+def param_mismatch(a, b) -> str:
+    """'' when two parameter states have the same names and shapes, else the first difference."""
+    fa = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(a)}
+    fb = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(b)}
+    for name in sorted(fa.keys() | fb.keys()):
+        if name not in fa or name not in fb:
+            return f"parameter {name} is missing on one side"
+        if fa[name] != fb[name]:
+            return f"parameter {name} has shape {fa[name]}, the training config {fb[name]}"
+    return ""
+
+
 def build(tc: TrainConfig, workdir: pathlib.Path):
-    """Model + optimizer, restored from WORKDIR/ckpt if present, else initialised."""
+    """Model + optimizer, restored from WORKDIR/ckpt if present, else initialised.
+
+    A new work dir starts from ``tc.init_from`` (a checkpoint folder), from random weights when it
+    is ``"none"``, and from the shipped checkpoint when it is unset and the shapes match.
+    """
     config = tc.model_config()
     model = PerceiverAR(config, rngs=nnx.Rngs(tc.seed))
     optimizer = make_optimizer(model, tc)
@@ -188,15 +280,20 @@ def build(tc: TrainConfig, workdir: pathlib.Path):
     if step is None:
         step = 0
         init, explicit = tc.init_from, bool(tc.init_from)
-        if not init and default_checkpoint() is not None:
+        if init and init.lower() == "none":
+            init = None
+        elif not init and default_checkpoint() is not None:
             init = str(default_checkpoint())
         if init:
-            pretrained = load_model(init)
-            if pretrained.config == config:
-                nnx.update(model, nnx.state(pretrained, nnx.Param))
+            pretrained = nnx.state(load_model(init), nnx.Param)
+            mismatch = param_mismatch(pretrained, nnx.state(model, nnx.Param))
+            if not mismatch:  # settings that shape no parameter (latents, dropout) may differ
+                nnx.update(model, pretrained)
                 source = f"initialised from {init}"
             elif explicit:
-                raise ValueError(f"--init-from {init}: its config differs from the training config")
+                raise ValueError(f"--init-from {init}: {mismatch}")
+            else:
+                source = f"initialised at random (the shipped checkpoint's {mismatch})"
     return model, optimizer, manager, step, source
 
 
@@ -209,7 +306,9 @@ def train(
     max_hours: float | None = None,
     progress: bool = True,
 ) -> dict:
-    """Train until ``max_steps`` (absolute step) or ``max_hours`` or a signal; resumable."""
+    """Train until ``max_steps`` (absolute step), the end of a cooldown, ``max_hours`` or a
+    signal; resumable. A cooldown's last step is always validated, so its final params land in
+    WORKDIR/best when they are the best seen there."""
     from model.evaluate import evaluate
 
     workdir = pathlib.Path(workdir)
@@ -221,6 +320,8 @@ def train(
     )
     model, optimizer, manager, step, source = build(tc, workdir)
     config = model.config
+    if tc.end_step is not None:
+        max_steps = tc.end_step if max_steps is None else min(max_steps, tc.end_step)
     mesh = data_mesh()
     if tc.batch_size % mesh.size:
         raise ValueError(f"batch_size {tc.batch_size} is not divisible by {mesh.size} devices")
@@ -268,7 +369,7 @@ def train(
             bar.update(1)
             window_tokens += int(ntok)
             val_nll = ""
-            if step % tc.eval_every == 0:
+            if step % tc.eval_every == 0 or step == tc.end_step:
                 t_eval = time.perf_counter()
                 val_nll = evaluate(model, val, batch_size=8, progress=False)["nll"]
                 window_t += time.perf_counter() - t_eval  # tokens/s counts training time only
@@ -280,7 +381,7 @@ def train(
                 dt = time.perf_counter() - window_t
                 tps = window_tokens / max(dt, 1e-9)
                 window_tokens, window_t = 0, time.perf_counter()
-                lr = learning_rate(tc, step)
+                lr = float(learning_rate(tc, step - 1))  # the rate of the step just taken
                 hours = (time.time() - t_start) / 3600
                 writer.writerow(
                     [
@@ -306,7 +407,8 @@ def train(
                 save_state(manager, step, model, optimizer)
                 last_save = time.time()
     bar.close()
-    save_state(manager, step, model, optimizer)
+    if manager.latest_step() != step:  # (a resumed run with nothing left to do saves nothing)
+        save_state(manager, step, model, optimizer)
     log.close()
     return {"step": step, "stopped": stop_reason, "best_val_nll": best}
 

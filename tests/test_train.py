@@ -206,3 +206,122 @@ def test_shipped_checkpoint_loads_and_generates():
     model = load_model()
     (new,) = sample(model, [np.array([], np.int32)], max_new_tokens=64, seed=0)
     assert 1 <= new.size <= 64 and new.min() >= 3 and new.max() < 391
+
+
+# -- schedule, weight decay, initialisation, cooldown branches -----------------------------------
+
+
+@pytest.mark.parametrize(
+    "settings, step, expected",
+    [
+        ({}, 0, 0.0),  # warmup from 0 ...
+        ({}, 250, 5e-4),
+        ({}, 500, 1e-3),  # ... to the peak, then constant for as long as the run goes on
+        ({}, 10**6, 1e-3),
+        ({"decay_start": 1000, "decay_steps": 400}, 999, 1e-3),
+        ({"decay_start": 1000, "decay_steps": 400}, 1100, 1e-3 * (1 - 0.5)),  # 1 - sqrt(1/4)
+        ({"decay_start": 1000, "decay_steps": 400}, 1400, 0.0),
+        ({"decay_start": 1000, "decay_steps": 400}, 5000, 0.0),
+        ({"decay_start": 1000, "decay_steps": 400, "decay_shape": "linear"}, 1100, 7.5e-4),
+        ({"schedule": "cosine", "total_steps": 1500}, 1000, 1e-3 * (0.1 + 0.9 * 0.5)),
+        ({"schedule": "cosine", "total_steps": 1500}, 9999, 1e-4),
+    ],
+)
+def test_learning_rate_table(settings, step, expected):
+    from model.train import learning_rate
+
+    tc = TrainConfig(learning_rate=1e-3, warmup_steps=500, **settings)
+    assert float(learning_rate(tc, step)) == pytest.approx(expected, abs=1e-9)
+
+
+def test_bad_schedule_settings_refused():
+    with pytest.raises(ValueError, match="decay_steps"):
+        TrainConfig(decay_start=10)
+    with pytest.raises(ValueError, match="schedule"):
+        TrainConfig(schedule="step")
+
+
+def test_weight_decay_skips_biases_and_norm_scales():
+    """With zero gradients, AdamW's update is the decay alone: matrices shrink, 1-D params don't."""
+    from model.perceiver_ar import PerceiverAR
+
+    tc = dataclasses.replace(TINY, warmup_steps=1, weight_decay=0.5)
+    model = PerceiverAR(tc.model_config(), rngs=nnx.Rngs(0))
+    opt = make_optimizer(model, tc)
+    before = _params(model)
+    opt.update(model, jax.tree.map(np.zeros_like, nnx.state(model, nnx.Param)))  # step 0: lr 0
+    opt.update(model, jax.tree.map(np.zeros_like, nnx.state(model, nnx.Param)))
+    after = _params(model)
+    kinds = {1: 0, 2: 0}
+    for (path, b), a in zip(
+        jax.tree_util.tree_leaves_with_path(before), jax.tree.leaves(after), strict=True
+    ):
+        if b.ndim == 1:
+            np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+            kinds[1] += 1
+        elif np.abs(b).sum() > 0:  # (zero-initialised matrices stay zero)
+            assert np.abs(a).sum() < np.abs(b).sum(), jax.tree_util.keystr(path)
+            kinds[2] += 1
+    assert kinds[1] > 5 and kinds[2] > 5  # both kinds exist (norm scales, biases, kernels)
+
+
+def test_init_from_none_shipped_and_mismatch(tmp_path):
+    from model.perceiver_ar import PerceiverAR
+
+    model_dir = tmp_path / "ckpt"
+    save_model(PerceiverAR(TINY.model_config(), rngs=nnx.Rngs(7)), model_dir)
+    ref = _params(load_model(model_dir))
+    # Latents and dropout shape no parameter: a checkpoint initialises such a config.
+    tc = dataclasses.replace(
+        TINY, init_from=str(model_dir), model_overrides=(("num_latents", 32), ("dropout", 0.2))
+    )
+    model, _, _, step, source = build(tc, tmp_path / "a")
+    assert step == 0 and source.startswith("initialised from")
+    jax.tree.map(np.testing.assert_array_equal, _params(model), ref)
+    # "none" trains from scratch on purpose.
+    model, _, _, _, source = build(dataclasses.replace(TINY, init_from="none"), tmp_path / "b")
+    assert source == "initialised"
+    differs = jax.tree.map(lambda a, b: not np.array_equal(a, b), _params(model), ref)
+    assert any(jax.tree.leaves(differs))
+    # A shape that differs is refused with the parameter named.
+    bad = dataclasses.replace(TINY, init_from=str(model_dir), model_overrides=(("d_model", 32),))
+    with pytest.raises(ValueError, match=r"parameter .* has shape"):
+        build(bad, tmp_path / "c")
+
+
+def test_cooldown_branch_equals_one_uninterrupted_run(data, tmp_path):
+    """A branch of the main run at step 6 that cools down over 4 steps gives the same params as
+    one run whose schedule had that cooldown from the start; the main run is left untouched."""
+    tc = dataclasses.replace(TINY, augment=True, eval_every=1000, save_minutes=1e9)
+    train(tc, data, tmp_path / "main", max_steps=6, progress=False)
+    main_params = _params(build(tc, tmp_path / "main")[0])
+    args = ["train", "--workdir", str(tmp_path / "cool"), "--data", str(data)]
+    assert main([*args, "--branch-from", str(tmp_path / "main"), "--cooldown-steps", "4"]) == 0
+    cooled = dataclasses.replace(tc, decay_start=6, decay_steps=4)
+    train(cooled, data, tmp_path / "straight", max_steps=50, progress=False)  # stops at 10
+    a, _, _, step_a, _ = build(cooled, tmp_path / "straight")
+    b, _, _, step_b, _ = build(cooled, tmp_path / "cool")
+    assert step_a == step_b == 10
+    jax.tree.map(np.testing.assert_array_equal, _params(a), _params(b))
+    # The last cooldown step was validated and exported as the branch's best.
+    best = json.loads((tmp_path / "cool/best.json").read_text())
+    assert best["step"] == 10
+    jax.tree.map(
+        np.testing.assert_array_equal, _params(load_model(tmp_path / "cool/best")), _params(b)
+    )
+    m, _, _, step_m, _ = build(tc, tmp_path / "main")
+    assert step_m == 6
+    jax.tree.map(np.testing.assert_array_equal, _params(m), main_params)
+    # Re-running the command resumes the branch (here: nothing is left to do).
+    assert main([*args, "--branch-from", str(tmp_path / "main"), "--cooldown-steps", "4"]) == 0
+    jax.tree.map(
+        np.testing.assert_array_equal, _params(build(cooled, tmp_path / "cool")[0]), _params(b)
+    )
+
+
+def test_branch_cli_errors(tmp_path, capsys):
+    args = ["train", "--workdir", str(tmp_path / "cool"), "--branch-from", str(tmp_path / "x")]
+    assert main(args) == 2
+    assert "--cooldown-steps" in capsys.readouterr().err
+    assert main([*args, "--cooldown-steps", "5"]) == 2
+    assert "not a training work dir" in capsys.readouterr().err
