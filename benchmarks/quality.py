@@ -1,0 +1,786 @@
+"""Continuations as music: do generated continuations look like a pianist's, note for note?
+
+    python benchmarks/quality.py                      # 32 validation primes, 20 s each (minutes)
+    python benchmarks/quality.py --quick              # 4 primes, 5 s: a smoke run, no bar judged
+    python benchmarks/quality.py --checkpoint DIR --pieces 16 --skip-nll
+
+What is measured (results in ``benchmarks/results/quality.json``, written atomically):
+  * primes: pieces of the MAESTRO v3 **validation** split, sorted by file name, those with at
+    least 100 s of music, evenly spread (piece i of n is eligible piece ``i * eligible // n``);
+    the prime is the window 60-80 s (``--prime-range 60:80`` in the CLI), piece i is sampled with
+    seed ``--seed + i``, through the pipeline every surface uses (``app.pipeline.prime_ids``,
+    ``sample_continuations``, the shipped default settings: temperature 1, top-k off, top-p off,
+    stop at EOS), ``--batch`` primes per sampler call.
+  * three sets of 20 s continuations of each prime:
+      real       the piece's own 80-100 s (tokenized from the MIDI file, sustain applied, cut
+                 with ``tokenizer.cut_range``);
+      generated  the model's continuation (``Continuation.continuation_ids()``, the MIDI a user
+                 downloads);
+      looped     the prime replayed from the split (a floor: real music, but not a continuation).
+    Notes come from ``tokenizer.decode_notes`` for all three (identical note extraction). Notes
+    sounding across the split (started in the prime) belong to neither continuation (except
+    for the longest silence, below).
+  * features per continuation: mean polyphony (sounding notes at the midpoints of 50 ms steps),
+    note duration median / p90, share of notes held > 4 s and > 8 s, note density (notes/s),
+    pitch range and std, velocity mean and std, median inter-onset interval (between distinct
+    onset times, so a chord is one onset), longest silence (no note sounding, the stretches
+    before the first note and after the last one included; notes of the prime still sounding
+    after the split count as sounding here, and only here).
+  * token diagnostics of the generated (and, for reference, the real) token streams, read in the
+    context of the prime: share of NOTE_OFFs whose pitch is not sounding (no-op offs), share of
+    NOTE_ONs never closed before the end, prime notes open at the split still open at the end,
+    tokens per continuation.
+  * per set: the mean of each feature over pieces and its ratio to the real mean (the headline),
+    and for each feature the overlapping area of the per-piece distributions of that set and of
+    the real set (Yang & Lerch 2020): two Gaussian KDEs with one shared bandwidth, Silverman's
+    rule of thumb on the pooled within-set standard deviation, ``h = 1.06 * s * n^(-1/5)``
+    (n = mean set size). A shared bandwidth keeps a set with no spread (e.g. no note held > 8 s
+    anywhere) from collapsing to a spike, and identical sets overlap exactly 1.
+  * NLL (nats/token) of the checkpoint on the training run's fixed validation subset
+    (``model.train.validation_subset(validation, 24, 2048)``, ``model.evaluate.evaluate``);
+    ``--skip-nll`` leaves it out.
+  * bars (the product card's "sound like a pianist"), printed last: polyphony ratio in 0.7-1.3,
+    note density ratio in 0.7-1.3, and the share of generated notes held > 8 s (all pieces
+    pooled) at most 2x the real share, where the real share is taken as at least 1 / (number of
+    real notes), so a real share of 0 still allows a single long note per ~all the real notes.
+    Bars are judged only on a full run (>= 32 pieces, 20 s); ``--quick`` and smaller runs record
+    ``"met": null``.
+
+MAESTRO is CC BY-NC-SA 4.0: the JSON holds piece names and feature numbers only, never ids or
+notes. The piano-roll PNG (``--rolls``, default ``work/quality/quality_rolls.png``, git-ignored)
+shows MAESTRO excerpts (the primes and real continuations), so it is never written under
+``benchmarks/results/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import math
+import os
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from app.errors import UserError  # noqa: E402
+from tokenizer import constants as C  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "quality.json"
+ROLLS = ROOT / "work" / "quality" / "quality_rolls.png"
+
+PRIME_START_S = 60.0  # the prime window is 60-80 s of each piece
+SPLIT_S = 80.0  # where the continuation starts
+CONTINUATION_S = 20.0
+MIN_PIECE_S = 100.0  # pieces with less music are skipped
+DEFAULT_PIECES = 32
+QUICK_PIECES = 4
+QUICK_SECONDS = 5.0
+DEFAULT_BATCH = 16
+DEFAULT_SEED = 0
+
+POLYPHONY_STEP_S = 0.05
+HELD_LONG_S = 4.0
+HELD_VERY_LONG_S = 8.0
+
+NLL_PIECES = 24  # the training run's validation subset
+NLL_TOKENS = 2048
+QUICK_NLL_PIECES = 4
+
+KDE_POINTS_PER_BANDWIDTH = 8
+KDE_MAX_POINTS = 200_000
+
+BAR_RATIO_LOW, BAR_RATIO_HIGH = 0.7, 1.3
+BAR_HELD_FACTOR = 2.0
+
+ROLL_PRIMES = 4
+ROLL_STEP_S = 0.05
+ROLL_LOW_PITCH, ROLL_HIGH_PITCH = 21, 108  # the piano's keys
+ROLL_COLORS = {"prime": (0.6, 0.6, 0.6), "real": (0.1, 0.35, 0.8), "generated": (0.85, 0.4, 0.05)}
+
+SETS = ("real", "generated", "looped")
+FEATURES = (
+    "polyphony",
+    "duration_median_s",
+    "duration_p90_s",
+    "held_over_4s_share",
+    "held_over_8s_share",
+    "density_notes_per_s",
+    "pitch_range",
+    "pitch_std",
+    "velocity_mean",
+    "velocity_std",
+    "ioi_median_s",
+    "longest_silence_s",
+)
+DIAGNOSTICS = (
+    "tokens",
+    "noop_off_share",
+    "unclosed_on_share",
+    "carried_unclosed",
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# Notes and features (a note array has one row per note: pitch, velocity, start s, end s)
+# ----------------------------------------------------------------------------------------------
+
+
+def note_array(notes) -> np.ndarray:
+    """``tokenizer.Note`` list -> float array [n, 4]: pitch, velocity, start, end (seconds)."""
+    rows = [(n.pitch, n.velocity, n.start, n.end) for n in notes]
+    return np.asarray(rows, np.float64).reshape(-1, 4)
+
+
+def notes_of(ids) -> np.ndarray:
+    from tokenizer import decode_notes
+
+    return note_array(decode_notes(ids))
+
+
+def mean_polyphony(notes: np.ndarray, seconds: float) -> float:
+    """Mean number of sounding notes at the midpoints of 50 ms steps over [0, seconds)."""
+    steps = max(1, int(round(seconds / POLYPHONY_STEP_S)))
+    t = (np.arange(steps) + 0.5) * (seconds / steps)
+    start, end = notes[:, 2], notes[:, 3]
+    sounding = (start[None, :] <= t[:, None]) & (end[None, :] > t[:, None])
+    return float(sounding.sum(axis=1).mean())
+
+
+def longest_silence(notes: np.ndarray, seconds: float) -> float:
+    """Longest stretch of [0, seconds] with no note sounding (leading and trailing included)."""
+    if notes.size == 0:
+        return float(seconds)
+    order = np.argsort(notes[:, 2], kind="stable")
+    longest, covered = 0.0, 0.0  # covered: sounding from 0 (or the first note) up to here
+    for start, end in notes[order, 2:4]:
+        longest = max(longest, min(start, seconds) - covered)
+        covered = max(covered, end)
+    return float(max(longest, seconds - min(covered, seconds)))
+
+
+def carried_notes(prime, ids, seconds: float) -> np.ndarray:
+    """Notes of the prime still sounding at the split, as ``prime + ids`` decodes them, on the
+    continuation's clock (start 0, end clipped to ``seconds``)."""
+    from tokenizer import music_seconds
+
+    split = music_seconds(prime)
+    both = notes_of(np.concatenate([np.asarray(prime), np.asarray(ids)]).astype(np.int32))
+    eps = 0.5 / C.STEPS_PER_SECOND  # times are whole 10 ms steps
+    carried = both[(both[:, 2] < split - eps) & (both[:, 3] > split + eps)].copy()
+    carried[:, 2] = 0.0
+    carried[:, 3] = np.minimum(carried[:, 3] - split, seconds)
+    return carried
+
+
+def features(
+    notes: np.ndarray, seconds: float, carried: np.ndarray | None = None
+) -> dict[str, float]:
+    """The scalar features of one continuation (NaN where undefined, e.g. no notes).
+
+    ``carried``: notes of the prime still sounding after the split; they count only for the
+    longest silence (a held chord is not silence), every other feature is of ``notes`` alone.
+    """
+    pitch, velocity, start, end = notes.T
+    durations = end - start
+    n = len(notes)
+    onsets = np.unique(start)
+
+    def stat(fn, values, at_least=1):
+        return float(fn(values)) if values.size >= at_least else math.nan
+
+    return {
+        "polyphony": mean_polyphony(notes, seconds),
+        "duration_median_s": stat(np.median, durations),
+        "duration_p90_s": stat(lambda d: np.percentile(d, 90), durations),
+        "held_over_4s_share": stat(lambda d: np.mean(d > HELD_LONG_S), durations),
+        "held_over_8s_share": stat(lambda d: np.mean(d > HELD_VERY_LONG_S), durations),
+        "density_notes_per_s": n / seconds,
+        "pitch_range": stat(lambda p: p.max() - p.min(), pitch),
+        "pitch_std": stat(np.std, pitch),
+        "velocity_mean": stat(np.mean, velocity),
+        "velocity_std": stat(np.std, velocity),
+        "ioi_median_s": stat(lambda o: np.median(np.diff(o)), onsets, at_least=2),
+        "longest_silence_s": longest_silence(
+            notes if carried is None else np.concatenate([notes, carried]), seconds
+        ),
+        "notes": n,
+        "notes_held_over_8s": int(np.sum(durations > HELD_VERY_LONG_S)),
+    }
+
+
+def looped_notes(prime_notes: np.ndarray, prime_seconds: float, seconds: float) -> np.ndarray:
+    """The prime replayed from time 0, repeated until ``seconds`` are filled, cut there."""
+    if prime_seconds <= 0 or prime_notes.size == 0:
+        return np.zeros((0, 4))
+    repeats = math.ceil(seconds / prime_seconds)
+    tiles = []
+    for k in range(repeats):
+        tile = prime_notes.copy()
+        tile[:, 2:4] += k * prime_seconds
+        tiles.append(tile)
+    notes = np.concatenate(tiles)
+    notes = notes[notes[:, 2] < seconds]
+    notes[:, 3] = np.minimum(notes[:, 3], seconds)
+    return notes
+
+
+def token_diagnostics(prime, ids) -> dict[str, float]:
+    """NOTE_ON/NOTE_OFF bookkeeping of ``ids`` read after ``prime`` (pairing FIFO per pitch, as
+    the decoder does): no-op NOTE_OFFs (nothing of that pitch sounding), NOTE_ONs of ``ids`` still
+    open at the end, and notes open at the split (from the prime) still open at the end."""
+    open_notes = collections.defaultdict(collections.deque)  # pitch -> "prime"/"new", oldest first
+    for tok in np.asarray(prime, np.int64).tolist():
+        if C.NOTE_ON_FIRST_ID <= tok < C.NOTE_OFF_FIRST_ID:
+            open_notes[tok - C.NOTE_ON_FIRST_ID].append("prime")
+        elif C.NOTE_OFF_FIRST_ID <= tok < C.TIME_SHIFT_FIRST_ID:
+            pending = open_notes[tok - C.NOTE_OFF_FIRST_ID]
+            if pending:
+                pending.popleft()
+    carried = sum(len(q) for q in open_notes.values())
+    ons = offs = noop_offs = 0
+    ids = np.asarray(ids, np.int64)
+    for tok in ids.tolist():
+        if C.NOTE_ON_FIRST_ID <= tok < C.NOTE_OFF_FIRST_ID:
+            ons += 1
+            open_notes[tok - C.NOTE_ON_FIRST_ID].append("new")
+        elif C.NOTE_OFF_FIRST_ID <= tok < C.TIME_SHIFT_FIRST_ID:
+            offs += 1
+            pending = open_notes[tok - C.NOTE_OFF_FIRST_ID]
+            if pending:
+                pending.popleft()
+            else:
+                noop_offs += 1
+    left = collections.Counter(label for q in open_notes.values() for label in q)
+    return {
+        "tokens": int(ids.size),
+        "note_ons": ons,
+        "note_offs": offs,
+        "noop_offs": noop_offs,
+        "noop_off_share": noop_offs / offs if offs else math.nan,
+        "unclosed_ons": left["new"],
+        "unclosed_on_share": left["new"] / ons if ons else math.nan,
+        "carried_open": carried,
+        "carried_unclosed": left["prime"],
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Comparing distributions
+# ----------------------------------------------------------------------------------------------
+
+
+def kde_bandwidth(a: np.ndarray, b: np.ndarray) -> float:
+    """Silverman's rule of thumb on the pooled within-set standard deviation."""
+    na, nb = a.size, b.size
+    var = ((na - 1) * np.var(a, ddof=1 if na > 1 else 0)) + (
+        (nb - 1) * np.var(b, ddof=1 if nb > 1 else 0)
+    )
+    s = math.sqrt(var / max(na + nb - 2, 1))
+    return 1.06 * s * ((na + nb) / 2) ** -0.2
+
+
+def kde_overlap(a, b) -> float:
+    """Overlapping area of the Gaussian KDEs of two samples (NaNs dropped); 1 = same, 0 = apart."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    if a.size == 0 or b.size == 0:
+        return math.nan
+    h = kde_bandwidth(a, b)
+    if h == 0:  # both sets constant: the same value or not
+        return 1.0 if a[0] == b[0] else 0.0
+    lo = min(a.min(), b.min()) - 5 * h
+    hi = max(a.max(), b.max()) + 5 * h
+    points = int(np.clip((hi - lo) / h * KDE_POINTS_PER_BANDWIDTH, 512, KDE_MAX_POINTS))
+    x = np.linspace(lo, hi, points)
+
+    def density(sample):
+        z = (x[None, :] - sample[:, None]) / h
+        return np.exp(-0.5 * z * z).sum(axis=0) / (sample.size * h * math.sqrt(2 * math.pi))
+
+    return float(np.clip(np.trapezoid(np.minimum(density(a), density(b)), x), 0.0, 1.0))
+
+
+def summarise(pieces: list[dict]) -> dict:
+    """Per feature: the mean of each set, its ratio to the real mean, its KDE overlap with real."""
+    out = {}
+    for name in FEATURES:
+        values = {s: np.array([p[s]["features"][name] for p in pieces], np.float64) for s in SETS}
+        real_mean = _nanmean(values["real"])
+        row = {"real": {"mean": real_mean}}
+        for s in SETS[1:]:
+            mean = _nanmean(values[s])
+            ratio = mean / real_mean if real_mean and math.isfinite(real_mean) else math.nan
+            row[s] = {
+                "mean": mean,
+                "ratio": ratio,
+                "overlap": kde_overlap(values[s], values["real"]),
+            }
+        out[name] = row
+    return out
+
+
+def _nanmean(x: np.ndarray) -> float:
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if x.size else math.nan
+
+
+def diagnostics_summary(pieces: list[dict]) -> dict:
+    out = {}
+    for s in ("real", "generated"):
+        rows = [p[s]["tokens"] for p in pieces]
+        offs = sum(r["note_offs"] for r in rows)
+        ons = sum(r["note_ons"] for r in rows)
+        out[s] = {
+            "tokens_mean": float(np.mean([r["tokens"] for r in rows])),
+            "noop_off_share": sum(r["noop_offs"] for r in rows) / offs if offs else math.nan,
+            "unclosed_on_share": sum(r["unclosed_ons"] for r in rows) / ons if ons else math.nan,
+            "carried_open": sum(r["carried_open"] for r in rows),
+            "carried_unclosed": sum(r["carried_unclosed"] for r in rows),
+        }
+    stops = collections.Counter(p["generated"]["stop"] for p in pieces)
+    out["generated"]["stops"] = dict(sorted(stops.items()))
+    return out
+
+
+def held_share(pieces: list[dict], which: str) -> tuple[float, int]:
+    """Share of all notes of a set (pieces pooled) held > 8 s, and the number of notes."""
+    notes = sum(p[which]["features"]["notes"] for p in pieces)
+    held = sum(p[which]["features"]["notes_held_over_8s"] for p in pieces)
+    return (held / notes if notes else math.nan), notes
+
+
+def bars(summary: dict, pieces: list[dict], judged: bool) -> list[dict]:
+    """The product card's bars for the generated set (looped shown for reference)."""
+    real_share, real_notes = held_share(pieces, "real")
+    reference = max(real_share if math.isfinite(real_share) else 0.0, 1 / max(real_notes, 1))
+    out = []
+    for name, feature in (
+        ("polyphony ratio", "polyphony"),
+        ("density ratio", "density_notes_per_s"),
+    ):
+        value = summary[feature]["generated"]["ratio"]
+        out.append(
+            {
+                "bar": name,
+                "value": value,
+                "looped": summary[feature]["looped"]["ratio"],
+                "target": f"{BAR_RATIO_LOW}-{BAR_RATIO_HIGH}",
+                "met": bool(BAR_RATIO_LOW <= value <= BAR_RATIO_HIGH) if judged else None,
+            }
+        )
+    gen_share, _ = held_share(pieces, "generated")
+    out.append(
+        {
+            "bar": "notes held > 8 s",
+            "value": gen_share,
+            "looped": held_share(pieces, "looped")[0],
+            "real": real_share,
+            "reference": reference,
+            "target": f"<= {BAR_HELD_FACTOR:g} x max(real share, 1/{real_notes} real notes)"
+            f" = {BAR_HELD_FACTOR * reference:.4f}",
+            "met": bool(gen_share <= BAR_HELD_FACTOR * reference) if judged else None,
+        }
+    )
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Primes, generation, NLL
+# ----------------------------------------------------------------------------------------------
+
+
+def choose_pieces(maestro: pathlib.Path, n: int) -> list[dict]:
+    """Validation pieces sorted by name, >= 100 s of music with notes in the prime window and in
+    the real continuation, evenly spread; returns [{"name", "path", "ids", "seconds"}]."""
+    from tokenizer import cut_range, encode, music_seconds
+    from tokenizer.dataset import maestro_sources
+
+    try:
+        sources = sorted(maestro_sources(maestro)["validation"], key=lambda s: s.name)
+    except FileNotFoundError as exc:
+        raise UserError(str(exc)) from None
+    eligible = []
+    for s in sources:
+        ids = encode(s.path)
+        seconds = music_seconds(ids)
+        if seconds < MIN_PIECE_S:
+            continue
+        prime = cut_range(ids, PRIME_START_S, SPLIT_S)
+        real = cut_range(ids, SPLIT_S, SPLIT_S + CONTINUATION_S)
+        if _has_note_on(prime) and _has_note_on(real):
+            eligible.append({"name": s.name, "path": s.path, "ids": ids, "seconds": seconds})
+    if n > len(eligible):
+        raise UserError(
+            f"--pieces {n}: only {len(eligible)} validation pieces qualify "
+            f"(>= {MIN_PIECE_S:g} s of music, notes in both windows)"
+        )
+    return [eligible[(i * len(eligible)) // n] for i in range(n)]
+
+
+def _has_note_on(ids) -> bool:
+    ids = np.asarray(ids)
+    return bool(np.any((ids >= C.NOTE_ON_FIRST_ID) & (ids < C.NOTE_OFF_FIRST_ID)))
+
+
+def generate(model, primes, seeds, settings, batch: int):
+    """Continuations of every prime, ``batch`` primes per sampler call, with a progress bar."""
+    from tqdm.auto import tqdm
+
+    from app.pipeline import sample_continuations
+
+    out = []
+    bar = tqdm(total=round(len(primes) * settings.seconds), unit="s", desc="music generated")
+    for i in range(0, len(primes), batch):
+        done_before = len(out) * settings.seconds
+
+        def progress(info, base=done_before):
+            bar.n = round(base + float(np.minimum(info.seconds, settings.seconds).sum()))
+            bar.refresh()
+            return False
+
+        out += sample_continuations(
+            model, primes[i : i + batch], seeds[i : i + batch], settings, callback=progress
+        )
+    bar.n = bar.total
+    bar.close()
+    return out
+
+
+def validation_nll(model, data: pathlib.Path, maestro: pathlib.Path, pieces: int) -> dict:
+    from app.train_cli import _ensure_data
+    from model.evaluate import evaluate
+    from model.train import validation_subset
+    from tokenizer.dataset import load_split
+
+    _ensure_data(data, maestro, ["validation"])
+    subset = validation_subset(load_split(data, "validation"), pieces, NLL_TOKENS)
+    result = evaluate(model, subset, batch_size=8)
+    result["subset"] = f"validation_subset(validation, {pieces}, {NLL_TOKENS})"
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Piano rolls (MAESTRO material: written only where git ignores it)
+# ----------------------------------------------------------------------------------------------
+
+
+def roll_image(prime: np.ndarray, prime_s: float, cont: np.ndarray, seconds: float, color):
+    """RGB image [pitch, time] of the prime (grey, before 0) and a continuation (after 0)."""
+    width = int(round((CONTINUATION_S + seconds) / ROLL_STEP_S))
+    image = np.ones((ROLL_HIGH_PITCH - ROLL_LOW_PITCH + 1, width, 3))
+    for notes, offset, rgb in (
+        (prime, CONTINUATION_S - prime_s, ROLL_COLORS["prime"]),
+        (cont, CONTINUATION_S, color),
+    ):
+        for pitch, velocity, start, end in notes:
+            row = int(pitch) - ROLL_LOW_PITCH
+            if not 0 <= row < image.shape[0]:
+                continue
+            a = int((start + offset) / ROLL_STEP_S)
+            b = max(a + 1, int(math.ceil((end + offset) / ROLL_STEP_S)))
+            shade = 0.35 + 0.65 * velocity / C.MAX_VELOCITY
+            image[row, max(a, 0) : b] = 1 - shade * (1 - np.asarray(rgb))
+    return image
+
+
+def draw_rolls(path: pathlib.Path, rolls: list[dict], seconds: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tokenizer import atomic_write_bytes
+
+    fig, axes = plt.subplots(len(rolls), 2, figsize=(12, 2.2 * len(rolls)), squeeze=False)
+    extent = (-CONTINUATION_S, seconds, ROLL_LOW_PITCH - 0.5, ROLL_HIGH_PITCH + 0.5)
+    for r, roll in enumerate(rolls):
+        for c, which in enumerate(("real", "generated")):
+            ax = axes[r, c]
+            image = roll_image(
+                roll["prime"], roll["prime_s"], roll[which], seconds, ROLL_COLORS[which]
+            )
+            ax.imshow(image, origin="lower", aspect="auto", extent=extent, interpolation="nearest")
+            ax.axvline(0, color="k", linewidth=0.8)
+            ax.set_title(f"{roll['name'][:60]}: {which}", fontsize=8)
+            ax.tick_params(labelsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel("seconds from the split (prime in grey)", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=72)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+# ----------------------------------------------------------------------------------------------
+# Main
+# ----------------------------------------------------------------------------------------------
+
+
+def _clean(x):
+    """JSON-safe: NaN/inf -> null, numpy scalars -> Python."""
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_clean(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def _fmt(x, digits=3) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}g}"
+
+
+def print_table(summary: dict, diag: dict) -> None:
+    print(
+        f"\n{'feature':<22}{'real':>9}{'generated':>11}{'ratio':>7}{'overlap':>9}"
+        f"{'looped':>9}{'ratio':>7}{'overlap':>9}"
+    )
+    for name in FEATURES:
+        row = summary[name]
+        g, lp = row["generated"], row["looped"]
+        print(
+            f"{name:<22}{_fmt(row['real']['mean']):>9}{_fmt(g['mean']):>11}"
+            f"{_fmt(g['ratio']):>7}{_fmt(g['overlap'], 2):>9}{_fmt(lp['mean']):>9}"
+            f"{_fmt(lp['ratio']):>7}{_fmt(lp['overlap'], 2):>9}"
+        )
+    print("\ntoken diagnostics (read after the prime; all pieces pooled):")
+    for s in ("real", "generated"):
+        d = diag[s]
+        print(
+            f"  {s:<10} tokens/continuation {d['tokens_mean']:.0f}, no-op NOTE_OFFs "
+            f"{_fmt(100 * d['noop_off_share'])}%, NOTE_ONs never closed "
+            f"{_fmt(100 * d['unclosed_on_share'])}%, prime notes open at the split "
+            f"{d['carried_open']} (still open at the end: {d['carried_unclosed']})"
+        )
+    print(f"  generated stops: {diag['generated']['stops']}")
+
+
+def parse_args(argv):
+    from app.train_cli import DEFAULT_DATA, DEFAULT_MAESTRO
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped one)")
+    p.add_argument("--maestro", default=str(DEFAULT_MAESTRO), help="MAESTRO v3 folder")
+    p.add_argument("--data", default=str(DEFAULT_DATA), help="prepare-data output (for the NLL)")
+    p.add_argument("--pieces", type=int, help=f"validation primes ({DEFAULT_PIECES})")
+    p.add_argument("--seconds", type=float, help=f"continuation length ({CONTINUATION_S:g})")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="piece i uses seed + i (0)")
+    p.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="primes per sampler call")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{QUICK_PIECES} pieces, {QUICK_SECONDS:g} s; no bar is judged",
+    )
+    p.add_argument("--skip-nll", action="store_true", help="leave out the validation NLL")
+    p.add_argument("--out", default=str(RESULTS), help="results JSON")
+    p.add_argument(
+        "--rolls",
+        default=str(ROLLS),
+        help="piano-roll PNG (MAESTRO excerpts: keep it git-ignored); 'none' to skip",
+    )
+    p.add_argument("--note", default="", help="a remark stored with the results")
+    args = p.parse_args(argv)
+    if args.pieces is None:
+        args.pieces = QUICK_PIECES if args.quick else DEFAULT_PIECES
+    if args.seconds is None:
+        args.seconds = QUICK_SECONDS if args.quick else CONTINUATION_S
+    if args.pieces < 1:
+        raise UserError(f"--pieces must be at least 1, got {args.pieces}")
+    if not (args.seconds > 0 and args.seconds <= CONTINUATION_S):
+        raise UserError(f"--seconds must be in (0, {CONTINUATION_S:g}], got {args.seconds:g}")
+    if args.batch < 1:
+        raise UserError(f"--batch must be at least 1, got {args.batch}")
+    if args.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {args.seed}")
+    if not (pathlib.Path(args.maestro) / "maestro-v3.0.0.csv").exists():
+        raise UserError(f"{args.maestro}: no maestro-v3.0.0.csv (pass --maestro)")
+    return args
+
+
+def run(args) -> dict:
+    from app.pipeline import Settings, Window, prime_ids
+    from benchmarks.env import environment
+    from model.checkpoint import CheckpointError, default_checkpoint, load_model, read_info
+    from tokenizer import cut_range, music_seconds
+
+    t_start = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    ckpt = args.checkpoint or default_checkpoint()
+    if ckpt is None:
+        raise UserError("no shipped checkpoint found; pass --checkpoint DIR")
+    try:
+        info = read_info(ckpt)
+        model = load_model(ckpt)
+    except CheckpointError as exc:
+        raise UserError(str(exc)) from None
+
+    maestro = pathlib.Path(args.maestro)
+    chosen = choose_pieces(maestro, args.pieces)
+    window = Window.range(PRIME_START_S, SPLIT_S)
+    settings = Settings(seconds=args.seconds, seed=args.seed, window=window)
+    primes = [prime_ids(p["path"], window, name=p["name"]) for p in chosen]
+    seeds = [args.seed + i for i in range(len(chosen))]
+    print(
+        f"checkpoint {ckpt}; {len(chosen)} validation primes ({window.describe()}), "
+        f"{args.seconds:g} s continuations, seeds {seeds[0]}..{seeds[-1]}",
+        flush=True,
+    )
+
+    t0 = time.perf_counter()
+    conts = generate(model, primes, seeds, settings, args.batch)
+    generate_s = time.perf_counter() - t0
+
+    pieces, rolls = [], []
+    roll_pieces = {(k * len(chosen)) // ROLL_PRIMES for k in range(ROLL_PRIMES)}  # spread out
+    for i, (piece, prime, cont) in enumerate(zip(chosen, primes, conts, strict=True)):
+        real_ids = cut_range(piece["ids"], SPLIT_S, SPLIT_S + args.seconds)
+        prime_s = music_seconds(prime)
+        prime_notes = notes_of(prime)
+        notes = {
+            "real": notes_of(real_ids),
+            "generated": notes_of(cont.continuation_ids()),
+            "looped": looped_notes(prime_notes, prime_s, args.seconds),
+        }
+        row = {
+            "index": i,
+            "name": piece["name"],
+            "seed": cont.seed,
+            "piece_seconds": piece["seconds"],
+            "prime_tokens": int(prime.size),
+            "prime_seconds": prime_s,
+            "prime_cut_to_context": cont.prime_cut,
+        }
+        carried = {
+            "real": carried_notes(prime, real_ids, args.seconds),
+            "generated": carried_notes(cont.prime, cont.ids, args.seconds),
+            "looped": None,  # the replay starts afresh: nothing carries over
+        }
+        for s in SETS:
+            row[s] = {"features": features(notes[s], args.seconds, carried[s])}
+        row["real"]["tokens"] = token_diagnostics(prime, real_ids)
+        row["generated"]["tokens"] = token_diagnostics(cont.prime, cont.ids)
+        row["generated"]["stop"] = cont.stop
+        row["generated"]["music_seconds"] = cont.seconds
+        pieces.append(row)
+        if i in roll_pieces:
+            rolls.append(
+                {
+                    "name": piece["name"],
+                    "prime": prime_notes,
+                    "prime_s": prime_s,
+                    "real": notes["real"],
+                    "generated": notes["generated"],
+                }
+            )
+
+    summary = summarise(pieces)
+    diag = diagnostics_summary(pieces)
+    full = not args.quick and args.pieces >= DEFAULT_PIECES and args.seconds == CONTINUATION_S
+    bar_rows = bars(summary, pieces, judged=full)
+
+    nll = None
+    nll_s = 0.0
+    if not args.skip_nll:
+        t0 = time.perf_counter()
+        nll_pieces = QUICK_NLL_PIECES if args.quick else NLL_PIECES
+        nll = validation_nll(model, pathlib.Path(args.data), maestro, nll_pieces)
+        nll_s = time.perf_counter() - t0
+
+    rolls_path = None
+    if args.rolls.lower() != "none":
+        rolls_path = pathlib.Path(args.rolls)
+        draw_rolls(rolls_path, rolls, args.seconds)
+
+    return {
+        "benchmark": "quality",
+        "quick": bool(args.quick),
+        "judged": full,
+        "environment": environment(),
+        "checkpoint": {"path": str(ckpt), "config": info["config"], "metadata": info["metadata"]},
+        "settings": {
+            **settings.to_dict(),
+            "prime_window": window.to_dict(),
+            "base_seed": args.seed,
+            "batch": args.batch,
+            "pieces": args.pieces,
+            "selection": (
+                f"MAESTRO validation pieces sorted by file name with >= {MIN_PIECE_S:g} s of "
+                "music (and notes in both windows); piece i of n is eligible piece i*E//n"
+            ),
+            "maestro": str(maestro),
+        },
+        "kde": {
+            "kernel": "gaussian, one bandwidth shared by both sets",
+            "bandwidth": "1.06 * pooled within-set std * (mean set size)^(-1/5) (Silverman)",
+            "overlap": "integral of min(f, g) on a grid of 8 points per bandwidth",
+        },
+        "summary": summary,
+        "diagnostics": diag,
+        "held_over_8s_pooled": {s: held_share(pieces, s)[0] for s in SETS},
+        "bars": bar_rows,
+        "nll": nll,
+        "pieces": pieces,
+        "rolls": str(rolls_path) if rolls_path else None,
+        "timings": {
+            "generate_s": generate_s,
+            "nll_s": nll_s,
+            "total_s": time.perf_counter() - t_start,
+        },
+        "load_average_1m": {"before": load_before, "after": os.getloadavg()[0]},
+        "note": args.note,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tokenizer import atomic_write_bytes
+
+    try:
+        args = parse_args(argv)
+        result = run(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, (json.dumps(_clean(result), indent=1) + "\n").encode())
+
+    print_table(result["summary"], result["diagnostics"])
+    if result["nll"]:
+        print(
+            f"\nvalidation NLL {result['nll']['nll']:.4f} nats/token "
+            f"({result['nll']['subset']}, {result['nll']['tokens']:,} tokens)"
+        )
+    if result["rolls"]:
+        print(f"piano rolls: {result['rolls']} (MAESTRO excerpts: do not commit)")
+    print(
+        f"wrote {out} in {result['timings']['total_s']:.0f} s "
+        f"(generation {result['timings']['generate_s']:.0f} s)"
+    )
+    if not result["judged"]:
+        print("bars not judged (quick or smaller-than-full run): met = null")
+    for b in result["bars"]:
+        verdict = {True: "MET", False: "MISSED", None: "not judged"}[b["met"]]
+        print(
+            f"BAR {b['bar']}: {_fmt(b['value'], 4)} (target {b['target']}; "
+            f"looped {_fmt(b['looped'], 4)}) {verdict}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
