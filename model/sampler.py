@@ -20,6 +20,10 @@ How decoding works (paper Appendix E.3; flaxformer's ``decoding_latent_reset_fil
   * ``use_cache=False`` instead runs a full forward over the last N tokens for every token: the
     uncached baseline.
 
+A NOTE_OFF is only sampled for a pitch that sounds (a running count per pitch, from the prompt
+and every kept token), with the model's total NOTE_OFF probability kept (``_end_sounding``); this
+stops the note pile-up of a model that spreads its note ends over silent keys.
+
 The whole loop (fills, steps, sampling, stopping) is one ``jax.jit`` function built from
 ``lax.while_loop``/``lax.cond``; it is compiled once per (model, batch bucket, length bucket,
 num_latents, headroom) and reused: batch sizes are padded to powers of two and
@@ -48,6 +52,9 @@ from flax import nnx
 
 from model.vocab import (
     EOS_ID,
+    NOTE_OFF_FIRST_ID,
+    NOTE_ON_FIRST_ID,
+    NUM_PITCHES,
     PAD_ID,
     SOS_ID,
     STEPS_PER_SECOND,
@@ -98,6 +105,7 @@ class _Settings(NamedTuple):
     top_p: jax.Array  # [] f32 (1 = off)
     stop_at_eos: jax.Array  # [] bool
     max_time: jax.Array  # [B] i32 budget in 10 ms steps
+    sounding_offs: jax.Array  # [] bool: NOTE_OFF only for sounding pitches (see _end_sounding)
 
 
 class _Carry(NamedTuple):
@@ -107,6 +115,7 @@ class _Carry(NamedTuple):
     done: jax.Array  # [B] bool
     n_out: jax.Array  # [B] i32 tokens kept
     time: jax.Array  # [B] i32 music time in 10 ms steps
+    sounding: jax.Array  # [B, 128] i32 notes sounding per pitch (prompt + kept tokens)
     logits: jax.Array  # [B, G, V] f32 when recording, else [0]
 
 
@@ -114,12 +123,35 @@ def _next_pow2(x: int, minimum: int = 1) -> int:
     return max(minimum, 1 << max(0, int(x) - 1).bit_length())
 
 
-def _choose_tokens(logits_BxV: jax.Array, g: jax.Array, s: _Settings) -> jax.Array:
-    """Temperature, top-k, top-p, then a categorical draw with key fold_in(key_b, g)."""
+def _end_sounding(logits_BxV: jax.Array, sounding_BxP: jax.Array) -> jax.Array:
+    """NOTE_OFF only for sounding pitches, keeping the model's probability that a note ends now.
+
+    A NOTE_OFF of a silent pitch is a no-op when decoded, yet it takes the place of a real event:
+    teacher-forced on MAESTRO validation, the shipped model gives such no-ops ~45% of its NOTE_OFF
+    mass while its total NOTE_OFF probability matches the real rate (benchmarks/note_offs.py), so
+    sampled notes end too rarely and pile up. Here the total NOTE_OFF mass stays the model's and is
+    shared among the sounding pitches in the model's proportions; with nothing sounding, NOTE_OFF
+    is impossible and the other tokens are renormalised.
+    """
+    off_BxP = logits_BxV[:, NOTE_OFF_FIRST_ID : NOTE_OFF_FIRST_ID + NUM_PITCHES]
+    on_BxP = sounding_BxP > 0
+    any_B1 = jnp.any(on_BxP, axis=-1, keepdims=True)
+    lse_all_B1 = jax.nn.logsumexp(off_BxP, axis=-1, keepdims=True)
+    lse_on_B1 = jax.nn.logsumexp(jnp.where(on_BxP, off_BxP, -jnp.inf), axis=-1, keepdims=True)
+    shift_B1 = jnp.where(any_B1, lse_all_B1 - jnp.where(any_B1, lse_on_B1, 0.0), 0.0)
+    new_off_BxP = jnp.where(on_BxP, off_BxP + shift_B1, -jnp.inf)
+    return jax.lax.dynamic_update_slice_in_dim(logits_BxV, new_off_BxP, NOTE_OFF_FIRST_ID, axis=1)
+
+
+def _choose_tokens(
+    logits_BxV: jax.Array, g: jax.Array, s: _Settings, sounding_BxP: jax.Array
+) -> jax.Array:
+    """Note-off correction, temperature, top-k, top-p, then a draw with key fold_in(key_b, g)."""
     vocab = logits_BxV.shape[-1]
     ids_V = jnp.arange(vocab)
     banned_V = (ids_V == PAD_ID) | (ids_V == SOS_ID) | ((ids_V == EOS_ID) & ~s.stop_at_eos)
     logits_BxV = jnp.where(banned_V[None], -jnp.inf, logits_BxV.astype(jnp.float32))
+    logits_BxV = jnp.where(s.sounding_offs, _end_sounding(logits_BxV, sounding_BxP), logits_BxV)
     greedy_B = jnp.argmax(logits_BxV, axis=-1)
 
     x_BxV = logits_BxV / jnp.maximum(s.temperature, 1e-6)
@@ -149,13 +181,14 @@ def _top_k_top_p(x_BxV: jax.Array, s: _Settings) -> jax.Array:
 
 
 def _advance(c: _Carry, cache, logits_BxV, s: _Settings, plan: _Plan) -> _Carry:
-    tok_B = _choose_tokens(logits_BxV, c.g, s)
+    tok_B = _choose_tokens(logits_BxV, c.g, s, c.sounding)
     tokens = jax.lax.dynamic_update_slice(c.tokens, tok_B[:, None], (0, plan.window + c.g))
     is_eos_B = (tok_B == EOS_ID) & s.stop_at_eos
     keep_B = ~c.done & ~is_eos_B
     is_shift_B = (tok_B >= TIME_SHIFT_FIRST_ID) & (tok_B <= TIME_SHIFT_LAST_ID)
     shift_B = jnp.where(is_shift_B & keep_B, tok_B - TIME_SHIFT_FIRST_ID + 1, 0)
     time_B = c.time + shift_B
+    sounding = _update_sounding(c.sounding, tok_B, keep_B)
     logits = c.logits
     if plan.record_logits:
         logits = jax.lax.dynamic_update_slice(logits, logits_BxV[:, None], (0, c.g, 0))
@@ -166,12 +199,36 @@ def _advance(c: _Carry, cache, logits_BxV, s: _Settings, plan: _Plan) -> _Carry:
         done=c.done | is_eos_B | (time_B >= s.max_time),
         n_out=c.n_out + keep_B.astype(jnp.int32),
         time=time_B,
+        sounding=sounding,
         logits=logits,
     )
 
 
+def _update_sounding(sounding_BxP: jax.Array, tok_B: jax.Array, keep_B: jax.Array) -> jax.Array:
+    """Counts per pitch: +1 at a NOTE_ON, -1 (not below 0) at a NOTE_OFF, for kept tokens."""
+    pitch_P = jnp.arange(NUM_PITCHES)
+    on_BxP = (tok_B[:, None] - NOTE_ON_FIRST_ID == pitch_P) & keep_B[:, None]
+    off_BxP = (tok_B[:, None] - NOTE_OFF_FIRST_ID == pitch_P) & keep_B[:, None]
+    return jnp.maximum(sounding_BxP + on_BxP - off_BxP, 0).astype(jnp.int32)
+
+
+def sounding_pitches(ids: np.ndarray) -> np.ndarray:
+    """int32 [128]: notes sounding per pitch after ``ids`` (as decoding pairs NOTE_ON/OFF)."""
+    ids = np.asarray(ids, np.int64)
+    counts = np.zeros(NUM_PITCHES, np.int64)
+    is_on = (ids >= NOTE_ON_FIRST_ID) & (ids < NOTE_ON_FIRST_ID + NUM_PITCHES)
+    is_off = (ids >= NOTE_OFF_FIRST_ID) & (ids < NOTE_OFF_FIRST_ID + NUM_PITCHES)
+    for tok, on in zip(ids[is_on | is_off].tolist(), is_on[is_on | is_off].tolist(), strict=True):
+        if on:
+            counts[tok - NOTE_ON_FIRST_ID] += 1
+        else:
+            p = tok - NOTE_OFF_FIRST_ID
+            counts[p] = max(0, counts[p] - 1)
+    return counts.astype(np.int32)
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _init_carry(graphdef, plan: _Plan, params, tokens_BxS, done_B) -> _Carry:
+def _init_carry(graphdef, plan: _Plan, params, tokens_BxS, done_B, sounding_BxP) -> _Carry:
     model = nnx.merge(graphdef, params)
     b, s = tokens_BxS.shape
     if plan.uncached:
@@ -184,7 +241,8 @@ def _init_carry(graphdef, plan: _Plan, params, tokens_BxS, done_B) -> _Carry:
     else:
         logits = jnp.zeros((0,), jnp.float32)
     zero_b = jnp.zeros((b,), jnp.int32)
-    return _Carry(tokens_BxS, cache, jnp.zeros((), jnp.int32), done_B, zero_b, zero_b, logits)
+    g = jnp.zeros((), jnp.int32)
+    return _Carry(tokens_BxS, cache, g, done_B, zero_b, zero_b, sounding_BxP, logits)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(3,))
@@ -296,6 +354,7 @@ def _generate(
     refill_headroom: int | None = None,
     use_cache: bool = True,
     record_logits: bool = False,
+    sounding_note_offs: bool = True,
 ):
     cfg = model.config
     prompt_list = _as_prompt_list(prompts)
@@ -323,6 +382,9 @@ def _generate(
         raise ValueError(f"refill_headroom must be in [0, num_latents - 1], got {headroom}")
     window = cfg.max_len - headroom
     windows = [_prompt_window_ids(p, i, cfg.vocab_size, window) for i, p in enumerate(prompt_list)]
+    sounding = np.zeros((_next_pow2(n_prompts), NUM_PITCHES), np.int32)
+    for i, p in enumerate(prompt_list):  # the whole prompt: a note may outlast the window
+        sounding[i] = sounding_pitches(p)
     seeds = _per_prompt_seeds(seed, n_prompts)
     if max_new_tokens == 0:
         return [np.zeros((0,), np.int32) for _ in range(n_prompts)], None, None
@@ -358,10 +420,13 @@ def _generate(
         top_p=jnp.float32(top_p),
         stop_at_eos=jnp.bool_(stop_at_eos),
         max_time=jnp.full((plan.batch,), max_time, jnp.int32),
+        sounding_offs=jnp.bool_(sounding_note_offs),
     )
 
     graphdef, params = nnx.split(model)
-    carry = _init_carry(graphdef, plan, params, jnp.asarray(tokens), jnp.asarray(done))
+    carry = _init_carry(
+        graphdef, plan, params, jnp.asarray(tokens), jnp.asarray(done), jnp.asarray(sounding)
+    )
     if callback is not None and chunk_size is None:
         chunk_size = DEFAULT_CHUNK_WITH_CALLBACK
     chunk = max_new_tokens if chunk_size is None else int(chunk_size)
@@ -421,6 +486,7 @@ def sample(
     callback: Callable[[StepInfo], Any] | None = None,
     refill_headroom: int | None = None,
     use_cache: bool = True,
+    sounding_note_offs: bool = True,
 ) -> list[np.ndarray]:
     """Continues every prompt; returns the new ids per prompt (request order).
 
@@ -447,6 +513,9 @@ def sample(
       refill_headroom: R, tokens decoded one by one between full forwards (default
         ``min(128, num_latents // 2)``); a fill computes ``num_latents - R`` latents.
       use_cache: False recomputes a full forward for every token (benchmark baseline).
+      sounding_note_offs: NOTE_OFF only for pitches that sound (in the prompt and what was
+        generated), with the model's total NOTE_OFF probability kept (``_end_sounding``).
+        False samples the raw model.
 
     PAD and SOS are never sampled.
     """
@@ -465,6 +534,7 @@ def sample(
         callback=callback,
         refill_headroom=refill_headroom,
         use_cache=use_cache,
+        sounding_note_offs=sounding_note_offs,
     )
     return outputs
 

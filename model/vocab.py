@@ -11,6 +11,11 @@ SOS_ID = 2
 NUM_RESERVED = 3
 VOCAB_SIZE = 391
 
+# NOTE_ON pitch p is id 3 + p; NOTE_OFF pitch p is id 131 + p.
+NOTE_ON_FIRST_ID = 3
+NOTE_OFF_FIRST_ID = 131
+NUM_PITCHES = 128
+
 # TIME_SHIFT events: id 259 is a shift of 1 step, id 358 a shift of 100 steps; one step is 10 ms.
 TIME_SHIFT_FIRST_ID = 259
 TIME_SHIFT_LAST_ID = 358

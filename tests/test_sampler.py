@@ -271,7 +271,13 @@ def test_top_k_1_equals_greedy(random_tiny):
 def test_uncached_sampling_is_a_full_forward_per_token(random_tiny):
     prompts = _prompts([10])
     outs, logits, plan = sample_with_logits(
-        random_tiny, prompts, max_new_tokens=6, use_cache=False, temperature=0.0, stop_at_eos=False
+        random_tiny,
+        prompts,
+        max_new_tokens=6,
+        use_cache=False,
+        temperature=0.0,
+        stop_at_eos=False,
+        sounding_note_offs=False,  # the raw model's argmax
     )
     n = TINY.max_len
     assert plan.window == n and plan.period == 1
@@ -302,3 +308,107 @@ def test_one_compilation_per_shape_bucket(random_tiny):
         max_seconds=3.0,
     )
     assert sampler_lib._run_chunk._cache_size() == before
+
+
+# -- NOTE_OFF only for sounding pitches -----------------------------------------------------------
+
+ON, OFF = vocab.NOTE_ON_FIRST_ID, vocab.NOTE_OFF_FIRST_ID
+
+
+@pytest.mark.parametrize(
+    "ids, sounding",
+    [
+        ([], {}),
+        ([ON + 60], {60: 1}),
+        ([ON + 60, OFF + 60], {}),
+        ([ON + 60, ON + 60, OFF + 60], {60: 1}),  # two notes of one pitch, one ended
+        ([OFF + 60, ON + 64, 300, OFF + 61], {64: 1}),  # unmatched NOTE_OFFs change nothing
+        ([2, 370, ON + 0, ON + 127, 259], {0: 1, 127: 1}),
+    ],
+)
+def test_sounding_pitches_table(ids, sounding):
+    expected = np.zeros(128, np.int32)
+    for p, n in sounding.items():
+        expected[p] = n
+    np.testing.assert_array_equal(sampler_lib.sounding_pitches(np.array(ids, np.int64)), expected)
+
+
+def test_end_sounding_keeps_note_off_mass_and_moves_it_to_sounding_pitches():
+    rng = np.random.default_rng(0)
+    logits_BxV = jnp.asarray(rng.normal(size=(3, vocab.VOCAB_SIZE)) * 2, jnp.float32)
+    sounding_BxP = np.zeros((3, 128), np.int32)
+    sounding_BxP[0, [60, 64]] = 1
+    sounding_BxP[1, 10] = 2
+    out = sampler_lib._end_sounding(logits_BxV, jnp.asarray(sounding_BxP))
+    p_in = np.asarray(jax.nn.softmax(logits_BxV, axis=-1))
+    p_out = np.asarray(jax.nn.softmax(out, axis=-1))
+    offs = slice(OFF, OFF + 128)
+    for b in (0, 1):  # something sounds: NOTE_OFF total kept, the rest untouched
+        np.testing.assert_allclose(p_out[b, offs].sum(), p_in[b, offs].sum(), rtol=1e-5)
+        assert np.all(p_out[b, offs][sounding_BxP[b] == 0] == 0)
+        keep = np.ones(vocab.VOCAB_SIZE, bool)
+        keep[offs] = False
+        np.testing.assert_allclose(p_out[b, keep], p_in[b, keep], rtol=1e-5)
+        on = np.nonzero(sounding_BxP[b])[0]  # shared in the model's proportions
+        ratio = p_out[b, OFF + on] / p_in[b, OFF + on]
+        np.testing.assert_allclose(ratio, ratio[0], rtol=1e-5)
+    assert np.all(p_out[2, offs] == 0)  # nothing sounds: no NOTE_OFF, the rest renormalised
+    np.testing.assert_allclose(p_out[2].sum(), 1.0, rtol=1e-5)
+
+
+class PreferSilentOff(RuleModel):
+    """Fake logits: NOTE_ON 60 first, then overwhelmingly a NOTE_OFF of silent pitch 61, a little
+    mass on the NOTE_OFF of 60, and the 0.5 s shift as the only other choice."""
+
+    def _logits(self, last_B):
+        b = last_B.shape[0]
+        logits = jnp.full((b, TINY.vocab_size), -1e9, jnp.float32)
+        first = last_B == vocab.SOS_ID
+        logits = logits.at[:, ON + 60].set(jnp.where(first, 100.0, -1e9))
+        logits = logits.at[:, OFF + 61].set(jnp.where(first, -1e9, 10.0))
+        logits = logits.at[:, OFF + 60].set(jnp.where(first, -1e9, 0.0))
+        return logits.at[:, HALF_SECOND_SHIFT].set(jnp.where(first, -1e9, 9.0))
+
+
+def test_silent_note_offs_are_never_sampled_and_their_mass_ends_sounding_notes():
+    prompts = [np.zeros(0, np.int32)] * 8
+    outs = sample(PreferSilentOff(), prompts, max_new_tokens=6, seed=3, stop_at_eos=False)
+    for out in outs:
+        # NOTE_ON 60, then NOTE_OFF 60 (it got the silent pitch's mass: p ~ 0.73 vs the shift's
+        # 0.27), and once 60 is off no NOTE_OFF is possible: only shifts follow.
+        assert out[0] == ON + 60 and OFF + 61 not in out
+        assert set(out[1:].tolist()) <= {OFF + 60, HALF_SECOND_SHIFT}
+        assert (out == OFF + 60).sum() <= 1
+    assert sum(int(out[1] == OFF + 60) for out in outs) >= 4
+    raw = sample(
+        PreferSilentOff(),
+        prompts,
+        max_new_tokens=6,
+        seed=3,
+        stop_at_eos=False,
+        sounding_note_offs=False,
+    )
+    assert sum(int((out == OFF + 61).sum()) for out in raw) >= 20  # raw: ~29 of 40 are no-ops
+
+
+def test_prompt_notes_count_as_sounding():
+    """A note opened in the prompt can be ended; with no note open nothing can be."""
+    prompt = np.array([ON + 60], np.int32)
+    outs = sample(PreferSilentOff(), [prompt], max_new_tokens=4, seed=0, stop_at_eos=False)
+    assert OFF + 61 not in outs[0]
+
+
+def test_random_model_never_ends_a_silent_note(random_tiny):
+    prompts = _prompts([4, 40, 56])
+    outs = sample(random_tiny, prompts, max_new_tokens=120, seed=1, stop_at_eos=False)
+    n_offs = 0
+    for prompt, out in zip(prompts, outs, strict=True):
+        counts = sampler_lib.sounding_pitches(prompt)
+        for tok in out.tolist():
+            if OFF <= tok < OFF + 128:
+                assert counts[tok - OFF] > 0
+                counts[tok - OFF] -= 1
+                n_offs += 1
+            elif ON <= tok < ON + 128:
+                counts[tok - ON] += 1
+    assert n_offs > 5
