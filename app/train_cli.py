@@ -122,19 +122,24 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             max_pieces=args.max_pieces,
             progress=not args.json,
+            note_off_rule=True,
         )
         r["split"] = args.split
         r["checkpoint"] = str(args.checkpoint or "default")
         results.append(r)
         print(
             f"{args.split}: NLL {r['nll']:.4f} nats/token over {r['tokens']:,} tokens in "
-            f"{r['pieces']} pieces at context {r['context']} ({r['seconds']:.0f} s)",
+            f"{r['pieces']} pieces at context {r['context']} ({r['seconds']:.0f} s); "
+            f"{r['nll_note_off_rule']:.4f} as sampled (NOTE_OFF only for sounding pitches)",
             file=sys.stderr if args.json else sys.stdout,
         )
     if args.json:
         main, *others = results
         if others:
             main["at_context"] = {str(o["context"]): o["nll"] for o in others}
+            main["note_off_rule_at_context"] = {
+                str(o["context"]): o["nll_note_off_rule"] for o in others
+            }
         print(json.dumps(main))
     return 0
 

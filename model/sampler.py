@@ -21,8 +21,9 @@ How decoding works (paper Appendix E.3; flaxformer's ``decoding_latent_reset_fil
     uncached baseline.
 
 A NOTE_OFF is only sampled for a pitch that sounds (a running count per pitch, from the prompt
-and every kept token), with the model's total NOTE_OFF probability kept (``_end_sounding``); this
-stops the note pile-up of a model that spreads its note ends over silent keys.
+and every kept token), with the model's total NOTE_OFF probability kept
+(``end_sounding_only``); this stops the note pile-up of a model that spreads its note ends over
+silent keys.
 
 The whole loop (fills, steps, sampling, stopping) is one ``jax.jit`` function built from
 ``lax.while_loop``/``lax.cond``; it is compiled once per (model, batch bucket, length bucket,
@@ -105,7 +106,7 @@ class _Settings(NamedTuple):
     top_p: jax.Array  # [] f32 (1 = off)
     stop_at_eos: jax.Array  # [] bool
     max_time: jax.Array  # [B] i32 budget in 10 ms steps
-    sounding_offs: jax.Array  # [] bool: NOTE_OFF only for sounding pitches (see _end_sounding)
+    sounding_offs: jax.Array  # [] bool: NOTE_OFF only for sounding pitches (see end_sounding_only)
 
 
 class _Carry(NamedTuple):
@@ -123,7 +124,7 @@ def _next_pow2(x: int, minimum: int = 1) -> int:
     return max(minimum, 1 << max(0, int(x) - 1).bit_length())
 
 
-def _end_sounding(logits_BxV: jax.Array, sounding_BxP: jax.Array) -> jax.Array:
+def end_sounding_only(logits_BxV: jax.Array, sounding_BxP: jax.Array) -> jax.Array:
     """NOTE_OFF only for sounding pitches, keeping the model's probability that a note ends now.
 
     A NOTE_OFF of a silent pitch is a no-op when decoded, yet it takes the place of a real event:
@@ -151,7 +152,7 @@ def _choose_tokens(
     ids_V = jnp.arange(vocab)
     banned_V = (ids_V == PAD_ID) | (ids_V == SOS_ID) | ((ids_V == EOS_ID) & ~s.stop_at_eos)
     logits_BxV = jnp.where(banned_V[None], -jnp.inf, logits_BxV.astype(jnp.float32))
-    logits_BxV = jnp.where(s.sounding_offs, _end_sounding(logits_BxV, sounding_BxP), logits_BxV)
+    logits_BxV = jnp.where(s.sounding_offs, end_sounding_only(logits_BxV, sounding_BxP), logits_BxV)
     greedy_B = jnp.argmax(logits_BxV, axis=-1)
 
     x_BxV = logits_BxV / jnp.maximum(s.temperature, 1e-6)
@@ -212,10 +213,11 @@ def _update_sounding(sounding_BxP: jax.Array, tok_B: jax.Array, keep_B: jax.Arra
     return jnp.maximum(sounding_BxP + on_BxP - off_BxP, 0).astype(jnp.int32)
 
 
-def sounding_pitches(ids: np.ndarray) -> np.ndarray:
-    """int32 [128]: notes sounding per pitch after ``ids`` (as decoding pairs NOTE_ON/OFF)."""
+def sounding_pitches(ids: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:
+    """int32 [128]: notes sounding per pitch after ``ids`` (as decoding pairs NOTE_ON/OFF),
+    starting from the counts ``start`` (default: silence)."""
     ids = np.asarray(ids, np.int64)
-    counts = np.zeros(NUM_PITCHES, np.int64)
+    counts = np.zeros(NUM_PITCHES, np.int64) if start is None else np.array(start, np.int64)
     is_on = (ids >= NOTE_ON_FIRST_ID) & (ids < NOTE_ON_FIRST_ID + NUM_PITCHES)
     is_off = (ids >= NOTE_OFF_FIRST_ID) & (ids < NOTE_OFF_FIRST_ID + NUM_PITCHES)
     for tok, on in zip(ids[is_on | is_off].tolist(), is_on[is_on | is_off].tolist(), strict=True):
@@ -514,7 +516,7 @@ def sample(
         ``min(128, num_latents // 2)``); a fill computes ``num_latents - R`` latents.
       use_cache: False recomputes a full forward for every token (benchmark baseline).
       sounding_note_offs: NOTE_OFF only for pitches that sound (in the prompt and what was
-        generated), with the model's total NOTE_OFF probability kept (``_end_sounding``).
+        generated), with the model's total NOTE_OFF probability kept (``end_sounding_only``).
         False samples the raw model.
 
     PAD and SOS are never sampled.

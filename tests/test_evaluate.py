@@ -8,6 +8,9 @@ from model.config import get_config
 from model.data import TrainBatches, eval_windows, window_arrays
 from model.evaluate import evaluate
 from model.perceiver_ar import PerceiverAR
+from model.sampler import sounding_pitches
+from model.vocab import NOTE_OFF_FIRST_ID as OFF
+from model.vocab import NOTE_ON_FIRST_ID as ON
 from model.vocab import PAD_ID, SOS_ID
 from tokenizer.dataset import TokenSplit
 
@@ -37,7 +40,18 @@ def test_windows_cover_every_token_once():
         assert mine[-1].end == n and all(0 < w.n_targets <= 16 for w in mine)
 
 
-def _direct_nll(model, split, context):
+def _rule_logp(logp_V, sounding_P):
+    """The sampler's NOTE_OFF rule on one log-distribution, written out in numpy."""
+    off = slice(OFF, OFF + 128)
+    p_V = np.exp(logp_V.astype(np.float64))
+    p_off, p_on = p_V[off].sum(), p_V[off][sounding_P > 0].sum()
+    out = p_V.copy()
+    out[off] = np.where(sounding_P > 0, p_V[off] * (p_off / p_on if p_on > 0 else 0), 0)
+    with np.errstate(divide="ignore"):  # silent NOTE_OFFs: log 0
+        return np.log(out / out.sum())
+
+
+def _direct_nll(model, split, context, rule=False):
     """Independent path: one unpadded forward per window, gather in numpy."""
     m = model.config.num_latents
     total, count = 0.0, 0
@@ -55,7 +69,12 @@ def _direct_nll(model, split, context):
             )
             new = end - scored
             tgt = seq[end - new + 1 : end + 1]
-            total -= logp[-new:][np.arange(new), tgt].sum()
+            if rule:
+                for k, t in enumerate(range(end - new + 1, end + 1)):
+                    row = _rule_logp(logp[-new + k], sounding_pitches(seq[:t]))
+                    total -= row[seq[t]]
+            else:
+                total -= logp[-new:][np.arange(new), tgt].sum()
             count += new
             scored = end
     return total / count, count
@@ -69,6 +88,54 @@ def test_eval_equals_direct_computation(model, context):
     assert got["tokens"] == count == 5 + 16 + 40 + 150
     assert got["pieces"] == 4 and got["context"] == context
     assert got["nll"] == pytest.approx(want, rel=1e-5)
+
+
+def _played(lengths, seed=0):
+    """Pieces as a pianist's tokens: every NOTE_OFF ends a sounding note (as note-seq writes)."""
+    rng = np.random.default_rng(seed)
+    pieces = []
+    for n in lengths:
+        ids, sounding = [], []
+        while len(ids) < n:
+            r = rng.random()
+            if r < 0.35 or not sounding:
+                pitch = int(rng.integers(40, 50))
+                ids.append(ON + pitch)
+                sounding.append(pitch)
+            elif r < 0.7:
+                ids.append(OFF + sounding.pop(int(rng.integers(len(sounding)))))
+            else:
+                ids.append(int(rng.integers(259, 391)))
+        pieces.append(np.array(ids[:n], np.uint16))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return TokenSplit(tokens=np.concatenate(pieces), offsets=offsets, pieces=[{}] * len(lengths))
+
+
+def test_eval_with_note_off_rule_equals_direct_computation(model):
+    """The NLL of what users sample (NOTE_OFF only for sounding pitches) on played pieces."""
+    split = _played([30, 100])
+    raw = evaluate(model, split, context=48, batch_size=4, progress=False)
+    got = evaluate(model, split, context=48, batch_size=4, progress=False, note_off_rule=True)
+    want, count = _direct_nll(model, split, 48, rule=True)
+    assert got["tokens"] == count and got["nll"] == raw["nll"]  # the raw score is unchanged
+    assert got["nll_note_off_rule"] == pytest.approx(want, rel=1e-5)
+    assert got["nll_note_off_rule"] < raw["nll"] - 0.05  # every real target is as likely or more
+
+
+@pytest.mark.parametrize("played", [True, False])
+def test_sounding_counts_before_targets(played):
+    """Counts before each target equal the sampler's decoding-rule count of the prefix, also
+    with unmatched NOTE_OFFs (random ids), where a plain cumulative sum would go negative."""
+    from model.evaluate import _SoundingCounts
+
+    split = _played([70]) if played else _split([70], seed=4)
+    seq = np.concatenate([[SOS_ID], split.piece(0)]).astype(np.int64)
+    counts = _SoundingCounts()
+    for win in eval_windows(np.array([70]), 16):
+        got = counts.before_targets(split, win, 16)
+        for k, t in enumerate(range(win.end - 16 + 1, win.end + 1)):
+            want = sounding_pitches(seq[:t]) > 0 if t >= 1 else np.zeros(128, bool)
+            np.testing.assert_array_equal(got[k], want)
 
 
 def test_window_arrays_layout():

@@ -339,7 +339,7 @@ def test_end_sounding_keeps_note_off_mass_and_moves_it_to_sounding_pitches():
     sounding_BxP = np.zeros((3, 128), np.int32)
     sounding_BxP[0, [60, 64]] = 1
     sounding_BxP[1, 10] = 2
-    out = sampler_lib._end_sounding(logits_BxV, jnp.asarray(sounding_BxP))
+    out = sampler_lib.end_sounding_only(logits_BxV, jnp.asarray(sounding_BxP))
     p_in = np.asarray(jax.nn.softmax(logits_BxV, axis=-1))
     p_out = np.asarray(jax.nn.softmax(out, axis=-1))
     offs = slice(OFF, OFF + 128)
