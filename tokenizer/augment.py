@@ -13,13 +13,13 @@ Working on ids rather than on notes keeps this cheap enough to run on every trai
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
 from tokenizer import constants as C
+from tokenizer._jit import HAVE_NUMBA, njit
 
 
-@numba.njit(cache=True, nogil=True)
+@njit
 def _augment(ids, semitones, stretch, out):
     """Writes the augmented ids of ``ids`` into ``out``; returns how many (or -1 if too small).
 
@@ -64,7 +64,7 @@ def _augment(ids, semitones, stretch, out):
     return w
 
 
-@numba.njit(cache=True, nogil=True)
+@njit
 def _shift_to(out, w, gap):
     """Appends TIME_SHIFTs covering ``gap`` steps (longest first); returns the new length or -1."""
     while gap > 0:
@@ -77,12 +77,57 @@ def _shift_to(out, w, gap):
     return w
 
 
+def _augment_numpy(ids: np.ndarray, semitones: int, stretch: float) -> np.ndarray:
+    """``_augment`` vectorised with numpy (the path without numba); the same ids."""
+    n = ids.size
+    is_shift = (ids >= C.TIME_SHIFT_FIRST_ID) & (ids <= C.TIME_SHIFT_LAST_ID)
+    clock = np.cumsum(np.where(is_shift, ids - C.TIME_SHIFT_FIRST_ID + 1, 0))
+    is_vel = ids >= C.VELOCITY_FIRST_ID
+    is_note = (ids >= C.NOTE_ON_FIRST_ID) & (ids < C.TIME_SHIFT_FIRST_ID)
+    is_on = (ids >= C.NOTE_ON_FIRST_ID) & (ids < C.NOTE_OFF_FIRST_ID)
+    base = np.where(is_on, C.NOTE_ON_FIRST_ID, C.NOTE_OFF_FIRST_ID)
+    pitch = ids - base + semitones
+    in_range = (pitch >= C.MIN_PITCH) & (pitch <= C.MAX_PITCH)
+    kept = ~is_shift & ~is_vel & (~is_note | in_range)  # notes on the piano and reserved ids
+    last_vel = np.maximum.accumulate(np.where(is_vel, np.arange(n), -1))
+    vel_in = np.where(last_vel >= 0, ids[np.maximum(last_vel, 0)], -1)
+    ev = np.flatnonzero(kept)
+    tok = np.where(is_note, base + pitch, ids)[ev]
+    when = np.floor(clock[ev] * stretch + 0.5).astype(np.int64)
+    gap = np.diff(when, prepend=0)
+    # A VELOCITY goes before a kept NOTE_ON when the bin in force differs from the last written.
+    on_ev = is_on[ev] & (vel_in[ev] != -1)
+    v = vel_in[ev][on_ev]
+    emit_on = np.ones(v.size, bool)
+    emit_on[1:] = v[1:] != v[:-1]
+    emit = np.zeros(ev.size, bool)
+    emit[np.flatnonzero(on_ev)[emit_on]] = True
+    tail = 0
+    if n and is_shift[-1]:
+        tail = int(np.floor(clock[-1] * stretch + 0.5)) - (int(when[-1]) if ev.size else 0)
+    gaps = np.append(gap, max(tail, 0))  # the trailing silence as a last, token-less event
+    n_shift = (gaps + C.MAX_SHIFT_STEPS - 1) // C.MAX_SHIFT_STEPS
+    length = n_shift + np.append(emit, False) + np.append(np.ones(ev.size, np.int64), 0)
+    start = np.cumsum(length) - length
+    out = np.empty(int(length.sum()), np.int64)
+    owner = np.repeat(np.arange(gaps.size), n_shift)  # shifts, longest first
+    j = np.arange(owner.size) - np.repeat(np.cumsum(n_shift) - n_shift, n_shift)
+    steps = np.minimum(gaps[owner] - C.MAX_SHIFT_STEPS * j, C.MAX_SHIFT_STEPS)
+    out[start[owner] + j] = C.TIME_SHIFT_FIRST_ID - 1 + steps
+    first = start[:-1] + n_shift[:-1]
+    out[first[emit]] = vel_in[ev][emit]
+    out[first + emit] = tok
+    return out
+
+
 def augment(ids, semitones: int = 0, stretch: float = 1.0) -> np.ndarray:
     """Transposed and time-stretched ids (same dtype as the input)."""
     arr = np.asarray(ids)
     if semitones == 0 and stretch == 1.0:
         return arr.copy()
     src = arr.astype(np.int64)
+    if not HAVE_NUMBA:
+        return _augment_numpy(src, int(semitones), float(stretch)).astype(arr.dtype)
     out = np.empty(int(src.size * max(1.0, stretch) * 2) + 16, np.int64)
     n = _augment(src, int(semitones), float(stretch), out)
     if n < 0:  # cannot happen with the bound above; kept as a guard

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import numba
 import numpy as np
 
 from tokenizer import constants as C
+from tokenizer._jit import njit
 from tokenizer.midi import MidiError, NoteTable, _source_name, read_midi
 
 _EV_SUS_ON, _EV_SUS_OFF, _EV_NOTE_ON, _EV_NOTE_OFF = 0, 1, 2, 3  # note-seq's sort priorities
 
 
-@numba.njit(cache=True, nogil=True)
+@njit
 def _sustain_loop(ev_time, ev_type, ev_ref, start, end, pitch, instrument, cc_instrument, n_inst):
     """``note_seq.sequences_lib.apply_sustain_control_changes`` over pre-sorted events.
 
@@ -80,7 +80,7 @@ def _sustain_loop(ev_time, ev_type, ev_ref, start, end, pitch, instrument, cc_in
     return keep
 
 
-@numba.njit(cache=True, nogil=True)
+@njit
 def _emit_events(ev_step, ev_note, ev_off, pitch, velocity, out):
     """``Performance._from_quantized_sequence`` + one-hot encoding + reserved offset.
 

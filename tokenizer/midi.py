@@ -27,10 +27,10 @@ import os
 import pathlib
 from typing import Any
 
-import numba
 import numpy as np
 
 from tokenizer import constants as C
+from tokenizer._jit import njit
 
 
 class MidiError(ValueError):
@@ -92,7 +92,7 @@ _ERROR_TEXT = {
 }
 
 
-@numba.njit(cache=True, nogil=True)
+@njit
 def _parse_smf(d, max_tracks):
     """Parse SMF bytes into a flat list of the events that matter, in file order.
 
@@ -268,7 +268,7 @@ def _parse_smf(d, max_tracks):
     return _OK, division, ne, ev_track, ev_tick, ev_kind, ev_chan, ev_a, ev_b
 
 
-@numba.njit(cache=True, nogil=True)
+@njit
 def _assemble(ne, ev_track, ev_tick, ev_kind, ev_chan, ev_a, ev_b):
     """pretty_midi's ``_load_instruments`` on the parsed events.
 
