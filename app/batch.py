@@ -18,7 +18,8 @@ are listed in ``DIR/failed.jsonl`` with the reason (rewritten each run) and the 
 
 Crash safety. Every file is written to a temporary name and renamed; a manifest line is appended
 (one ``write``, then ``fsync``) only after the item's files are complete. On start, a torn last
-line is cut away, leftover temporary files are deleted, and items already listed whose files
+line is cut away, leftover temporary files of batch's own writes (``.NAME.XXXXXXXX.tmp``
+next to a file batch writes; nothing else) are deleted, and items already listed whose files
 exist are skipped; a kill -9 at any moment loses at most the items in flight. A lock file stops
 two runs from writing into the same folder at once. Resuming with other settings, seed or
 checkpoint than the listed items were made with is refused.
@@ -51,12 +52,20 @@ from typing import Any
 import numpy as np
 
 from app.errors import UserError
-from app.pipeline import OutputOptions, Settings, Window, output_bytes, sample_continuations
+from app.pipeline import (
+    AUDIO_CHOICES,
+    MIDI_SUFFIXES,
+    OutputOptions,
+    Settings,
+    Window,
+    output_bytes,
+    output_stem,
+    sample_continuations,
+)
 
 MANIFEST = "manifest.jsonl"
 FAILED = "failed.jsonl"
 LOCK = ".batch.lock"
-MIDI_SUFFIXES = (".mid", ".midi")
 # Per-prime settings a CSV/JSONL row may give (empty cells mean "the command-line value").
 ROW_KEYS = (
     "prime",
@@ -106,20 +115,6 @@ def prime_seed(base_seed: int, identity: str) -> int:
     """A seed in [0, 2**31) from the base seed and the prime's identity (sha256, stable)."""
     digest = hashlib.sha256(f"perceiver-midi/{int(base_seed)}/{identity}".encode()).digest()
     return int.from_bytes(digest[:4], "big") >> 1
-
-
-def _stem(identity: str) -> str:
-    """Output stem for an identity: no extension, safe characters, no absolute or '..' parts."""
-    parts = [p for p in re.split(r"[\\/]+", identity) if p not in ("", ".")]
-    parts = ["_" if p == ".." else re.sub(r"[^A-Za-z0-9._ +=,@-]", "_", p) for p in parts]
-    if not parts:
-        parts = ["prime"]
-    last = parts[-1]
-    for suffix in MIDI_SUFFIXES:
-        if last.lower().endswith(suffix) and len(last) > len(suffix):
-            last = last[: -len(suffix)]
-    parts[-1] = last.lstrip(".") or "prime"
-    return "/".join(parts)
 
 
 def _row_settings(row: dict[str, Any], defaults: Settings, where: str) -> Settings:
@@ -208,7 +203,7 @@ def load_primes(source: str | os.PathLike, defaults: Settings, base_seed: int) -
         for p in files:
             identity = p.relative_to(source).as_posix()
             settings = defaults.replace(seed=prime_seed(base_seed, identity))
-            primes.append(Prime(identity, str(p), _stem(identity), settings))
+            primes.append(Prime(identity, str(p), output_stem(identity), settings))
         if not primes:
             raise UserError(f"{source}: no .mid/.midi files found")
     elif source.suffix.lower() in (".csv", ".jsonl", ".json"):
@@ -233,7 +228,7 @@ def load_primes(source: str | os.PathLike, defaults: Settings, base_seed: int) -
             path = pathlib.Path(prime)
             if not path.is_absolute():
                 path = source.parent / path
-            primes.append(Prime(identity, str(path), _stem(identity), settings))
+            primes.append(Prime(identity, str(path), output_stem(identity), settings))
         if not primes:
             raise UserError(f"{source}: the listing is empty")
     elif source.exists():
@@ -399,14 +394,54 @@ def _append_line(fd: int, record: dict) -> None:
     os.fsync(fd)
 
 
-def _remove_temp_files(out_dir: pathlib.Path) -> int:
-    """Deletes leftovers of interrupted atomic writes (``.NAME.XXXX.tmp``, ``.write-test-*``)."""
+# Names of the temporary files this package's writers make: ``atomic_write_bytes`` writes
+# ``.NAME.XXXXXXXX.tmp`` next to NAME (``tempfile.mkstemp``: 8 characters of [a-z0-9_]) and
+# ``ensure_out_dir`` probes with ``.write-test-XXXXXXXX``.
+_TEMP_RANDOM = re.compile(r"[a-z0-9_]{8}")
+_WRITE_TEST = re.compile(r"\.write-test-[a-z0-9_]{8}")
+
+
+def _batch_file_names(items: Iterable[Item], listed: Iterable[dict]) -> set[str]:
+    """Every path (relative to DIR) a batch run writes or wrote: the manifest, failures and the
+    planned items' files (in any audio format), and the files of listed manifest records."""
+    names = {MANIFEST, FAILED}
+    for it in items:
+        for audio in AUDIO_CHOICES:
+            options = OutputOptions(audio=audio)
+            names.update(options.file_names(it.prime.stem, it.variation).values())
+    for rec in listed:
+        outputs = rec["outputs"] if isinstance(rec["outputs"], dict) else {}
+        names.update(str(rel) for rel in outputs.values())
+    # Only paths inside DIR (a hand-edited manifest must not point the cleanup elsewhere).
+    inside = (n for n in names if not os.path.isabs(n) and ".." not in re.split(r"[\\/]", n))
+    return set(inside)
+
+
+def _remove_temp_files(out_dir: pathlib.Path, names: Iterable[str]) -> int:
+    """Deletes leftovers of interrupted atomic writes of batch's own files only: for each path
+    NAME in ``names`` (relative to ``out_dir``), ``.NAME.XXXXXXXX.tmp`` next to it, and
+    ``.write-test-XXXXXXXX`` in ``out_dir``. Never walks the folder; never follows a link."""
+    by_folder: dict[pathlib.Path, set[str]] = collections.defaultdict(set)
+    for rel in names:
+        path = out_dir / rel
+        by_folder[path.parent].add(path.name)
     n = 0
-    for p in out_dir.rglob(".*"):
-        if p.is_file() and (p.name.endswith(".tmp") or p.name.startswith(".write-test-")):
-            with contextlib.suppress(OSError):
-                p.unlink()
-                n += 1
+    for folder, own in by_folder.items():
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue  # not there (yet): nothing of ours to clean
+        for entry in entries:
+            name = entry.name
+            if name.startswith(".") and name.endswith(".tmp"):
+                target, _, random = name[1 : -len(".tmp")].rpartition(".")
+                ours = target in own and _TEMP_RANDOM.fullmatch(random) is not None
+            else:
+                ours = folder == out_dir and _WRITE_TEST.fullmatch(name) is not None
+            if ours and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                    n += 1
     return n
 
 
@@ -527,9 +562,9 @@ def run_batch(
         }
 
     with _locked(out):
-        _remove_temp_files(out)
         manifest = out / MANIFEST
         listed = read_manifest(manifest)
+        _remove_temp_files(out, _batch_file_names(items, listed))
         planned = {it.id: it for it in items}
         keep, finished = [], set()
         for rec in listed:

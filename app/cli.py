@@ -84,7 +84,10 @@ def _cmd_prepare_data(args: argparse.Namespace) -> int:
         except FileNotFoundError as exc:
             raise UserError(str(exc)) from None
     splits = args.split or list(dataset.SPLITS)
-    results = dataset.prepare(sources, args.out, splits, workers=args.workers)
+    try:
+        results = dataset.prepare(sources, args.out, splits, workers=args.workers)
+    except dataset.ForeignFolderError as exc:
+        raise UserError(str(exc)) from None
     for r in results:
         note = " (already done, skipped)" if r.get("skipped") else ""
         print(

@@ -336,7 +336,12 @@ def cmd_continue(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    return _generate(args, None, args.name, "generate")
+    from app.pipeline import output_stem
+
+    stem = output_stem(args.name)  # the same rule as batch: never outside --out
+    if stem != args.name:
+        print(f"note: --name {args.name!r} written as {stem!r} inside --out", file=sys.stderr)
+    return _generate(args, None, stem, "generate")
 
 
 # ----------------------------------------------------------------------------------------------

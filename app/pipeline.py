@@ -36,6 +36,7 @@ import dataclasses
 import math
 import os
 import pathlib
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -491,6 +492,23 @@ def continue_prime(
 # ----------------------------------------------------------------------------------------------
 
 AUDIO_CHOICES = ("wav", "flac", "none")
+MIDI_SUFFIXES = (".mid", ".midi")
+
+
+def output_stem(name: str) -> str:
+    """An output stem from a user-given name or a prime's identity, safe to join to an output
+    folder: no extension, safe characters, no absolute or '..' parts (so it never escapes the
+    folder; '/'-separated subfolders stay). ``batch`` and ``generate --name`` both use it."""
+    parts = [p for p in re.split(r"[\\/]+", str(name)) if p not in ("", ".")]
+    parts = ["_" if p == ".." else re.sub(r"[^A-Za-z0-9._ +=,@-]", "_", p) for p in parts]
+    if not parts:
+        parts = ["prime"]
+    last = parts[-1]
+    for suffix in MIDI_SUFFIXES:
+        if last.lower().endswith(suffix) and len(last) > len(suffix):
+            last = last[: -len(suffix)]
+    parts[-1] = last.lstrip(".") or "prime"
+    return "/".join(parts)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import pathlib
 import sys
 
@@ -37,7 +38,10 @@ def _ensure_data(data: pathlib.Path, maestro: pathlib.Path, splits: list[str]) -
         return
     if not (maestro / "maestro-v3.0.0.csv").exists():
         raise UserError(f"{data}: no prepared data, and no MAESTRO at {maestro} (pass --maestro)")
-    dataset.prepare(dataset.maestro_sources(maestro), data, missing, progress=False)
+    try:
+        dataset.prepare(dataset.maestro_sources(maestro), data, missing, progress=False)
+    except dataset.ForeignFolderError as exc:
+        raise UserError(str(exc)) from None
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -146,20 +150,35 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     import shutil
+    import tempfile
+
+    from model.checkpoint import CHECKPOINT_DOCS, is_checkpoint_dir
 
     src = pathlib.Path(args.workdir) / "best"
     if not (src / "config.json").exists():
         raise UserError(f"{src}: no best checkpoint yet (training saves one at each validation)")
-    out = pathlib.Path(args.out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
-    if out.exists():
-        for keep in ("MODEL_CARD.md", "curve.png"):  # documentation stays with the folder
-            if (out / keep).exists():
-                shutil.copy2(out / keep, tmp / keep)
-        shutil.rmtree(out)
-    tmp.rename(out)
+    out = pathlib.Path(os.path.abspath(args.out))  # normalised, links not followed
+    if out.exists() or out.is_symlink():
+        empty = out.is_dir() and not out.is_symlink() and not any(out.iterdir())
+        if not empty and not is_checkpoint_dir(out):
+            raise UserError(
+                f"{out}: exists and is not a checkpoint folder (config.json, params/); "
+                "left untouched: remove it yourself or choose another --out"
+            )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Everything goes through a fresh folder of our own next to OUT; nothing else is deleted.
+    work = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+    try:
+        new = work / "new"
+        shutil.copytree(src, new)
+        if out.exists():
+            for keep in CHECKPOINT_DOCS:
+                if (out / keep).exists():
+                    shutil.copy2(out / keep, new / keep)
+            os.replace(out, work / "old")  # the old checkpoint (or empty folder) is deleted below
+        os.replace(new, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     print(f"exported {src} -> {out}")
     return 0
 

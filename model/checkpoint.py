@@ -30,6 +30,35 @@ CHECKPOINTS_DIR = REPO_ROOT / "checkpoints"
 DEFAULT_NAME = "maestro-cpu"
 
 
+# What a checkpoint folder holds (``save_model`` writes config.json and params/; ``perceiver-midi
+# export`` carries MODEL_CARD.md and curve.png over). Export replaces only such a folder.
+CHECKPOINT_REQUIRED = ("config.json", "params")
+CHECKPOINT_DOCS = ("MODEL_CARD.md", "curve.png")  # documentation that stays with the folder
+
+
+def is_checkpoint_dir(path: str | os.PathLike) -> bool:
+    """True if ``path`` is recognisably a checkpoint folder this tool wrote: a real folder (not a
+    link) holding config.json (a JSON object with a "config" object) and params/ (a folder),
+    and besides them at most MODEL_CARD.md and curve.png (plain files)."""
+    path = pathlib.Path(path)
+    if path.is_symlink() or not path.is_dir():
+        return False
+    kinds = {"config.json": "file", "params": "dir"} | dict.fromkeys(CHECKPOINT_DOCS, "file")
+    with os.scandir(path) as it:
+        entries = {e.name: e for e in it}
+    if not set(CHECKPOINT_REQUIRED) <= set(entries) <= set(kinds):
+        return False
+    for name, entry in entries.items():
+        is_kind = entry.is_dir if kinds[name] == "dir" else entry.is_file
+        if not is_kind(follow_symlinks=False):
+            return False
+    try:
+        info = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and isinstance(info.get("config"), dict)
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message is one line."""
 

@@ -178,7 +178,7 @@ def test_resume_repairs_torn_lines_leftovers_and_missing_files(
     # Simulate a crash: a torn manifest line, a temporary file, and an item's file gone.
     with open(out / MANIFEST, "a") as f:
         f.write('{"id":"a.mid#v1","prime":"a.m')
-    (out / ".a_v1.mid.abc123.tmp").write_bytes(b"partial")
+    (out / ".a_v1.mid.abc_1234.tmp").write_bytes(b"partial")  # as atomic_write_bytes names it
     (out / first[1]["outputs"]["audio"]).unlink()
     rc, cap = _run(args, capsys)
     assert rc == 0 and "1 done, 3 skipped" in cap.out
@@ -191,6 +191,35 @@ def test_resume_repairs_torn_lines_leftovers_and_missing_files(
     # Other settings into the same folder are refused, not mixed in.
     rc, cap = _run([*args, "--temperature", "0.5"], capsys)
     assert rc == 2 and "different settings.temperature" in cap.err
+
+
+def test_batch_deletes_only_its_own_temporary_files(primes, tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = _batch_args(primes, out, tiny_checkpoint, "--audio", "none")
+    assert _run(args, capsys)[0] == 0
+    # Leftovers of batch's own writes (next to files it writes, named as atomic_write_bytes and
+    # ensure_out_dir name them), and the user's files, some with look-alike names.
+    ours = [".a_v1.mid.k3j_9x0q.tmp", "sub/.b_v2.mid.abcdefgh.tmp", ".manifest.jsonl.x1y2z3w4.tmp",
+            ".a_v1.wav.12345678.tmp", ".write-test-ab12cd34"]  # fmt: skip
+    theirs = ["notes.txt", ".notes.tmp", ".a_v1.mid.tmp", ".a_v1.mid.mine.tmp", "sub/.x.tmp",
+              ".zz_v1.mid.abcdefgh.tmp", "mine/.a_v1.mid.abcdefgh.tmp", ".write-test-mine",
+              "sub/.write-test-ab12cd34"]  # fmt: skip
+    for rel in ours + theirs:
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text(rel)
+    (out / ".a_v2.mid.abcdefgh.tmp").mkdir()  # a folder, even with our name: not ours
+    rc, cap = _run(args, capsys)
+    assert rc == 0 and "0 done, 4 skipped" in cap.out
+    assert not [rel for rel in ours if (out / rel).exists()]
+    assert all((out / rel).read_text() == rel for rel in theirs)
+    assert (out / ".a_v2.mid.abcdefgh.tmp").is_dir()
+    # A manifest line pointing outside DIR does not point the cleanup there.
+    outside = tmp_path / ".evil_v1.mid.abcdefgh.tmp"
+    outside.write_text("mine")
+    rec = _manifest(out)[0] | {"id": "gone#v1", "outputs": {"midi": "../evil_v1.mid"}}
+    with open(out / MANIFEST, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+    assert _run(args, capsys)[0] == 0 and outside.read_text() == "mine"
 
 
 def test_batch_killed_with_sigkill_resumes_exactly_once(short_prime, tiny_checkpoint, tmp_path):

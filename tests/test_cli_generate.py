@@ -192,3 +192,37 @@ def test_error_in_a_real_process_has_no_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr == f"error: {tmp_path / 'nope.mid'}: no such file\n"
+
+
+@pytest.mark.parametrize(
+    "name, stem",
+    [
+        ("generated", "generated"),
+        ("../escape", "_/escape"),
+        ("../../a/../b", "_/_/a/_/b"),
+        ("/etc/passwd", "etc/passwd"),
+        ("C:\\Users\\x.mid", "C_/Users/x"),
+        ("..", "_"),
+        ("./.hidden", "hidden"),
+        ("", "prime"),
+    ],
+)
+def test_output_stem_never_leaves_the_folder(name, stem):
+    from app.pipeline import output_stem
+
+    assert output_stem(name) == stem
+
+
+def test_generate_name_stays_inside_out(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "a" / "out"
+    for name in ("../../escape", str(tmp_path / "abs")):
+        rc, _, err = _run(
+            ["generate", "--checkpoint", tiny_checkpoint, "--out", out, "--tokens", 40,
+             "--audio", "none", "--name", name],
+            capsys,
+        )  # fmt: skip
+        assert rc == 0 and "inside --out" in err
+    assert (out / "_" / "_" / "escape_v1.mid").is_file()
+    assert (out / tmp_path.relative_to("/") / "abs_v1.mid").is_file()
+    written = [p for p in tmp_path.rglob("*.mid")]
+    assert written and all(out in p.parents for p in written)

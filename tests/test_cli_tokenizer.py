@@ -124,3 +124,50 @@ def test_prepare_data_maestro_test_split(maestro_root, tmp_path, capsys):
     k = 5
     np.testing.assert_array_equal(data.piece(k), encode(maestro_root / data.pieces[k]["name"]))
     assert data.pieces[k]["canonical_composer"]
+
+
+def _split_names(folder):
+    return {p.name for p in folder.iterdir()}
+
+
+def test_prepare_data_replaces_only_its_own_split_folders(tmp_path, capsys):
+    midi = tmp_path / "midi"
+    _write_folder(midi, 40)  # piece names hash into all three splits
+    out = tmp_path / "work"
+    args = ["prepare-data", "--midi-dir", str(midi), "--out", str(out), "--workers", "1"]
+    # A user's folder where a split would go survives, untouched, and nothing is written.
+    (out / "test").mkdir(parents=True)
+    (out / "test" / "notes.txt").write_text("mine")
+    (out / ".train.tmp").mkdir()  # the temp name of earlier versions: not ours to delete
+    (out / ".train.tmp" / "keep.txt").write_text("mine too")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "test: not a split folder prepare-data wrote" in err
+    assert "'notes.txt'" in err
+    assert _split_names(out) == {"test", ".train.tmp"}
+    assert (out / "test" / "notes.txt").read_text() == "mine"
+    # A link or a file in a split's place is refused too.
+    (out / "test" / "notes.txt").rename(out / "notes.txt")
+    (out / "test").rmdir()
+    (out / "test").symlink_to(tmp_path / "midi")
+    assert main(args) == 2
+    assert "test: not a split folder prepare-data wrote (is a link)" in capsys.readouterr().err
+    (out / "test").unlink()
+    # A split folder a killed run left half written is replaced, and so are temp folders of
+    # killed runs (tempfile names holding split files only); the user's folders stay.
+    (out / "test").mkdir()
+    (out / "test" / "tokens.u16").write_bytes(b"\0\0")
+    stale = out / ".validation.abcd_123.tmp"
+    stale.mkdir()
+    (stale / "tokens.u16").write_bytes(b"\0\0")
+    assert main(args) == 0
+    capsys.readouterr()
+    assert _split_names(out) == {"train", "validation", "test", ".train.tmp", "notes.txt"}
+    assert (out / ".train.tmp" / "keep.txt").read_text() == "mine too"
+    assert _split_names(out / "test") == {"tokens.u16", "offsets.i64", "pieces.jsonl", "DONE.json"}
+    assert len(load_split(out, "test")) > 0
+    # A re-run skips finished splits, even if the user dropped a file into one.
+    (out / "validation" / "README").write_text("mine")
+    assert main(args) == 0
+    assert capsys.readouterr().out.count("already done, skipped") == 3
+    assert (out / "validation" / "README").read_text() == "mine"

@@ -325,3 +325,47 @@ def test_branch_cli_errors(tmp_path, capsys):
     assert "--cooldown-steps" in capsys.readouterr().err
     assert main([*args, "--cooldown-steps", "5"]) == 2
     assert "not a training work dir" in capsys.readouterr().err
+
+
+def test_export_replaces_only_a_checkpoint_folder(tiny_checkpoint, tmp_path, capsys):
+    import shutil
+
+    work = tmp_path / "w"
+    work.mkdir()
+    shutil.copytree(tiny_checkpoint, work / "best")
+    out = tmp_path / "ckpt"
+    export = ["export", "--workdir", str(work), "--out"]
+    (tmp_path / ".ckpt.tmp").mkdir()  # the temp name of earlier versions: not ours to delete
+    (tmp_path / ".ckpt.tmp" / "keep.txt").write_text("mine")
+    assert main([*export, str(out)]) == 0
+    assert {p.name for p in out.iterdir()} == {"config.json", "params"}
+    # Re-export over a checkpoint this tool wrote replaces it and keeps its documentation.
+    (out / "MODEL_CARD.md").write_text("card")
+    (out / "curve.png").write_bytes(b"png")
+    (out / "config.json").write_text(json.dumps({"config": {"stale": 1}}))
+    assert main([*export, str(out)]) == 0
+    assert (out / "MODEL_CARD.md").read_text() == "card" and (out / "curve.png").exists()
+    assert load_model(out).config == load_model(tiny_checkpoint).config
+    capsys.readouterr()
+    # A user's folder (or one that is a checkpoint plus a file of theirs, or a file) survives.
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "notes.txt").write_text("mine")
+    (out / "notes.txt").write_text("mine")
+    (tmp_path / "file").write_text("mine")
+    for target in (home, out, tmp_path / "file", tmp_path):
+        before = sorted(str(p) for p in target.rglob("*")) if target.is_dir() else None
+        assert main([*export, str(target)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{target}: exists and is not a checkpoint folder" in err
+        if target.is_dir():
+            assert sorted(str(p) for p in target.rglob("*")) == before
+    assert (home / "notes.txt").read_text() == "mine" and (out / "notes.txt").exists()
+    assert (tmp_path / "file").read_text() == "mine"
+    assert (tmp_path / ".ckpt.tmp" / "keep.txt").read_text() == "mine"
+    # No temporary folders are left behind; an empty folder is fine to export into.
+    assert {p.name for p in tmp_path.iterdir()} == {"w", "ckpt", ".ckpt.tmp", "home", "file"}
+    assert main([*export, str(home / "sub")]) == 0 and main([*export, str(home / "sub")]) == 0
+    (home / "empty").mkdir()
+    assert main([*export, str(home / "empty")]) == 0
+    assert {p.name for p in home.iterdir()} == {"notes.txt", "sub", "empty"}

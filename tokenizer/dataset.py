@@ -9,6 +9,8 @@ Layout of an output folder (never commit it: MAESTRO is CC BY-NC-SA):
 
 A split whose DONE.json matches the current sources and settings is skipped on re-runs; a split
 is written into a temporary folder and renamed into place, so a killed run leaves no half split.
+Only a folder holding nothing but these files (all or some of them) is ever replaced: any other
+``OUT/<split>`` is refused with :class:`ForeignFolderError` and left as it is.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import json
 import multiprocessing
 import os
 import pathlib
+import re
 import shutil
+import tempfile
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -41,6 +45,52 @@ SETTINGS = {
     "reserved": C.NUM_RESERVED,
     "vocab_size": C.VOCAB_SIZE,
 }
+
+
+SPLIT_FILES = frozenset({"tokens.u16", "offsets.i64", "pieces.jsonl", "DONE.json"})
+_TEMP_SPLIT = re.compile(r"\.(?:train|validation|test)\.[a-z0-9_]{8}\.tmp")  # tempfile.mkdtemp
+
+
+class ForeignFolderError(ValueError):
+    """``OUT/<split>`` exists and is not a split folder prepare-data wrote; one-line message."""
+
+
+def is_split_dir(folder: str | os.PathLike) -> bool:
+    """True if ``folder`` is a real folder (not a link) holding only split files
+    (``SPLIT_FILES``: all of them, some of them from a killed run, or none), as plain files."""
+    folder = pathlib.Path(folder)
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    with os.scandir(folder) as entries:
+        return all(e.name in SPLIT_FILES and e.is_file(follow_symlinks=False) for e in entries)
+
+
+def check_replaceable(folder: str | os.PathLike) -> None:
+    """Raises :class:`ForeignFolderError` unless ``folder`` is absent or :func:`is_split_dir`."""
+    folder = pathlib.Path(folder)
+    if not (folder.exists() or folder.is_symlink()) or is_split_dir(folder):
+        return
+    if folder.is_symlink() or not folder.is_dir():
+        why = "is a link" if folder.is_symlink() else "is not a folder"
+    else:
+        with os.scandir(folder) as entries:
+            other = sorted(
+                e.name
+                for e in entries
+                if e.name not in SPLIT_FILES or not e.is_file(follow_symlinks=False)
+            )
+        why = f"holds {other[0]!r}"
+    raise ForeignFolderError(
+        f"{folder}: not a split folder prepare-data wrote ({why}); left untouched: "
+        "move it away or choose another --out"
+    )
+
+
+def _remove_stale_temps(out: pathlib.Path, split: str) -> None:
+    """Deletes ``OUT/.<split>.XXXXXXXX.tmp`` folders of killed runs (only split files inside)."""
+    for p in out.glob(f".{split}.*.tmp"):
+        if _TEMP_SPLIT.fullmatch(p.name) and is_split_dir(p):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +163,15 @@ def _fingerprint(sources: Sequence[Source]) -> str:
     return h.hexdigest()
 
 
+def _finished(final: pathlib.Path, fingerprint: str) -> dict | None:
+    """The split's DONE.json content if it was made from these sources and settings."""
+    try:
+        done = json.loads((final / "DONE.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return done if isinstance(done, dict) and done.get("fingerprint") == fingerprint else None
+
+
 def prepare_split(
     split: str, sources: Sequence[Source], out: str | os.PathLike, workers: int = 0, progress=True
 ) -> dict:
@@ -120,15 +179,21 @@ def prepare_split(
     out = pathlib.Path(out)
     final = out / split
     fingerprint = _fingerprint(sources)
-    done_file = final / "DONE.json"
-    if done_file.exists():
-        done = json.loads(done_file.read_text())
-        if done.get("fingerprint") == fingerprint:
-            done["skipped"] = True
-            return done
-    tmp = out / f".{split}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    done = _finished(final, fingerprint)
+    if done is not None:
+        done["skipped"] = True
+        return done
+    check_replaceable(final)  # before minutes of encoding
+    out.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(out, split)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{split}.", suffix=".tmp", dir=out))
+    try:
+        return _write_split(split, sources, final, tmp, fingerprint, workers, progress)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # ours (mkdtemp); gone already after the rename
+
+
+def _write_split(split, sources, final, tmp, fingerprint, workers, progress) -> dict:
     workers = workers or min(os.cpu_count() or 1, 8)
     results: list[tuple[np.ndarray | None, str | None]]
     paths = [s.path for s in sources]
@@ -173,6 +238,7 @@ def prepare_split(
         "failures": failures,
     }
     (tmp / "DONE.json").write_text(json.dumps(done, indent=1))
+    check_replaceable(final)  # again: the user may have put something there meanwhile
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -186,8 +252,12 @@ def prepare(
     workers: int = 0,
     progress: bool = True,
 ) -> list[dict]:
+    todo = [s for s in splits if sources.get(s)]
+    for s in todo:  # refuse before writing anything
+        if _finished(pathlib.Path(out) / s, _fingerprint(sources[s])) is None:
+            check_replaceable(pathlib.Path(out) / s)
     pathlib.Path(out).mkdir(parents=True, exist_ok=True)
-    return [prepare_split(s, sources[s], out, workers, progress) for s in splits if sources.get(s)]
+    return [prepare_split(s, sources[s], out, workers, progress) for s in todo]
 
 
 def load_split(workdir: str | os.PathLike, split: str) -> TokenSplit:
