@@ -1,6 +1,9 @@
 """Pictures and sounds for the web app: piano rolls (matplotlib, Agg), audio (app/render.py) and
 MIDI files, written into a folder the app serves from.
 
+A piano roll is one image (a pitch x time raster with one column per pixel), never one artist per
+note: its cost is linear in the notes and bounded in memory, however dense the upload.
+
 Nothing here knows about Gradio; every function takes ids or notes and a path.
 """
 
@@ -57,15 +60,11 @@ def write_audio_file(ids: np.ndarray, path: str | os.PathLike) -> tuple[pathlib.
 
 
 def _note_arrays(ids) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(pitch, start, end, velocity) arrays of the notes of ``ids``."""
-    from tokenizer import decode_notes
+    """(pitch, start, end, velocity) arrays of the notes of ``ids`` (no object per note)."""
+    from tokenizer import decode_arrays
 
-    notes = decode_notes(np.asarray(ids, np.int32))
-    if not notes:
-        z = np.zeros((0,))
-        return z, z, z, z
-    arr = np.asarray([(n.pitch, n.start, n.end, n.velocity) for n in notes], np.float64)
-    return arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3]
+    pitch, velocity, start, end = decode_arrays(np.asarray(ids, np.int32))
+    return pitch.astype(np.float64), start, end, velocity.astype(np.float64)
 
 
 def _figure(width_px: int = 1000, height_px: int = 260):
@@ -81,12 +80,55 @@ def _figure(width_px: int = 1000, height_px: int = 260):
     return fig, ax
 
 
-def _draw_notes(ax, pitch, start, end, velocity, color: str, alpha_min: float = 0.45) -> None:
-    if pitch.size == 0:
+def _coverage(pitch, start, end, velocity, lo: int, right: float, shape: tuple[int, int]):
+    """How many notes sound in each (pitch, time bin) cell of a ``shape`` raster over
+    ``[0, right]`` seconds and pitches ``lo..``, and the sum of their velocities.
+
+    Linear in the notes whatever their lengths: +1 at a note's first bin and -1 after its last
+    (every note covers at least one bin), then a running sum along time.
+    """
+    rows, bins = shape
+    scale = bins / right
+    b0 = np.clip(np.floor(start * scale), 0, bins - 1).astype(np.int64)
+    b1 = np.clip(np.ceil(end * scale), b0 + 1, bins).astype(np.int64)
+    row = (pitch - lo).astype(np.int64) * (bins + 1)
+    size = rows * (bins + 1)
+    count = np.bincount(row + b0, minlength=size) - np.bincount(row + b1, minlength=size)
+    vsum = np.bincount(row + b0, velocity, size) - np.bincount(row + b1, velocity, size)
+    count = np.cumsum(count.reshape(rows, bins + 1), axis=1)[:, :bins]
+    vsum = np.cumsum(vsum.reshape(rows, bins + 1), axis=1)[:, :bins]
+    return count, vsum
+
+
+def _draw_roll(ax, layers, right: float) -> None:
+    """Notes as one RGBA image: a pitch x time-bin raster (one column per pixel of the axes),
+    drawn with a single ``imshow``; cost bounded by the raster, not by the number of notes.
+
+    ``layers`` are ``(pitch, start, end, velocity, color, alpha_min)``, later ones on top; a
+    cell's opacity grows with the mean velocity of the notes sounding there.
+    """
+    drawn = [layer for layer in layers if layer[0].size]
+    if not drawn:
         return
-    alpha = alpha_min + (1 - alpha_min) * np.clip(velocity / 127.0, 0, 1)
-    colors = [(*_rgb(color), float(a)) for a in alpha]
-    ax.barh(pitch, end - start, left=start, height=0.9, color=colors, linewidth=0)
+    lo = int(min(layer[0].min() for layer in drawn))
+    hi = int(max(layer[0].max() for layer in drawn))
+    bins = max(16, int(round(ax.get_window_extent().width)))
+    rgba = np.zeros((hi - lo + 1, bins, 4))
+    for pitch, start, end, velocity, color, alpha_min in drawn:
+        count, vsum = _coverage(pitch, start, end, velocity, lo, right, rgba.shape[:2])
+        mean = np.divide(vsum, count, out=np.zeros_like(vsum), where=count > 0)
+        alpha = np.where(count > 0, alpha_min + (1 - alpha_min) * np.clip(mean / 127.0, 0, 1), 0)
+        a = alpha[..., None]
+        below = rgba[..., 3:]
+        out_a = a + below * (1 - a)
+        rgb = np.asarray(_rgb(color)) * a + rgba[..., :3] * below * (1 - a)
+        rgba[..., :3] = np.divide(rgb, out_a, out=np.zeros_like(rgb), where=out_a > 0)
+        rgba[..., 3:] = out_a
+    image = np.round(rgba * 255).astype(np.uint8)
+    extent = (0, right, lo - 0.5, hi + 0.5)
+    ax.imshow(
+        image, extent=extent, origin="lower", aspect="auto", interpolation="nearest", zorder=2
+    )
 
 
 def _rgb(hex_color: str) -> tuple[float, float, float]:
@@ -135,12 +177,18 @@ def prime_roll_png(
         window = (0.0, total)
     w0, w1 = window
     inside = (end > w0) & (start < w1)
-    _draw_notes(ax, pitch[~inside], start[~inside], end[~inside], vel[~inside], GREY_LIGHT, 0.9)
-    _draw_notes(ax, pitch[inside], start[inside], end[inside], vel[inside], PRIME_COLOR)
+    out = ~inside
+    right = max(total, float(end.max()), w1) * 1.005 + 1e-3
+    outside = (pitch[out], start[out], end[out], vel[out], GREY_LIGHT, 0.9)
+    _draw_roll(
+        ax,
+        [outside, (pitch[inside], start[inside], end[inside], vel[inside], PRIME_COLOR, 0.45)],
+        right,
+    )
     ax.axvspan(w0, w1, color=PRIME_COLOR, alpha=0.07, linewidth=0)
     for x in (w0, w1):
         ax.axvline(x, color=PRIME_COLOR, linewidth=1.2)
-    ax.set_xlim(0, max(total, float(end.max()), w1) * 1.005 + 1e-3)
+    ax.set_xlim(0, right)
     _pitch_limits(ax, pitch)
     return _save(fig, path)
 
@@ -156,12 +204,17 @@ def result_roll_png(
     t0 = music_seconds(prime)
     pitch, start, end, vel = _note_arrays(np.concatenate([prime, continuation]))
     is_cont = start >= t0 - 1e-9
-    _draw_notes(ax, pitch[~is_cont], start[~is_cont], end[~is_cont], vel[~is_cont], GREY, 0.5)
-    _draw_notes(ax, pitch[is_cont], start[is_cont], end[is_cont], vel[is_cont], CONT_COLOR)
-    ax.axvline(t0, color=LINE_COLOR, linewidth=1.5, linestyle="--")
+    before = ~is_cont
     total = t0 + music_seconds(continuation)
-    right = max(total, float(end.max()) if end.size else 0.0, t0 + 1.0)
-    ax.set_xlim(0, right * 1.005)
+    right = max(total, float(end.max()) if end.size else 0.0, t0 + 1.0) * 1.005
+    greyed = (pitch[before], start[before], end[before], vel[before], GREY, 0.5)
+    _draw_roll(
+        ax,
+        [greyed, (pitch[is_cont], start[is_cont], end[is_cont], vel[is_cont], CONT_COLOR, 0.45)],
+        right,
+    )
+    ax.axvline(t0, color=LINE_COLOR, linewidth=1.5, linestyle="--")
+    ax.set_xlim(0, right)
     if t0 > 0:
         ax.text(t0, 1.0, " continuation ", transform=ax.get_xaxis_transform(), fontsize=8,
                 va="top", ha="left", color=LINE_COLOR)  # fmt: skip

@@ -57,4 +57,8 @@ MAX_FILE_BYTES = 32 * 1024 * 1024  # largest MAESTRO file is well under 1 MiB
 MAX_TRACKS = 1024
 MAX_SECONDS = 4 * 3600.0  # longest MAESTRO piece is under an hour
 MAX_TOKENS = 4_000_000  # a 4-hour dense piece is under 1M tokens
+# Checked before any work that is more than linear, so that any file is accepted or refused in
+# bounded time and memory. A MAESTRO file has well under 100k notes and 200k MIDI events.
+MAX_EVENTS = 8_000_000  # note, pedal, program and tempo events read (also: pedal events shared)
+MAX_NOTES = 4_000_000  # notes before the pedal is applied (each surviving note is two tokens)
 MAX_IDS_IN = 8_000_000  # decode refuses longer id arrays

@@ -5,6 +5,9 @@
     -> PerformanceOneHotEncoding index + 3
 
 The two loops that note-seq runs in Python (sustain, event emission) are compiled with numba.
+Every stage is linear in its input or a sort (note-seq's sustain pass is quadratic), and the
+note, event and token limits are checked before any sort, so that hostile files (GitHub issue 11)
+are accepted or refused in bounded time and memory.
 """
 
 from __future__ import annotations
@@ -21,17 +24,63 @@ _EV_SUS_ON, _EV_SUS_OFF, _EV_NOTE_ON, _EV_NOTE_OFF = 0, 1, 2, 3  # note-seq's so
 
 
 @njit
-def _sustain_loop(ev_time, ev_type, ev_ref, start, end, pitch, instrument, cc_instrument, n_inst):
+def _note_keys(inst, pitch, n_inst, n_pitch):
+    """Number the (instrument, pitch) pairs of the notes 0..k-1 in linear time: bucket the
+    notes by pitch (counting sort), then stamp the instruments met in each bucket."""
+    n = inst.size
+    first = np.zeros(n_pitch + 1, np.int64)
+    for i in range(n):
+        first[pitch[i] + 1] += 1
+    for p in range(n_pitch):
+        first[p + 1] += first[p]
+    order = np.empty(n, np.int64)
+    for i in range(n):
+        order[first[pitch[i]]] = i
+        first[pitch[i]] += 1
+    stamp = np.full(n_inst, -1, np.int64)
+    group = np.zeros(n_inst, np.int64)
+    key = np.empty(n, np.int64)
+    nk = 0
+    for j in range(n):
+        i = order[j]
+        m = inst[i]
+        if stamp[m] != pitch[i]:
+            stamp[m] = pitch[i]
+            group[m] = nk
+            nk += 1
+        key[i] = group[m]
+    return key, nk
+
+
+@njit
+def _sustain_loop(
+    ev_time, ev_type, ev_ref, start, end, instrument, key, cc_instrument, n_inst, n_key
+):
     """``note_seq.sequences_lib.apply_sustain_control_changes`` over pre-sorted events.
 
     ``end`` is updated in place; returns a mask of notes that survive (note-seq deletes a note
     that a same-pitch note restarted at its own start time under the pedal).
+
+    note-seq keeps one list of sounding notes per instrument and scans all of it at every pedal
+    release and every note-on under the pedal, and searches it at every note-off: quadratic.
+    The same decisions in linear time: a note is sounding (``state`` 1), or sounding after its
+    note-off, held by the pedal (``state`` 2), or not (0); a pedal release ends exactly the held
+    notes of its instrument (a sounding note whose note-off is still to come ends later: the
+    events are sorted by time), so each instrument keeps a list of its held notes; a note-on
+    under the pedal ends the sounding notes of its (instrument, pitch), so each such key keeps a
+    list of its notes. Lists are singly linked through note indices and emptied when scanned;
+    notes that stopped sounding meanwhile are skipped there, so each note is visited a bounded
+    number of times.
     """
     n = start.size
     keep = np.ones(n, np.bool_)
     sus = np.zeros(n_inst, np.bool_)
-    active = np.empty(n, np.int64)
-    na = 0
+    state = np.zeros(n, np.int8)
+    off_seen = np.zeros(n, np.bool_)
+    key_head = np.full(n_key, -1, np.int64)
+    key_next = np.full(n, -1, np.int64)
+    held_head = np.full(n_inst, -1, np.int64)
+    held_next = np.full(n, -1, np.int64)
     time = 0.0
     for k in range(ev_time.size):
         time = ev_time[k]
@@ -42,41 +91,54 @@ def _sustain_loop(ev_time, ev_type, ev_ref, start, end, pitch, instrument, cc_in
         elif typ == _EV_SUS_OFF:
             inst = cc_instrument[ref]
             sus[inst] = False
-            w = 0
-            for j in range(na):
-                m = active[j]
-                if instrument[m] == inst and end[m] < time:
-                    end[m] = time  # extended by the pedal until now
-                else:
-                    active[w] = m
-                    w += 1
-            na = w
+            if time != time:
+                continue  # NaN: note-seq's ``end_time < time`` holds for no note
+            node = held_head[inst]
+            held_head[inst] = -1
+            while node != -1:
+                following = held_next[node]
+                if state[node] == 2:
+                    if end[node] < time:
+                        end[node] = time  # extended by the pedal until now
+                        state[node] = 0
+                    else:  # cannot happen with sorted events; kept for note-seq's exact rule
+                        held_next[node] = held_head[inst]
+                        held_head[inst] = node
+                node = following
         elif typ == _EV_NOTE_ON:
             inst = instrument[ref]
+            kk = key[ref]
             if sus[inst]:
-                w = 0
-                for j in range(na):
-                    m = active[j]
-                    if instrument[m] == inst and pitch[m] == pitch[ref]:
-                        end[m] = time
-                        if start[m] == end[m]:
-                            keep[m] = False
-                    else:
-                        active[w] = m
-                        w += 1
-                na = w
-            active[na] = ref
-            na += 1
+                node = key_head[kk]
+                while node != -1:
+                    if state[node] != 0:
+                        end[node] = time
+                        if start[node] == end[node]:
+                            keep[node] = False
+                        state[node] = 0
+                    node = key_next[node]
+                key_head[kk] = -1
+            key_next[ref] = key_head[kk]
+            key_head[kk] = ref
+            if off_seen[ref]:  # its note-off came first (end before start): held at once
+                state[ref] = 2
+                held_next[ref] = held_head[inst]
+                held_head[inst] = ref
+            else:
+                state[ref] = 1
         else:  # note off
-            if not sus[instrument[ref]]:
-                for j in range(na):
-                    if active[j] == ref:
-                        for i in range(j, na - 1):
-                            active[i] = active[i + 1]
-                        na -= 1
-                        break
-    for j in range(na):  # notes still held by the pedal end with the last event
-        end[active[j]] = time
+            off_seen[ref] = True
+            if state[ref] != 0:
+                inst = instrument[ref]
+                if not sus[inst]:
+                    state[ref] = 0
+                elif state[ref] == 1:
+                    state[ref] = 2
+                    held_next[ref] = held_head[inst]
+                    held_head[inst] = ref
+    for j in range(n):  # notes still sounding or held end with the last event
+        if state[j] != 0:
+            end[j] = time
     return keep
 
 
@@ -120,34 +182,60 @@ def _emit_events(ev_step, ev_note, ev_off, pitch, velocity, out):
     return w
 
 
-def apply_sustain(table: NoteTable) -> NoteTable:
-    """Drop drum notes and extend notes under the sustain pedal as note-seq does."""
+def _dense_ids(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Numbers in ``a`` and ``b`` mapped to 0..k-1 (equal numbers, equal ids), and k."""
+    both = np.concatenate([a, b]).astype(np.int64)
+    if both.size == 0:
+        return a.astype(np.int64), b.astype(np.int64), 0
+    lo, hi = int(both.min()), int(both.max())
+    if lo >= 0 and hi <= 2 * both.size + 1024:  # already small (always so for MIDI files)
+        return both[: a.size], both[a.size :], hi + 1
+    uniq, inv = np.unique(both, return_inverse=True)
+    return inv[: a.size], inv[a.size :], int(uniq.size)
+
+
+def apply_sustain(table: NoteTable, *, name: str = "<notes>") -> NoteTable:
+    """Drop drum notes and extend notes under the sustain pedal as note-seq does.
+
+    Raises MidiError beyond ``MAX_NOTES`` notes or ``MAX_EVENTS`` pedal events (checked before
+    any sorting). Time: a stable sort of the events, then linear.
+    """
     melodic = ~table.is_drum
+    n = int(melodic.sum())
+    if n > C.MAX_NOTES:
+        raise MidiError(f"{name}: {n:,} notes, over the {C.MAX_NOTES:,} limit")
+    ncc = table.cc_time.size
+    if ncc > C.MAX_EVENTS:
+        raise MidiError(f"{name}: {ncc:,} sustain pedal events, over the {C.MAX_EVENTS:,} limit")
     start = table.start[melodic]
     end = table.end[melodic].copy()
     pitch, velocity = table.pitch[melodic], table.velocity[melodic]
     instrument = table.instrument[melodic]
-    n = start.size
-    ncc = table.cc_time.size
-    # note-seq's event list: note-ons, note-offs, then sustain CCs; sorted by (time, type), stable.
-    ev_time = np.concatenate([start, end, table.cc_time])
-    cc_type = np.where(table.cc_value >= C.SUSTAIN_THRESHOLD, _EV_SUS_ON, _EV_SUS_OFF)
-    ev_type = np.concatenate([np.full(n, _EV_NOTE_ON), np.full(n, _EV_NOTE_OFF), cc_type]).astype(
-        np.int8
+    # note-seq's event list (note-ons, note-offs, then sustain CCs) sorted by (time, type),
+    # stable: laid out by type first, then one stable sort by time gives the same order.
+    down = table.cc_value >= C.SUSTAIN_THRESHOLD
+    cc_on, cc_off = np.flatnonzero(down), np.flatnonzero(~down)
+    ev_time = np.concatenate([table.cc_time[cc_on], table.cc_time[cc_off], start, end])
+    ev_type = np.repeat(
+        np.array([_EV_SUS_ON, _EV_SUS_OFF, _EV_NOTE_ON, _EV_NOTE_OFF], np.int8),
+        [cc_on.size, cc_off.size, n, n],
     )
-    ev_ref = np.concatenate([np.arange(n), np.arange(n), np.arange(ncc)])
-    order = np.lexsort((np.arange(ev_time.size), ev_type, ev_time))
-    n_inst = int(max(instrument.max(initial=-1), table.cc_instrument.max(initial=-1))) + 1
+    ev_ref = np.concatenate([cc_on, cc_off, np.arange(n), np.arange(n)]).astype(np.int32)
+    order = np.argsort(ev_time, kind="stable")
+    inst, cc_inst, n_inst = _dense_ids(instrument, table.cc_instrument)
+    pitch_ids, _, n_pitch = _dense_ids(pitch, pitch[:0])
+    key, n_key = _note_keys(inst, pitch_ids, n_inst, n_pitch)
     keep = _sustain_loop(
         ev_time[order],
         ev_type[order],
         ev_ref[order],
         start,
         end,
-        pitch,
-        instrument,
-        table.cc_instrument,
+        inst,
+        key,
+        cc_inst,
         n_inst,
+        n_key,
     )
     return NoteTable(
         start=start[keep],
@@ -172,6 +260,8 @@ def ids_from_table(table: NoteTable, *, name: str = "<notes>") -> np.ndarray:
     n = len(table)
     if n == 0:
         raise MidiError(f"{name}: contains no notes")
+    if 2 * n > C.MAX_TOKENS:  # every note is a NOTE_ON and a NOTE_OFF: refuse before sorting
+        raise MidiError(f"{name}: more than {C.MAX_TOKENS:,} tokens, over the limit")
     last = float(table.end.max())
     if not np.isfinite(last) or last > C.MAX_SECONDS or float(table.start.min()) < 0:
         raise MidiError(
@@ -211,7 +301,7 @@ def encode(
     message for unreadable input, no notes, or input beyond the documented limits.
     """
     label = _source_name(source, name)
-    table = apply_sustain(read_midi(source, name=label))
+    table = apply_sustain(read_midi(source, name=label), name=label)
     ids = ids_from_table(table, name=label)
     if add_sos:
         ids = np.concatenate([[C.SOS_ID], ids]).astype(np.int32)

@@ -77,6 +77,7 @@ _ERR_BAD_STATUS = 7
 _ERR_BAD_TEMPO = 8
 _ERR_TOO_MANY_TRACKS = 9
 _ERR_BAD_HEADER = 10
+_ERR_TOO_MANY_EVENTS = 11
 
 _ERROR_TEXT = {
     _ERR_NOT_MIDI: "not a MIDI file (no MThd header)",
@@ -89,17 +90,21 @@ _ERROR_TEXT = {
     _ERR_BAD_TEMPO: "corrupt MIDI data (invalid set_tempo event)",
     _ERR_TOO_MANY_TRACKS: f"too many tracks (limit {C.MAX_TRACKS})",
     _ERR_BAD_HEADER: "corrupt MIDI header (bad length or zero ticks per beat)",
+    _ERR_TOO_MANY_EVENTS: f"more than {C.MAX_EVENTS:,} note, pedal, program and tempo events, "
+    "over the limit",
 }
 
 
 @njit
-def _parse_smf(d, max_tracks):
+def _parse_smf(d, max_tracks, max_events):
     """Parse SMF bytes into a flat list of the events that matter, in file order.
 
+    One pass over the bytes; more than ``max_events`` kept events is an error (memory and time
+    stay bounded by the limit, whatever the file size).
     Returns (err, ticks_per_beat, n_events, track, tick, kind, channel, a, b).
     """
     n = d.size
-    cap = n // 2 + 16  # every event takes at least two bytes
+    cap = min(n // 2 + 16, max_events)  # every event takes at least two bytes
     ev_track = np.empty(cap, np.int32)
     ev_tick = np.empty(cap, np.int64)
     ev_kind = np.empty(cap, np.int8)
@@ -211,6 +216,18 @@ def _parse_smf(d, max_tracks):
                     tempo = (np.int64(d[q]) << 16) | (np.int64(d[q + 1]) << 8) | d[q + 2]
                     if tempo == 0:
                         return _ERR_BAD_TEMPO, 0, 0, ev_track, ev_tick, ev_kind, ev_chan, ev_a, ev_b
+                    if ne >= cap:
+                        return (
+                            _ERR_TOO_MANY_EVENTS,
+                            0,
+                            0,
+                            ev_track,
+                            ev_tick,
+                            ev_kind,
+                            ev_chan,
+                            ev_a,
+                            ev_b,
+                        )
                     ev_track[ne] = track
                     ev_tick[ne] = tick
                     ev_kind[ne] = _TEMPO
@@ -257,6 +274,18 @@ def _parse_smf(d, max_tracks):
                 elif kind == 0xC0:
                     k = _PROGRAM
                 if k != 0:
+                    if ne >= cap:
+                        return (
+                            _ERR_TOO_MANY_EVENTS,
+                            0,
+                            0,
+                            ev_track,
+                            ev_tick,
+                            ev_kind,
+                            ev_chan,
+                            ev_a,
+                            ev_b,
+                        )
                     ev_track[ne] = track
                     ev_tick[ne] = tick
                     ev_kind[ne] = k
@@ -272,21 +301,32 @@ def _parse_smf(d, max_tracks):
 def _assemble(ne, ev_track, ev_tick, ev_kind, ev_chan, ev_a, ev_b):
     """pretty_midi's ``_load_instruments`` on the parsed events.
 
+    Linear time: open notes of a (channel, pitch) are a linked list through event indices; a
+    note-off walks the list once, and the notes it keeps (those started on its own tick) are
+    closed or dropped by the next note-off of the key, so every note-on is visited at most twice.
     Returns notes (start_tick, end_tick, pitch, velocity, instrument, close order), instruments
     (channel, cc-list id) in creation order, and CC64 events (tick, value, cc-list id).
     """
-    note_start = np.empty(ne, np.int64)
-    note_end = np.empty(ne, np.int64)
-    note_pitch = np.empty(ne, np.int32)
-    note_vel = np.empty(ne, np.int32)
-    note_inst = np.empty(ne, np.int32)
+    # Every note comes from one note-on (and creates at most one instrument): size by counts.
+    n_on = 0
+    n_cc = 0
+    for e in range(ne):
+        if ev_kind[e] == _NOTE_ON:
+            n_on += 1
+        elif ev_kind[e] == _CC64:
+            n_cc += 1
+    note_start = np.empty(n_on, np.int64)
+    note_end = np.empty(n_on, np.int64)
+    note_pitch = np.empty(n_on, np.int32)
+    note_vel = np.empty(n_on, np.int32)
+    note_inst = np.empty(n_on, np.int32)
     nn = 0
-    inst_chan = np.empty(ne + 1, np.int32)
-    inst_list = np.empty(ne + 1, np.int32)
+    inst_chan = np.empty(n_on + 1, np.int32)
+    inst_list = np.empty(n_on + 1, np.int32)
     ninst = 0
-    cc_tick = np.empty(ne, np.int64)
-    cc_val = np.empty(ne, np.int32)
-    cc_list = np.empty(ne, np.int32)
+    cc_tick = np.empty(n_cc, np.int64)
+    cc_val = np.empty(n_cc, np.int32)
+    cc_list = np.empty(n_cc, np.int32)
     ncc = 0
     nlists = 0
     # Open notes per (channel, pitch): a singly linked list through event indices.
@@ -306,7 +346,7 @@ def _assemble(ne, ev_track, ev_tick, ev_kind, ev_chan, ev_a, ev_b):
             inst_lookup[:] = -1
             straggler[:] = -1
         k = ev_kind[e]
-        ch = ev_chan[e]
+        ch = np.int64(ev_chan[e])  # int8 * 128 would overflow in the plain-Python fallback
         if k == _PROGRAM:
             cur_program[ch] = ev_a[e]
         elif k == _NOTE_ON:
@@ -394,25 +434,76 @@ def _assemble(ne, ev_track, ev_tick, ev_kind, ev_chan, ev_a, ev_b):
     )
 
 
-def _ticks_to_seconds(ticks: np.ndarray, tempo_ticks, tempi, ticks_per_beat: int) -> np.ndarray:
-    """pretty_midi's tick -> time map, evaluated only at the ticks we need (same float64 ops)."""
-    starts = [0]
-    scales = [60.0 / (120.0 * ticks_per_beat)]
-    for tick, tempo in zip(tempo_ticks.tolist(), tempi.tolist(), strict=True):
+@njit
+def _tempo_map(tempo_ticks, tempi, ticks_per_beat):
+    """pretty_midi's tick -> time map: segment start ticks, seconds per tick, start seconds."""
+    n = tempo_ticks.size
+    starts = np.zeros(n + 1, np.int64)
+    scales = np.empty(n + 1, np.float64)
+    scales[0] = 60.0 / (120.0 * ticks_per_beat)
+    m = 1
+    for j in range(n):
+        tick = tempo_ticks[j]
+        tempo = tempi[j]
         if tick == 0:
             bpm = 6e7 / tempo
-            starts, scales = [0], [60.0 / (bpm * ticks_per_beat)]
+            starts[0] = 0
+            scales[0] = 60.0 / (bpm * ticks_per_beat)
+            m = 1
         else:
             scale = 60.0 / ((6e7 / tempo) * ticks_per_beat)
-            if scale != scales[-1]:
-                starts.append(tick)
-                scales.append(scale)
-    base = [0.0]
-    for j in range(1, len(starts)):
-        base.append(base[-1] + scales[j - 1] * (starts[j] - starts[j - 1]))
-    starts_a = np.asarray(starts, np.int64)
-    seg = np.searchsorted(starts_a, ticks, side="right") - 1
-    return np.asarray(base)[seg] + np.asarray(scales)[seg] * (ticks - starts_a[seg])
+            if scale != scales[m - 1]:
+                starts[m] = tick
+                scales[m] = scale
+                m += 1
+    base = np.zeros(m, np.float64)
+    for j in range(1, m):
+        base[j] = base[j - 1] + scales[j - 1] * (starts[j] - starts[j - 1])
+    return starts[:m], scales[:m], base
+
+
+def _ticks_to_seconds(ticks: np.ndarray, tempo_ticks, tempi, ticks_per_beat: int) -> np.ndarray:
+    """pretty_midi's tick -> time map, evaluated only at the ticks we need (same float64 ops)."""
+    starts, scales, base = _tempo_map(
+        tempo_ticks.astype(np.int64), tempi.astype(np.int64), np.int64(ticks_per_beat)
+    )
+    return _eval_tempo_map(ticks, starts, scales, base)
+
+
+@njit
+def _eval_tempo_map(ticks, starts, scales, base):
+    """``base[seg] + scales[seg] * (tick - starts[seg])`` per tick, without temporary arrays."""
+    out = np.empty(ticks.size, np.float64)
+    seg = np.searchsorted(starts, ticks, side="right") - 1
+    for i in range(ticks.size):
+        j = seg[i]
+        out[i] = base[j] + scales[j] * (ticks[i] - starts[j])
+    return out
+
+
+def _adopted_ccs(cc_list: np.ndarray, inst_list: np.ndarray, name: str):
+    """Indices of the CC events each instrument gets, and the instrument of each, in
+    note-seq's order (instruments in creation order, then file order): linear in the output.
+
+    pretty_midi lets every instrument created on a (channel, track) adopt the same list of CCs
+    sent there before its first note, so the output can be far longer than the file: it is
+    bounded by ``MAX_EVENTS`` before anything is allocated.
+    """
+    n_lists = int(max(cc_list.max(initial=-1), inst_list.max(initial=-1))) + 1
+    counts = np.bincount(cc_list, minlength=n_lists)
+    reps = counts[inst_list]
+    total = int(reps.sum())
+    if total > C.MAX_EVENTS:
+        raise MidiError(
+            f"{name}: {total:,} sustain pedal events once shared by the instruments of their "
+            f"channel, over the {C.MAX_EVENTS:,} limit"
+        )
+    by_list = np.argsort(cc_list, kind="stable")  # file order within each list
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    cc_inst = np.repeat(np.arange(inst_list.size, dtype=np.int32), reps)
+    out_first = np.repeat(np.cumsum(reps) - reps, reps)
+    pos = np.arange(total, dtype=np.int64) - out_first + np.repeat(first[inst_list], reps)
+    return by_list[pos], cc_inst
 
 
 def _source_name(source: Any, name: str | None) -> str:
@@ -432,7 +523,7 @@ def _table_from_bytes(data: bytes, name: str) -> NoteTable:
     if len(data) > C.MAX_FILE_BYTES:
         raise _too_big(name, len(data))
     buf = np.frombuffer(data, np.uint8)
-    err, tpb, ne, tr, tk, kind, ch, a, b = _parse_smf(buf, C.MAX_TRACKS)
+    err, tpb, ne, tr, tk, kind, ch, a, b = _parse_smf(buf, C.MAX_TRACKS, C.MAX_EVENTS)
     if err != _OK:
         raise MidiError(f"{name}: {_ERROR_TEXT[err]}")
     tr, tk, kind, ch, a, b = tr[:ne], tk[:ne], kind[:ne], ch[:ne], a[:ne], b[:ne]
@@ -441,16 +532,13 @@ def _table_from_bytes(data: bytes, name: str) -> NoteTable:
     )
     tempo_mask = kind == _TEMPO
     tempo_ticks, tempi = tk[tempo_mask], b[tempo_mask]
+    del buf, tr, tk, kind, ch, a, b, tempo_mask  # free the parse arrays before more are made
     # note-seq's note order: instruments in creation order, notes in the order they closed.
     order = np.argsort(inst, kind="stable")
     start_t, end_t, pitch, vel, inst = (x[order] for x in (start_t, end_t, pitch, vel, inst))
     # CC lists adopted by instruments: an instrument gets every CC of its list (lists may be
     # shared, as in pretty_midi); straggler lists never adopted are dropped.
-    cc_parts = [np.flatnonzero(cc_l == lst) for lst in inst_list.tolist()]
-    cc_idx = np.concatenate(cc_parts) if cc_parts else np.zeros(0, np.int64)
-    cc_inst = np.concatenate(
-        [np.full(p.size, i, np.int32) for i, p in enumerate(cc_parts)] or [np.zeros(0, np.int32)]
-    )
+    cc_idx, cc_inst = _adopted_ccs(cc_l, inst_list, name)
     all_ticks = np.concatenate([start_t, end_t, cc_t[cc_idx]])
     all_secs = _ticks_to_seconds(all_ticks, tempo_ticks, tempi, int(tpb))
     nn = start_t.size
