@@ -164,8 +164,15 @@ def decode(ids):
 
 
 def decode_to_note_sequence(ids):
-    """Token ids -> ``note_seq.NoteSequence`` (imports note-seq, which is slow to import)."""
-    from note_seq.protobuf import music_pb2
+    """Token ids -> ``note_seq.NoteSequence`` (imports note-seq, which is slow to import).
+
+    note-seq is optional (``pip install note-seq``); without it this raises ImportError."""
+    try:
+        from note_seq.protobuf import music_pb2
+    except ImportError:
+        raise ImportError(
+            "decode_to_note_sequence needs note-seq, which is not installed: pip install note-seq"
+        ) from None
 
     ns = music_pb2.NoteSequence()
     ns.ticks_per_quarter = MIDI_RESOLUTION
