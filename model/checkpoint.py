@@ -5,7 +5,8 @@
     model = load_model("checkpoints/maestro-cpu")
 
 Loading errors are :class:`CheckpointError` with a one-line message (unknown path, not a
-checkpoint, incompatible config).
+checkpoint, incompatible config); params that do not fit the config are named with what differs
+(parameter name, the checkpoint's shape and dtype against the model's, missing or extra ones).
 """
 
 from __future__ import annotations
@@ -97,6 +98,8 @@ def read_info(directory: str | os.PathLike) -> dict:
     path = pathlib.Path(directory)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint")
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a checkpoint (a file, not a checkpoint folder)")
     try:
         info = json.loads((path / "config.json").read_text())
         Config(**info["config"])
@@ -104,6 +107,8 @@ def read_info(directory: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path}: not a checkpoint (no config.json)") from None
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: unreadable config.json ({exc})") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read config.json ({exc.strerror})") from None
     return info
 
 
@@ -126,12 +131,75 @@ def _load_cached(path: str, overrides: tuple) -> PerceiverAR:
     config = Config(**info["config"]).replace(**dict(overrides))
     abstract = nnx.eval_shape(lambda: PerceiverAR(config, rngs=nnx.Rngs(0)))
     target = nnx.state(abstract, nnx.Param)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            params = _checkpointer().restore(pathlib.Path(path) / "params", target)
-    except Exception as exc:  # orbax raises many types; the user needs one line
-        raise CheckpointError(f"{path}: cannot restore params ({type(exc).__name__})") from None
+    params_dir = pathlib.Path(path) / "params"
+    if not params_dir.is_dir():
+        raise CheckpointError(f"{path}: not a checkpoint (no params/ folder)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:  # compare names, shapes and dtypes first: orbax's errors do not say which differ
+            saved = param_specs(_checkpointer().metadata(params_dir).item_metadata.tree)
+        except Exception:  # no usable metadata: restoring below reports what goes wrong
+            saved = None
+        mismatch = saved is not None and params_mismatch(saved, param_specs(target))
+        if mismatch:
+            what = "config.json" + (f" with {dict(overrides)}" if overrides else "")
+            raise CheckpointError(f"{path}: params/ do not fit {what}: {mismatch}")
+        try:
+            params = _checkpointer().restore(params_dir, target)
+        except Exception as exc:  # orbax raises many types; the user needs one line
+            raise CheckpointError(f"{path}: cannot restore params ({_reason(exc)})") from None
     model = PerceiverAR(config, rngs=nnx.Rngs(0))
     nnx.update(model, jax.tree.map(lambda x: x, params))
     return model
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception as one short line: its type and the first line of its message."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else ""
+    text = text if len(text) <= 200 else text[:197] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def param_specs(tree) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``{"layers.0.attn.qkv.kernel": (shape, dtype)}`` for an nnx param state (arrays or
+    ShapeDtypeStructs) or an orbax metadata tree of the same params (its ``.value`` levels
+    dropped, so both name a parameter alike)."""
+
+    def is_leaf(x):
+        return hasattr(x, "shape") and hasattr(x, "dtype") and not isinstance(x, dict)
+
+    specs = {}
+    for keys, leaf in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]:
+        names = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in keys]
+        if names and names[-1] == "value":
+            names.pop()
+        specs[".".join(names)] = (tuple(leaf.shape), str(leaf.dtype))
+    return specs
+
+
+def params_mismatch(found: dict, expected: dict, *, limit: int = 3) -> str:
+    """'' when ``found`` (the checkpoint's param specs) fits ``expected`` (the model's), else the
+    first ``limit`` differences in one line: shapes, dtypes, missing and extra parameters."""
+    problems = []
+    for name in sorted(found.keys() | expected.keys()):
+        if name not in found:
+            shape, dtype = expected[name]
+            problems.append(f"{name} {shape} {dtype} is missing from the checkpoint")
+        elif name not in expected:
+            shape, dtype = found[name]
+            problems.append(f"{name} {shape} {dtype} is in the checkpoint but not in the model")
+        elif found[name][0] != expected[name][0]:
+            problems.append(
+                f"{name} has shape {found[name][0]} in the checkpoint, "
+                f"the model expects {expected[name][0]}"
+            )
+        elif found[name][1] != expected[name][1]:
+            problems.append(
+                f"{name} is {found[name][1]} in the checkpoint, the model expects "
+                f"{expected[name][1]}"
+            )
+    if not problems:
+        return ""
+    more = len(problems) - limit
+    return "; ".join(problems[:limit]) + (f" (and {more} more differences)" if more > 0 else "")

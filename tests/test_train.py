@@ -4,6 +4,8 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
+import shutil
 import subprocess
 import sys
 
@@ -197,6 +199,62 @@ def test_checkpoint_round_trip(tmp_path):
     np.testing.assert_array_equal(np.asarray(model(x)), np.asarray(again(x)))
     opt = make_optimizer(again, tc)  # a loaded model trains
     train_step(again, opt, {"tokens": np.concatenate([x, x[:, :1]], 1)}, step_rng(0, 0))
+
+
+def test_checkpoint_that_does_not_fit_names_what_differs(tiny_checkpoint, tmp_path):
+    import jax.numpy as jnp
+
+    from model.checkpoint import CheckpointError
+    from model.perceiver_ar import PerceiverAR
+
+    # Another width: the parameter with both shapes.
+    with pytest.raises(CheckpointError) as exc:
+        load_model(tiny_checkpoint, d_model=32)
+    msg = str(exc.value)
+    assert "\n" not in msg and msg.startswith(f"{tiny_checkpoint}: params/ do not fit config.json")
+    assert "cross.kv.kernel has shape (64, 128) in the checkpoint, the model expects (32, 64)" in (
+        msg
+    )
+    assert "more differences" in msg
+    # config.json saying more layers than saved: parameters missing; fewer: parameters extra.
+    missing = "layers.2.mlp.fc1.bias (128,) float32 is missing from the checkpoint"
+    extra = "layers.1.mlp.fc1.bias (128,) float32 is in the checkpoint but not in the model"
+    for layers, says in [(3, missing), (1, extra)]:
+        ckpt = tmp_path / f"layers{layers}"
+        shutil.copytree(tiny_checkpoint, ckpt)
+        info = json.loads((ckpt / "config.json").read_text())
+        info["config"]["num_layers"] = layers
+        (ckpt / "config.json").write_text(json.dumps(info))
+        with pytest.raises(CheckpointError, match=re.escape(says)):
+            load_model(ckpt)
+    # A parameter saved in another dtype.
+    model = PerceiverAR(TINY.model_config(), rngs=nnx.Rngs(0))
+    model.cross.kv.kernel.set_value(model.cross.kv.kernel.get_value().astype(jnp.bfloat16))
+    save_model(model, tmp_path / "bf16")
+    dtype = "cross.kv.kernel is bfloat16 in the checkpoint, the model expects float32$"
+    with pytest.raises(CheckpointError, match=dtype):
+        load_model(tmp_path / "bf16")
+    # No params at all.
+    (tmp_path / "noparams").mkdir()
+    shutil.copy(tiny_checkpoint / "config.json", tmp_path / "noparams")
+    with pytest.raises(CheckpointError, match="not a checkpoint \\(no params/ folder\\)"):
+        load_model(tmp_path / "noparams")
+
+
+def test_params_mismatch_lists_the_first_differences():
+    from model.checkpoint import params_mismatch
+
+    f32 = "float32"
+    found = {"a": ((2,), f32), "b": ((3,), f32), "c": ((1,), "bfloat16"), "x": ((1,), f32)}
+    expected = {"a": ((2,), f32), "b": ((4,), f32), "c": ((1,), f32), "d": ((5, 6), f32)}
+    assert params_mismatch(found, found) == ""
+    assert params_mismatch(found, expected, limit=10) == (
+        "b has shape (3,) in the checkpoint, the model expects (4,); "
+        "c is bfloat16 in the checkpoint, the model expects float32; "
+        "d (5, 6) float32 is missing from the checkpoint; "
+        "x (1,) float32 is in the checkpoint but not in the model"
+    )
+    assert params_mismatch(found, expected, limit=1).endswith("(and 3 more differences)")
 
 
 @pytest.mark.skipif(default_checkpoint() is None, reason="no shipped checkpoint in checkpoints/")
