@@ -1,7 +1,8 @@
 """The ``perceiver-midi`` command line.
 
-Every user mistake (a missing or non-MIDI file, bad options) ends with one line on stderr and a
-non-zero exit code, never a traceback. Set PERCEIVER_MIDI_DEBUG=1 to see tracebacks.
+Every user mistake (a missing or non-MIDI file, bad options, a checkpoint that does not fit)
+ends with one line on stderr and exit status 2, never a traceback; anything else (a bug) is one
+line with exit status 1. Set PERCEIVER_MIDI_DEBUG=1 to see tracebacks.
 """
 
 from __future__ import annotations
@@ -13,11 +14,19 @@ import pathlib
 import sys
 
 from app import generate_cli, train_cli, web
-from app.errors import UserError
+from app.errors import (
+    USER_ERROR_EXIT,
+    UserError,
+    nonnegative_int,
+    one_line,
+    one_line_errors,
+)
 from app.train_cli import DEFAULT_MAESTRO
 
 
 def _cmd_tokenize(args: argparse.Namespace) -> int:
+    """One JSON line per file; a file the tokenizer refuses is one error line (the others are
+    still tokenized) and the exit status is then 2, as for every refused input."""
     from tokenizer import MidiError, encode
 
     status = 0
@@ -25,8 +34,8 @@ def _cmd_tokenize(args: argparse.Namespace) -> int:
         try:
             ids = encode(path, add_sos=args.sos, add_eos=args.eos)
         except MidiError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            status = 1
+            print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
+            status = USER_ERROR_EXIT
             continue
         print(json.dumps({"file": path, "ids": ids.tolist()}, separators=(",", ":")))
     return status
@@ -83,6 +92,9 @@ def _cmd_prepare_data(args: argparse.Namespace) -> int:
             sources = dataset.maestro_sources(root)
         except FileNotFoundError as exc:
             raise UserError(str(exc)) from None
+    from app.pipeline import ensure_out_dir
+
+    ensure_out_dir(args.out)  # one line if --out is a file or cannot be created
     splits = args.split or list(dataset.SPLITS)
     try:
         results = dataset.prepare(sources, args.out, splits, workers=args.workers)
@@ -104,26 +116,31 @@ def build_parser() -> argparse.ArgumentParser:
         prog="perceiver-midi",
         description="Piano music continuation with a Perceiver AR (MAESTRO performance tokens).",
     )
+    one_line_errors(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("tokenize", help="MIDI files -> one JSON line of ids per file")
+    one_line_errors(p)
     p.add_argument("files", nargs="+", metavar="FILE")
-    p.add_argument("--json", action="store_true", help="JSON lines output (the default format)")
     p.add_argument("--sos", action="store_true", help="start each sequence with SOS (id 2)")
     p.add_argument("--eos", action="store_true", help="end each sequence with EOS (id 1)")
     p.set_defaults(func=_cmd_tokenize)
 
     p = sub.add_parser("detokenize", help="ids (JSON) -> MIDI file")
+    one_line_errors(p)
     p.add_argument("ids", metavar="IDS.json", help="a JSON list of ids, a tokenize line, or -")
     p.add_argument("-o", "--output", required=True, metavar="OUT.mid")
     p.set_defaults(func=_cmd_detokenize)
 
     p = sub.add_parser("prepare-data", help="tokenize MAESTRO (or a MIDI folder) for training")
+    one_line_errors(p)
     p.add_argument("--maestro", default=str(DEFAULT_MAESTRO), help="MAESTRO v3 folder")
     p.add_argument("--midi-dir", help="a folder of your own MIDI files instead of MAESTRO")
     p.add_argument("--out", required=True, help="work folder for the token arrays")
     p.add_argument("--split", action="append", choices=["train", "validation", "test"])
-    p.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
+    p.add_argument(
+        "--workers", type=nonnegative_int, default=0, help="processes (default 0: all cores)"
+    )
     p.set_defaults(func=_cmd_prepare_data)
 
     train_cli.add_commands(sub)
@@ -138,15 +155,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return USER_ERROR_EXIT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug, not a user mistake: one line unless debugging
         if os.environ.get("PERCEIVER_MIDI_DEBUG"):
             raise
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        first = (str(exc).strip().splitlines() or [""])[0]
+        first = first if len(first) <= 300 else first[:297] + "..."
+        print(f"error: {type(exc).__name__}: {first}", file=sys.stderr)
         return 1
 
 

@@ -19,7 +19,7 @@ EXAMPLE = ROOT / "examples/bach_prelude_c.mid"
 
 
 def test_tokenize_and_detokenize_round_trip(tmp_path, capsys):
-    assert main(["tokenize", str(EXAMPLE), "--json"]) == 0
+    assert main(["tokenize", str(EXAMPLE)]) == 0
     line = json.loads(capsys.readouterr().out.strip())
     assert line["file"] == str(EXAMPLE)
     assert line["ids"] == encode(EXAMPLE).tolist()
@@ -40,7 +40,7 @@ def test_tokenize_sos_eos(capsys):
 @pytest.mark.parametrize(
     "argv, code, message",
     [
-        (["tokenize", "/no/such.mid"], 1, "/no/such.mid: no such file"),
+        (["tokenize", "/no/such.mid"], 2, "/no/such.mid: no such file"),
         (["detokenize", "/no/ids.json", "-o", "x.mid"], 2, "/no/ids.json: cannot read"),
         (["prepare-data", "--maestro", "/no/maestro", "--out", "w"], 2, "MAESTRO folder not found"),
         (["prepare-data", "--midi-dir", "/no/dir", "--out", "w"], 2, "/no/dir: not a folder"),
@@ -77,8 +77,26 @@ def test_console_script_exit_code_and_no_traceback(tmp_path):
         text=True,
         cwd=ROOT,
     )
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # as every refused input
     assert proc.stderr.strip() == f"error: {bad}: not a MIDI file (no MThd header)"
+
+
+def test_tokenize_refused_file_among_good_ones(tmp_path, capsys):
+    bad = tmp_path / "bad.mid"
+    bad.write_bytes(b"MThd\x00\x00")
+    assert main(["tokenize", str(EXAMPLE), str(bad), str(EXAMPLE)]) == 2
+    out = capsys.readouterr()
+    assert len(out.out.splitlines()) == 2  # the good files are still tokenized
+    assert out.err == f"error: {bad}: truncated MIDI file (data ends inside a chunk or event)\n"
+
+
+def test_note_sequence_without_note_seq_is_one_clear_error(monkeypatch):
+    from tokenizer import decode_to_note_sequence
+
+    monkeypatch.setitem(sys.modules, "note_seq", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "note_seq.protobuf", None)
+    with pytest.raises(ImportError, match=r"needs note-seq.*: pip install note-seq$"):
+        decode_to_note_sequence([378, 63, 308, 191])
 
 
 def _write_folder(folder: pathlib.Path, n: int) -> None:

@@ -67,7 +67,7 @@ def test_hostile_file_tokenizes_or_fails_cleanly_in_bounded_time(name, tmp_path)
         assert len(lines) == 1 and lines[0].startswith(f'{{"file":"{path}","ids":[')
         assert lines[0].endswith("]}")
     else:
-        assert proc.returncode == 1  # the CLI's exit code for a refused MIDI file
+        assert proc.returncode == 2  # the CLI's exit code for a refused MIDI file
         assert proc.stdout == ""
         lines = proc.stderr.splitlines()
         assert len(lines) == 1, proc.stderr
