@@ -123,46 +123,36 @@ def _row_settings(row: dict[str, Any], defaults: Settings, where: str) -> Settin
     if unknown:
         raise UserError(f"{where}: unknown column {unknown[0]!r} (known: {', '.join(ROW_KEYS)})")
 
-    def value(key, kind):
+    def value(key):  # Settings and Window check and convert (bounds live there)
         v = row.get(key)
-        if v is None or (isinstance(v, str) and not v.strip()):
-            return None
-        try:
-            if kind is int and isinstance(v, float) and not v.is_integer():
-                raise ValueError
-            return kind(float(v)) if kind is int else kind(v)
-        except (TypeError, ValueError):
-            raise UserError(f"{where}: {key} must be a number, got {v!r}") from None
+        return None if v is None or (isinstance(v, str) and not v.strip()) else v
 
     changes: dict[str, Any] = {}
-    seconds, tokens = value("seconds", float), value("tokens", int)
+    seconds, tokens = value("seconds"), value("tokens")
     if seconds is not None or tokens is not None:
         changes.update(seconds=seconds, tokens=tokens)
-    for key, kind in (("temperature", float), ("top_k", int), ("top_p", float)):
-        if (v := value(key, kind)) is not None:
+    for key in ("temperature", "top_k", "top_p", "latents", "variations"):
+        if (v := value(key)) is not None:
             changes[key] = v
-    if (v := value("latents", int)) is not None:
-        changes["latents"] = v
-    if (v := value("variations", int)) is not None:
-        changes["variations"] = v
-    windows = []
-    if (v := value("prime_seconds", float)) is not None:
-        windows.append(Window.last_seconds(v))
-    if (v := value("prime_tokens", int)) is not None:
-        windows.append(Window.last_tokens(v))
-    if (v := row.get("prime_range")) not in (None, ""):
-        windows.append(Window.parse_range(str(v)))
-    if len(windows) > 1:
-        raise UserError(f"{where}: give one of prime_seconds, prime_tokens, prime_range")
-    if windows:
-        changes["window"] = windows[0]
     try:
+        windows = []
+        if (v := value("prime_seconds")) is not None:
+            windows.append(Window.last_seconds(v))
+        if (v := value("prime_tokens")) is not None:
+            windows.append(Window.last_tokens(v))
+        if (v := value("prime_range")) is not None:
+            windows.append(Window.parse_range(str(v)))
+        if len(windows) > 1:
+            raise UserError("give one of prime_seconds, prime_tokens, prime_range")
+        if windows:
+            changes["window"] = windows[0]
         return defaults.replace(**changes)
     except UserError as exc:
         raise UserError(f"{where}: {exc}") from None
 
 
-def _listing_rows(path: pathlib.Path) -> Iterator[tuple[str, dict]]:
+def _listing_rows(path: pathlib.Path) -> Iterator[tuple[str, dict | UserError]]:
+    """(where, row) per row of a listing; a row that cannot be read comes as its UserError."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
@@ -172,27 +162,67 @@ def _listing_rows(path: pathlib.Path) -> Iterator[tuple[str, dict]]:
         reader = csv.DictReader(text.splitlines())
         if not reader.fieldnames or "prime" not in [f.strip() for f in reader.fieldnames]:
             raise UserError(f"{path}: a CSV listing needs a 'prime' column")
+        unknown = sorted({f.strip() for f in reader.fieldnames} - set(ROW_KEYS))
+        if unknown:  # a header typo concerns every row: refuse the listing
+            raise UserError(f"{path}: unknown column {unknown[0]!r} (known: {', '.join(ROW_KEYS)})")
         for n, row in enumerate(reader, start=2):
+            where = f"{path} line {n}"
             if None in row:
-                raise UserError(f"{path} line {n}: more cells than columns")
-            yield f"{path} line {n}", {k.strip(): v for k, v in row.items()}
+                yield where, UserError(f"{where}: more cells than columns")
+                continue
+            yield where, {k.strip(): v for k, v in row.items()}
     else:
         for n, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
+            where = f"{path} line {n}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
-                raise UserError(f"{path} line {n}: not JSON") from None
+                yield where, UserError(f"{where}: not JSON")
+                continue
             if isinstance(row, str):
                 row = {"prime": row}
             if not isinstance(row, dict):
-                raise UserError(f"{path} line {n}: expected an object with a 'prime' key")
-            yield f"{path} line {n}", row
+                yield where, UserError(f"{where}: expected an object with a 'prime' key")
+                continue
+            yield where, row
 
 
-def load_primes(source: str | os.PathLike, defaults: Settings, base_seed: int) -> list[Prime]:
-    """The primes of a folder or a CSV/JSONL listing (see the module doc)."""
+def _listing_prime(source: pathlib.Path, where: str, row: dict, defaults: Settings,
+                   base_seed: int) -> Prime:  # fmt: skip
+    """The Prime of one listing row, or a UserError naming the row and its first problem."""
+    row = {k: v for k, v in row.items() if k is not None}
+    prime = str(row.get("prime") or "").strip()
+    if not prime:
+        raise UserError(f"{where}: missing 'prime' path")
+    identity = str(row.get("id") or "").strip() or prime
+    settings = _row_settings(row, defaults, where)
+    seed = row.get("seed")
+    if seed in (None, ""):
+        seed = prime_seed(base_seed, identity)
+    try:
+        settings = settings.replace(seed=seed)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
+    path = pathlib.Path(prime)
+    if not path.is_absolute():
+        path = source.parent / path
+    return Prime(identity, str(path), output_stem(identity), settings)
+
+
+def load_primes(
+    source: str | os.PathLike,
+    defaults: Settings,
+    base_seed: int,
+    rejected: list[dict] | None = None,
+) -> list[Prime]:
+    """The primes of a folder or a CSV/JSONL listing (see the module doc).
+
+    A listing row that cannot be used (bad setting, unknown column, not JSON...) raises its
+    one-line UserError, or, with a ``rejected`` list, is appended to it as ``{"id", "prime",
+    "reason"}`` (a failed.jsonl record) while the other rows are kept.
+    """
     source = pathlib.Path(source)
     primes: list[Prime] = []
     if source.is_dir():
@@ -209,27 +239,20 @@ def load_primes(source: str | os.PathLike, defaults: Settings, base_seed: int) -
     elif source.suffix.lower() in (".csv", ".jsonl", ".json"):
         if not source.is_file():
             raise UserError(f"{source}: no such file")
+        rows = 0
         for where, row in _listing_rows(source):
-            row = {k: v for k, v in row.items() if k is not None}
-            prime = str(row.get("prime") or "").strip()
-            if not prime:
-                raise UserError(f"{where}: missing 'prime' path")
-            identity = str(row.get("id") or "").strip() or prime
-            settings = _row_settings(row, defaults, where)
-            seed = row.get("seed")
-            if seed in (None, ""):
-                seed = prime_seed(base_seed, identity)
+            rows += 1
             try:
-                settings = settings.replace(seed=int(seed))
-            except (TypeError, ValueError):
-                raise UserError(f"{where}: seed must be an integer, got {seed!r}") from None
+                if isinstance(row, UserError):
+                    raise row
+                primes.append(_listing_prime(source, where, row, defaults, base_seed))
             except UserError as exc:
-                raise UserError(f"{where}: {exc}") from None
-            path = pathlib.Path(prime)
-            if not path.is_absolute():
-                path = source.parent / path
-            primes.append(Prime(identity, str(path), output_stem(identity), settings))
-        if not primes:
+                if rejected is None:
+                    raise
+                name = row.get("prime") if isinstance(row, dict) else None
+                ident = (row.get("id") if isinstance(row, dict) else None) or name or where
+                rejected.append({"id": str(ident), "prime": name, "reason": str(exc)})
+        if not rows:
             raise UserError(f"{source}: the listing is empty")
     elif source.exists():
         raise UserError(f"{source}: PRIMES must be a folder of MIDI files or a .csv/.jsonl listing")
@@ -314,14 +337,20 @@ def run_group(
     for it in group:
         if isinstance(windows[it.prime.identity], str):
             results[it.id] = {"id": it.id, "error": windows[it.prime.identity]}
+    conts = []
     if ok:
-        conts = sample_continuations(
-            model,
-            [windows[it.prime.identity] for it in ok],
-            [it.seed for it in ok],
-            ok[0].prime.settings,
-            variations=[it.variation for it in ok],
-        )
+        try:
+            conts = sample_continuations(
+                model,
+                [windows[it.prime.identity] for it in ok],
+                [it.seed for it in ok],
+                ok[0].prime.settings,
+                variations=[it.variation for it in ok],
+            )
+        except UserError as exc:  # the group's settings do not fit the model: its items fail
+            for it in ok:
+                results[it.id] = {"id": it.id, "error": f"{it.prime.identity}: {exc}"}
+            ok = []
         for it, c in zip(ok, conts, strict=True):
             try:
                 files = output_bytes(c, options)
@@ -517,27 +546,35 @@ def run_batch(
     come from ``base_seed`` and identities). ``ray_address``: None (in this process), ``"local"``
     (start a local Ray) or a cluster address. ``progress``: None shows a bar on a terminal.
     """
-    from app.pipeline import ensure_out_dir, write_files
+    from app.pipeline import check_latents, ensure_out_dir, write_files
     from model.checkpoint import CheckpointError, default_checkpoint, load_model
 
     options = options or OutputOptions()
     if batch_size < 1:
         raise UserError(f"batch size must be at least 1, got {batch_size}")
     t0 = time.perf_counter()
-    primes = load_primes(source, defaults, base_seed)
-    items = plan(primes)
+    rejected: list[dict] = []  # listing rows that cannot be used: failed.jsonl, the rest go on
+    primes = load_primes(source, defaults, base_seed, rejected)
     out = ensure_out_dir(out_dir)
     ckpt_dir = checkpoint if checkpoint is not None else default_checkpoint()
     try:
         model = load_model(ckpt_dir)
     except CheckpointError as exc:
         raise UserError(str(exc)) from None
+    usable = []
+    for p in primes:
+        try:
+            check_latents(model, p.settings.latents)
+            usable.append(p)
+        except UserError as exc:
+            rejected.append({"id": p.identity, "prime": p.identity, "reason": str(exc)})
+    items = plan(usable)
     ckpt = {"path": str(ckpt_dir), "fingerprint": checkpoint_fingerprint(ckpt_dir)}
     if options.audio != "none" and options.synth == "midirenderer":
         from app.render import soundfont_bytes
 
         soundfont_bytes(options.soundfont)  # a bad --soundfont fails now, not per item
-    summary = Summary(planned=len(items), out_dir=str(out))
+    summary = Summary(planned=len(items) + len(rejected), out_dir=str(out))
 
     def record(it: Item, info: dict) -> dict:
         return {
@@ -599,7 +636,10 @@ def run_batch(
             results = _run_ray(model, groups, options, ray_address, workers)
         fd = os.open(manifest, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         bar = _progress_bar(len(pending), progress)
-        failed_lines: list[dict] = []
+        failed_lines: list[dict] = list(rejected)
+        summary.failed.extend(rejected)
+        if rejected:
+            _write_failed(out, failed_lines)
         try:
             for group, outs in results:
                 for it, res in zip(group, outs, strict=True):

@@ -14,10 +14,13 @@ import sys
 import time
 
 from app.errors import UserError
-
-DEFAULT_SECONDS = 20.0
-DEFAULT_PRIME_SECONDS = 20.0
-
+from app.pipeline import (
+    DEFAULT_PRIME_SECONDS,
+    DEFAULT_SECONDS,
+    MAX_SECONDS,
+    MAX_TOKENS,
+    MAX_VARIATIONS,
+)
 
 # ----------------------------------------------------------------------------------------------
 # Options
@@ -47,17 +50,21 @@ def _add_sampling(p: argparse.ArgumentParser, *, batch: bool = False) -> None:
         "--seconds",
         type=float,
         metavar="S",
-        help=f"music time to add per continuation (default {DEFAULT_SECONDS:g})",
+        help=f"music time to add per continuation (default {DEFAULT_SECONDS:g}, at most "
+        f"{MAX_SECONDS:g})",
     )
     g.add_argument(
-        "--tokens", type=_positive_int, metavar="N", help="token budget instead of --seconds"
+        "--tokens",
+        type=_positive_int,
+        metavar="N",
+        help=f"token budget instead of --seconds (at most {MAX_TOKENS:,})",
     )
     g.add_argument(
         "--variations",
         type=_positive_int,
         metavar="N",
         default=1,
-        help="continuations per prime, sampled as one batch (default 1)",
+        help=f"continuations per prime, sampled as one batch (default 1, at most {MAX_VARIATIONS})",
     )
     g.add_argument(
         "--temperature", type=float, default=1.0, metavar="T", help="0 = greedy (default 1.0)"

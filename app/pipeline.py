@@ -51,6 +51,66 @@ DEFAULT_PRIME_SECONDS = 20.0
 MAX_TOKENS_PER_SECOND = 200  # dense MAESTRO passages stay well under this
 MAX_SEED = 2**32 - 1
 
+# The bounds of every request, on every surface (CLI, batch rows, web app, /continue API). A value
+# past one is refused with one line before any work starts.
+MAX_SECONDS = 600.0  # music time of one continuation
+MAX_TOKENS = 2**17  # token budget of one continuation (MAX_SECONDS at MAX_TOKENS_PER_SECOND fits)
+MAX_VARIATIONS = 16  # continuations of one prime
+MAX_TOP_K = C.VOCAB_SIZE
+MAX_TEMPERATURE = 100.0
+MAX_LATENTS = 2**16  # a checkpoint's own number of latents is checked when it samples
+MAX_PRIME_TOKENS = 2**24
+MAX_PRIME_SECONDS = 24 * 3600.0
+# The web app and its /continue API serve many users from one process: tighter bounds.
+WEB_MAX_SECONDS = 120.0
+WEB_MAX_VARIATIONS = 4
+# Its sampler is compiled at start for this token budget (the longest request's), for every batch
+# bucket of 1..WEB_MAX_VARIATIONS and every latents choice: no request waits for a compilation.
+WEB_LENGTH_BUCKET = math.ceil(WEB_MAX_SECONDS * MAX_TOKENS_PER_SECOND)
+
+
+def as_int(value, what: str, lo: int | None = None, hi: int | None = None) -> int:
+    """``value`` as an int (a whole float like 3.0 or "3" is fine) inside ``lo..hi``, else a
+    one-line :class:`UserError` naming ``what``. nan, inf, 2.5 and "x" are refused."""
+    if isinstance(value, bool):
+        raise UserError(f"{what} must be a whole number, got {value!r}")
+    try:
+        f = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise UserError(f"{what} must be a whole number, got {value!r}") from None
+    if not math.isfinite(f) or not f.is_integer():
+        raise UserError(f"{what} must be a whole number, got {value!r}")
+    n = int(value) if isinstance(value, int) else int(f)
+    if (lo is not None and n < lo) or (hi is not None and n > hi):
+        raise UserError(f"{what} must be in {_span(lo, hi)}, got {n}")
+    return n
+
+
+def as_float(value, what: str, lo: float | None = None, hi: float | None = None,
+             *, lo_open: bool = False) -> float:  # fmt: skip
+    """``value`` as a finite float inside ``lo..hi`` (``lo_open``: strictly above ``lo``), else a
+    one-line :class:`UserError` naming ``what``."""
+    if isinstance(value, bool):
+        raise UserError(f"{what} must be a number, got {value!r}")
+    try:
+        f = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise UserError(f"{what} must be a number, got {value!r}") from None
+    if not math.isfinite(f):
+        raise UserError(f"{what} must be a finite number, got {value!r}")
+    low_bad = lo is not None and (f <= lo if lo_open else f < lo)
+    if low_bad or (hi is not None and f > hi):
+        raise UserError(f"{what} must be in {_span(lo, hi, lo_open)}, got {f:g}")
+    return f
+
+
+def _span(lo, hi, lo_open: bool = False) -> str:
+    if lo is not None and hi is not None:
+        return f"{'(' if lo_open else '['}{lo:g}, {hi:g}]"
+    if lo is not None:
+        return f"{'>' if lo_open else '>='} {lo:g}"
+    return f"<= {hi:g}"
+
 
 # ----------------------------------------------------------------------------------------------
 # Settings
@@ -73,34 +133,35 @@ class Window:
     end: float | None = None
 
     def __post_init__(self):
+        def fix(name, value):
+            object.__setattr__(self, name, value)
+
         if self.kind == "last_seconds":
-            if self.seconds is None or not self.seconds > 0 or not math.isfinite(self.seconds):
-                raise UserError(f"prime seconds must be a positive number, got {self.seconds}")
+            fix("seconds", as_float(self.seconds, "prime seconds", 0, MAX_PRIME_SECONDS,
+                                    lo_open=True))  # fmt: skip
         elif self.kind == "last_tokens":
-            if self.tokens is None or int(self.tokens) < 1:
-                raise UserError(f"prime tokens must be a positive integer, got {self.tokens}")
+            fix("tokens", as_int(self.tokens, "prime tokens", 1, MAX_PRIME_TOKENS))
         elif self.kind == "range":
-            start = self.start if self.start is not None else 0.0
-            if not (start >= 0 and math.isfinite(start)):
-                raise UserError(f"prime range start must be >= 0 seconds, got {self.start}")
-            if self.end is not None and not self.end > start:
-                raise UserError(f"prime range end ({self.end:g} s) must be after its start")
+            start = 0.0 if self.start is None else self.start
+            fix("start", as_float(start, "prime range start", 0, MAX_PRIME_SECONDS))
+            if self.end is not None:
+                fix("end", as_float(self.end, "prime range end", 0, MAX_PRIME_SECONDS))
+                if not self.end > self.start:
+                    raise UserError(f"prime range end ({self.end:g} s) must be after its start")
         elif self.kind != "all":
             raise UserError(f"unknown prime window kind {self.kind!r}")
 
     @classmethod
     def last_seconds(cls, seconds: float) -> Window:
-        return cls("last_seconds", seconds=float(seconds))
+        return cls("last_seconds", seconds=seconds)
 
     @classmethod
     def last_tokens(cls, tokens: int) -> Window:
-        return cls("last_tokens", seconds=None, tokens=int(tokens))
+        return cls("last_tokens", seconds=None, tokens=tokens)
 
     @classmethod
     def range(cls, start: float, end: float | None = None) -> Window:
-        return cls(
-            "range", seconds=None, start=float(start), end=None if end is None else float(end)
-        )
+        return cls("range", seconds=None, start=start, end=end)
 
     @classmethod
     def whole(cls) -> Window:
@@ -177,24 +238,23 @@ class Settings:
     stop_at_eos: bool = True
 
     def __post_init__(self):
+        def fix(name, value):
+            object.__setattr__(self, name, value)
+
         if self.seconds is None and self.tokens is None:
             raise UserError("give a music-time budget (seconds) or a token budget (tokens)")
-        if self.seconds is not None and not (self.seconds > 0 and math.isfinite(self.seconds)):
-            raise UserError(f"seconds must be a positive number, got {self.seconds}")
-        if self.tokens is not None and int(self.tokens) < 1:
-            raise UserError(f"tokens must be a positive integer, got {self.tokens}")
-        if int(self.variations) < 1:
-            raise UserError(f"variations must be at least 1, got {self.variations}")
-        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
-            raise UserError(f"temperature must be >= 0, got {self.temperature}")
-        if int(self.top_k) < 0:
-            raise UserError(f"top-k must be >= 0 (0 = off), got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise UserError(f"top-p must be in (0, 1], got {self.top_p}")
-        if not 0 <= int(self.seed) <= MAX_SEED - int(self.variations) + 1:
-            raise UserError(f"seed must be in 0..{MAX_SEED - int(self.variations) + 1}")
-        if self.latents is not None and int(self.latents) < 1:
-            raise UserError(f"latents must be a positive integer, got {self.latents}")
+        if self.seconds is not None:
+            fix("seconds", as_float(self.seconds, "seconds", 0, MAX_SECONDS, lo_open=True))
+        if self.tokens is not None:
+            fix("tokens", as_int(self.tokens, "tokens", 1, MAX_TOKENS))
+        fix("variations", as_int(self.variations, "variations", 1, MAX_VARIATIONS))
+        fix("temperature", as_float(self.temperature, "temperature", 0, MAX_TEMPERATURE))
+        fix("top_k", as_int(self.top_k, "top-k", 0, MAX_TOP_K))
+        fix("top_p", as_float(self.top_p, "top-p", 0, 1, lo_open=True))
+        fix("seed", as_int(self.seed, "seed", 0, MAX_SEED - self.variations + 1))
+        if self.latents is not None:
+            fix("latents", as_int(self.latents, "latents", 1, MAX_LATENTS))
+        fix("stop_at_eos", bool(self.stop_at_eos))
 
     def replace(self, **changes) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -387,13 +447,15 @@ def sample_continuations(
     *,
     callback: Callable[[Any], Any] | None = None,
     variations: Sequence[int] | None = None,
+    length_bucket: int = 0,
 ) -> list[Continuation]:
     """One sampler call: continues ``primes[i]`` (window ids) with seed ``seeds[i]``.
 
     ``settings`` gives the budgets and sampling controls (its ``seed``, ``variations`` and
     ``window`` are not used here). ``callback`` receives the sampler's ``StepInfo`` after every
     compiled chunk and may stop early (return True or raise ``StopSampling``). ``variations``
-    labels the results (default 1, 2, ...).
+    labels the results (default 1, 2, ...). ``length_bucket``: the sampler's (see
+    :func:`model.sampler.sample`); the notes do not depend on it.
     """
     from model.sampler import StopSampling, sample
     from tokenizer import music_seconds
@@ -429,6 +491,7 @@ def sample_continuations(
             num_latents=settings.latents,
             stop_at_eos=bool(settings.stop_at_eos),
             callback=on_chunk if callback is not None else None,
+            length_bucket=length_bucket,
         )
     except ValueError as exc:  # settings the model cannot honour
         raise UserError(str(exc)) from None
@@ -474,6 +537,7 @@ def continue_prime(
     *,
     callback: Callable[[Any], Any] | None = None,
     name: str | None = None,
+    length_bucket: int = 0,
 ) -> list[Continuation]:
     """Continues one prime ``settings.variations`` times (one batch); see the module doc.
 
@@ -482,8 +546,9 @@ def continue_prime(
     """
     prime = prime_ids(prime_source, settings.window, name=name)
     n = int(settings.variations)
+    seeds = variation_seeds(settings.seed, n)
     return sample_continuations(
-        model, [prime] * n, variation_seeds(settings.seed, n), settings, callback=callback
+        model, [prime] * n, seeds, settings, callback=callback, length_bucket=length_bucket
     )
 
 

@@ -31,6 +31,7 @@ import time
 
 from app.errors import UserError
 from app.web_core import (
+    DEFAULT_PRIME_SECONDS,
     DEFAULT_SECONDS,
     MAX_SECONDS,
     MAX_UPLOAD_BYTES,
@@ -49,6 +50,9 @@ from app.web_core import (
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 DEFAULT_MAX_CONCURRENCY = 2
+DEFAULT_MAX_QUEUE = 16  # requests waiting beyond these are refused ("queue is full")
+MAX_QUEUE = 1000
+MAX_CONCURRENCY = 64
 TITLE = "perceiver-midi: continue your piano sketch"
 log = logging.getLogger("perceiver_midi.web")
 
@@ -171,13 +175,11 @@ def build_app(
             random_seed = gr.Checkbox(value=True, label="Random seed")
         with gr.Accordion("Advanced", open=False):
             with gr.Row():
-                latents = gr.Slider(
-                    1,
-                    n_lat,
+                latents = gr.Dropdown(
+                    list(composer.latent_choices),
                     value=n_lat,
-                    step=1,
                     label=f"Latents (test-time compute; the model's: {n_lat})",
-                    info="A new value compiles the sampler once (a few seconds).",
+                    info="Fewer latents sample faster and see less of the recent music.",
                 )
                 prime_tokens = gr.Slider(
                     0,
@@ -238,7 +240,7 @@ def build_app(
             api_top_k = gr.Number(value=0, precision=0, label="top_k")
             api_seed = gr.Number(value=0, precision=0, label="seed")
             api_latents = gr.Number(value=0, precision=0, label="latents")
-            api_prime_seconds = gr.Number(value=20.0, label="prime_seconds")
+            api_prime_seconds = gr.Number(value=DEFAULT_PRIME_SECONDS, label="prime_seconds")
             api_prime_tokens = gr.Number(value=0, precision=0, label="prime_tokens")
             api_prime_range = gr.Textbox(value="", label="prime_range")
             api_ignore_eos = gr.Checkbox(value=False, label="ignore_eos")
@@ -391,7 +393,7 @@ def build_app(
             top_k=0,
             seed=0,
             latents=0,
-            prime_seconds=20.0,
+            prime_seconds=DEFAULT_PRIME_SECONDS,
             prime_tokens=0,
             prime_range="",
             ignore_eos=False,
@@ -411,9 +413,12 @@ def build_app(
                 ignore_eos=bool(ignore_eos),
             )
 
-        ui = {"api_visibility": "private", "show_progress": "minimal"}
+        # Prime handlers render audio and rolls: they share the model's CPU budget (its
+        # concurrency group) with generation, so a burst of uploads cannot starve sampling.
+        ui = {"api_visibility": "private", "show_progress": "minimal", "concurrency_id": "model"}
         upload.upload(on_upload, [session, upload], with_state, api_name="set_prime",
-                      api_visibility="undocumented", show_progress="minimal")  # fmt: skip
+                      api_visibility="undocumented", show_progress="minimal",
+                      concurrency_id="model")  # fmt: skip
         example.input(on_example, [session, example], with_state, **ui)
         nothing_btn.click(on_nothing, [session], with_state, **ui)
         undo_btn.click(on_undo, [session], with_state, **ui)
@@ -477,7 +482,8 @@ def build_app(
             ),
             concurrency_id="model",
         )
-        demo.load(prime_handler(composer.prime_view), [session], with_state, **ui)
+        demo.load(prime_handler(composer.prime_view), [session], with_state,
+                  api_visibility="private", show_progress="minimal")  # fmt: skip
     return demo
 
 
@@ -499,7 +505,15 @@ def _add_options(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAX_CONCURRENCY,
         metavar="N",
         help=f"requests using the model at once; the rest wait in the queue "
-        f"(default {DEFAULT_MAX_CONCURRENCY})",
+        f"(default {DEFAULT_MAX_CONCURRENCY}, at most {MAX_CONCURRENCY})",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=DEFAULT_MAX_QUEUE,
+        metavar="N",
+        help=f"requests that may wait for the model; more are refused at once "
+        f"(default {DEFAULT_MAX_QUEUE}, at most {MAX_QUEUE})",
     )
 
 
@@ -511,8 +525,12 @@ def cmd_app(args: argparse.Namespace) -> int:
     """Loads the model once, warms the sampler, then serves until interrupted."""
     from model.checkpoint import CheckpointError, load_model
 
-    if args.max_concurrency < 1:
-        raise UserError(f"--max-concurrency must be at least 1, got {args.max_concurrency}")
+    if not 1 <= args.max_concurrency <= MAX_CONCURRENCY:
+        raise UserError(
+            f"--max-concurrency must be in 1..{MAX_CONCURRENCY}, got {args.max_concurrency}"
+        )
+    if not 1 <= args.max_queue <= MAX_QUEUE:
+        raise UserError(f"--max-queue must be in 1..{MAX_QUEUE}, got {args.max_queue}")
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be in 0..65535, got {args.port}")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -529,7 +547,7 @@ def cmd_app(args: argparse.Namespace) -> int:
         demo = build_app(model, composer=composer)
         try:
             serve(demo, host=args.host, port=args.port, max_concurrency=args.max_concurrency,
-                  share=args.share)  # fmt: skip
+                  max_queue=args.max_queue, share=args.share)  # fmt: skip
         except OSError as exc:
             raise UserError(f"cannot serve on {args.host}:{args.port} ({exc})") from None
     finally:
@@ -543,12 +561,13 @@ def serve(
     host: str = DEFAULT_HOST,
     port: int | None = DEFAULT_PORT,
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+    max_queue: int = DEFAULT_MAX_QUEUE,
     share: bool = False,
     block: bool = True,
 ) -> str:
     """Queues and launches ``demo`` (from :func:`build_app`); returns the local URL. With
     ``block=False`` the server runs in a thread (tests, benchmarks): ``demo.close()`` stops it."""
-    demo.queue(default_concurrency_limit=int(max_concurrency))
+    demo.queue(default_concurrency_limit=int(max_concurrency), max_size=int(max_queue))
     _, url, _ = demo.launch(
         server_name=host,
         server_port=port,

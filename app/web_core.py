@@ -24,6 +24,7 @@ What each result holds:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pathlib
@@ -40,14 +41,16 @@ import numpy as np
 
 from app import web_media as media
 from app.errors import UserError
+from app.pipeline import DEFAULT_PRIME_SECONDS, DEFAULT_SECONDS, WEB_LENGTH_BUCKET
+from app.pipeline import WEB_MAX_SECONDS as MAX_SECONDS
+from app.pipeline import WEB_MAX_VARIATIONS as MAX_VARIATIONS
+from app.pipeline import as_float as _as_float
+from app.pipeline import as_int as _as_int
 
-MAX_VARIATIONS = 4
-MAX_SECONDS = 120.0  # longest continuation a request may ask for
 MAX_UPLOAD_BYTES = 4 * 1024 * 1024  # the largest MAESTRO file is under 1 MiB
-DEFAULT_SECONDS = 20.0
-DEFAULT_PRIME_SECONDS = 20.0
 PROGRESS_EVERY_S = 0.25  # at most this often a progress update is sent to the page
 API_FILES_TTL_S = 3600.0  # /continue output folders older than this are removed
+SESSION_WAIT_S = 600.0  # a request waits this long for its session's previous one, then refuses
 EXAMPLES_DIR = pathlib.Path(__file__).resolve().parent.parent / "examples"
 
 
@@ -130,6 +133,7 @@ class Session:
         self.history: list[Prime] = [Prime.nothing()]
         self.results: list[Result] = []
         self.stop = threading.Event()
+        self._lock = threading.Lock()  # one request of this session at a time (see busy)
         self.generation = 0
         self.counter = 0
         self._folder: pathlib.Path | None = None
@@ -144,6 +148,18 @@ class Session:
     @property
     def prime(self) -> Prime:
         return self.history[-1]
+
+    @contextlib.contextmanager
+    def busy(self, timeout: float = SESSION_WAIT_S):
+        """Held by every request that reads or changes this session, so two requests of one
+        session (two tabs sharing it, a double click, API calls) never interleave; the second
+        waits for the first. Stop does not take it: it only sets the flag the sampler checks."""
+        if not self._lock.acquire(timeout=timeout):
+            raise UserError("this session is still busy with an earlier request; try again")
+        try:
+            yield self
+        finally:
+            self._lock.release()
 
     @property
     def can_undo(self) -> bool:
@@ -239,26 +255,6 @@ class _Plan:
     head: np.ndarray
 
 
-def _as_int(value, what: str) -> int:
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{what} must be a number, got {value!r}") from None
-    if not np.isfinite(f) or f != int(f):
-        raise UserError(f"{what} must be a whole number, got {value!r}")
-    return int(f)
-
-
-def _as_float(value, what: str) -> float:
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{what} must be a number, got {value!r}") from None
-    if not np.isfinite(f):
-        raise UserError(f"{what} must be a finite number, got {value!r}")
-    return f
-
-
 def human_size(n: int) -> str:
     if n >= 2**20:
         return f"{n / 2**20:.1f} MiB".replace(".0 ", " ")
@@ -325,6 +321,9 @@ class Composer:
         self.root.mkdir(parents=True, exist_ok=True)
         self.examples_dir = pathlib.Path(examples_dir)
         self.max_upload_bytes = int(max_upload_bytes)
+        m = int(model.config.num_latents)
+        # Test-time compute choices: each is compiled at start (warm_up), any other is refused.
+        self.latent_choices = tuple(sorted({m, max(1, m // 2), max(1, m // 4)}, reverse=True))
 
     # -- sessions ------------------------------------------------------------------------------
 
@@ -387,12 +386,13 @@ class Composer:
         return Window.range(start, None if end >= total - 0.005 else end)
 
     def _push(self, session: Session, prime: Prime) -> PrimeView:
-        session.history.append(prime)
-        try:
-            return self.prime_view(session)
-        except Exception:
-            session.history.pop()
-            raise
+        with session.busy():
+            session.history.append(prime)
+            try:
+                return self.prime_view(session)
+            except Exception:
+                session.history.pop()
+                raise
 
     def load_upload(self, session: Session, path) -> PrimeView:
         return self._push(session, read_upload(path, max_bytes=self.max_upload_bytes))
@@ -414,24 +414,28 @@ class Composer:
         return self._push(session, Prime.nothing())
 
     def set_window(self, session: Session, start, end) -> PrimeView:
-        if session.prime.empty:
-            return self.prime_view(session)
-        return self.prime_view(session, (float(start), float(end)))
+        with session.busy():
+            if session.prime.empty:
+                return self.prime_view(session)
+            start = _as_float(start, "window start")
+            return self.prime_view(session, (start, _as_float(end, "window end")))
 
     def continue_from(self, session: Session, index: int) -> PrimeView:
         """Result ``index`` (0-based) of the last generation becomes the new prime."""
-        if not 0 <= int(index) < len(session.results):
-            raise UserError(f"there is no result {int(index) + 1} to continue from")
-        r = session.results[int(index)]
+        with session.busy():
+            if not 0 <= int(index) < len(session.results):
+                raise UserError(f"there is no result {int(index) + 1} to continue from")
+            r = session.results[int(index)]
         prime = Prime(r.piece_ids, r.base.name if not r.base.empty else "generated",
                       "continued", r.base.continued + 1)  # fmt: skip
         return self._push(session, prime)
 
     def undo(self, session: Session) -> PrimeView:
-        if not session.can_undo:
-            raise UserError("nothing to undo")
-        session.history.pop()
-        return self.prime_view(session)
+        with session.busy():
+            if not session.can_undo:
+                raise UserError("nothing to undo")
+            session.history.pop()
+            return self.prime_view(session)
 
     def stop(self, session: Session) -> None:
         session.stop.set()
@@ -442,14 +446,14 @@ class Composer:
         """The pipeline Settings' fields from the request (checked; window apart)."""
         from app.pipeline import check_latents
 
-        seconds = _as_float(req.seconds, "continuation length")
-        if not 0 < seconds <= MAX_SECONDS:
-            raise UserError(f"continuation length must be in (0, {MAX_SECONDS:g}] seconds")
-        variations = _as_int(req.variations, "variations")
-        if not 1 <= variations <= MAX_VARIATIONS:
-            raise UserError(f"variations must be 1..{MAX_VARIATIONS}, got {variations}")
+        seconds = _as_float(req.seconds, "continuation length (seconds)", 0, MAX_SECONDS,
+                            lo_open=True)  # fmt: skip
+        variations = _as_int(req.variations, "variations", 1, MAX_VARIATIONS)
         latents = None if req.latents in (None, "", 0) else _as_int(req.latents, "latents")
-        if latents is not None and latents >= self.num_latents:
+        if latents is not None and latents not in self.latent_choices:
+            choices = ", ".join(map(str, self.latent_choices))
+            raise UserError(f"latents must be one of {choices} (0: the model's), got {latents}")
+        if latents == self.num_latents:
             latents = None  # the model's own
         check_latents(self.model, latents)
         return {
@@ -518,6 +522,10 @@ class Composer:
         """Yields Started, then Progress while sampling, then one ResultReady per variation (as
         soon as it is rendered), then Done. ``session.stop`` (the Stop button) ends sampling
         early; what was generated is kept and rendered."""
+        with session.busy():
+            yield from self._generate(session, req)
+
+    def _generate(self, session: Session, req: GenerateRequest) -> Iterator[object]:
         from app.pipeline import continue_prime
 
         t0 = time.perf_counter()
@@ -544,7 +552,12 @@ class Composer:
         def work() -> None:
             try:
                 conts = continue_prime(
-                    self.model, plan.source, settings, callback=callback, name=plan.base.name
+                    self.model,
+                    plan.source,
+                    settings,
+                    callback=callback,
+                    name=plan.base.name,
+                    length_bucket=WEB_LENGTH_BUCKET,
                 )
                 events.put(("done", conts))
             except BaseException as exc:  # handed to the request's thread
@@ -655,7 +668,8 @@ class Composer:
                               stop_at_eos=not ignore_eos)  # fmt: skip
         plan = self.api_plan(base, req, prime_seconds, prime_tokens, prime_range)
         folder = Session(self.root / "api").folder()
-        conts = continue_prime(self.model, plan.source, plan.settings, name=base.name)
+        conts = continue_prime(self.model, plan.source, plan.settings, name=base.name,
+                               length_bucket=WEB_LENGTH_BUCKET)  # fmt: skip
         results = [self._render(c, plan, folder) for c in conts]
         info = {
             "prime": base.name if not base.empty else None,
@@ -690,19 +704,25 @@ class Composer:
 
     # -- start-up --------------------------------------------------------------------------------
 
-    def warm_up(self, *, seconds: float = DEFAULT_SECONDS, batches=(1, 2, 4), log=None) -> float:
-        """Compiles the sampler for the default continuation length at each batch bucket (one
-        chunk each, then stops) and loads the renderers; returns the seconds it took."""
+    def warm_up(self, *, log=None) -> float:
+        """Compiles the sampler for every shape a request can ask for (each batch bucket of
+        1..MAX_VARIATIONS variations x each latents choice, at the one length every request
+        uses: ``WEB_LENGTH_BUCKET``; one chunk each, then stops) and loads the renderers, so no
+        request waits for a compilation. Returns the seconds it took."""
         from app.pipeline import Settings, continue_prime
 
         t0 = time.perf_counter()
-        for b in batches:
-            t = time.perf_counter()
-            settings = Settings(seconds=seconds, variations=b)
-            continue_prime(self.model, None, settings, callback=lambda info: True)
-            if log:
-                log(f"  sampler compiled for {b} variation{'s' if b > 1 else ''} "
-                    f"({time.perf_counter() - t:.1f} s)")  # fmt: skip
+        batches = sorted({1 << (v - 1).bit_length() for v in range(1, MAX_VARIATIONS + 1)})
+        for latents in self.latent_choices:
+            for b in batches:
+                t = time.perf_counter()
+                own = latents == self.num_latents
+                settings = Settings(variations=b, latents=None if own else latents)
+                continue_prime(self.model, None, settings, callback=lambda info: True,
+                               length_bucket=WEB_LENGTH_BUCKET)  # fmt: skip
+                if log:
+                    log(f"  sampler compiled for {b} variation{'s' if b > 1 else ''}, "
+                        f"{latents} latents ({time.perf_counter() - t:.1f} s)")  # fmt: skip
         folder = self.root / f"warm-{uuid.uuid4().hex[:8]}"
         folder.mkdir(parents=True, exist_ok=True)
         media.warm_up(folder)

@@ -357,6 +357,7 @@ def _generate(
     use_cache: bool = True,
     record_logits: bool = False,
     sounding_note_offs: bool = True,
+    length_bucket: int = 0,
 ):
     cfg = model.config
     prompt_list = _as_prompt_list(prompts)
@@ -391,7 +392,7 @@ def _generate(
     if max_new_tokens == 0:
         return [np.zeros((0,), np.int32) for _ in range(n_prompts)], None, None
 
-    bucket_g = _next_pow2(max_new_tokens, 64)
+    bucket_g = _next_pow2(max(max_new_tokens, int(length_bucket)), 64)
     plan = _Plan(
         max_len=cfg.max_len,
         window=window,
@@ -489,6 +490,7 @@ def sample(
     refill_headroom: int | None = None,
     use_cache: bool = True,
     sounding_note_offs: bool = True,
+    length_bucket: int = 0,
 ) -> list[np.ndarray]:
     """Continues every prompt; returns the new ids per prompt (request order).
 
@@ -518,6 +520,8 @@ def sample(
       sounding_note_offs: NOTE_OFF only for pitches that sound (in the prompt and what was
         generated), with the model's total NOTE_OFF probability kept (``end_sounding_only``).
         False samples the raw model.
+      length_bucket: compile for at least this many new tokens (a server passes its largest
+        budget, so every request runs the program compiled at start). Results do not depend on it.
 
     PAD and SOS are never sampled.
     """
@@ -537,6 +541,7 @@ def sample(
         refill_headroom=refill_headroom,
         use_cache=use_cache,
         sounding_note_offs=sounding_note_offs,
+        length_bucket=length_bucket,
     )
     return outputs
 

@@ -168,6 +168,39 @@ def test_listing_with_per_item_settings(short_prime, tiny_checkpoint, tmp_path, 
     assert rc == 2 and "unknown column 'temprature'" in cap.err and cap.err.count("\n") == 1
 
 
+def test_bad_rows_go_to_failed_while_the_good_row_finishes(
+    short_prime, tiny_checkpoint, tmp_path, capsys
+):
+    rows = [
+        {"prime": str(short_prime), "id": "good"},
+        {"prime": str(short_prime), "id": "latents", "latents": 17},  # the model has 16
+        {"prime": str(short_prime), "id": "range", "prime_range": "0:inf"},
+        {"prime": str(short_prime), "id": "tokens", "tokens": "inf"},  # inf in an int column
+        {"prime": str(short_prime), "id": "variations", "variations": 1e9},
+        {"prime": str(short_prime), "id": "seconds", "seconds": "nan"},
+        {"prime": str(short_prime), "id": "half", "top_k": 2.5},
+    ]
+    listing = tmp_path / "list.jsonl"
+    listing.write_text("".join(json.dumps(r) + "\n" for r in rows) + "{not json\n")
+    out = tmp_path / "out"
+    args = ["batch", listing, "--out", out, "--checkpoint", tiny_checkpoint, "--seconds", SECONDS]
+    rc, cap = _run(args, capsys)
+    assert rc == 0
+    assert [r["id"] for r in _manifest(out)] == ["good#v1"]
+    failed = {f["id"]: f["reason"] for f in map(json.loads, (out / "failed.jsonl").open())}
+    assert set(failed) == {"latents", "range", "tokens", "variations", "seconds", "half",
+                           f"{listing} line 8"}  # fmt: skip
+    assert "latents must be in 1..16" in failed["latents"]
+    assert "prime range end must be a finite number" in failed["range"]
+    assert "tokens must be a whole number" in failed["tokens"]
+    assert "variations must be in [1, 16]" in failed["variations"]
+    assert "seconds must be a finite number" in failed["seconds"]
+    assert "top-k must be a whole number" in failed["half"]
+    assert "not JSON" in failed[f"{listing} line 8"]
+    assert all("line" in reason for k, reason in failed.items() if k != "latents")
+    assert "1 done, 0 skipped (already in the manifest), 7 failed" in cap.out
+
+
 def test_resume_repairs_torn_lines_leftovers_and_missing_files(
     primes, tiny_checkpoint, tmp_path, capsys
 ):

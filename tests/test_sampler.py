@@ -310,6 +310,20 @@ def test_one_compilation_per_shape_bucket(random_tiny):
     assert sampler_lib._run_chunk._cache_size() == before
 
 
+def test_length_bucket_shares_one_program_and_changes_no_ids(random_tiny):
+    """A server compiles once for its longest budget; shorter requests run that program and
+    sample exactly the ids of their own (smaller) bucket."""
+    prompts = _prompts([4, 9])
+    kwargs = {"seed": 11, "stop_at_eos": False}
+    own = sample(random_tiny, prompts, max_new_tokens=40, **kwargs)  # bucket 64
+    sample(random_tiny, prompts, max_new_tokens=300, **kwargs)  # bucket 512: compiled here
+    before = sampler_lib._run_chunk._cache_size()
+    shared = sample(random_tiny, prompts, max_new_tokens=40, length_bucket=300, **kwargs)
+    assert sampler_lib._run_chunk._cache_size() == before
+    for x, y in zip(own, shared, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
 # -- NOTE_OFF only for sounding pitches -----------------------------------------------------------
 
 ON, OFF = vocab.NOTE_ON_FIRST_ID, vocab.NOTE_OFF_FIRST_ID

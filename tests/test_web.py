@@ -211,11 +211,18 @@ def test_window_and_settings(composer, session, tmp_path):
         (dict(window_start=1, window_end=9), "after the end of the piece"),
         (dict(window_start=3, window_end=2), "must end after it starts"),
         (dict(window_start=2, window_end=4), "contains no notes"),
-        (dict(variations=5), "variations must be 1..4"),
+        (dict(variations=5), r"variations must be in \[1, 4\]"),
+        (dict(variations=1e9), r"variations must be in \[1, 4\]"),
         (dict(seconds=0), "continuation length"),
+        (dict(seconds=121), r"continuation length \(seconds\) must be in \(0, 120\]"),
+        (dict(seconds=float("inf")), "must be a finite number"),
         (dict(top_p=0), "top-p"),
-        (dict(latents=99999), None),  # the model's own: fine
-        (dict(seed="x"), "seed must be a number"),
+        (dict(top_k=float("nan")), "top-k must be a whole number"),
+        (dict(latents=16), None),  # the model's own: fine
+        (dict(latents=4), None),  # a quarter of it: one of the compiled choices
+        (dict(latents=5), "latents must be one of 16, 8, 4"),
+        (dict(latents=99999), "latents must be one of 16, 8, 4"),
+        (dict(seed="x"), "seed must be a whole number"),
     ]
     for kw, message in bad:
         if message is None:
@@ -298,7 +305,9 @@ def test_app_command_options_and_one_line_errors(capsys):
     err = capsys.readouterr().err
     assert err == "error: /no/such/checkpoint: no such checkpoint\n"
     assert main(["app", "--max-concurrency", "0", "--checkpoint", "x"]) == 2
-    assert "--max-concurrency must be at least 1" in capsys.readouterr().err
+    assert "--max-concurrency must be in 1..64" in capsys.readouterr().err
+    assert main(["app", "--max-queue", "0", "--checkpoint", "x"]) == 2
+    assert "--max-queue must be in 1..1000" in capsys.readouterr().err
 
 
 def test_app_command_loads_warms_and_launches(tiny_checkpoint, monkeypatch, capsys):
@@ -337,11 +346,41 @@ def served(tiny_model, tmp_path_factory):
     from app.web import build_app, serve
 
     composer = Composer(tiny_model, root=tmp_path_factory.mktemp("served"))
+    composer.warm_up()  # as `perceiver-midi app` does before it serves
     demo = build_app(tiny_model, composer=composer)
-    url = serve(demo, host="127.0.0.1", port=None, max_concurrency=2, block=False)
+    url = serve(demo, host="127.0.0.1", port=None, max_concurrency=2, max_queue=32, block=False)
     yield url
     demo.close()
     composer.close()
+
+
+def test_the_queue_is_bounded(tiny_model, short_prime, tmp_path):
+    """Past --max-queue waiting requests, a request is refused at once; the others are served."""
+    from gradio_client import Client, handle_file
+    from gradio_client.utils import QueueError
+
+    from app.web import build_app, serve
+
+    composer = Composer(tiny_model, root=tmp_path / "root")
+    demo = build_app(tiny_model, composer=composer)
+    url = serve(demo, host="127.0.0.1", port=None, max_concurrency=1, max_queue=2, block=False)
+
+    def one(i: int) -> str:
+        client = Client(url, verbose=False, download_files=str(tmp_path / str(i)))
+        try:
+            client.predict(handle_file(str(short_prime)), seconds=60.0, seed=i,
+                           variations=4, api_name="/continue")  # fmt: skip
+        except QueueError:
+            return "refused"
+        return "served"
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(10) as pool:
+            outcomes = list(pool.map(one, range(10)))
+    finally:
+        demo.close()
+        composer.close()
+    assert "refused" in outcomes and "served" in outcomes, outcomes
 
 
 def test_continue_endpoint_answers_gradio_client(served, short_prime, tmp_path):
@@ -361,25 +400,77 @@ def test_continue_endpoint_answers_gradio_client(served, short_prime, tmp_path):
     bad.write_bytes(b"not midi at all")
     with pytest.raises(Exception, match="bad.mid: not a MIDI file"):
         client.predict(handle_file(str(bad)), seconds=SECONDS, api_name="/continue")
+    with pytest.raises(Exception, match="latents must be one of 16, 8, 4"):
+        client.predict(None, seconds=SECONDS, latents=5, api_name="/continue")
     audio, _, _ = client.predict(None, seconds=SECONDS, api_name="/continue")
     assert len(audio) == 1
 
 
-def test_twenty_concurrent_requests(served, short_prime, tmp_path):
+def test_twenty_concurrent_requests_same_files_as_one_by_one_and_no_compilation(
+    served, short_prime, tmp_path
+):
+    """Every shape a request can ask for (1-4 variations, each latents choice, any length up to
+    the maximum) was compiled at start: serving compiles nothing, and requests served 20 at
+    once give byte for byte the files of the same requests run one by one."""
+    import jax
     from gradio_client import Client, handle_file
 
-    def one(i: int) -> float:
-        client = Client(served, verbose=False, download_files=str(tmp_path / str(i)))
+    requests = [
+        dict(seed=i, variations=1 + i % 4, latents=(0, 8, 4)[i % 3],
+             seconds=(SECONDS, 120.0)[i == 7], temperature=(1.0, 0.7)[i % 2])
+        for i in range(20)
+    ]  # fmt: skip
+
+    def one(i: int, where: str) -> tuple[float, list[bytes]]:
+        client = Client(served, verbose=False, download_files=str(tmp_path / where / str(i)))
         t0 = time.perf_counter()
         audio, midi, info = client.predict(
-            handle_file(str(short_prime)), seconds=SECONDS, seed=i, api_name="/continue"
+            handle_file(str(short_prime)), **requests[i], api_name="/continue"
         )
-        assert len(audio) == 1 and len(midi) == 2 and info["variations"][0]["seed"] == i
-        return time.perf_counter() - t0
+        n = requests[i]["variations"]
+        assert len(audio) == n and len(midi) == 2 * n and info["variations"][0]["seed"] == i
+        return time.perf_counter() - t0, [open(m, "rb").read() for m in midi]
 
-    with concurrent.futures.ThreadPoolExecutor(20) as pool:
-        futures = [pool.submit(one, i) for i in range(20)]
-        latencies = sorted(f.result() for f in futures)  # re-raises any error
-    assert len(latencies) == 20
+    compiles = []
+
+    def listen(event, duration, **kw):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(20) as pool:
+            futures = [pool.submit(one, i, "together") for i in range(20)]
+            together = [f.result() for f in futures]  # re-raises any error
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert compiles == [], f"{len(compiles)} XLA compilations while serving"
+    alone = [one(i, "alone") for i in range(20)]
+    for i in range(20):
+        assert together[i][1] == alone[i][1], f"request {i}: other files when served together"
+    latencies = sorted(t for t, _ in together)
     p95 = latencies[int(0.95 * (len(latencies) - 1))]
     print(f"20 concurrent /continue: p50 {statistics.median(latencies):.2f} s, p95 {p95:.2f} s")
+
+
+def test_one_request_at_a_time_per_session(composer, session, short_prime):
+    """A second request of a session waits for the first (here: refuses after its timeout)."""
+    import threading
+
+    composer.load_upload(session, str(short_prime))
+    gen = composer.generate(session, GenerateRequest(seconds=SECONDS, seed=1))
+    assert isinstance(next(gen), Started)  # the generation holds the session now
+    with pytest.raises(UserError, match="still busy"):
+        with session.busy(timeout=0.05):
+            pass
+    order = []
+    undo = threading.Thread(target=lambda: order.append(composer.undo(session)))
+    undo.start()
+    undo.join(0.3)
+    assert undo.is_alive() and not order  # waiting, not interleaving
+    composer.stop(session)  # Stop does not need the session: it ends the generation
+    events = list(gen)
+    assert isinstance(events[-1], Done)
+    undo.join(30)
+    assert len(order) == 1 and order[0].empty  # undo ran after the generation
+    assert session.results and session.results[0].base.name == "short"

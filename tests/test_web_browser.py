@@ -72,7 +72,7 @@ def app_url(tmp_path_factory, tiny_checkpoint):
 
     model = load_model(os.environ.get("PERCEIVER_MIDI_BROWSER_CHECKPOINT") or tiny_checkpoint)
     composer = Composer(model, root=tmp_path_factory.mktemp("browser-app"))
-    composer.warm_up(batches=(2,))  # the page's defaults: 20 s, 2 variations
+    composer.warm_up()  # every shape a request can ask for, as `perceiver-midi app` does
     demo = build_app(model, composer=composer)
     url = serve(demo, host="127.0.0.1", port=None, max_concurrency=2, block=False)
     yield url
