@@ -580,6 +580,13 @@ def parse_args(argv):
     p.add_argument("--pieces", type=int, help=f"validation primes ({DEFAULT_PIECES})")
     p.add_argument("--seconds", type=float, help=f"continuation length ({CONTINUATION_S:g})")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="piece i uses seed + i (0)")
+    p.add_argument(
+        "--prime-start",
+        type=float,
+        default=PRIME_START_S,
+        help=f"the prime window starts here, in seconds, and ends at {SPLIT_S:g} "
+        f"(default {PRIME_START_S:g}; 0: the piece's own beginning, a long prime)",
+    )
     p.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="primes per sampler call")
     p.add_argument(
         "--quick",
@@ -607,6 +614,8 @@ def parse_args(argv):
         raise UserError(f"--batch must be at least 1, got {args.batch}")
     if args.seed < 0:
         raise UserError(f"--seed must be >= 0, got {args.seed}")
+    if not 0 <= args.prime_start < SPLIT_S:
+        raise UserError(f"--prime-start must be in [0, {SPLIT_S:g}), got {args.prime_start:g}")
     if not (pathlib.Path(args.maestro) / "maestro-v3.0.0.csv").exists():
         raise UserError(f"{args.maestro}: no maestro-v3.0.0.csv (pass --maestro)")
     return args
@@ -631,7 +640,7 @@ def run(args) -> dict:
 
     maestro = pathlib.Path(args.maestro)
     chosen = choose_pieces(maestro, args.pieces)
-    window = Window.range(PRIME_START_S, SPLIT_S)
+    window = Window.range(args.prime_start, SPLIT_S)
     settings = Settings(seconds=args.seconds, seed=args.seed, window=window)
     primes = [prime_ids(p["path"], window, name=p["name"]) for p in chosen]
     seeds = [args.seed + i for i in range(len(chosen))]
