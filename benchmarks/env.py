@@ -1,7 +1,9 @@
-"""Hardware and versions recorded with every benchmark result."""
+"""Hardware and versions recorded with every benchmark result, and how results are written."""
 
 import datetime
+import json
 import os
+import pathlib
 import platform
 from importlib import metadata
 
@@ -32,3 +34,16 @@ def environment() -> dict:
         "platform": platform.platform(),
         "versions": versions,
     }
+
+
+def write_json(path: str | os.PathLike, data: dict) -> None:
+    """``data`` as indented JSON at ``path``, atomically (temp file, then rename).
+
+    The file gets the ordinary mode (0666 less the umask: 0644 under umask 022), not the 0600 a
+    bare ``mkstemp`` gives, so results can be read by others and are committed as 0644.
+    """
+    from tokenizer import atomic_write_bytes
+
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, (json.dumps(data, indent=1) + "\n").encode())

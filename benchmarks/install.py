@@ -24,7 +24,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.env import environment  # noqa: E402
+from benchmarks.env import environment, write_json  # noqa: E402
 
 
 def _git(*args: str) -> str:
@@ -91,7 +91,7 @@ def main() -> None:
         "runs": runs,
     }
     out = pathlib.Path(args.out)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(out, result)
     for r in runs:
         print(f"{r['ref']:>12} {r['commit'][:8]}: {r['seconds']:7.1f} s, {r['packages']} packages")
     print(f"wrote {out}")

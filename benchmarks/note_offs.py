@@ -22,8 +22,6 @@ Writes ``benchmarks/results/note_offs.json`` (or ``--out``); MAESTRO-derived num
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import pathlib
 import sys
 import time
@@ -33,7 +31,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.env import environment  # noqa: E402
+from benchmarks.env import environment, write_json  # noqa: E402
 from tokenizer.constants import (  # noqa: E402
     NOTE_OFF_FIRST_ID,
     NOTE_ON_FIRST_ID,
@@ -222,11 +220,7 @@ def main(argv=None) -> int:
     result = run(args.checkpoint, pathlib.Path(args.data), args.pieces, args.tokens)
     result["note"] = args.note
     result["environment"] = environment()
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    os.replace(tmp, out)
+    write_json(args.out, result)
     print(f"NOTE_OFF targets: {result['note_off_targets']:,}")
     print(f"{'distance':>10} {'in latents':>18} {'cross-attn only':>18}   (count, NLL)")
     for row in result["by_distance"]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import csv
-import json
 import os
 import pathlib
 import statistics
@@ -26,7 +25,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.env import environment  # noqa: E402
+from benchmarks.env import environment, write_json  # noqa: E402
 from tokenizer import encode  # noqa: E402
 
 
@@ -114,9 +113,7 @@ def main() -> None:
         },
         "targets": {"speedup": 50, "all_maestro_seconds": 20},
     }
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(args.out, result)
     print(f"speedup vs note-seq (events/s): {ratio:.0f}x")
 
 
