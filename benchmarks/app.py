@@ -23,6 +23,9 @@ What is measured (results in ``benchmarks/results/app.json``, written atomically
     p50/p95/max, errors (must be 0), throughput. The server runs with ``--max-concurrency``
     (default 2).
 
+The result names the checkpoint the figures are for, read from its ``config.json``: folder
+name, path, training step, validation NLL and number of latents (``"checkpoint"``).
+
 With no shipped checkpoint (and no ``--checkpoint``) a random ``cpu``-preset model is used and
 the result says so: its speed per token is that of a trained one, but a random model takes far
 fewer tokens to fill 20 s of music than a trained one (about 40 tokens/s on MAESTRO), so the
@@ -33,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import json
 import os
 import pathlib
 import re
@@ -282,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
 
-    from benchmarks.env import environment
+    from benchmarks.env import environment, write_json
 
     env = environment()
     load_before = os.getloadavg()[0]
@@ -298,8 +300,21 @@ def main(argv: list[str] | None = None) -> int:
         ckpt, kind, meta = _checkpoint(args.checkpoint, tmp)
         from model.checkpoint import read_info
 
-        latents = int(read_info(ckpt)["config"]["num_latents"])  # the Latents slider's default
-        print(f"checkpoint: {ckpt} ({kind})", flush=True)
+        info = read_info(ckpt)
+        latents = int(info["config"]["num_latents"])  # the Latents slider's default
+        # Which model the figures are for, read from its config.json (never hard-coded).
+        checkpoint = {
+            "name": pathlib.Path(ckpt).resolve().name,
+            "path": ckpt,
+            "kind": kind,
+            "step": meta.get("step"),
+            "val_nll": meta.get("val_nll"),
+            "num_latents": latents,
+            "max_len": int(info["config"]["max_len"]),
+            "metadata": meta,
+        }
+        print(f"checkpoint: {ckpt} ({kind}, step {checkpoint['step']}, {latents} latents)",
+              flush=True)  # fmt: skip
         server = Server(ckpt, _free_port(), args.max_concurrency, tmp / "server.log")
         try:
             startup = server.wait_ready()
@@ -334,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     med1 = first_audio["1"]["median_s"]
     results = {
         "environment": env,
-        "checkpoint": {"path": ckpt, "kind": kind, "metadata": meta},
+        "checkpoint": checkpoint,
         "server": {"startup_s": startup, "max_concurrency": args.max_concurrency},
         "click_to_first_audio": {
             "seconds": args.seconds,
@@ -348,14 +363,11 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_1m": {"before": load_before, "after": os.getloadavg()[0]},
         "note": args.note,
     }
-    from tokenizer import atomic_write_bytes
-
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out, (json.dumps(results, indent=1) + "\n").encode())
-    print(f"wrote {out}")
+    write_json(args.out, results)
+    print(f"wrote {args.out}")
     print(f"click to first audio ({args.seconds:g} s, 1 variation): {med1} s "
-          f"(target {TARGET_FIRST_AUDIO_S:g} s)")  # fmt: skip
+          f"(target {TARGET_FIRST_AUDIO_S:g} s; checkpoint {checkpoint['name']} at step "
+          f"{checkpoint['step']}, {checkpoint['num_latents']} latents)")  # fmt: skip
     return 0 if load["errors"] == 0 and med1 is not None else 1
 
 
