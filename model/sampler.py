@@ -25,11 +25,18 @@ and every kept token), with the model's total NOTE_OFF probability kept
 (``end_sounding_only``); this stops the note pile-up of a model that spreads its note ends over
 silent keys.
 
+``max_note_seconds`` bounds how long a note sounds: a note sounding for that long gets its
+NOTE_OFF before time moves further. The loop keeps per pitch the music time at which it started
+sounding (from the prompt and every kept token; ``sounding_onsets``); while any sounding pitch is
+that old, only the NOTE_OFFs of such pitches may be sampled, in the model's proportions
+(``end_overlong_notes``). A note therefore lasts less than the limit plus one TIME_SHIFT.
+
 The whole loop (fills, steps, sampling, stopping) is one ``jax.jit`` function built from
 ``lax.while_loop``/``lax.cond``; it is compiled once per (model, batch bucket, length bucket,
 num_latents, headroom) and reused: batch sizes are padded to powers of two and
 ``max_new_tokens`` to a power of two (>= 64); sampling settings are traced values, so changing
-temperature, top-k, top-p, seed, budgets or chunking never recompiles.
+temperature, top-k, top-p, seed, budgets, the note-length limit or chunking never
+recompiles.
 
 Determinism: prompt i of a request draws from ``key(seed + i)`` (or ``key(seeds[i])``) folded with
 the step number, and sees only its own tokens, so the same seeds and settings give the same ids
@@ -107,6 +114,7 @@ class _Settings(NamedTuple):
     stop_at_eos: jax.Array  # [] bool
     max_time: jax.Array  # [B] i32 budget in 10 ms steps
     sounding_offs: jax.Array  # [] bool: NOTE_OFF only for sounding pitches (see end_sounding_only)
+    max_note: jax.Array  # [] i32 longest note in 10 ms steps (_NO_TIME_LIMIT = no limit)
 
 
 class _Carry(NamedTuple):
@@ -117,6 +125,8 @@ class _Carry(NamedTuple):
     n_out: jax.Array  # [B] i32 tokens kept
     time: jax.Array  # [B] i32 music time in 10 ms steps
     sounding: jax.Array  # [B, 128] i32 notes sounding per pitch (prompt + kept tokens)
+    onset: jax.Array  # [B, 128] i32 time its oldest sounding note started (where sounding)
+    latest: jax.Array  # [B, 128] i32 time of its latest NOTE_ON (where sounding)
     logits: jax.Array  # [B, G, V] f32 when recording, else [0]
 
 
@@ -144,22 +154,38 @@ def end_sounding_only(logits_BxV: jax.Array, sounding_BxP: jax.Array) -> jax.Arr
     return jax.lax.dynamic_update_slice_in_dim(logits_BxV, new_off_BxP, NOTE_OFF_FIRST_ID, axis=1)
 
 
-def _choose_tokens(
-    logits_BxV: jax.Array, g: jax.Array, s: _Settings, sounding_BxP: jax.Array
-) -> jax.Array:
-    """Note-off correction, temperature, top-k, top-p, then a draw with key fold_in(key_b, g)."""
+def end_overlong_notes(logits_BxV: jax.Array, overlong_BxP: jax.Array) -> jax.Array:
+    """In a row where some pitch has sounded too long, only the NOTE_OFFs of such pitches stay.
+
+    Everything else becomes -inf; those NOTE_OFFs keep the model's relative probabilities (a
+    logit of -inf is raised to -1e30, so a row always has a token to draw). Rows without an
+    over-long note are returned unchanged, bit for bit.
+    """
+    off_BxP = logits_BxV[:, NOTE_OFF_FIRST_ID : NOTE_OFF_FIRST_ID + NUM_PITCHES]
+    forced_BxP = jnp.where(overlong_BxP, jnp.maximum(off_BxP, -1e30), -jnp.inf)
+    forced_BxV = jax.lax.dynamic_update_slice_in_dim(
+        jnp.full_like(logits_BxV, -jnp.inf), forced_BxP, NOTE_OFF_FIRST_ID, axis=1
+    )
+    any_B1 = jnp.any(overlong_BxP, axis=-1, keepdims=True)
+    return jnp.where(any_B1, forced_BxV, logits_BxV)
+
+
+def _choose_tokens(logits_BxV: jax.Array, c: _Carry, s: _Settings) -> jax.Array:
+    """Note-off corrections, temperature, top-k, top-p, then a draw with key fold_in(key_b, g)."""
     vocab = logits_BxV.shape[-1]
     ids_V = jnp.arange(vocab)
     banned_V = (ids_V == PAD_ID) | (ids_V == SOS_ID) | ((ids_V == EOS_ID) & ~s.stop_at_eos)
     logits_BxV = jnp.where(banned_V[None], -jnp.inf, logits_BxV.astype(jnp.float32))
-    logits_BxV = jnp.where(s.sounding_offs, end_sounding_only(logits_BxV, sounding_BxP), logits_BxV)
+    logits_BxV = jnp.where(s.sounding_offs, end_sounding_only(logits_BxV, c.sounding), logits_BxV)
+    overlong_BxP = (c.sounding > 0) & (c.time[:, None] - c.onset >= s.max_note)
+    logits_BxV = end_overlong_notes(logits_BxV, overlong_BxP)
     greedy_B = jnp.argmax(logits_BxV, axis=-1)
 
     x_BxV = logits_BxV / jnp.maximum(s.temperature, 1e-6)
     x_BxV = jax.lax.cond(
         (s.top_k > 0) | (s.top_p < 1.0), functools.partial(_top_k_top_p, s=s), lambda x: x, x_BxV
     )
-    step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(s.keys, g)
+    step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(s.keys, c.g)
     sampled_B = jax.vmap(jax.random.categorical)(step_keys, x_BxV)
     return jnp.where(s.temperature > 0, sampled_B, greedy_B).astype(jnp.int32)
 
@@ -182,7 +208,7 @@ def _top_k_top_p(x_BxV: jax.Array, s: _Settings) -> jax.Array:
 
 
 def _advance(c: _Carry, cache, logits_BxV, s: _Settings, plan: _Plan) -> _Carry:
-    tok_B = _choose_tokens(logits_BxV, c.g, s, c.sounding)
+    tok_B = _choose_tokens(logits_BxV, c, s)
     tokens = jax.lax.dynamic_update_slice(c.tokens, tok_B[:, None], (0, plan.window + c.g))
     is_eos_B = (tok_B == EOS_ID) & s.stop_at_eos
     keep_B = ~c.done & ~is_eos_B
@@ -190,6 +216,7 @@ def _advance(c: _Carry, cache, logits_BxV, s: _Settings, plan: _Plan) -> _Carry:
     shift_B = jnp.where(is_shift_B & keep_B, tok_B - TIME_SHIFT_FIRST_ID + 1, 0)
     time_B = c.time + shift_B
     sounding = _update_sounding(c.sounding, tok_B, keep_B)
+    onset, latest = _update_onsets(c, sounding, tok_B, keep_B)
     logits = c.logits
     if plan.record_logits:
         logits = jax.lax.dynamic_update_slice(logits, logits_BxV[:, None], (0, c.g, 0))
@@ -201,6 +228,8 @@ def _advance(c: _Carry, cache, logits_BxV, s: _Settings, plan: _Plan) -> _Carry:
         n_out=c.n_out + keep_B.astype(jnp.int32),
         time=time_B,
         sounding=sounding,
+        onset=onset,
+        latest=latest,
         logits=logits,
     )
 
@@ -211,6 +240,23 @@ def _update_sounding(sounding_BxP: jax.Array, tok_B: jax.Array, keep_B: jax.Arra
     on_BxP = (tok_B[:, None] - NOTE_ON_FIRST_ID == pitch_P) & keep_B[:, None]
     off_BxP = (tok_B[:, None] - NOTE_OFF_FIRST_ID == pitch_P) & keep_B[:, None]
     return jnp.maximum(sounding_BxP + on_BxP - off_BxP, 0).astype(jnp.int32)
+
+
+def _update_onsets(c: _Carry, sounding_BxP, tok_B, keep_B) -> tuple[jax.Array, jax.Array]:
+    """Onsets per pitch after a kept token (at the current time ``c.time``; notes take no time).
+
+    A NOTE_ON sets the pitch's latest onset, and its onset if the pitch was silent. A NOTE_OFF
+    that leaves notes of the pitch sounding moves its onset to the latest NOTE_ON's (decoding
+    ends the oldest note first; exact for up to two overlapping notes of one pitch).
+    """
+    pitch_P = jnp.arange(NUM_PITCHES)
+    on_BxP = (tok_B[:, None] - NOTE_ON_FIRST_ID == pitch_P) & keep_B[:, None]
+    off_BxP = (tok_B[:, None] - NOTE_OFF_FIRST_ID == pitch_P) & keep_B[:, None]
+    now_Bx1 = c.time[:, None]
+    latest = jnp.where(on_BxP, now_Bx1, c.latest)
+    onset = jnp.where(on_BxP & (c.sounding == 0), now_Bx1, c.onset)
+    onset = jnp.where(off_BxP & (sounding_BxP > 0), latest, onset)
+    return onset, latest
 
 
 def sounding_pitches(ids: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:
@@ -229,8 +275,47 @@ def sounding_pitches(ids: np.ndarray, start: np.ndarray | None = None) -> np.nda
     return counts.astype(np.int32)
 
 
+def sounding_onsets(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int32 [128] x 2: per pitch sounding after ``ids``, the music time (10 ms steps, relative
+    to the end of ``ids``: <= 0) at which it started sounding, and that of its latest NOTE_ON;
+    0 for silent pitches. The same rules as the sampler's running state (``_update_onsets``);
+    time is the sum of the TIME_SHIFTs."""
+    ids = np.asarray(ids, np.int64)
+    counts = np.zeros(NUM_PITCHES, np.int64)
+    onset = np.zeros(NUM_PITCHES, np.int64)
+    latest = np.zeros(NUM_PITCHES, np.int64)
+    is_on = (ids >= NOTE_ON_FIRST_ID) & (ids < NOTE_ON_FIRST_ID + NUM_PITCHES)
+    is_off = (ids >= NOTE_OFF_FIRST_ID) & (ids < NOTE_OFF_FIRST_ID + NUM_PITCHES)
+    is_shift = (ids >= TIME_SHIFT_FIRST_ID) & (ids <= TIME_SHIFT_LAST_ID)
+    steps = np.where(is_shift, ids - TIME_SHIFT_FIRST_ID + 1, 0)
+    time_before = np.cumsum(steps) - steps  # a note event happens at the time before it
+    events = np.nonzero(is_on | is_off)[0]
+    for tok, on, t in zip(
+        ids[events].tolist(), is_on[events].tolist(), time_before[events].tolist(), strict=True
+    ):
+        if on:
+            p = tok - NOTE_ON_FIRST_ID
+            if counts[p] == 0:
+                onset[p] = t
+            latest[p] = t
+            counts[p] += 1
+        else:
+            p = tok - NOTE_OFF_FIRST_ID
+            counts[p] = max(0, counts[p] - 1)
+            if counts[p] > 0:
+                onset[p] = latest[p]
+    end = int(steps.sum())
+    sounding = counts > 0
+    return (
+        np.where(sounding, onset - end, 0).astype(np.int32),
+        np.where(sounding, latest - end, 0).astype(np.int32),
+    )
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _init_carry(graphdef, plan: _Plan, params, tokens_BxS, done_B, sounding_BxP) -> _Carry:
+def _init_carry(
+    graphdef, plan: _Plan, params, tokens_BxS, done_B, sounding_BxP, onset_BxP, latest_BxP
+) -> _Carry:
     model = nnx.merge(graphdef, params)
     b, s = tokens_BxS.shape
     if plan.uncached:
@@ -244,7 +329,9 @@ def _init_carry(graphdef, plan: _Plan, params, tokens_BxS, done_B, sounding_BxP)
         logits = jnp.zeros((0,), jnp.float32)
     zero_b = jnp.zeros((b,), jnp.int32)
     g = jnp.zeros((), jnp.int32)
-    return _Carry(tokens_BxS, cache, g, done_B, zero_b, zero_b, sounding_BxP, logits)
+    return _Carry(
+        tokens_BxS, cache, g, done_B, zero_b, zero_b, sounding_BxP, onset_BxP, latest_BxP, logits
+    )
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(3,))
@@ -357,6 +444,7 @@ def _generate(
     use_cache: bool = True,
     record_logits: bool = False,
     sounding_note_offs: bool = True,
+    max_note_seconds: float | None = None,
     length_bucket: int = 0,
 ):
     cfg = model.config
@@ -375,6 +463,8 @@ def _generate(
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if max_seconds is not None and max_seconds <= 0:
         raise ValueError(f"max_seconds must be > 0, got {max_seconds}")
+    if max_note_seconds is not None and not 0 < max_note_seconds < np.inf:
+        raise ValueError(f"max_note_seconds must be > 0 and finite, got {max_note_seconds}")
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     mc = cfg.num_latents if num_latents is None else int(num_latents)
@@ -386,8 +476,10 @@ def _generate(
     window = cfg.max_len - headroom
     windows = [_prompt_window_ids(p, i, cfg.vocab_size, window) for i, p in enumerate(prompt_list)]
     sounding = np.zeros((_next_pow2(n_prompts), NUM_PITCHES), np.int32)
+    onset, latest = np.zeros_like(sounding), np.zeros_like(sounding)
     for i, p in enumerate(prompt_list):  # the whole prompt: a note may outlast the window
         sounding[i] = sounding_pitches(p)
+        onset[i], latest[i] = sounding_onsets(p)
     seeds = _per_prompt_seeds(seed, n_prompts)
     if max_new_tokens == 0:
         return [np.zeros((0,), np.int32) for _ in range(n_prompts)], None, None
@@ -416,6 +508,9 @@ def _generate(
     max_time = _NO_TIME_LIMIT
     if max_seconds is not None:
         max_time = max(1, int(round(max_seconds * STEPS_PER_SECOND)))
+    max_note = _NO_TIME_LIMIT
+    if max_note_seconds is not None:
+        max_note = int(np.clip(round(max_note_seconds * STEPS_PER_SECOND), 1, _NO_TIME_LIMIT))
     settings = _Settings(
         keys=keys,
         temperature=jnp.float32(temperature),
@@ -424,11 +519,19 @@ def _generate(
         stop_at_eos=jnp.bool_(stop_at_eos),
         max_time=jnp.full((plan.batch,), max_time, jnp.int32),
         sounding_offs=jnp.bool_(sounding_note_offs),
+        max_note=jnp.int32(max_note),
     )
 
     graphdef, params = nnx.split(model)
     carry = _init_carry(
-        graphdef, plan, params, jnp.asarray(tokens), jnp.asarray(done), jnp.asarray(sounding)
+        graphdef,
+        plan,
+        params,
+        jnp.asarray(tokens),
+        jnp.asarray(done),
+        jnp.asarray(sounding),
+        jnp.asarray(onset),
+        jnp.asarray(latest),
     )
     if callback is not None and chunk_size is None:
         chunk_size = DEFAULT_CHUNK_WITH_CALLBACK
@@ -490,6 +593,7 @@ def sample(
     refill_headroom: int | None = None,
     use_cache: bool = True,
     sounding_note_offs: bool = True,
+    max_note_seconds: float | None = None,
     length_bucket: int = 0,
 ) -> list[np.ndarray]:
     """Continues every prompt; returns the new ids per prompt (request order).
@@ -520,6 +624,10 @@ def sample(
       sounding_note_offs: NOTE_OFF only for pitches that sound (in the prompt and what was
         generated), with the model's total NOTE_OFF probability kept (``end_sounding_only``).
         False samples the raw model.
+      max_note_seconds: longest note (None = no limit): once a pitch has sounded this long
+        (counting from its NOTE_ON, in the prompt or generated), only NOTE_OFFs of such pitches
+        may be sampled, in the model's proportions, before time moves further
+        (``end_overlong_notes``). A traced value: changing it never recompiles.
       length_bucket: compile for at least this many new tokens (a server passes its largest
         budget, so every request runs the program compiled at start). Results do not depend on it.
 
@@ -541,6 +649,7 @@ def sample(
         refill_headroom=refill_headroom,
         use_cache=use_cache,
         sounding_note_offs=sounding_note_offs,
+        max_note_seconds=max_note_seconds,
         length_bucket=length_bucket,
     )
     return outputs

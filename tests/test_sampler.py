@@ -227,6 +227,9 @@ def test_invalid_requests_raise_clear_errors():
         sample(model, [np.array([5])], max_new_tokens=-1)
     with pytest.raises(ValueError, match="seeds"):
         sample(model, [np.array([5])], max_new_tokens=2, seed=[1, 2])
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="max_note_seconds"):
+            sample(model, [np.array([5])], max_new_tokens=2, max_note_seconds=bad)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,6 +310,8 @@ def test_one_compilation_per_shape_bucket(random_tiny):
         chunk_size=16,
         max_seconds=3.0,
     )
+    sample(random_tiny, _prompts([4, 8, 5]), max_note_seconds=0.5, **kwargs)
+    sample(random_tiny, _prompts([6, 2, 9]), max_note_seconds=7.0, **kwargs)
     assert sampler_lib._run_chunk._cache_size() == before
 
 
@@ -426,3 +431,137 @@ def test_random_model_never_ends_a_silent_note(random_tiny):
             elif ON <= tok < ON + 128:
                 counts[tok - ON] += 1
     assert n_offs > 5
+
+
+# -- the longest note (max_note_seconds) ----------------------------------------------------------
+
+SECOND_SHIFT = vocab.TIME_SHIFT_LAST_ID  # 100 steps = 1 s
+
+
+class NeverEnds(RuleModel):
+    """Fake logits that never want a note to end: after a NOTE_ON the 0.5 s shift, after anything
+    else a NOTE_ON of pitch 40 + (model calls % 48); every NOTE_OFF has logit 0 against 100, the
+    rest -1e9. Without a limit every note sounds to the end."""
+
+    def _next(self, cache, last_B):
+        b = last_B.shape[0]
+        is_on_B = (last_B >= ON) & (last_B < ON + 128)
+        target_B = jnp.where(is_on_B, HALF_SECOND_SHIFT, ON + 40 + cache.calls % 48)
+        logits = jnp.full((b, TINY.vocab_size), -1e9, jnp.float32)
+        logits = logits.at[:, OFF : OFF + 128].set(0.0)
+        return logits.at[jnp.arange(b), target_B].set(100.0)
+
+    def refill(self, cache, latent_tokens_BxF, *, window):
+        del window
+        return self._next(cache, latent_tokens_BxF[:, -1]), cache._replace(calls=cache.calls + 1)
+
+    def decode_step(self, cache, token_B):
+        return self._next(cache, token_B), cache._replace(calls=cache.calls + 1)
+
+
+def _durations(ids):
+    from tokenizer import decode_notes
+
+    return np.array([n.end - n.start for n in decode_notes(np.asarray(ids))])
+
+
+@pytest.mark.parametrize("limit", [2.0, 3.3])
+def test_max_note_seconds_ends_every_note_in_time(limit):
+    prompts = [np.zeros(0, np.int32), np.array([ON + 30], np.int32)]
+    kwargs = {"max_new_tokens": 200, "max_seconds": 20.0, "stop_at_eos": False, "seed": 1}
+    free = sample(NeverEnds(), prompts, **kwargs)
+    held = sample(NeverEnds(), prompts, max_note_seconds=limit, **kwargs)
+    for prompt, f, h in zip(prompts, free, held, strict=True):
+        assert not np.isin(f, np.arange(OFF, OFF + 128)).any()  # the model alone ends nothing
+        assert _durations(np.concatenate([prompt, f])).max() >= 19.5  # its notes run to the end
+        d = _durations(np.concatenate([prompt, h]))
+        assert d.max() <= limit + 0.5 + 1e-9  # the limit plus at most one (0.5 s) shift
+        assert (d >= limit - 1e-9).sum() >= 10  # ended by the limit, not by the model
+
+
+def test_max_note_seconds_off_is_bit_identical(random_tiny):
+    prompts = _prompts([4, 40, 90])
+    kwargs = {"max_new_tokens": 150, "seed": 7, "stop_at_eos": False, "top_p": 0.95}
+    default = sample(random_tiny, prompts, **kwargs)
+    for limit in (None, 1e5):  # off, and a limit no note reaches: the same ids
+        outs = sample(random_tiny, prompts, max_note_seconds=limit, **kwargs)
+        for x, y in zip(default, outs, strict=True):
+            np.testing.assert_array_equal(x, y)
+    short = sample(random_tiny, prompts, max_note_seconds=0.3, **kwargs)
+    assert any(not np.array_equal(x, y) for x, y in zip(default, short, strict=True))
+
+
+def test_max_note_seconds_holds_on_every_token(random_tiny):
+    """Wherever a sounding note (prompt or generated) has reached the limit, the next token is
+    the NOTE_OFF of such a note; the loop's running onsets match ``sounding_onsets``."""
+    limit_steps = 40  # 0.4 s
+    prompts = _prompts([4, 40, 90], seed=3)
+    outs = sample(
+        random_tiny, prompts, max_new_tokens=150, seed=2, stop_at_eos=False, max_note_seconds=0.4
+    )
+    forced = 0
+    for prompt, out in zip(prompts, outs, strict=True):
+        for k, tok in enumerate(out.tolist()):
+            seq = np.concatenate([prompt, out[:k]])
+            counts = sampler_lib.sounding_pitches(seq)
+            onset, _ = sampler_lib.sounding_onsets(seq)
+            old = np.nonzero((counts > 0) & (-onset >= limit_steps))[0]
+            if old.size:
+                forced += 1
+                assert tok - OFF in old.tolist()
+    assert forced > 5
+
+
+def test_max_note_seconds_counts_prompt_notes():
+    """A prompt note that started 3 s before the prompt's end (outside the model's window of 56
+    tokens) ends first with a 2 s limit; one that started 1 s before does not."""
+    filler = [ON + 70, OFF + 70] * 40
+    old = np.array([ON + 60, SECOND_SHIFT, SECOND_SHIFT, SECOND_SHIFT, *filler], np.int32)
+    young = np.array([ON + 60, SECOND_SHIFT, *filler], np.int32)
+    two_old = np.array([ON + 60, ON + 64, SECOND_SHIFT, SECOND_SHIFT, ON + 50], np.int32)
+    outs = sample(NeverEnds(), [old, young, two_old], max_new_tokens=8, max_note_seconds=2.0)
+    assert outs[0][0] == OFF + 60
+    assert OFF + 60 not in outs[1][:2] and outs[1][0] != OFF + 60
+    assert sorted(outs[2][:2].tolist()) == [OFF + 60, OFF + 64]  # both, before anything else
+    assert outs[2][2] != OFF + 50  # the young note is not ended
+
+
+def test_end_overlong_notes_keeps_note_off_proportions():
+    rng = np.random.default_rng(1)
+    logits_BxV = jnp.asarray(rng.normal(size=(2, vocab.VOCAB_SIZE)) * 2, jnp.float32)
+    overlong_BxP = np.zeros((2, 128), bool)
+    overlong_BxP[0, [60, 64, 67]] = True
+    out = np.asarray(sampler_lib.end_overlong_notes(logits_BxV, jnp.asarray(overlong_BxP)))
+    np.testing.assert_array_equal(out[1], np.asarray(logits_BxV[1]))  # no over-long note
+    p_in = np.asarray(jax.nn.softmax(logits_BxV[0]))
+    p_out = np.asarray(jax.nn.softmax(out[0]))
+    keep = OFF + np.array([60, 64, 67])
+    assert np.all(np.delete(p_out, keep) == 0)
+    np.testing.assert_allclose(p_out[keep], p_in[keep] / p_in[keep].sum(), rtol=1e-5)
+    greedy = sample(NeverEnds(), [np.array([ON + 60, SECOND_SHIFT, SECOND_SHIFT])],
+                    max_new_tokens=1, temperature=0.0, max_note_seconds=1.0)  # fmt: skip
+    assert greedy[0][0] == OFF + 60
+
+
+@pytest.mark.parametrize(
+    "ids, onsets",
+    [
+        ([], {}),
+        ([ON + 60], {60: (0, 0)}),
+        ([ON + 60, SECOND_SHIFT], {60: (-100, -100)}),
+        ([ON + 60, SECOND_SHIFT, ON + 64, 308], {60: (-150, -150), 64: (-50, -50)}),
+        ([ON + 60, SECOND_SHIFT, OFF + 60], {}),  # ended: silent
+        ([ON + 60, SECOND_SHIFT, ON + 60, 308], {60: (-150, -50)}),  # two notes of one pitch
+        # the oldest of two ends: the onset moves to the other's
+        ([ON + 60, SECOND_SHIFT, ON + 60, SECOND_SHIFT, OFF + 60, 308], {60: (-150, -150)}),
+        ([OFF + 60, SECOND_SHIFT, ON + 60, 259], {60: (-1, -1)}),  # an unmatched NOTE_OFF
+        ([2, 370, ON + 0, ON + 127, 259, 260], {0: (-3, -3), 127: (-3, -3)}),
+    ],
+)
+def test_sounding_onsets_table(ids, onsets):
+    expected = np.zeros((2, 128), np.int32)
+    for p, (onset, latest) in onsets.items():
+        expected[:, p] = onset, latest
+    got = sampler_lib.sounding_onsets(np.array(ids, np.int64))
+    np.testing.assert_array_equal(np.stack(got), expected)
+    assert all(a.dtype == np.int32 for a in got)
