@@ -100,7 +100,7 @@ PRESETS: dict[str, Config] = {
         cross_attend_dropout=0.0,
         max_wavelength=10_000.0,
     ),
-    # What we can train and sample on 2 CPU cores (measured, see benchmarks/README.md): a
+    # What we can train and sample on 2 CPU cores (speed: benchmarks/results/model.json): a
     # 4096-token context, 256 latents, 4.0 M parameters, narrow (128-wide) cross-attention
     # keys/values so a sequence's decoding caches stay at 6 MiB (4 MiB inputs + 2 MiB latents).
     "cpu": Config(

@@ -74,8 +74,9 @@ def dot_product_attention(q_xQxK: jax.Array, k_xTxK: jax.Array, v_xTxK: jax.Arra
 def per_sequence_attention(q_BxHxQxK, k_BxHxTxK, v_BxHxTxK, mask_Bx1xQxT) -> jax.Array:
     """``dot_product_attention`` one sequence at a time (a ``lax.map`` over the batch).
 
-    Same result; for many queries over a long cache this keeps each score matrix cache-sized,
-    which is ~3x faster on CPU than one batched [B, H, Q, T] computation.
+    Same result; for many queries over a long cache this keeps each score matrix cache-sized: at
+    the latent refill's shape (batch 16) ~1.8x faster on CPU than one batched [B, H, Q, T]
+    computation (``benchmarks/kernels.py``: ``refill_cross_attention`` in its results).
     """
 
     def one(args):
@@ -133,8 +134,9 @@ def _activation(name: str, x: jax.Array) -> jax.Array:
 def keep_mask(rng: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
     """Boolean mask, True with probability ``1 - rate`` (rate rounded to a multiple of 1/256).
 
-    One random byte per element (four per 32-bit draw): ~15x cheaper on CPU than
-    ``jax.random.bernoulli``, which matters for dropout over every activation.
+    One random byte per element (four per 32-bit draw): ~5x cheaper on CPU than
+    ``jax.random.bernoulli`` (``benchmarks/kernels.py``: ``dropout_mask`` in its results), which
+    matters for dropout over every activation.
     """
     size = math.prod(shape)
     words = jax.random.bits(rng, ((size + 3) // 4,), jnp.uint32)
@@ -156,7 +158,7 @@ def _split_heads(x_BxTxF: jax.Array, heads: int) -> jax.Array:
 
 def _fold_heads(x_BxHxTxK: jax.Array) -> jax.Array:
     """[B, H, T, K] -> [B*H, T, K]: the decoding caches' layout (no size-1 axes when B == 1, which
-    would make XLA copy the caches at every step)."""
+    can make XLA copy the caches at every step; not measured by a benchmark)."""
     b, h, t, k = x_BxHxTxK.shape
     return x_BxHxTxK.reshape(b * h, t, k)
 
