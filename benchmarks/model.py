@@ -313,7 +313,8 @@ def _training_beside() -> list[str]:
         ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return []
-    return [line[:200] for line in out.splitlines() if line.strip()]
+    me = str(os.getpid())  # our own command line may mention it (--note)
+    return [line[:200] for line in out.splitlines() if line.strip() and line.split()[0] != me]
 
 
 def main(argv=None) -> int:
