@@ -78,6 +78,7 @@ ROW_KEYS = (
     "top_k",
     "top_p",
     "latents",
+    "max_note_seconds",
     "prime_seconds",
     "prime_tokens",
     "prime_range",
@@ -131,7 +132,7 @@ def _row_settings(row: dict[str, Any], defaults: Settings, where: str) -> Settin
     seconds, tokens = value("seconds"), value("tokens")
     if seconds is not None or tokens is not None:
         changes.update(seconds=seconds, tokens=tokens)
-    for key in ("temperature", "top_k", "top_p", "latents", "variations"):
+    for key in ("temperature", "top_k", "top_p", "latents", "variations", "max_note_seconds"):
         if (v := value(key)) is not None:
             changes[key] = v
     try:
@@ -490,7 +491,8 @@ def _locked(out_dir: pathlib.Path):
 
 
 def _mismatch(old: dict, new: dict) -> str | None:
-    """The first field (seed, window, settings, checkpoint) in which two records differ."""
+    """The first field (seed, window, settings, checkpoint) in which two records differ. A
+    setting missing from an older record counts as None (its default then and now)."""
     pairs = {
         "seed": (old.get("seed"), new["seed"]),
         "window": (old.get("window"), new["window"]),
@@ -504,7 +506,9 @@ def _mismatch(old: dict, new: dict) -> str | None:
         if a == b:
             continue
         if isinstance(a, dict) and isinstance(b, dict):
-            key = next(k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+            key = next((k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)), None)
+            if key is None:
+                continue
             field, a, b = f"{field}.{key}", a.get(key), b.get(key)
         return f"{field} ({json.dumps(a)} then, {json.dumps(b)} now)"
     return None

@@ -17,6 +17,7 @@ from app.errors import UserError
 from app.pipeline import (
     DEFAULT_PRIME_SECONDS,
     DEFAULT_SECONDS,
+    MAX_NOTE_SECONDS,
     MAX_SECONDS,
     MAX_TOKENS,
     MAX_VARIATIONS,
@@ -89,6 +90,13 @@ def _add_sampling(p: argparse.ArgumentParser, *, batch: bool = False) -> None:
     )
     g.add_argument(
         "--ignore-eos", action="store_true", help="never stop early at EOS: fill the budget"
+    )
+    g.add_argument(
+        "--max-note-seconds",
+        type=float,
+        metavar="S",
+        help="longest note: a note sounding S seconds is ended before time moves on "
+        f"(default: no limit; at most {MAX_NOTE_SECONDS:g})",
     )
     g.add_argument(
         "--checkpoint", metavar="DIR", help="model checkpoint (default: checkpoints/maestro-cpu)"
@@ -179,6 +187,7 @@ def settings_from_args(args: argparse.Namespace, *, window: bool = True):
         latents=args.latents,
         window=win,
         stop_at_eos=not args.ignore_eos,
+        max_note_seconds=args.max_note_seconds,
     )
 
 
@@ -473,9 +482,9 @@ def add_commands(sub) -> None:
             "Continue every prime of PRIMES (a folder of MIDI files, or a CSV/JSONL listing with "
             "a 'prime' column, paths relative to the listing, and optional per-prime columns: id, "
             "seed, variations, seconds, tokens, temperature, top_k, top_p, latents, "
-            "prime_seconds, prime_tokens, prime_range) into DIR, with one line per output in "
-            "DIR/manifest.jsonl and failures in DIR/failed.jsonl. Item seeds derive from --seed "
-            "and the prime's identity. Re-running skips finished items."
+            "max_note_seconds, prime_seconds, prime_tokens, prime_range) into DIR, with one line "
+            "per output in DIR/manifest.jsonl and failures in DIR/failed.jsonl. Item seeds derive "
+            "from --seed and the prime's identity. Re-running skips finished items."
         ),
     )
     p.add_argument("primes", metavar="PRIMES")

@@ -54,6 +54,7 @@ MAX_SEED = 2**32 - 1
 # The bounds of every request, on every surface (CLI, batch rows, web app, /continue API). A value
 # past one is refused with one line before any work starts.
 MAX_SECONDS = 600.0  # music time of one continuation
+MAX_NOTE_SECONDS = MAX_SECONDS  # the longest-note limit (max_note_seconds)
 MAX_TOKENS = 2**17  # token budget of one continuation (MAX_SECONDS at MAX_TOKENS_PER_SECOND fits)
 MAX_VARIATIONS = 16  # continuations of one prime
 MAX_TOP_K = C.VOCAB_SIZE
@@ -224,6 +225,8 @@ class Settings:
     temperature (0 = greedy), top_k (0 = off), top_p (1 = off): the sampling controls.
     latents: latents used while sampling (None: the model's own); the test-time compute knob.
     stop_at_eos: False never samples EOS, so the budget is always filled.
+    max_note_seconds: longest note (None: no limit); a note sounding that long gets its
+    NOTE_OFF before time moves further (the sampler's ``max_note_seconds``).
     """
 
     seconds: float | None = DEFAULT_SECONDS
@@ -236,6 +239,7 @@ class Settings:
     latents: int | None = None
     window: Window = dataclasses.field(default_factory=Window)
     stop_at_eos: bool = True
+    max_note_seconds: float | None = None
 
     def __post_init__(self):
         def fix(name, value):
@@ -255,6 +259,9 @@ class Settings:
         if self.latents is not None:
             fix("latents", as_int(self.latents, "latents", 1, MAX_LATENTS))
         fix("stop_at_eos", bool(self.stop_at_eos))
+        if self.max_note_seconds is not None:
+            fix("max_note_seconds", as_float(self.max_note_seconds, "max-note-seconds", 0,
+                                             MAX_NOTE_SECONDS, lo_open=True))  # fmt: skip
 
     def replace(self, **changes) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -275,6 +282,7 @@ class Settings:
             float(self.top_p),
             self.latents,
             bool(self.stop_at_eos),
+            self.max_note_seconds,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -287,6 +295,7 @@ class Settings:
             "top_p": float(self.top_p),
             "latents": self.latents,
             "stop_at_eos": bool(self.stop_at_eos),
+            "max_note_seconds": self.max_note_seconds,
         }
 
 
@@ -490,6 +499,7 @@ def sample_continuations(
             max_seconds=settings.seconds,
             num_latents=settings.latents,
             stop_at_eos=bool(settings.stop_at_eos),
+            max_note_seconds=settings.max_note_seconds,
             callback=on_chunk if callback is not None else None,
             length_bucket=length_bucket,
         )

@@ -17,7 +17,7 @@ from app.batch import MANIFEST, load_primes, prime_seed
 from app.cli import main
 from app.pipeline import Settings, continue_prime
 from app.render import DEFAULT_TAIL_SECONDS
-from tokenizer import midi_bytes
+from tokenizer import decode_notes, encode, midi_bytes
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 SECONDS = 3.0  # same token bucket as tests/test_pipeline.py
@@ -141,14 +141,15 @@ def test_same_seed_same_midi_from_batch_continue_and_pipeline(
 def test_listing_with_per_item_settings(short_prime, tiny_checkpoint, tmp_path, capsys):
     csv = tmp_path / "list.csv"
     csv.write_text(
-        "prime,id,seconds,prime_range,seed,variations\n"
-        f"{short_prime},first,,,,\n"
-        f"{short_prime},second,4,0.5:1.5,123,1\n"
-        "missing.mid,third,,,,\n"
+        "prime,id,seconds,prime_range,seed,variations,max_note_seconds\n"
+        f"{short_prime},first,,,,,\n"
+        f"{short_prime},second,4,0.5:1.5,123,1,0.25\n"
+        "missing.mid,third,,,,,\n"
     )
     out = tmp_path / "out"
     args = ["batch", csv, "--out", out, "--checkpoint", tiny_checkpoint, "--seconds", SECONDS,
-            "--variations", 2, "--ignore-eos", "--batch-size", 2]  # fmt: skip
+            "--variations", 2, "--ignore-eos", "--batch-size", 2,
+            "--max-note-seconds", 2]  # fmt: skip
     rc, cap = _run(args, capsys)
     assert rc == 0
     rec = {r["id"]: r for r in _manifest(out)}
@@ -156,6 +157,10 @@ def test_listing_with_per_item_settings(short_prime, tiny_checkpoint, tmp_path, 
     assert rec["second#v1"]["seed"] == 123
     assert rec["second#v1"]["window"] == {"kind": "range", "start": 0.5, "end": 1.5}
     assert rec["second#v1"]["settings"]["seconds"] == 4.0
+    assert rec["first#v1"]["settings"]["max_note_seconds"] == 2.0  # the command line's
+    assert rec["second#v1"]["settings"]["max_note_seconds"] == 0.25  # the row's
+    notes = decode_notes(encode(out / "second_v1.mid"))  # no note outlasts the limit by more
+    assert notes and max(n.end - n.start for n in notes) <= 0.25 + 1.0  # than one (1 s) shift
     assert rec["second#v1"]["music_seconds"] == pytest.approx(4.0, abs=0.01)
     assert rec["first#v1"]["music_seconds"] == pytest.approx(SECONDS, abs=0.01)
     assert rec["first#v1"]["outputs"] == {"midi": "first_v1.mid"}
@@ -179,6 +184,7 @@ def test_bad_rows_go_to_failed_while_the_good_row_finishes(
         {"prime": str(short_prime), "id": "variations", "variations": 1e9},
         {"prime": str(short_prime), "id": "seconds", "seconds": "nan"},
         {"prime": str(short_prime), "id": "half", "top_k": 2.5},
+        {"prime": str(short_prime), "id": "note", "max_note_seconds": 0},
     ]
     listing = tmp_path / "list.jsonl"
     listing.write_text("".join(json.dumps(r) + "\n" for r in rows) + "{not json\n")
@@ -188,17 +194,18 @@ def test_bad_rows_go_to_failed_while_the_good_row_finishes(
     assert rc == 0
     assert [r["id"] for r in _manifest(out)] == ["good#v1"]
     failed = {f["id"]: f["reason"] for f in map(json.loads, (out / "failed.jsonl").open())}
-    assert set(failed) == {"latents", "range", "tokens", "variations", "seconds", "half",
-                           f"{listing} line 8"}  # fmt: skip
+    assert set(failed) == {"latents", "range", "tokens", "variations", "seconds", "half", "note",
+                           f"{listing} line 9"}  # fmt: skip
     assert "latents must be in 1..16" in failed["latents"]
     assert "prime range end must be a finite number" in failed["range"]
     assert "tokens must be a whole number" in failed["tokens"]
     assert "variations must be in [1, 16]" in failed["variations"]
     assert "seconds must be a finite number" in failed["seconds"]
     assert "top-k must be a whole number" in failed["half"]
-    assert "not JSON" in failed[f"{listing} line 8"]
+    assert "max-note-seconds must be in (0, 600]" in failed["note"]
+    assert "not JSON" in failed[f"{listing} line 9"]
     assert all("line" in reason for k, reason in failed.items() if k != "latents")
-    assert "1 done, 0 skipped (already in the manifest), 7 failed" in cap.out
+    assert "1 done, 0 skipped (already in the manifest), 8 failed" in cap.out
 
 
 def test_resume_repairs_torn_lines_leftovers_and_missing_files(
@@ -221,6 +228,12 @@ def test_resume_repairs_torn_lines_leftovers_and_missing_files(
         json.dumps(r, sort_keys=True) for r in first
     }
     _check_complete(out, again)
+    # A manifest from before a setting existed (no max_note_seconds: it was off) is resumed.
+    older = [{**r, "settings": {k: v for k, v in r["settings"].items() if k != "max_note_seconds"}}
+             for r in again]  # fmt: skip
+    (out / MANIFEST).write_text("".join(json.dumps(r) + "\n" for r in older))
+    rc, cap = _run(args, capsys)
+    assert rc == 0 and "0 done, 4 skipped" in cap.out
     # Other settings into the same folder are refused, not mixed in.
     rc, cap = _run([*args, "--temperature", "0.5"], capsys)
     assert rc == 2 and "different settings.temperature" in cap.err

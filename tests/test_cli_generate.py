@@ -163,6 +163,13 @@ def bad_files(tmp_path):
         (["continue", "{prime}", "--seconds", "abc"], "invalid float value"),
         (["continue", "{prime}", "--audio", "mp3"], "invalid choice"),
         (["continue", "{prime}", "--latents", "999"], "latents must be in 1..16"),
+        (
+            ["continue", "{prime}", "--max-note-seconds", "0"],
+            "max-note-seconds must be in (0, 600]",
+        ),
+        (["continue", "{prime}", "--max-note-seconds", "-1"], "max-note-seconds must be in (0,"),
+        (["continue", "{prime}", "--max-note-seconds", "inf"], "max-note-seconds must be a finite"),
+        (["generate", "--max-note-seconds", "1e9"], "max-note-seconds must be in (0, 600]"),
         (["generate", "--variations", "0"], "must be at least 1"),
         (["batch", "{tmp}/nothing", "--out", "{tmp}/o"], "no such folder or listing"),
         (["batch", "{tmp}", "--out", "{tmp}/o", "--workers", "2"], "--workers needs --ray"),
