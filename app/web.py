@@ -193,6 +193,12 @@ def build_app(
                     label="Stop at the end of a piece (EOS)",
                     info="Off: always fill the length.",
                 )
+                max_note = gr.Number(
+                    value=0,
+                    minimum=0,
+                    label="Longest note, seconds (0 = no limit)",
+                    info="A note held this long is ended before the music moves on.",
+                )
         with gr.Row():
             generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
             stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="stop")
@@ -244,6 +250,7 @@ def build_app(
             api_prime_tokens = gr.Number(value=0, precision=0, label="prime_tokens")
             api_prime_range = gr.Textbox(value="", label="prime_range")
             api_ignore_eos = gr.Checkbox(value=False, label="ignore_eos")
+            api_max_note = gr.Number(value=0, label="max_note_seconds")
             api_audio = gr.File(label="audio", file_count="multiple")
             api_midi = gr.File(label="midi", file_count="multiple")
             api_info = gr.JSON(label="info")
@@ -344,6 +351,7 @@ def build_app(
             stop_at_eos_v,
             start_v,
             end_v,
+            max_note_v,
         ):
             req = GenerateRequest(
                 seconds=seconds_v,
@@ -358,6 +366,7 @@ def build_app(
                 stop_at_eos=bool(stop_at_eos_v),
                 window_start=None if s.prime.empty else start_v,
                 window_end=None if s.prime.empty else end_v,
+                max_note_seconds=max_note_v,
             )
             try:
                 for ev in composer.generate(s, req):
@@ -397,6 +406,7 @@ def build_app(
             prime_tokens=0,
             prime_range="",
             ignore_eos=False,
+            max_note_seconds=0,
         ):
             return composer.api_continue(
                 prime,
@@ -411,6 +421,7 @@ def build_app(
                 prime_tokens=prime_tokens,
                 prime_range=prime_range,
                 ignore_eos=bool(ignore_eos),
+                max_note_seconds=max_note_seconds,
             )
 
         # Prime handlers render audio and rolls: they share the model's CPU budget (its
@@ -444,6 +455,7 @@ def build_app(
                 stop_at_eos,
                 win_start,
                 win_end,
+                max_note,
             ],  # fmt: skip
             gen_outputs,
             api_name="generate",
@@ -468,6 +480,7 @@ def build_app(
                 api_prime_tokens,
                 api_prime_range,
                 api_ignore_eos,
+                api_max_note,
             ],  # fmt: skip
             [api_audio, api_midi, api_info],
             api_name="continue",
@@ -478,7 +491,9 @@ def build_app(
                 "window's end, then the continuation) and a JSON summary. Window: prime_range "
                 "'START:END' if given, else the last prime_tokens tokens if > 0, else the last "
                 "prime_seconds seconds. latents 0 = the model's. Variation v uses seed + v - 1. "
-                "ignore_eos: never end early (as the CLI's --ignore-eos)."
+                "ignore_eos: never end early (as the CLI's --ignore-eos). max_note_seconds: "
+                "a note held this long is ended before the music moves on (0 = no limit; as "
+                "the CLI's --max-note-seconds)."
             ),
             concurrency_id="model",
         )

@@ -41,7 +41,7 @@ import numpy as np
 
 from app import web_media as media
 from app.errors import UserError
-from app.pipeline import DEFAULT_PRIME_SECONDS, DEFAULT_SECONDS, WEB_LENGTH_BUCKET
+from app.pipeline import DEFAULT_PRIME_SECONDS, DEFAULT_SECONDS, MAX_NOTE_SECONDS, WEB_LENGTH_BUCKET
 from app.pipeline import WEB_MAX_SECONDS as MAX_SECONDS
 from app.pipeline import WEB_MAX_VARIATIONS as MAX_VARIATIONS
 from app.pipeline import as_float as _as_float
@@ -218,6 +218,7 @@ class GenerateRequest:
     stop_at_eos: bool = True  # False: never end early, always fill the length
     window_start: float | None = None  # None: the default window (last 20 s)
     window_end: float | None = None
+    max_note_seconds: float | None = None  # None or 0: no limit on how long a note sounds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -456,6 +457,10 @@ class Composer:
         if latents == self.num_latents:
             latents = None  # the model's own
         check_latents(self.model, latents)
+        max_note = None
+        if req.max_note_seconds not in (None, "", 0):
+            max_note = _as_float(req.max_note_seconds, "longest note (seconds; 0 = no limit)", 0,
+                                 MAX_NOTE_SECONDS, lo_open=True)  # fmt: skip
         return {
             "seconds": seconds,
             "variations": variations,
@@ -465,6 +470,7 @@ class Composer:
             "seed": _as_int(req.seed, "seed"),
             "latents": latents,
             "stop_at_eos": bool(req.stop_at_eos),
+            "max_note_seconds": max_note,
         }
 
     def plan(self, prime: Prime, req: GenerateRequest) -> _Plan:
@@ -650,12 +656,14 @@ class Composer:
         prime_tokens: int = 0,
         prime_range: str = "",
         ignore_eos: bool = False,
+        max_note_seconds: float = 0,
     ) -> tuple[list[str], list[str], dict]:
         """One request, no session: returns (audio paths, MIDI paths, info). MIDI paths are
         ``<stem>_vN.mid`` (the continuation) and ``<stem>_vN_full.mid`` per variation. The
         window: ``prime_range`` ("START:END" seconds) if given, else the last ``prime_tokens``
         tokens if > 0, else the last ``prime_seconds`` seconds, as the CLI's options;
-        ``ignore_eos`` as the CLI's ``--ignore-eos``."""
+        ``ignore_eos`` as the CLI's ``--ignore-eos``; ``max_note_seconds`` as the CLI's
+        ``--max-note-seconds`` (0 = no limit)."""
         from app.pipeline import continue_prime
 
         self._sweep_api_files()
@@ -665,7 +673,8 @@ class Composer:
             base = read_upload(prime, max_bytes=self.max_upload_bytes)
         req = GenerateRequest(seconds=seconds, variations=variations, temperature=temperature,
                               top_p=top_p, top_k=top_k, seed=seed, latents=latents,
-                              stop_at_eos=not ignore_eos)  # fmt: skip
+                              stop_at_eos=not ignore_eos,
+                              max_note_seconds=max_note_seconds)  # fmt: skip
         plan = self.api_plan(base, req, prime_seconds, prime_tokens, prime_range)
         folder = Session(self.root / "api").folder()
         conts = continue_prime(self.model, plan.source, plan.settings, name=base.name,

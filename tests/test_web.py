@@ -204,6 +204,9 @@ def test_window_and_settings(composer, session, tmp_path):
     assert composer.plan(prime, GenerateRequest(latents=16)).settings.latents is None
     assert composer.plan(prime, GenerateRequest()).settings.stop_at_eos
     assert not composer.plan(prime, GenerateRequest(stop_at_eos=False)).settings.stop_at_eos
+    for value, limit in ((None, None), (0, None), (2.5, 2.5)):  # 0: no limit
+        plan = composer.plan(prime, GenerateRequest(max_note_seconds=value))
+        assert plan.settings.max_note_seconds == limit
 
     bad = [
         (dict(window_start=7, window_end=8), "outside the piece"),
@@ -223,6 +226,9 @@ def test_window_and_settings(composer, session, tmp_path):
         (dict(latents=5), "latents must be one of 16, 8, 4"),
         (dict(latents=99999), "latents must be one of 16, 8, 4"),
         (dict(seed="x"), "seed must be a whole number"),
+        (dict(max_note_seconds=-1), r"longest note \(seconds; 0 = no limit\) must be in \(0,"),
+        (dict(max_note_seconds=1e9), r"longest note .* must be in \(0, 600\]"),
+        (dict(max_note_seconds=float("inf")), "longest note .* must be a finite number"),
     ]
     for kw, message in bad:
         if message is None:
@@ -389,7 +395,7 @@ def test_continue_endpoint_answers_gradio_client(served, short_prime, tmp_path):
     client = Client(served, verbose=False, download_files=str(tmp_path))
     audio, midi, info = client.predict(
         handle_file(str(short_prime)), seconds=SECONDS, variations=2, seed=3,
-        api_name="/continue",
+        max_note_seconds=1.5, api_name="/continue",
     )  # fmt: skip
     assert len(audio) == 2 and len(midi) == 4 and info["variations"][1]["seed"] == 4
     assert soundfile.info(audio[0]).duration > 1.0
@@ -402,6 +408,8 @@ def test_continue_endpoint_answers_gradio_client(served, short_prime, tmp_path):
         client.predict(handle_file(str(bad)), seconds=SECONDS, api_name="/continue")
     with pytest.raises(Exception, match="latents must be one of 16, 8, 4"):
         client.predict(None, seconds=SECONDS, latents=5, api_name="/continue")
+    with pytest.raises(Exception, match="longest note"):
+        client.predict(None, seconds=SECONDS, max_note_seconds=-1, api_name="/continue")
     audio, _, _ = client.predict(None, seconds=SECONDS, api_name="/continue")
     assert len(audio) == 1
 
