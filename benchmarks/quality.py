@@ -589,6 +589,12 @@ def parse_args(argv):
     )
     p.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="primes per sampler call")
     p.add_argument(
+        "--max-note-seconds",
+        type=float,
+        metavar="S",
+        help="sample with the longest-note limit (as perceiver-midi continue; default: none)",
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
         help=f"{QUICK_PIECES} pieces, {QUICK_SECONDS:g} s; no bar is judged",
@@ -616,6 +622,10 @@ def parse_args(argv):
         raise UserError(f"--seed must be >= 0, got {args.seed}")
     if not 0 <= args.prime_start < SPLIT_S:
         raise UserError(f"--prime-start must be in [0, {SPLIT_S:g}), got {args.prime_start:g}")
+    if args.max_note_seconds is not None:
+        from app.pipeline import MAX_NOTE_SECONDS, as_float
+
+        as_float(args.max_note_seconds, "--max-note-seconds", 0, MAX_NOTE_SECONDS, lo_open=True)
     if not (pathlib.Path(args.maestro) / "maestro-v3.0.0.csv").exists():
         raise UserError(f"{args.maestro}: no maestro-v3.0.0.csv (pass --maestro)")
     return args
@@ -641,7 +651,9 @@ def run(args) -> dict:
     maestro = pathlib.Path(args.maestro)
     chosen = choose_pieces(maestro, args.pieces)
     window = Window.range(args.prime_start, SPLIT_S)
-    settings = Settings(seconds=args.seconds, seed=args.seed, window=window)
+    settings = Settings(
+        seconds=args.seconds, seed=args.seed, window=window, max_note_seconds=args.max_note_seconds
+    )
     primes = [prime_ids(p["path"], window, name=p["name"]) for p in chosen]
     seeds = [args.seed + i for i in range(len(chosen))]
     print(
