@@ -29,7 +29,9 @@ silent keys.
 NOTE_OFF before time moves further. The loop keeps per pitch the music time at which it started
 sounding (from the prompt and every kept token; ``sounding_onsets``); while any sounding pitch is
 that old, only the NOTE_OFFs of such pitches may be sampled, in the model's proportions
-(``end_overlong_notes``). A note therefore lasts less than the limit plus one TIME_SHIFT.
+(``end_overlong_notes``). A note therefore lasts less than the limit plus one TIME_SHIFT (when
+a NOTE_OFF leaves a pitch sounding, its onset becomes that of the pitch's latest NOTE_ON: exact
+for up to two overlapping notes of one pitch).
 
 The whole loop (fills, steps, sampling, stopping) is one ``jax.jit`` function built from
 ``lax.while_loop``/``lax.cond``; it is compiled once per (model, batch bucket, length bucket,
