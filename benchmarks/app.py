@@ -21,7 +21,8 @@ What is measured (results in ``benchmarks/results/app.json``, written atomically
     continuation, 1 variation, ignore_eos, seeds 0..19), all submitted at once from as many
     threads, each with its own client; latency from submit to the result (files downloaded),
     p50/p95/max, errors (must be 0), throughput. The server runs with ``--max-concurrency``
-    (default 2).
+    (default 2) and a ``--max-queue`` that holds all the requests (a fuller queue refuses them by
+    design, "Queue is full").
 
 The result names the checkpoint the figures are for, read from its ``config.json``: folder
 name, path, training step, validation NLL and number of latents (``"checkpoint"``).
@@ -95,7 +96,9 @@ def _checkpoint(arg: str | None, tmp: pathlib.Path) -> tuple[str, str, dict]:
 class Server:
     """``python -m app`` in a subprocess; its output goes to a log file."""
 
-    def __init__(self, checkpoint: str, port: int, max_concurrency: int, log: pathlib.Path):
+    def __init__(
+        self, checkpoint: str, port: int, max_concurrency: int, max_queue: int, log: pathlib.Path
+    ):
         env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
         self.url = f"http://127.0.0.1:{port}/"
         self.log = log
@@ -111,6 +114,8 @@ class Server:
                 str(port),
                 "--max-concurrency",
                 str(max_concurrency),
+                "--max-queue",
+                str(max_queue),
             ],  # fmt: skip
             cwd=ROOT,
             env=env,
@@ -161,9 +166,10 @@ def click_to_first_audio(
     start, end = view[3]["value"], view[4]["value"]  # the window sliders (last 20 s)
     t0 = time.perf_counter()
     # The page's inputs, in order: length, variations, temperature, top-p, top-k, seed, random
-    # seed, latents, prime tokens, stop at EOS (off: always 20 s), window start, window end.
+    # seed, latents, prime tokens, stop at EOS (off: always 20 s), window start, window end,
+    # longest note (0: the page's default, no limit).
     job = client.submit(seconds, variations, 1.0, 1.0, 0, seed, False, latents, 0, False,
-                        start, end, api_name="/generate")  # fmt: skip
+                        start, end, 0, api_name="/generate")  # fmt: skip
     first = None
     status = ""
     for out in job:
@@ -272,6 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", help="default: the shipped one, else a random cpu preset")
     p.add_argument("--requests", type=int, default=20)
     p.add_argument("--max-concurrency", type=int, default=2)
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        help="the server's --max-queue (default: enough for --requests, at least the app's 16)",
+    )
     p.add_argument("--seconds", type=float, default=20.0, help="continuation length (20)")
     p.add_argument("--repeats", type=int, default=3, help="Generate presses per setting (3)")
     p.add_argument("--out", default=str(RESULTS), help="results JSON")
@@ -315,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(f"checkpoint: {ckpt} ({kind}, step {checkpoint['step']}, {latents} latents)",
               flush=True)  # fmt: skip
-        server = Server(ckpt, _free_port(), args.max_concurrency, tmp / "server.log")
+        max_queue = args.max_queue or max(16, args.requests)  # the load check: none refused
+        server = Server(ckpt, _free_port(), args.max_concurrency, max_queue, tmp / "server.log")
         try:
             startup = server.wait_ready()
             print(f"startup (load + warm-up): {startup:.1f} s", flush=True)
@@ -350,7 +362,11 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "environment": env,
         "checkpoint": checkpoint,
-        "server": {"startup_s": startup, "max_concurrency": args.max_concurrency},
+        "server": {
+            "startup_s": startup,
+            "max_concurrency": args.max_concurrency,
+            "max_queue": max_queue,
+        },
         "click_to_first_audio": {
             "seconds": args.seconds,
             "prime": "examples/bach_prelude_c.mid, last 20 s",
