@@ -27,11 +27,12 @@ silent keys.
 
 ``max_note_seconds`` bounds how long a note sounds: a note sounding for that long gets its
 NOTE_OFF before time moves further. The loop keeps per pitch the music time at which it started
-sounding (from the prompt and every kept token; ``sounding_onsets``); while any sounding pitch is
-that old, only the NOTE_OFFs of such pitches may be sampled, in the model's proportions
-(``end_overlong_notes``). A note therefore lasts less than the limit plus one TIME_SHIFT (when
-a NOTE_OFF leaves a pitch sounding, its onset becomes that of the pitch's latest NOTE_ON: exact
-for up to two overlapping notes of one pitch).
+sounding: the onsets of its sounding notes, oldest first, as decoding pairs a NOTE_OFF with the
+oldest open note of its pitch (a queue of ``ONSET_SLOTS`` per pitch, from the prompt and every
+kept token; ``onset_queues``). While the oldest note of any pitch is that old, only the NOTE_OFFs
+of such pitches may be sampled, in the model's proportions (``end_overlong_notes``). A note
+therefore lasts less than the limit plus one TIME_SHIFT, however many notes of its pitch overlap
+(exactly up to ``ONSET_SLOTS`` at once; beyond, the newest slot stands for the newest notes).
 
 The whole loop (fills, steps, sampling, stopping) is one ``jax.jit`` function built from
 ``lax.while_loop``/``lax.cond``; it is compiled once per (model, batch bucket, length bucket,
@@ -75,6 +76,7 @@ from model.vocab import (
 DEFAULT_REFILL_HEADROOM = 128  # flaxformer's default: refill the latent cache to num_latents - 128
 DEFAULT_CHUNK_WITH_CALLBACK = 64
 _NO_TIME_LIMIT = np.iinfo(np.int32).max // 2
+ONSET_SLOTS = 16  # onsets kept per pitch for max_note_seconds (overlapping notes of one pitch)
 
 
 class StopSampling(Exception):  # noqa: N818 - a control-flow signal, not an error
@@ -127,8 +129,8 @@ class _Carry(NamedTuple):
     n_out: jax.Array  # [B] i32 tokens kept
     time: jax.Array  # [B] i32 music time in 10 ms steps
     sounding: jax.Array  # [B, 128] i32 notes sounding per pitch (prompt + kept tokens)
-    onset: jax.Array  # [B, 128] i32 time its oldest sounding note started (where sounding)
-    latest: jax.Array  # [B, 128] i32 time of its latest NOTE_ON (where sounding)
+    onsets: jax.Array  # [B, 128, ONSET_SLOTS] i32 ring of the onsets of sounding notes per pitch
+    head: jax.Array  # [B, 128] i32 slot of the oldest sounding note's onset
     logits: jax.Array  # [B, G, V] f32 when recording, else [0]
 
 
@@ -179,7 +181,8 @@ def _choose_tokens(logits_BxV: jax.Array, c: _Carry, s: _Settings) -> jax.Array:
     banned_V = (ids_V == PAD_ID) | (ids_V == SOS_ID) | ((ids_V == EOS_ID) & ~s.stop_at_eos)
     logits_BxV = jnp.where(banned_V[None], -jnp.inf, logits_BxV.astype(jnp.float32))
     logits_BxV = jnp.where(s.sounding_offs, end_sounding_only(logits_BxV, c.sounding), logits_BxV)
-    overlong_BxP = (c.sounding > 0) & (c.time[:, None] - c.onset >= s.max_note)
+    oldest_BxP = jnp.take_along_axis(c.onsets, c.head[..., None], axis=-1)[..., 0]
+    overlong_BxP = (c.sounding > 0) & (c.time[:, None] - oldest_BxP >= s.max_note)
     logits_BxV = end_overlong_notes(logits_BxV, overlong_BxP)
     greedy_B = jnp.argmax(logits_BxV, axis=-1)
 
@@ -218,7 +221,7 @@ def _advance(c: _Carry, cache, logits_BxV, s: _Settings, plan: _Plan) -> _Carry:
     shift_B = jnp.where(is_shift_B & keep_B, tok_B - TIME_SHIFT_FIRST_ID + 1, 0)
     time_B = c.time + shift_B
     sounding = _update_sounding(c.sounding, tok_B, keep_B)
-    onset, latest = _update_onsets(c, sounding, tok_B, keep_B)
+    onsets, head = _update_onsets(c, tok_B, keep_B)
     logits = c.logits
     if plan.record_logits:
         logits = jax.lax.dynamic_update_slice(logits, logits_BxV[:, None], (0, c.g, 0))
@@ -230,8 +233,8 @@ def _advance(c: _Carry, cache, logits_BxV, s: _Settings, plan: _Plan) -> _Carry:
         n_out=c.n_out + keep_B.astype(jnp.int32),
         time=time_B,
         sounding=sounding,
-        onset=onset,
-        latest=latest,
+        onsets=onsets,
+        head=head,
         logits=logits,
     )
 
@@ -244,21 +247,28 @@ def _update_sounding(sounding_BxP: jax.Array, tok_B: jax.Array, keep_B: jax.Arra
     return jnp.maximum(sounding_BxP + on_BxP - off_BxP, 0).astype(jnp.int32)
 
 
-def _update_onsets(c: _Carry, sounding_BxP, tok_B, keep_B) -> tuple[jax.Array, jax.Array]:
-    """Onsets per pitch after a kept token (at the current time ``c.time``; notes take no time).
+def _update_onsets(c: _Carry, tok_B, keep_B) -> tuple[jax.Array, jax.Array]:
+    """The onset queues after a kept token (at the current time ``c.time``; notes take no time).
 
-    A NOTE_ON sets the pitch's latest onset, and its onset if the pitch was silent. A NOTE_OFF
-    that leaves notes of the pitch sounding moves its onset to the latest NOTE_ON's (decoding
-    ends the oldest note first; exact for up to two overlapping notes of one pitch).
+    A NOTE_ON appends its onset to its pitch's queue; a NOTE_OFF of a sounding pitch removes the
+    oldest (as decoding pairs them). A full queue keeps the newest onset in its last slot, and
+    when a NOTE_OFF frees a slot while more notes sound than the queue holds, that slot gets
+    the newest onset too (the notes beyond the queue count as started then).
     """
+    k = ONSET_SLOTS
     pitch_P = jnp.arange(NUM_PITCHES)
+    slot_K = jnp.arange(k)
+    n_BxP = c.sounding  # before this token
     on_BxP = (tok_B[:, None] - NOTE_ON_FIRST_ID == pitch_P) & keep_B[:, None]
-    off_BxP = (tok_B[:, None] - NOTE_OFF_FIRST_ID == pitch_P) & keep_B[:, None]
-    now_Bx1 = c.time[:, None]
-    latest = jnp.where(on_BxP, now_Bx1, c.latest)
-    onset = jnp.where(on_BxP & (c.sounding == 0), now_Bx1, c.onset)
-    onset = jnp.where(off_BxP & (sounding_BxP > 0), latest, onset)
-    return onset, latest
+    off_BxP = (tok_B[:, None] - NOTE_OFF_FIRST_ID == pitch_P) & keep_B[:, None] & (n_BxP > 0)
+    push_BxP = (c.head + jnp.minimum(n_BxP, k - 1)) % k
+    put_BxPxK = on_BxP[..., None] & (slot_K == push_BxP[..., None])
+    onsets = jnp.where(put_BxPxK, c.time[:, None, None], c.onsets)
+    newest_BxP = jnp.take_along_axis(onsets, ((c.head + k - 1) % k)[..., None], axis=-1)[..., 0]
+    refill_BxPxK = (off_BxP & (n_BxP > k))[..., None] & (slot_K == c.head[..., None])
+    onsets = jnp.where(refill_BxPxK, newest_BxP[..., None], onsets)
+    head = jnp.where(off_BxP, (c.head + 1) % k, c.head)
+    return onsets, head
 
 
 def sounding_pitches(ids: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:
@@ -277,15 +287,15 @@ def sounding_pitches(ids: np.ndarray, start: np.ndarray | None = None) -> np.nda
     return counts.astype(np.int32)
 
 
-def sounding_onsets(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """int32 [128] x 2: per pitch sounding after ``ids``, the music time (10 ms steps, relative
-    to the end of ``ids``: <= 0) at which it started sounding, and that of its latest NOTE_ON;
-    0 for silent pitches. The same rules as the sampler's running state (``_update_onsets``);
-    time is the sum of the TIME_SHIFTs."""
+def onset_queues(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sampler's onset queues after ``ids`` (``_update_onsets``, the same rules): int32
+    ``[128, ONSET_SLOTS]`` onsets in 10 ms steps relative to the end of ``ids`` (<= 0; the time
+    is the sum of the TIME_SHIFTs) and int32 ``[128]`` the slot of each pitch's oldest."""
     ids = np.asarray(ids, np.int64)
+    k = ONSET_SLOTS
     counts = np.zeros(NUM_PITCHES, np.int64)
-    onset = np.zeros(NUM_PITCHES, np.int64)
-    latest = np.zeros(NUM_PITCHES, np.int64)
+    onsets = np.zeros((NUM_PITCHES, k), np.int64)
+    head = np.zeros(NUM_PITCHES, np.int64)
     is_on = (ids >= NOTE_ON_FIRST_ID) & (ids < NOTE_ON_FIRST_ID + NUM_PITCHES)
     is_off = (ids >= NOTE_OFF_FIRST_ID) & (ids < NOTE_OFF_FIRST_ID + NUM_PITCHES)
     is_shift = (ids >= TIME_SHIFT_FIRST_ID) & (ids <= TIME_SHIFT_LAST_ID)
@@ -297,26 +307,31 @@ def sounding_onsets(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ):
         if on:
             p = tok - NOTE_ON_FIRST_ID
-            if counts[p] == 0:
-                onset[p] = t
-            latest[p] = t
+            onsets[p, (head[p] + min(counts[p], k - 1)) % k] = t
             counts[p] += 1
         else:
             p = tok - NOTE_OFF_FIRST_ID
-            counts[p] = max(0, counts[p] - 1)
-            if counts[p] > 0:
-                onset[p] = latest[p]
-    end = int(steps.sum())
-    sounding = counts > 0
-    return (
-        np.where(sounding, onset - end, 0).astype(np.int32),
-        np.where(sounding, latest - end, 0).astype(np.int32),
-    )
+            if counts[p] == 0:
+                continue
+            if counts[p] > k:
+                onsets[p, head[p]] = onsets[p, (head[p] + k - 1) % k]
+            head[p] = (head[p] + 1) % k
+            counts[p] -= 1
+    return (onsets - int(steps.sum())).astype(np.int32), head.astype(np.int32)
+
+
+def sounding_onsets(ids: np.ndarray) -> np.ndarray:
+    """int32 [128]: per pitch sounding after ``ids``, when its oldest sounding note started, in
+    10 ms steps relative to the end of ``ids`` (<= 0; time is the sum of the TIME_SHIFTs); 0 for
+    silent pitches. Decoding pairs a NOTE_OFF with the oldest open note of its pitch."""
+    onsets, head = onset_queues(ids)
+    oldest = onsets[np.arange(NUM_PITCHES), head]
+    return np.where(sounding_pitches(ids) > 0, oldest, 0).astype(np.int32)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _init_carry(
-    graphdef, plan: _Plan, params, tokens_BxS, done_B, sounding_BxP, onset_BxP, latest_BxP
+    graphdef, plan: _Plan, params, tokens_BxS, done_B, sounding_BxP, onsets_BxPxK, head_BxP
 ) -> _Carry:
     model = nnx.merge(graphdef, params)
     b, s = tokens_BxS.shape
@@ -332,7 +347,7 @@ def _init_carry(
     zero_b = jnp.zeros((b,), jnp.int32)
     g = jnp.zeros((), jnp.int32)
     return _Carry(
-        tokens_BxS, cache, g, done_B, zero_b, zero_b, sounding_BxP, onset_BxP, latest_BxP, logits
+        tokens_BxS, cache, g, done_B, zero_b, zero_b, sounding_BxP, onsets_BxPxK, head_BxP, logits
     )
 
 
@@ -478,10 +493,11 @@ def _generate(
     window = cfg.max_len - headroom
     windows = [_prompt_window_ids(p, i, cfg.vocab_size, window) for i, p in enumerate(prompt_list)]
     sounding = np.zeros((_next_pow2(n_prompts), NUM_PITCHES), np.int32)
-    onset, latest = np.zeros_like(sounding), np.zeros_like(sounding)
+    onsets = np.zeros((*sounding.shape, ONSET_SLOTS), np.int32)
+    head = np.zeros_like(sounding)
     for i, p in enumerate(prompt_list):  # the whole prompt: a note may outlast the window
         sounding[i] = sounding_pitches(p)
-        onset[i], latest[i] = sounding_onsets(p)
+        onsets[i], head[i] = onset_queues(p)
     seeds = _per_prompt_seeds(seed, n_prompts)
     if max_new_tokens == 0:
         return [np.zeros((0,), np.int32) for _ in range(n_prompts)], None, None
@@ -532,8 +548,8 @@ def _generate(
         jnp.asarray(tokens),
         jnp.asarray(done),
         jnp.asarray(sounding),
-        jnp.asarray(onset),
-        jnp.asarray(latest),
+        jnp.asarray(onsets),
+        jnp.asarray(head),
     )
     if callback is not None and chunk_size is None:
         chunk_size = DEFAULT_CHUNK_WITH_CALLBACK

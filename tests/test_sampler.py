@@ -440,13 +440,19 @@ SECOND_SHIFT = vocab.TIME_SHIFT_LAST_ID  # 100 steps = 1 s
 
 class NeverEnds(RuleModel):
     """Fake logits that never want a note to end: after a NOTE_ON the 0.5 s shift, after anything
-    else a NOTE_ON of pitch 40 + (model calls % 48); every NOTE_OFF has logit 0 against 100, the
-    rest -1e9. Without a limit every note sounds to the end."""
+    else a NOTE_ON of pitch 40 + (model calls % 48) (``restrike``: always pitch 60, so its notes
+    pile up); every NOTE_OFF has logit 0 against 100, the rest -1e9. Without a limit every note
+    sounds to the end."""
+
+    def __init__(self, restrike: bool = False):
+        super().__init__()
+        self.restrike = restrike
 
     def _next(self, cache, last_B):
         b = last_B.shape[0]
         is_on_B = (last_B >= ON) & (last_B < ON + 128)
-        target_B = jnp.where(is_on_B, HALF_SECOND_SHIFT, ON + 40 + cache.calls % 48)
+        pitch_B = 60 + 0 * cache.calls if self.restrike else 40 + cache.calls % 48
+        target_B = jnp.where(is_on_B, HALF_SECOND_SHIFT, ON + pitch_B)
         logits = jnp.full((b, TINY.vocab_size), -1e9, jnp.float32)
         logits = logits.at[:, OFF : OFF + 128].set(0.0)
         return logits.at[jnp.arange(b), target_B].set(100.0)
@@ -466,11 +472,14 @@ def _durations(ids):
 
 
 @pytest.mark.parametrize("limit", [2.0, 3.3])
-def test_max_note_seconds_ends_every_note_in_time(limit):
+@pytest.mark.parametrize("restrike", [False, True])
+def test_max_note_seconds_ends_every_note_in_time(limit, restrike):
+    """Also when one pitch is struck again and again while its notes sound (decoding ends the
+    oldest first: each note's own onset counts)."""
     prompts = [np.zeros(0, np.int32), np.array([ON + 30], np.int32)]
     kwargs = {"max_new_tokens": 200, "max_seconds": 20.0, "stop_at_eos": False, "seed": 1}
-    free = sample(NeverEnds(), prompts, **kwargs)
-    held = sample(NeverEnds(), prompts, max_note_seconds=limit, **kwargs)
+    free = sample(NeverEnds(restrike), prompts, **kwargs)
+    held = sample(NeverEnds(restrike), prompts, max_note_seconds=limit, **kwargs)
     for prompt, f, h in zip(prompts, free, held, strict=True):
         assert not np.isin(f, np.arange(OFF, OFF + 128)).any()  # the model alone ends nothing
         assert _durations(np.concatenate([prompt, f])).max() >= 19.5  # its notes run to the end
@@ -504,7 +513,7 @@ def test_max_note_seconds_holds_on_every_token(random_tiny):
         for k, tok in enumerate(out.tolist()):
             seq = np.concatenate([prompt, out[:k]])
             counts = sampler_lib.sounding_pitches(seq)
-            onset, _ = sampler_lib.sounding_onsets(seq)
+            onset = sampler_lib.sounding_onsets(seq)
             old = np.nonzero((counts > 0) & (-onset >= limit_steps))[0]
             if old.size:
                 forced += 1
@@ -547,21 +556,60 @@ def test_end_overlong_notes_keeps_note_off_proportions():
     "ids, onsets",
     [
         ([], {}),
-        ([ON + 60], {60: (0, 0)}),
-        ([ON + 60, SECOND_SHIFT], {60: (-100, -100)}),
-        ([ON + 60, SECOND_SHIFT, ON + 64, 308], {60: (-150, -150), 64: (-50, -50)}),
+        ([ON + 60], {60: 0}),
+        ([ON + 60, SECOND_SHIFT], {60: -100}),
+        ([ON + 60, SECOND_SHIFT, ON + 64, 308], {60: -150, 64: -50}),
         ([ON + 60, SECOND_SHIFT, OFF + 60], {}),  # ended: silent
-        ([ON + 60, SECOND_SHIFT, ON + 60, 308], {60: (-150, -50)}),  # two notes of one pitch
-        # the oldest of two ends: the onset moves to the other's
-        ([ON + 60, SECOND_SHIFT, ON + 60, SECOND_SHIFT, OFF + 60, 308], {60: (-150, -150)}),
-        ([OFF + 60, SECOND_SHIFT, ON + 60, 259], {60: (-1, -1)}),  # an unmatched NOTE_OFF
-        ([2, 370, ON + 0, ON + 127, 259, 260], {0: (-3, -3), 127: (-3, -3)}),
+        ([ON + 60, SECOND_SHIFT, ON + 60, 308], {60: -150}),  # two notes of one pitch: the oldest
+        # three notes of one pitch, the oldest ended: the second's onset
+        (
+            [ON + 60, SECOND_SHIFT, ON + 60, SECOND_SHIFT, ON + 60, SECOND_SHIFT, OFF + 60, 308],
+            {60: -250},
+        ),  # fmt: skip
+        ([OFF + 60, SECOND_SHIFT, ON + 60, 259], {60: -1}),  # an unmatched NOTE_OFF
+        ([2, 370, ON + 0, ON + 127, 259, 260], {0: -3, 127: -3}),
+        # 20 notes of one pitch 1 step apart, 5 ended: the 6th is the oldest (past the queue's
+        # 16 slots the newest slot stands for the newest notes)
+        ([*[ON + 60, 259] * 20, *[OFF + 60] * 5], {60: -(20 - 5)}),
     ],
 )
 def test_sounding_onsets_table(ids, onsets):
-    expected = np.zeros((2, 128), np.int32)
-    for p, (onset, latest) in onsets.items():
-        expected[:, p] = onset, latest
+    expected = np.zeros(128, np.int32)
+    for p, onset in onsets.items():
+        expected[p] = onset
     got = sampler_lib.sounding_onsets(np.array(ids, np.int64))
-    np.testing.assert_array_equal(np.stack(got), expected)
-    assert all(a.dtype == np.int32 for a in got)
+    np.testing.assert_array_equal(got, expected)
+    assert got.dtype == np.int32
+
+
+def test_sounding_onsets_is_the_oldest_open_note_as_decoding_pairs_them():
+    """Random NOTE_ON/OFF/shift streams over three pitches against a plain FIFO per pitch, also
+    past the queue's slots (there the onset is never earlier than the true one)."""
+    from collections import deque
+
+    rng = np.random.default_rng(5)
+    for trial in range(60):
+        stack = trial % 2 == 1  # odd trials: mostly NOTE_ONs, so notes of a pitch pile up
+        p_on = 0.55 if stack else 0.35
+        choice = rng.choice(3, size=300, p=[p_on, 0.65 - p_on, 0.35])
+        pitch = rng.choice([40, 41, 90], size=300)
+        ids = np.where(choice == 0, ON + pitch, np.where(choice == 1, OFF + pitch, 0))
+        ids = np.where(choice == 2, rng.integers(259, 359, size=300), ids)
+        queues, t = {p: deque() for p in (40, 41, 90)}, 0
+        deepest = 0
+        for tok in ids.tolist():
+            if tok >= vocab.TIME_SHIFT_FIRST_ID:
+                t += tok - vocab.TIME_SHIFT_FIRST_ID + 1
+            elif tok >= OFF:
+                if queues[tok - OFF]:
+                    queues[tok - OFF].popleft()
+            else:
+                queues[tok - ON].append(t)
+                deepest = max(deepest, len(queues[tok - ON]))
+        got = sampler_lib.sounding_onsets(ids)
+        for p, q in queues.items():
+            true = q[0] - t if q else 0
+            if deepest <= sampler_lib.ONSET_SLOTS:
+                assert got[p] == true
+            else:
+                assert got[p] >= true
