@@ -26,13 +26,13 @@ and every kept token), with the model's total NOTE_OFF probability kept
 silent keys.
 
 ``max_note_seconds`` bounds how long a note sounds: a note sounding for that long gets its
-NOTE_OFF before time moves further. The loop keeps per pitch the music time at which it started
-sounding: the onsets of its sounding notes, oldest first, as decoding pairs a NOTE_OFF with the
-oldest open note of its pitch (a queue of ``ONSET_SLOTS`` per pitch, from the prompt and every
-kept token; ``onset_queues``). While the oldest note of any pitch is that old, only the NOTE_OFFs
-of such pitches may be sampled, in the model's proportions (``end_overlong_notes``). A note
-therefore lasts less than the limit plus one TIME_SHIFT, however many notes of its pitch overlap
-(exactly up to ``ONSET_SLOTS`` at once; beyond, the newest slot stands for the newest notes).
+NOTE_OFF before time moves further. The loop keeps per pitch the onsets (music time) of its
+sounding notes, oldest first, as decoding pairs a NOTE_OFF with the oldest open note of its pitch
+(a queue of ``ONSET_SLOTS`` per pitch, from the prompt and every kept token; ``onset_queues``).
+While the oldest note of any pitch is that old, only the NOTE_OFFs of such pitches may be
+sampled, in the model's proportions (``end_overlong_notes``). A note therefore lasts less than
+the limit plus one TIME_SHIFT, however many notes of its pitch overlap (exactly up to
+``ONSET_SLOTS`` at once; beyond, the newest slot stands for the newest notes).
 
 The whole loop (fills, steps, sampling, stopping) is one ``jax.jit`` function built from
 ``lax.while_loop``/``lax.cond``; it is compiled once per (model, batch bucket, length bucket,
@@ -497,7 +497,8 @@ def _generate(
     head = np.zeros_like(sounding)
     for i, p in enumerate(prompt_list):  # the whole prompt: a note may outlast the window
         sounding[i] = sounding_pitches(p)
-        onsets[i], head[i] = onset_queues(p)
+        if max_note_seconds is not None:  # without a limit the onsets change no token
+            onsets[i], head[i] = onset_queues(p)
     seeds = _per_prompt_seeds(seed, n_prompts)
     if max_new_tokens == 0:
         return [np.zeros((0,), np.int32) for _ in range(n_prompts)], None, None
