@@ -179,7 +179,7 @@ def build_app(
                     list(composer.latent_choices),
                     value=n_lat,
                     label=f"Latents (test-time compute; the model's: {n_lat})",
-                    info="Fewer latents sample faster and see less of the recent music.",
+                    info="Fewer latents: less compute per token, less recent music seen in detail.",
                 )
                 prime_tokens = gr.Slider(
                     0,
