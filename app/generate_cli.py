@@ -15,6 +15,7 @@ import time
 
 from app.errors import UserError
 from app.pipeline import (
+    DEFAULT_MAX_NOTE_SECONDS,
     DEFAULT_PRIME_SECONDS,
     DEFAULT_SECONDS,
     MAX_NOTE_SECONDS,
@@ -96,7 +97,7 @@ def _add_sampling(p: argparse.ArgumentParser, *, batch: bool = False) -> None:
         type=float,
         metavar="S",
         help="longest note: a note sounding S seconds is ended before time moves on "
-        f"(default: no limit; at most {MAX_NOTE_SECONDS:g})",
+        f"(default {DEFAULT_MAX_NOTE_SECONDS:g}; 0 = no limit; at most {MAX_NOTE_SECONDS:g})",
     )
     g.add_argument(
         "--checkpoint", metavar="DIR", help="model checkpoint (default: checkpoints/maestro-cpu)"
@@ -187,7 +188,7 @@ def settings_from_args(args: argparse.Namespace, *, window: bool = True):
         latents=args.latents,
         window=win,
         stop_at_eos=not args.ignore_eos,
-        max_note_seconds=args.max_note_seconds,
+        **({} if args.max_note_seconds is None else {"max_note_seconds": args.max_note_seconds}),
     )
 
 

@@ -31,6 +31,7 @@ import time
 
 from app.errors import UserError
 from app.web_core import (
+    DEFAULT_MAX_NOTE_SECONDS,
     DEFAULT_PRIME_SECONDS,
     DEFAULT_SECONDS,
     MAX_SECONDS,
@@ -194,7 +195,7 @@ def build_app(
                     info="Off: always fill the length.",
                 )
                 max_note = gr.Number(
-                    value=0,
+                    value=DEFAULT_MAX_NOTE_SECONDS,
                     minimum=0,
                     label="Longest note, seconds (0 = no limit)",
                     info="A note held this long is ended before the music moves on.",
@@ -250,7 +251,7 @@ def build_app(
             api_prime_tokens = gr.Number(value=0, precision=0, label="prime_tokens")
             api_prime_range = gr.Textbox(value="", label="prime_range")
             api_ignore_eos = gr.Checkbox(value=False, label="ignore_eos")
-            api_max_note = gr.Number(value=0, label="max_note_seconds")
+            api_max_note = gr.Number(value=DEFAULT_MAX_NOTE_SECONDS, label="max_note_seconds")
             api_audio = gr.File(label="audio", file_count="multiple")
             api_midi = gr.File(label="midi", file_count="multiple")
             api_info = gr.JSON(label="info")
@@ -406,7 +407,7 @@ def build_app(
             prime_tokens=0,
             prime_range="",
             ignore_eos=False,
-            max_note_seconds=0,
+            max_note_seconds=DEFAULT_MAX_NOTE_SECONDS,
         ):
             return composer.api_continue(
                 prime,
@@ -492,8 +493,8 @@ def build_app(
                 "'START:END' if given, else the last prime_tokens tokens if > 0, else the last "
                 "prime_seconds seconds. latents 0 = the model's. Variation v uses seed + v - 1. "
                 "ignore_eos: never end early (as the CLI's --ignore-eos). max_note_seconds: "
-                "a note held this long is ended before the music moves on (0 = no limit; as "
-                "the CLI's --max-note-seconds)."
+                f"a note held this long is ended before the music moves on (default "
+                f"{DEFAULT_MAX_NOTE_SECONDS:g}; 0 = no limit; as the CLI's --max-note-seconds)."
             ),
             concurrency_id="model",
         )

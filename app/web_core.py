@@ -41,7 +41,13 @@ import numpy as np
 
 from app import web_media as media
 from app.errors import UserError
-from app.pipeline import DEFAULT_PRIME_SECONDS, DEFAULT_SECONDS, MAX_NOTE_SECONDS, WEB_LENGTH_BUCKET
+from app.pipeline import (
+    DEFAULT_MAX_NOTE_SECONDS,
+    DEFAULT_PRIME_SECONDS,
+    DEFAULT_SECONDS,
+    MAX_NOTE_SECONDS,
+    WEB_LENGTH_BUCKET,
+)
 from app.pipeline import WEB_MAX_SECONDS as MAX_SECONDS
 from app.pipeline import WEB_MAX_VARIATIONS as MAX_VARIATIONS
 from app.pipeline import as_float as _as_float
@@ -218,7 +224,7 @@ class GenerateRequest:
     stop_at_eos: bool = True  # False: never end early, always fill the length
     window_start: float | None = None  # None: the default window (last 20 s)
     window_end: float | None = None
-    max_note_seconds: float | None = None  # None or 0: no limit on how long a note sounds
+    max_note_seconds: float | None = DEFAULT_MAX_NOTE_SECONDS  # None or 0: no limit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -458,9 +464,9 @@ class Composer:
             latents = None  # the model's own
         check_latents(self.model, latents)
         max_note = None
-        if req.max_note_seconds not in (None, "", 0):
+        if req.max_note_seconds not in (None, ""):
             max_note = _as_float(req.max_note_seconds, "longest note (seconds; 0 = no limit)", 0,
-                                 MAX_NOTE_SECONDS, lo_open=True)  # fmt: skip
+                                 MAX_NOTE_SECONDS) or None  # fmt: skip
         return {
             "seconds": seconds,
             "variations": variations,
@@ -656,7 +662,7 @@ class Composer:
         prime_tokens: int = 0,
         prime_range: str = "",
         ignore_eos: bool = False,
-        max_note_seconds: float = 0,
+        max_note_seconds: float = DEFAULT_MAX_NOTE_SECONDS,
     ) -> tuple[list[str], list[str], dict]:
         """One request, no session: returns (audio paths, MIDI paths, info). MIDI paths are
         ``<stem>_vN.mid`` (the continuation) and ``<stem>_vN_full.mid`` per variation. The

@@ -592,7 +592,7 @@ def parse_args(argv):
         "--max-note-seconds",
         type=float,
         metavar="S",
-        help="sample with the longest-note limit (as perceiver-midi continue; default: none)",
+        help="longest-note limit while sampling (as perceiver-midi continue: default 4, 0 = none)",
     )
     p.add_argument(
         "--quick",
@@ -625,7 +625,7 @@ def parse_args(argv):
     if args.max_note_seconds is not None:
         from app.pipeline import MAX_NOTE_SECONDS, as_float
 
-        as_float(args.max_note_seconds, "--max-note-seconds", 0, MAX_NOTE_SECONDS, lo_open=True)
+        as_float(args.max_note_seconds, "--max-note-seconds", 0, MAX_NOTE_SECONDS)
     if not (pathlib.Path(args.maestro) / "maestro-v3.0.0.csv").exists():
         raise UserError(f"{args.maestro}: no maestro-v3.0.0.csv (pass --maestro)")
     return args
@@ -652,7 +652,11 @@ def run(args) -> dict:
     chosen = choose_pieces(maestro, args.pieces)
     window = Window.range(args.prime_start, SPLIT_S)
     settings = Settings(
-        seconds=args.seconds, seed=args.seed, window=window, max_note_seconds=args.max_note_seconds
+        seconds=args.seconds,
+        seed=args.seed,
+        window=window,
+        # the pipeline's default unless given (0: no limit)
+        **({} if args.max_note_seconds is None else {"max_note_seconds": args.max_note_seconds}),
     )
     primes = [prime_ids(p["path"], window, name=p["name"]) for p in chosen]
     seeds = [args.seed + i for i in range(len(chosen))]

@@ -184,7 +184,7 @@ def test_bad_rows_go_to_failed_while_the_good_row_finishes(
         {"prime": str(short_prime), "id": "variations", "variations": 1e9},
         {"prime": str(short_prime), "id": "seconds", "seconds": "nan"},
         {"prime": str(short_prime), "id": "half", "top_k": 2.5},
-        {"prime": str(short_prime), "id": "note", "max_note_seconds": 0},
+        {"prime": str(short_prime), "id": "note", "max_note_seconds": -1},
     ]
     listing = tmp_path / "list.jsonl"
     listing.write_text("".join(json.dumps(r) + "\n" for r in rows) + "{not json\n")
@@ -202,7 +202,7 @@ def test_bad_rows_go_to_failed_while_the_good_row_finishes(
     assert "variations must be in [1, 16]" in failed["variations"]
     assert "seconds must be a finite number" in failed["seconds"]
     assert "top-k must be a whole number" in failed["half"]
-    assert "max-note-seconds must be in (0, 600]" in failed["note"]
+    assert "max-note-seconds must be in [0, 600]" in failed["note"]
     assert "not JSON" in failed[f"{listing} line 9"]
     assert all("line" in reason for k, reason in failed.items() if k != "latents")
     assert "1 done, 0 skipped (already in the manifest), 8 failed" in cap.out
@@ -228,14 +228,17 @@ def test_resume_repairs_torn_lines_leftovers_and_missing_files(
         json.dumps(r, sort_keys=True) for r in first
     }
     _check_complete(out, again)
-    # A manifest from before a setting existed (no max_note_seconds: it was off) is resumed.
+    # A manifest from before a setting existed (no max_note_seconds: there was no limit) is
+    # resumed with the limit off, and refused with today's default limit.
     older = [{**r, "settings": {k: v for k, v in r["settings"].items() if k != "max_note_seconds"}}
              for r in again]  # fmt: skip
     (out / MANIFEST).write_text("".join(json.dumps(r) + "\n" for r in older))
     rc, cap = _run(args, capsys)
+    assert rc == 2 and "different settings.max_note_seconds" in cap.err
+    rc, cap = _run([*args, "--max-note-seconds", "0"], capsys)
     assert rc == 0 and "0 done, 4 skipped" in cap.out
     # Other settings into the same folder are refused, not mixed in.
-    rc, cap = _run([*args, "--temperature", "0.5"], capsys)
+    rc, cap = _run([*args, "--max-note-seconds", "0", "--temperature", "0.5"], capsys)
     assert rc == 2 and "different settings.temperature" in cap.err
 
 

@@ -158,7 +158,7 @@ def test_bars_ratios_and_not_judged():
         (["--seconds", "30"], "--seconds must be in"),
         (["--seconds", "0"], "--seconds must be in"),
         (["--batch", "0"], "--batch must be at least 1"),
-        (["--max-note-seconds", "0"], "--max-note-seconds must be in (0, 600]"),
+        (["--max-note-seconds", "-1"], "--max-note-seconds must be in [0, 600]"),
         (["--maestro", "/no/maestro"], "/no/maestro: no maestro-v3.0.0.csv"),
     ],
 )

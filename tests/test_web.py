@@ -203,8 +203,9 @@ def test_window_and_settings(composer, session, tmp_path):
     assert plan.settings.window == Window.last_tokens(3) and plan.settings.latents == 8
     assert composer.plan(prime, GenerateRequest(latents=16)).settings.latents is None
     assert composer.plan(prime, GenerateRequest()).settings.stop_at_eos
+    assert composer.plan(prime, GenerateRequest()).settings.max_note_seconds == 4.0  # default
     assert not composer.plan(prime, GenerateRequest(stop_at_eos=False)).settings.stop_at_eos
-    for value, limit in ((None, None), (0, None), (2.5, 2.5)):  # 0: no limit
+    for value, limit in ((None, None), (0, None), (2.5, 2.5)):  # None, 0: no limit
         plan = composer.plan(prime, GenerateRequest(max_note_seconds=value))
         assert plan.settings.max_note_seconds == limit
 
@@ -226,8 +227,8 @@ def test_window_and_settings(composer, session, tmp_path):
         (dict(latents=5), "latents must be one of 16, 8, 4"),
         (dict(latents=99999), "latents must be one of 16, 8, 4"),
         (dict(seed="x"), "seed must be a whole number"),
-        (dict(max_note_seconds=-1), r"longest note \(seconds; 0 = no limit\) must be in \(0,"),
-        (dict(max_note_seconds=1e9), r"longest note .* must be in \(0, 600\]"),
+        (dict(max_note_seconds=-1), r"longest note \(seconds; 0 = no limit\) must be in \[0,"),
+        (dict(max_note_seconds=1e9), r"longest note .* must be in \[0, 600\]"),
         (dict(max_note_seconds=float("inf")), "longest note .* must be a finite number"),
     ]
     for kw, message in bad:
