@@ -5,6 +5,7 @@ import json
 import os
 import pathlib
 import platform
+import subprocess
 from importlib import metadata
 
 
@@ -47,3 +48,15 @@ def write_json(path: str | os.PathLike, data: dict) -> None:
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, (json.dumps(data, indent=1) + "\n").encode())
+
+
+def training_beside() -> list[str]:
+    """Training jobs running on this machine (their timings share the cores with ours)."""
+    try:
+        out = subprocess.run(
+            ["pgrep", "-af", "perceiver-midi train"], capture_output=True, text=True, timeout=10
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    me = str(os.getpid())  # our own command line may mention it (--note)
+    return [line[:200] for line in out.splitlines() if line.strip() and line.split()[0] != me]

@@ -50,20 +50,10 @@ def _worker(path: str, repeats: int) -> None:
     print(json.dumps({"seconds": times, "peak_rss_mb": round(rss_mb), **outcome}))
 
 
-def _training_beside() -> list[str]:
-    try:
-        out = subprocess.run(
-            ["pgrep", "-af", "perceiver-midi train"], capture_output=True, text=True, timeout=10
-        ).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return [line[:160] for line in out.splitlines() if line.strip()]
-
-
 def main() -> None:
     import hostile_midi
 
-    from benchmarks.env import environment, write_json
+    from benchmarks.env import environment, training_beside, write_json
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=3, help="timed encodes per file (median)")
@@ -77,7 +67,7 @@ def main() -> None:
         return
 
     names = args.only or list(hostile_midi.FILES)
-    training = _training_beside()
+    training = training_beside()
     load_start = os.getloadavg()
     rows = {}
     with tempfile.TemporaryDirectory(prefix="hostile-") as tmp:

@@ -47,7 +47,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.env import write_json  # noqa: E402
+from benchmarks.env import training_beside, write_json  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "model.json"
 PAR_LATENTS = 512
@@ -305,18 +305,6 @@ def environment() -> dict:
     return env
 
 
-def _training_beside() -> list[str]:
-    """Other training jobs on this machine (their timings share the cores with ours)."""
-    try:
-        out = subprocess.run(
-            ["pgrep", "-af", "perceiver-midi train"], capture_output=True, text=True, timeout=10
-        ).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    me = str(os.getpid())  # our own command line may mention it (--note)
-    return [line[:200] for line in out.splitlines() if line.strip() and line.split()[0] != me]
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few minutes; targets not checked")
@@ -355,7 +343,7 @@ def main(argv=None) -> int:
         "mode": mode,
         "command": command,
         "note": args.note,
-        "training_job_beside": _training_beside(),
+        "training_job_beside": training_beside(),
         "environment": environment(),
         "load_at_start": _system_load(),
     }
