@@ -107,7 +107,8 @@ def _check_params_fit(checkpoint: str, config, what: str) -> None:
         raise UserError(f"{what.split()[0]}: {exc}") from None
     abstract = nnx.eval_shape(lambda: PerceiverAR(config, rngs=nnx.Rngs(0)))
     found = param_specs(nnx.state(loaded, nnx.Param))
-    mismatch = params_mismatch(found, param_specs(nnx.state(abstract, nnx.Param)))
+    expected = param_specs(nnx.state(abstract, nnx.Param))
+    mismatch = params_mismatch(found, expected, allow_additions=True)
     if mismatch:
         raise UserError(f"{what}: its params do not fit the training config: {mismatch}")
 

@@ -178,11 +178,21 @@ def param_specs(tree) -> dict[str, tuple[tuple[int, ...], str]]:
     return specs
 
 
-def params_mismatch(found: dict, expected: dict, *, limit: int = 3) -> str:
+# Parameters a pretrained checkpoint may lack when it initialises training: zero-initialised
+# additions that leave the model's function unchanged (``Config.note_state``).
+ADDITIVE_PARAMS = ("note_in.",)
+
+
+def params_mismatch(
+    found: dict, expected: dict, *, limit: int = 3, allow_additions: bool = False
+) -> str:
     """'' when ``found`` (the checkpoint's param specs) fits ``expected`` (the model's), else the
-    first ``limit`` differences in one line: shapes, dtypes, missing and extra parameters."""
+    first ``limit`` differences in one line: shapes, dtypes, missing and extra parameters.
+    ``allow_additions``: the model may have ``ADDITIVE_PARAMS`` the checkpoint lacks."""
     problems = []
     for name in sorted(found.keys() | expected.keys()):
+        if name not in found and allow_additions and name.startswith(ADDITIVE_PARAMS):
+            continue
         if name not in found:
             shape, dtype = expected[name]
             problems.append(f"{name} {shape} {dtype} is missing from the checkpoint")

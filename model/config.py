@@ -32,6 +32,9 @@ class Config:
       activation: MLP non-linearity: ``"sq_relu"`` (official default), ``"gelu"`` or ``"relu"``.
       attn_query_chunk: if > 0, attention is computed over chunks of this many queries with
         rematerialisation, which bounds the memory of the score matrix (for very long M).
+      note_state: add to every latent's initial state a (zero-initialised) linear map of the
+        performance state at its position: which pitches sound and for how long
+        (``model/note_state.py``).
       dtype: compute dtype (``"float32"``; ``"bfloat16"`` is sensible on GPU/TPU). Parameters,
         softmax, losses and sampling are always float32.
     """
@@ -52,6 +55,7 @@ class Config:
     z_loss: float = 1e-4
     activation: str = "sq_relu"
     attn_query_chunk: int = 0
+    note_state: bool = False
     dtype: str = "float32"
 
     def __post_init__(self):

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from model import note_state
 from model.config import Config
 from model.vocab import PAD_ID
 
@@ -272,6 +273,7 @@ class DecodeCache(NamedTuple):
     lo: jax.Array  # [] int32: first column of the current window
     lat_len: jax.Array  # [] int32
     lat_col0: jax.Array  # [] int32
+    notes: note_state.NoteState  # after the newest column, counted from column ``lo``
 
 
 class PerceiverAR(nnx.Module):
@@ -284,6 +286,19 @@ class PerceiverAR(nnx.Module):
         self.cross = CrossAttendBlock(config, dtype, rngs=rngs)
         self.layers = nnx.List(
             [SelfAttendBlock(config, dtype, rngs=rngs) for _ in range(config.num_layers)]
+        )
+        # Zero-initialised, so a model that gains it computes the same function.
+        self.note_in = (
+            nnx.Linear(
+                note_state.NUM_FEATURES,
+                config.d_model,
+                use_bias=False,
+                kernel_init=nnx.initializers.zeros_init(),
+                dtype=dtype,
+                rngs=rngs,
+            )
+            if config.note_state
+            else None
         )
         self.final_norm = nnx.LayerNorm(config.d_model, dtype=dtype, rngs=rngs)
         self.logits = nnx.Linear(
@@ -335,6 +350,8 @@ class PerceiverAR(nnx.Module):
         q_index_M = jnp.arange(n - m, n, dtype=jnp.int32)
         lat_pos_BxM = pos_BxL[:, n - m :]
         z_BxMxD = self.cross.init_latents(emb_BxLxE[:, n - m :])
+        if self.note_in is not None:
+            z_BxMxD = z_BxMxD + self.note_in(note_state.state_features(tokens_BxL, m)[0])
         k_BxHxLxK, v_BxHxLxK = self.cross.keys_values(emb_BxLxE, pos_BxL)
         q_BxHxMxK = self.cross.queries(z_BxMxD, lat_pos_BxM)
         attn = causal_attention(
@@ -367,7 +384,16 @@ class PerceiverAR(nnx.Module):
         lat = tuple(jnp.zeros((batch_size * h, num_latents, k), dtype) for _ in range(c.num_layers))
         zero = jnp.zeros((), jnp.int32)
         return DecodeCache(
-            cross, cross, lat, lat, jnp.zeros((batch_size,), jnp.int32), zero - 1, zero, zero, zero
+            cross,
+            cross,
+            lat,
+            lat,
+            jnp.zeros((batch_size,), jnp.int32),
+            zero - 1,
+            zero,
+            zero,
+            zero,
+            note_state.empty(batch_size),
         )
 
     def _write_inputs(self, cache: DecodeCache, tokens_BxT: jax.Array) -> DecodeCache:
@@ -406,22 +432,27 @@ class PerceiverAR(nnx.Module):
         return self._write_inputs(cache, tokens_BxT)
 
     def refill(
-        self, cache: DecodeCache, latent_tokens_BxF: jax.Array, *, window: int
+        self, cache: DecodeCache, tokens_BxW: jax.Array, *, fill: int
     ) -> tuple[jax.Array, DecodeCache]:
         """Latent reset fill (paper Appendix E.3; flaxformer ``decoding_latent_reset_fill``).
 
-        ``latent_tokens_BxF`` are the tokens of the last F columns; the last one is new (column
-        ``cur + 1``) and is appended to the input cache. The window becomes the last ``window``
-        columns; F latents are computed from scratch over it, their keys/values replace the
-        latent caches. Returns the logits ``[B, V]`` of the next token and the new cache; the
-        result equals a full forward over the window with F latents.
+        ``tokens_BxW`` are the tokens of the last W columns; the last one is new (column
+        ``cur + 1``) and is appended to the input cache. The window becomes these W columns;
+        ``fill`` latents (the last F columns) are computed from scratch over it, their keys/values
+        replace the latent caches. Returns the logits ``[B, V]`` of the next token and the new
+        cache; the result equals a full forward over the window with F latents.
         """
-        f = latent_tokens_BxF.shape[1]
+        f = fill
+        latent_tokens_BxF = tokens_BxW[:, -f:]
         cache = self._write_inputs(cache, latent_tokens_BxF[:, -1:])
-        cache = cache._replace(lo=cache.cur - window + 1)
+        cache = cache._replace(lo=cache.cur - tokens_BxW.shape[1] + 1)
         col_F = cache.cur - f + 1 + jnp.arange(f, dtype=jnp.int32)
         pos_BxF = col_F[None] - cache.pad[:, None]
         z_BxFxD = self.cross.init_latents(self.embed(latent_tokens_BxF))
+        if self.note_in is not None:
+            feats_BxFxS, notes = note_state.state_features(tokens_BxW, f)
+            z_BxFxD = z_BxFxD + self.note_in(feats_BxFxS)
+            cache = cache._replace(notes=notes)
         q_BxHxFxK = self.cross.queries(z_BxFxD, pos_BxF)
         b, hc = q_BxHxFxK.shape[:2]
         cache_shape = (b, hc) + cache.cross_k.shape[1:]
@@ -466,6 +497,9 @@ class PerceiverAR(nnx.Module):
         col_1 = cache.cur[None]
         pos_Bx1 = col_1[None] - cache.pad[:, None]
         z_Bx1xD = self.cross.init_latents(self.embed(token_B[:, None]))
+        if self.note_in is not None:
+            cache = cache._replace(notes=note_state.advance(cache.notes, token_B))
+            z_Bx1xD = z_Bx1xD + self.note_in(note_state.features(cache.notes))[:, None]
         q_BxHx1xK = self.cross.queries(z_Bx1xD, pos_Bx1)
         b, hc = q_BxHx1xK.shape[:2]
         mask_BxHx1xC = jnp.broadcast_to(

@@ -36,7 +36,13 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from model.checkpoint import default_checkpoint, load_model, save_model
+from model.checkpoint import (
+    default_checkpoint,
+    load_model,
+    param_specs,
+    params_mismatch,
+    save_model,
+)
 from model.config import Config, get_config
 from model.data import NO_AUGMENTATION, Augmentation, TrainBatches
 from model.perceiver_ar import PerceiverAR
@@ -253,18 +259,6 @@ def branch(main_workdir: str | os.PathLike, workdir: str | os.PathLike) -> int:
     return int(step)
 
 
-def param_mismatch(a, b) -> str:
-    """'' when two parameter states have the same names and shapes, else the first difference."""
-    fa = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(a)}
-    fb = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(b)}
-    for name in sorted(fa.keys() | fb.keys()):
-        if name not in fa or name not in fb:
-            return f"parameter {name} is missing on one side"
-        if fa[name] != fb[name]:
-            return f"parameter {name} has shape {fa[name]}, the training config {fb[name]}"
-    return ""
-
-
 def build(tc: TrainConfig, workdir: pathlib.Path):
     """Model + optimizer, restored from WORKDIR/ckpt if present, else initialised.
 
@@ -286,7 +280,11 @@ def build(tc: TrainConfig, workdir: pathlib.Path):
             init = str(default_checkpoint())
         if init:
             pretrained = nnx.state(load_model(init), nnx.Param)
-            mismatch = param_mismatch(pretrained, nnx.state(model, nnx.Param))
+            mismatch = params_mismatch(
+                param_specs(pretrained),
+                param_specs(nnx.state(model, nnx.Param)),
+                allow_additions=True,
+            )
             if not mismatch:  # settings that shape no parameter (latents, dropout) may differ
                 nnx.update(model, pretrained)
                 source = f"initialised from {init}"

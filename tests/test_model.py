@@ -20,10 +20,14 @@ TINY = get_config("tiny")
 
 
 def make_model(cfg: Config = TINY, seed: int = 0) -> PerceiverAR:
-    """A tiny model with random (not zero-initialised) logits so every output matters."""
+    """A tiny model with random (not zero-initialised) logits so every output matters (and, with
+    ``note_state``, a random note-state map)."""
     model = PerceiverAR(cfg, rngs=nnx.Rngs(seed))
     kernel = model.logits.kernel
     kernel[...] = 0.3 * jax.random.normal(jax.random.key(seed + 1), kernel.shape)
+    if model.note_in is not None:
+        k = model.note_in.kernel
+        k[...] = 0.5 * jax.random.normal(jax.random.key(seed + 2), k.shape)
     return model
 
 
@@ -191,12 +195,13 @@ def test_training_mode_requires_rng():
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("num_latents", [None, 10])
-def test_cached_step_logits_equal_full_forward(num_latents):
+@pytest.mark.parametrize("num_latents, note_state", [(None, False), (10, False), (None, True)])
+def test_cached_step_logits_equal_full_forward(num_latents, note_state):
     """Every decoding step (fills, steps, resets, sliding window) against a full forward."""
-    model = make_model(seed=3)
+    model = make_model(dataclasses.replace(TINY, note_state=note_state), seed=3)
     rng = np.random.default_rng(0)
-    prompts = [rng.integers(3, 391, size=k) for k in (0, 7, 100)]  # 100 > N: keeps the last W
+    # Notes and time shifts only (no VELOCITY), so many notes sound across windows.
+    prompts = [rng.integers(3, 359, size=k) for k in (0, 7, 100)]  # 100 > N: keeps the last W
     outs, logits, plan = sample_with_logits(
         model,
         prompts,

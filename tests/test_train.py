@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -319,8 +320,18 @@ def test_init_from_none_shipped_and_mismatch(tmp_path):
     assert any(jax.tree.leaves(differs))
     # A shape that differs is refused with the parameter named.
     bad = dataclasses.replace(TINY, init_from=str(model_dir), model_overrides=(("d_model", 32),))
-    with pytest.raises(ValueError, match=r"parameter .* has shape"):
+    with pytest.raises(ValueError, match=r"cross\.kv\.kernel has shape \(64, 128\) in the"):
         build(bad, tmp_path / "c")
+    # The note state is a zero-initialised addition: the checkpoint initialises the rest, and the
+    # grown model computes the checkpoint's function.
+    grown = dataclasses.replace(
+        TINY, init_from=str(model_dir), model_overrides=(("note_state", True),)
+    )
+    model, _, _, step, source = build(grown, tmp_path / "d")
+    assert step == 0 and source.startswith("initialised from")
+    assert not np.any(np.asarray(model.note_in.kernel[...]))
+    ids = jnp.asarray(np.random.default_rng(0).integers(3, 359, size=(1, 64)), jnp.int32)
+    np.testing.assert_array_equal(np.asarray(model(ids)), np.asarray(load_model(model_dir)(ids)))
 
 
 def test_cooldown_branch_equals_one_uninterrupted_run(data, tmp_path):
