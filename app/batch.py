@@ -79,11 +79,29 @@ ROW_KEYS = (
     "top_p",
     "latents",
     "max_note_seconds",
+    "pitch_range",
+    "key",
+    "velocity_range",
+    "max_polyphony",
     "prime_seconds",
     "prime_tokens",
     "prime_range",
 )
 
+
+# Listing columns that are Settings fields of the same name.
+SETTING_COLUMNS = (
+    "temperature",
+    "top_k",
+    "top_p",
+    "latents",
+    "variations",
+    "max_note_seconds",
+    "pitch_range",
+    "key",
+    "velocity_range",
+    "max_polyphony",
+)
 
 # ----------------------------------------------------------------------------------------------
 # Planning
@@ -132,7 +150,7 @@ def _row_settings(row: dict[str, Any], defaults: Settings, where: str) -> Settin
     seconds, tokens = value("seconds"), value("tokens")
     if seconds is not None or tokens is not None:
         changes.update(seconds=seconds, tokens=tokens)
-    for key in ("temperature", "top_k", "top_p", "latents", "variations", "max_note_seconds"):
+    for key in SETTING_COLUMNS:
         if (v := value(key)) is not None:
             changes[key] = v
     try:

@@ -102,6 +102,28 @@ def _add_sampling(p: argparse.ArgumentParser, *, batch: bool = False) -> None:
     g.add_argument(
         "--checkpoint", metavar="DIR", help="model checkpoint (default: checkpoints/maestro-cpu)"
     )
+    c = p.add_argument_group("musical controls (held on every generated note; default: off)")
+    c.add_argument(
+        "--pitch-range",
+        metavar="LOW:HIGH",
+        help="no note outside it: MIDI numbers or names, e.g. 48:72 or C3:C5 (C4 = 60)",
+    )
+    c.add_argument(
+        "--key",
+        metavar="KEY",
+        help="only notes of the scale: C, Am, F#m, Bb major (natural minor), or pitch classes "
+        "like C,D,E,G,A",
+    )
+    c.add_argument(
+        "--velocity-range",
+        metavar="LOW:HIGH",
+        help="dynamics: every note's MIDI velocity inside it (1-127), e.g. 40:90",
+    )
+    c.add_argument(
+        "--max-polyphony",
+        metavar="N",
+        help="no new note while N notes sound (1-128; 0 = no limit)",
+    )
 
 
 def _add_window(p: argparse.ArgumentParser) -> None:
@@ -189,6 +211,10 @@ def settings_from_args(args: argparse.Namespace, *, window: bool = True):
         window=win,
         stop_at_eos=not args.ignore_eos,
         **({} if args.max_note_seconds is None else {"max_note_seconds": args.max_note_seconds}),
+        pitch_range=args.pitch_range,
+        key=args.key,
+        velocity_range=args.velocity_range,
+        max_polyphony=args.max_polyphony,
     )
 
 

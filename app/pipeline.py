@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from app import controls
 from app.errors import UserError
 from tokenizer import constants as C
 
@@ -232,6 +233,9 @@ class Settings:
     stop_at_eos: False never samples EOS, so the budget is always filled.
     max_note_seconds: longest note (None: no limit); a note sounding that long gets its
     NOTE_OFF before time moves further (the sampler's ``max_note_seconds``).
+    pitch_range (``"48:72"``, ``"C3:C5"``), key (``"Am"``, ``"C,D,E"``), velocity_range
+    (``"40:90"``) and max_polyphony: the musical controls (``app/controls.py``), held on every
+    generated token; stored canonically (a (low, high) tuple, ``"A minor"``, an int or None).
     """
 
     seconds: float | None = DEFAULT_SECONDS
@@ -245,6 +249,10 @@ class Settings:
     window: Window = dataclasses.field(default_factory=Window)
     stop_at_eos: bool = True
     max_note_seconds: float | None = DEFAULT_MAX_NOTE_SECONDS
+    pitch_range: tuple[int, int] | None = None
+    key: str | None = None
+    velocity_range: tuple[int, int] | None = None
+    max_polyphony: int | None = None
 
     def __post_init__(self):
         def fix(name, value):
@@ -267,6 +275,15 @@ class Settings:
         if self.max_note_seconds is not None:  # 0: no limit, as None
             s = as_float(self.max_note_seconds, "max-note-seconds", 0, MAX_NOTE_SECONDS)
             fix("max_note_seconds", s or None)
+        fix("pitch_range", controls.parse_pitch_range(self.pitch_range))
+        fix("key", controls.parse_key(self.key))
+        fix("velocity_range", controls.parse_velocity_range(self.velocity_range))
+        fix("max_polyphony", controls.parse_max_polyphony(self.max_polyphony))
+        self.allowed_pitches()  # a key with no pitch in the range is refused here
+
+    def allowed_pitches(self) -> np.ndarray | None:
+        """Pitches a generated NOTE_ON may start (None: all)."""
+        return controls.allowed_pitches(self.pitch_range, self.key)
 
     def replace(self, **changes) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -288,6 +305,10 @@ class Settings:
             self.latents,
             bool(self.stop_at_eos),
             self.max_note_seconds,
+            self.pitch_range,
+            self.key,
+            self.velocity_range,
+            self.max_polyphony,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -301,6 +322,10 @@ class Settings:
             "latents": self.latents,
             "stop_at_eos": bool(self.stop_at_eos),
             "max_note_seconds": self.max_note_seconds,
+            "pitch_range": controls.format_range(self.pitch_range),
+            "key": self.key,
+            "velocity_range": controls.format_range(self.velocity_range),
+            "max_polyphony": self.max_polyphony,
         }
 
 
@@ -505,6 +530,9 @@ def sample_continuations(
             num_latents=settings.latents,
             stop_at_eos=bool(settings.stop_at_eos),
             max_note_seconds=settings.max_note_seconds,
+            allowed_pitches=settings.allowed_pitches(),
+            velocity_range=settings.velocity_range,
+            max_polyphony=settings.max_polyphony,
             callback=on_chunk if callback is not None else None,
             length_bucket=length_bucket,
         )

@@ -29,6 +29,7 @@ import os
 import sys
 import time
 
+from app.controls import ANY_KEY, KEY_CHOICES
 from app.errors import UserError
 from app.web_core import (
     DEFAULT_MAX_NOTE_SECONDS,
@@ -166,8 +167,12 @@ def build_app(
         # 2. Controls ---------------------------------------------------------------------------
         gr.Markdown("## 2. Continue")
         with gr.Row():
-            seconds = gr.Slider(1, 60, value=DEFAULT_SECONDS, step=1, label="Length (s)")
-            variations = gr.Slider(1, MAX_VARIATIONS, value=2, step=1, label="Variations")
+            seconds = gr.Slider(
+                1, 60, value=DEFAULT_SECONDS, step=1, label="Length (s)", elem_id="length"
+            )
+            variations = gr.Slider(
+                1, MAX_VARIATIONS, value=2, step=1, label="Variations", elem_id="variations"
+            )
             temperature = gr.Slider(0, 2, value=1.0, step=0.05, label="Temperature (0 = greedy)")
         with gr.Row():
             top_p = gr.Slider(0.05, 1, value=1.0, step=0.01, label="Top-p (1 = off)")
@@ -199,6 +204,34 @@ def build_app(
                     minimum=0,
                     label="Longest note, seconds (0 = no limit)",
                     info="A note held this long is ended before the music moves on.",
+                )
+        with gr.Accordion("Controls (held on every generated note)", open=False):
+            with gr.Row():
+                pitch_range = gr.Textbox(
+                    value="",
+                    label="Pitch range",
+                    placeholder="e.g. 48:72 or C3:C5 (empty = all)",
+                    elem_id="pitch-range",
+                )
+                key = gr.Dropdown(
+                    list(KEY_CHOICES),
+                    value=ANY_KEY,
+                    allow_custom_value=True,
+                    label="Key (natural minor; or pitch classes like C,D,E)",
+                    elem_id="key",
+                )
+                velocity_range = gr.Textbox(
+                    value="",
+                    label="Velocity range (dynamics, 1-127)",
+                    placeholder="e.g. 40:90 (empty = all)",
+                    elem_id="velocity-range",
+                )
+                max_polyphony = gr.Number(
+                    value=0,
+                    precision=0,
+                    minimum=0,
+                    label="Most notes at once (0 = no limit)",
+                    elem_id="max-polyphony",
                 )
         with gr.Row():
             generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -252,6 +285,10 @@ def build_app(
             api_prime_range = gr.Textbox(value="", label="prime_range")
             api_ignore_eos = gr.Checkbox(value=False, label="ignore_eos")
             api_max_note = gr.Number(value=DEFAULT_MAX_NOTE_SECONDS, label="max_note_seconds")
+            api_pitch_range = gr.Textbox(value="", label="pitch_range")
+            api_key = gr.Textbox(value="", label="key")
+            api_velocity_range = gr.Textbox(value="", label="velocity_range")
+            api_max_polyphony = gr.Number(value=0, precision=0, label="max_polyphony")
             api_audio = gr.File(label="audio", file_count="multiple")
             api_midi = gr.File(label="midi", file_count="multiple")
             api_info = gr.JSON(label="info")
@@ -353,6 +390,10 @@ def build_app(
             start_v,
             end_v,
             max_note_v,
+            pitch_range_v,
+            key_v,
+            velocity_range_v,
+            max_polyphony_v,
         ):
             req = GenerateRequest(
                 seconds=seconds_v,
@@ -368,6 +409,10 @@ def build_app(
                 window_start=None if s.prime.empty else start_v,
                 window_end=None if s.prime.empty else end_v,
                 max_note_seconds=max_note_v,
+                pitch_range=pitch_range_v,
+                key=key_v,
+                velocity_range=velocity_range_v,
+                max_polyphony=max_polyphony_v,
             )
             try:
                 for ev in composer.generate(s, req):
@@ -408,6 +453,10 @@ def build_app(
             prime_range="",
             ignore_eos=False,
             max_note_seconds=DEFAULT_MAX_NOTE_SECONDS,
+            pitch_range="",
+            key="",
+            velocity_range="",
+            max_polyphony=0,
         ):
             return composer.api_continue(
                 prime,
@@ -423,6 +472,10 @@ def build_app(
                 prime_range=prime_range,
                 ignore_eos=bool(ignore_eos),
                 max_note_seconds=max_note_seconds,
+                pitch_range=pitch_range,
+                key=key,
+                velocity_range=velocity_range,
+                max_polyphony=max_polyphony,
             )
 
         # Prime handlers render audio and rolls: they share the model's CPU budget (its
@@ -457,6 +510,10 @@ def build_app(
                 win_start,
                 win_end,
                 max_note,
+                pitch_range,
+                key,
+                velocity_range,
+                max_polyphony,
             ],  # fmt: skip
             gen_outputs,
             api_name="generate",
@@ -482,6 +539,10 @@ def build_app(
                 api_prime_range,
                 api_ignore_eos,
                 api_max_note,
+                api_pitch_range,
+                api_key,
+                api_velocity_range,
+                api_max_polyphony,
             ],  # fmt: skip
             [api_audio, api_midi, api_info],
             api_name="continue",
@@ -494,7 +555,11 @@ def build_app(
                 "prime_seconds seconds. latents 0 = the model's. Variation v uses seed + v - 1. "
                 "ignore_eos: never end early (as the CLI's --ignore-eos). max_note_seconds: "
                 f"a note held this long is ended before the music moves on (default "
-                f"{DEFAULT_MAX_NOTE_SECONDS:g}; 0 = no limit; as the CLI's --max-note-seconds)."
+                f"{DEFAULT_MAX_NOTE_SECONDS:g}; 0 = no limit; as the CLI's --max-note-seconds). "
+                "Musical controls, held on every generated note, as the CLI's options ('' or 0 "
+                "= off): pitch_range 'LOW:HIGH' (MIDI numbers or names, C4 = 60), key ('Am', "
+                "'F# major', or pitch classes 'C,D,E'), velocity_range 'LOW:HIGH' (1-127), "
+                "max_polyphony (most notes sounding at once)."
             ),
             concurrency_id="model",
         )

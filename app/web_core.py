@@ -225,6 +225,11 @@ class GenerateRequest:
     window_start: float | None = None  # None: the default window (last 20 s)
     window_end: float | None = None
     max_note_seconds: float | None = DEFAULT_MAX_NOTE_SECONDS  # None or 0: no limit
+    # The musical controls, as typed (Settings parses and checks them; '' or None: off).
+    pitch_range: str | None = None
+    key: str | None = None
+    velocity_range: str | None = None
+    max_polyphony: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -477,6 +482,10 @@ class Composer:
             "latents": latents,
             "stop_at_eos": bool(req.stop_at_eos),
             "max_note_seconds": max_note,
+            "pitch_range": req.pitch_range,
+            "key": req.key,
+            "velocity_range": req.velocity_range,
+            "max_polyphony": req.max_polyphony,
         }
 
     def plan(self, prime: Prime, req: GenerateRequest) -> _Plan:
@@ -663,13 +672,18 @@ class Composer:
         prime_range: str = "",
         ignore_eos: bool = False,
         max_note_seconds: float = DEFAULT_MAX_NOTE_SECONDS,
+        pitch_range: str = "",
+        key: str = "",
+        velocity_range: str = "",
+        max_polyphony: int = 0,
     ) -> tuple[list[str], list[str], dict]:
         """One request, no session: returns (audio paths, MIDI paths, info). MIDI paths are
         ``<stem>_vN.mid`` (the continuation) and ``<stem>_vN_full.mid`` per variation. The
         window: ``prime_range`` ("START:END" seconds) if given, else the last ``prime_tokens``
         tokens if > 0, else the last ``prime_seconds`` seconds, as the CLI's options;
-        ``ignore_eos`` as the CLI's ``--ignore-eos``; ``max_note_seconds`` as the CLI's
-        ``--max-note-seconds`` (0 = no limit)."""
+        ``ignore_eos`` as the CLI's ``--ignore-eos``; ``max_note_seconds``, ``pitch_range``,
+        ``key``, ``velocity_range`` and ``max_polyphony`` as the CLI's options of those names
+        ('' or 0: off)."""
         from app.pipeline import continue_prime
 
         self._sweep_api_files()
@@ -680,7 +694,9 @@ class Composer:
         req = GenerateRequest(seconds=seconds, variations=variations, temperature=temperature,
                               top_p=top_p, top_k=top_k, seed=seed, latents=latents,
                               stop_at_eos=not ignore_eos,
-                              max_note_seconds=max_note_seconds)  # fmt: skip
+                              max_note_seconds=max_note_seconds, pitch_range=pitch_range,
+                              key=key, velocity_range=velocity_range,
+                              max_polyphony=max_polyphony)  # fmt: skip
         plan = self.api_plan(base, req, prime_seconds, prime_tokens, prime_range)
         folder = Session(self.root / "api").folder()
         conts = continue_prime(self.model, plan.source, plan.settings, name=base.name,

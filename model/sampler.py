@@ -71,12 +71,21 @@ from model.vocab import (
     STEPS_PER_SECOND,
     TIME_SHIFT_FIRST_ID,
     TIME_SHIFT_LAST_ID,
+    VOCAB_SIZE,
 )
 
 DEFAULT_REFILL_HEADROOM = 128  # flaxformer's default: refill the latent cache to num_latents - 128
 DEFAULT_CHUNK_WITH_CALLBACK = 64
 _NO_TIME_LIMIT = np.iinfo(np.int32).max // 2
 ONSET_SLOTS = 16  # onsets kept per pitch for max_note_seconds (overlapping notes of one pitch)
+VELOCITY_FIRST_ID = TIME_SHIFT_LAST_ID + 1  # VELOCITY bin 1 (of 32, 4 MIDI velocities each)
+NUM_VELOCITY_BINS = VOCAB_SIZE - VELOCITY_FIRST_ID
+DEFAULT_VELOCITY = 100  # of NOTE_ONs before any VELOCITY (note-seq's default)
+
+
+def bin_velocity(token):
+    """The MIDI velocity a VELOCITY token sets (the lowest of its bin, as note-seq decodes)."""
+    return 1 + (token - VELOCITY_FIRST_ID) * 4
 
 
 class StopSampling(Exception):  # noqa: N818 - a control-flow signal, not an error
@@ -119,6 +128,10 @@ class _Settings(NamedTuple):
     max_time: jax.Array  # [B] i32 budget in 10 ms steps
     sounding_offs: jax.Array  # [] bool: NOTE_OFF only for sounding pitches (see end_sounding_only)
     max_note: jax.Array  # [] i32 longest note in 10 ms steps (_NO_TIME_LIMIT = no limit)
+    pitch_ok: jax.Array  # [128] bool: pitches a NOTE_ON may start (all: no constraint)
+    velocity_lo: jax.Array  # [] i32: VELOCITY tokens only for velocities in [lo, hi]
+    velocity_hi: jax.Array  # [] i32
+    max_polyphony: jax.Array  # [] i32: no NOTE_ON while this many notes sound
 
 
 class _Carry(NamedTuple):
@@ -131,6 +144,7 @@ class _Carry(NamedTuple):
     sounding: jax.Array  # [B, 128] i32 notes sounding per pitch (prompt + kept tokens)
     onsets: jax.Array  # [B, 128, ONSET_SLOTS] i32 ring of the onsets of sounding notes per pitch
     head: jax.Array  # [B, 128] i32 slot of the oldest sounding note's onset
+    velocity: jax.Array  # [B] i32 MIDI velocity of the next NOTE_ON (prompt + kept tokens)
     logits: jax.Array  # [B, G, V] f32 when recording, else [0]
 
 
@@ -174,6 +188,36 @@ def end_overlong_notes(logits_BxV: jax.Array, overlong_BxP: jax.Array) -> jax.Ar
     return jnp.where(any_B1, forced_BxV, logits_BxV)
 
 
+def apply_controls(
+    logits_BxV: jax.Array,
+    sounding_BxP: jax.Array,
+    velocity_B: jax.Array,
+    s: _Settings,
+) -> jax.Array:
+    """The musical controls, by masking (to -inf) the tokens that would break one:
+
+    * NOTE_ON of a pitch outside ``pitch_ok`` (pitch range and key);
+    * every NOTE_ON while ``max_polyphony`` notes sound, or while the velocity in force is
+      outside ``[velocity_lo, velocity_hi]`` (then a VELOCITY comes first);
+    * VELOCITY tokens of velocities outside ``[velocity_lo, velocity_hi]``.
+    TIME_SHIFTs are never masked, so a row always keeps a token. With no control set every mask
+    is all-true and the logits are returned bit for bit.
+    """
+    vel_ok_B = (velocity_B >= s.velocity_lo) & (velocity_B <= s.velocity_hi)
+    poly_ok_B = jnp.sum(sounding_BxP, axis=-1) < s.max_polyphony
+    on_ok_BxP = s.pitch_ok[None] & (vel_ok_B & poly_ok_B)[:, None]
+    on_BxP = logits_BxV[:, NOTE_ON_FIRST_ID : NOTE_ON_FIRST_ID + NUM_PITCHES]
+    logits_BxV = jax.lax.dynamic_update_slice_in_dim(
+        logits_BxV, jnp.where(on_ok_BxP, on_BxP, -jnp.inf), NOTE_ON_FIRST_ID, axis=1
+    )
+    bins_N = bin_velocity(VELOCITY_FIRST_ID + jnp.arange(NUM_VELOCITY_BINS))
+    bin_ok_N = (bins_N >= s.velocity_lo) & (bins_N <= s.velocity_hi)
+    vel_BxN = logits_BxV[:, VELOCITY_FIRST_ID:]
+    return jax.lax.dynamic_update_slice_in_dim(
+        logits_BxV, jnp.where(bin_ok_N[None], vel_BxN, -jnp.inf), VELOCITY_FIRST_ID, axis=1
+    )
+
+
 def _choose_tokens(logits_BxV: jax.Array, c: _Carry, s: _Settings) -> jax.Array:
     """Note-off corrections, temperature, top-k, top-p, then a draw with key fold_in(key_b, g)."""
     vocab = logits_BxV.shape[-1]
@@ -181,6 +225,7 @@ def _choose_tokens(logits_BxV: jax.Array, c: _Carry, s: _Settings) -> jax.Array:
     banned_V = (ids_V == PAD_ID) | (ids_V == SOS_ID) | ((ids_V == EOS_ID) & ~s.stop_at_eos)
     logits_BxV = jnp.where(banned_V[None], -jnp.inf, logits_BxV.astype(jnp.float32))
     logits_BxV = jnp.where(s.sounding_offs, end_sounding_only(logits_BxV, c.sounding), logits_BxV)
+    logits_BxV = apply_controls(logits_BxV, c.sounding, c.velocity, s)
     oldest_BxP = jnp.take_along_axis(c.onsets, c.head[..., None], axis=-1)[..., 0]
     overlong_BxP = (c.sounding > 0) & (c.time[:, None] - oldest_BxP >= s.max_note)
     logits_BxV = end_overlong_notes(logits_BxV, overlong_BxP)
@@ -222,6 +267,8 @@ def _advance(c: _Carry, cache, logits_BxV, s: _Settings, plan: _Plan) -> _Carry:
     time_B = c.time + shift_B
     sounding = _update_sounding(c.sounding, tok_B, keep_B)
     onsets, head = _update_onsets(c, tok_B, keep_B)
+    is_vel_B = (tok_B >= VELOCITY_FIRST_ID) & keep_B
+    velocity_B = jnp.where(is_vel_B, bin_velocity(tok_B), c.velocity)
     logits = c.logits
     if plan.record_logits:
         logits = jax.lax.dynamic_update_slice(logits, logits_BxV[:, None], (0, c.g, 0))
@@ -235,6 +282,7 @@ def _advance(c: _Carry, cache, logits_BxV, s: _Settings, plan: _Plan) -> _Carry:
         sounding=sounding,
         onsets=onsets,
         head=head,
+        velocity=velocity_B,
         logits=logits,
     )
 
@@ -320,6 +368,40 @@ def onset_queues(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (onsets - int(steps.sum())).astype(np.int32), head.astype(np.int32)
 
 
+def current_velocity(ids: np.ndarray) -> int:
+    """The MIDI velocity of a NOTE_ON after ``ids``: set by the last VELOCITY, else 100."""
+    ids = np.asarray(ids, np.int64)
+    vel = ids[ids >= VELOCITY_FIRST_ID]
+    return int(bin_velocity(vel[-1])) if vel.size else DEFAULT_VELOCITY
+
+
+def _control_settings(allowed_pitches, velocity_range, max_polyphony) -> dict:
+    """The controls as traced sampler settings (ValueError for values no note can satisfy)."""
+    pitch_ok = np.ones(NUM_PITCHES, bool)
+    if allowed_pitches is not None:
+        pitches = np.asarray(allowed_pitches, np.int64).reshape(-1)
+        if pitches.size == 0 or pitches.min() < 0 or pitches.max() >= NUM_PITCHES:
+            raise ValueError("allowed_pitches must be a non-empty set of pitches in 0..127")
+        pitch_ok[:] = False
+        pitch_ok[pitches] = True
+    lo, hi = (1, 127) if velocity_range is None else (int(v) for v in velocity_range)
+    bins = bin_velocity(VELOCITY_FIRST_ID + np.arange(NUM_VELOCITY_BINS))
+    if not 1 <= lo <= hi <= 127 or not np.any((bins >= lo) & (bins <= hi)):
+        raise ValueError(
+            f"velocity_range must satisfy 1 <= low <= high <= 127 and hold a velocity of "
+            f"{bins[0]}, {bins[1]}, ..., {bins[-1]} (the 32 bins), got {velocity_range}"
+        )
+    poly = _NO_TIME_LIMIT if max_polyphony is None else int(max_polyphony)
+    if poly < 1:
+        raise ValueError(f"max_polyphony must be >= 1, got {max_polyphony}")
+    return dict(
+        pitch_ok=jnp.asarray(pitch_ok),
+        velocity_lo=jnp.int32(lo),
+        velocity_hi=jnp.int32(hi),
+        max_polyphony=jnp.int32(poly),
+    )
+
+
 def sounding_onsets(ids: np.ndarray) -> np.ndarray:
     """int32 [128]: per pitch sounding after ``ids``, when its oldest sounding note started, in
     10 ms steps relative to the end of ``ids`` (<= 0; time is the sum of the TIME_SHIFTs); 0 for
@@ -331,7 +413,15 @@ def sounding_onsets(ids: np.ndarray) -> np.ndarray:
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _init_carry(
-    graphdef, plan: _Plan, params, tokens_BxS, done_B, sounding_BxP, onsets_BxPxK, head_BxP
+    graphdef,
+    plan: _Plan,
+    params,
+    tokens_BxS,
+    done_B,
+    sounding_BxP,
+    onsets_BxPxK,
+    head_BxP,
+    velocity_B,
 ) -> _Carry:
     model = nnx.merge(graphdef, params)
     b, s = tokens_BxS.shape
@@ -347,7 +437,17 @@ def _init_carry(
     zero_b = jnp.zeros((b,), jnp.int32)
     g = jnp.zeros((), jnp.int32)
     return _Carry(
-        tokens_BxS, cache, g, done_B, zero_b, zero_b, sounding_BxP, onsets_BxPxK, head_BxP, logits
+        tokens_BxS,
+        cache,
+        g,
+        done_B,
+        zero_b,
+        zero_b,
+        sounding_BxP,
+        onsets_BxPxK,
+        head_BxP,
+        velocity_B,
+        logits,
     )
 
 
@@ -365,9 +465,8 @@ def _run_chunk(graphdef, plan: _Plan, params, carry: _Carry, g_end, s: _Settings
         return _advance(c, c.cache, logits_BxV, s, plan)
 
     def refill(c: _Carry) -> _Carry:
-        start = plan.window - plan.fill + c.g
-        latent_tokens_BxF = jax.lax.dynamic_slice_in_dim(c.tokens, start, plan.fill, axis=1)
-        logits_BxV, cache = model.refill(c.cache, latent_tokens_BxF, window=plan.window)
+        window_BxW = jax.lax.dynamic_slice_in_dim(c.tokens, c.g, plan.window, axis=1)
+        logits_BxV, cache = model.refill(c.cache, window_BxW, fill=plan.fill)
         return _advance(c, cache, logits_BxV, s, plan)
 
     def step(c: _Carry) -> _Carry:
@@ -463,6 +562,9 @@ def _generate(
     sounding_note_offs: bool = True,
     max_note_seconds: float | None = None,
     length_bucket: int = 0,
+    allowed_pitches=None,
+    velocity_range: tuple[int, int] | None = None,
+    max_polyphony: int | None = None,
 ):
     cfg = model.config
     prompt_list = _as_prompt_list(prompts)
@@ -484,6 +586,7 @@ def _generate(
         raise ValueError(f"max_note_seconds must be > 0 and finite, got {max_note_seconds}")
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    controls = _control_settings(allowed_pitches, velocity_range, max_polyphony)
     mc = cfg.num_latents if num_latents is None else int(num_latents)
     if not 1 <= mc <= cfg.num_latents:
         raise ValueError(f"num_latents must be in [1, {cfg.num_latents}], got {num_latents}")
@@ -495,8 +598,10 @@ def _generate(
     sounding = np.zeros((_next_pow2(n_prompts), NUM_PITCHES), np.int32)
     onsets = np.zeros((*sounding.shape, ONSET_SLOTS), np.int32)
     head = np.zeros_like(sounding)
+    velocity = np.full(sounding.shape[0], DEFAULT_VELOCITY, np.int32)
     for i, p in enumerate(prompt_list):  # the whole prompt: a note may outlast the window
         sounding[i] = sounding_pitches(p)
+        velocity[i] = current_velocity(p)
         if max_note_seconds is not None:  # without a limit the onsets change no token
             onsets[i], head[i] = onset_queues(p)
     seeds = _per_prompt_seeds(seed, n_prompts)
@@ -539,6 +644,7 @@ def _generate(
         max_time=jnp.full((plan.batch,), max_time, jnp.int32),
         sounding_offs=jnp.bool_(sounding_note_offs),
         max_note=jnp.int32(max_note),
+        **controls,
     )
 
     graphdef, params = nnx.split(model)
@@ -551,6 +657,7 @@ def _generate(
         jnp.asarray(sounding),
         jnp.asarray(onsets),
         jnp.asarray(head),
+        jnp.asarray(velocity),
     )
     if callback is not None and chunk_size is None:
         chunk_size = DEFAULT_CHUNK_WITH_CALLBACK
@@ -614,6 +721,9 @@ def sample(
     sounding_note_offs: bool = True,
     max_note_seconds: float | None = None,
     length_bucket: int = 0,
+    allowed_pitches=None,
+    velocity_range: tuple[int, int] | None = None,
+    max_polyphony: int | None = None,
 ) -> list[np.ndarray]:
     """Continues every prompt; returns the new ids per prompt (request order).
 
@@ -649,6 +759,14 @@ def sample(
         (``end_overlong_notes``). A traced value: changing it never recompiles.
       length_bucket: compile for at least this many new tokens (a server passes its largest
         budget, so every request runs the program compiled at start). Results do not depend on it.
+      allowed_pitches: pitches a generated NOTE_ON may start (None: all); e.g. a pitch range
+        intersected with a key.
+      velocity_range: ``(low, high)`` MIDI velocities: VELOCITY tokens only inside it, and no
+        NOTE_ON while the velocity in force (from the prompt, else 100) is outside it.
+      max_polyphony: no NOTE_ON while this many notes sound (prompt notes included).
+      The controls hold for every generated token (``apply_controls``); they are traced values:
+      changing them never recompiles, and without them the ids are those of the sampler
+      without controls, bit for bit.
 
     PAD and SOS are never sampled.
     """
@@ -670,6 +788,9 @@ def sample(
         sounding_note_offs=sounding_note_offs,
         max_note_seconds=max_note_seconds,
         length_bucket=length_bucket,
+        allowed_pitches=allowed_pitches,
+        velocity_range=velocity_range,
+        max_polyphony=max_polyphony,
     )
     return outputs
 

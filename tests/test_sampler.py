@@ -61,9 +61,9 @@ class RuleModel(nnx.Module):
         logits = logits.at[:, self.FALLBACK].set(50.0)
         return logits.at[jnp.arange(last_B.shape[0]), target_B].set(100.0)
 
-    def refill(self, cache, latent_tokens_BxF, *, window):
-        del window
-        return self._logits(latent_tokens_BxF[:, -1]), cache._replace(calls=cache.calls + 1)
+    def refill(self, cache, tokens_BxW, *, fill):
+        del fill
+        return self._logits(tokens_BxW[:, -1]), cache._replace(calls=cache.calls + 1)
 
     def decode_step(self, cache, token_B):
         return self._logits(token_B), cache._replace(calls=cache.calls + 1)
@@ -457,9 +457,9 @@ class NeverEnds(RuleModel):
         logits = logits.at[:, OFF : OFF + 128].set(0.0)
         return logits.at[jnp.arange(b), target_B].set(100.0)
 
-    def refill(self, cache, latent_tokens_BxF, *, window):
-        del window
-        return self._next(cache, latent_tokens_BxF[:, -1]), cache._replace(calls=cache.calls + 1)
+    def refill(self, cache, tokens_BxW, *, fill):
+        del fill
+        return self._next(cache, tokens_BxW[:, -1]), cache._replace(calls=cache.calls + 1)
 
     def decode_step(self, cache, token_B):
         return self._next(cache, token_B), cache._replace(calls=cache.calls + 1)

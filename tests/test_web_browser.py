@@ -173,3 +173,28 @@ def test_compose_in_a_real_browser(page, app_url, tmp_path):
     page.click("#undo")
     _wait_text(page, "#prime-info", "bach_prelude_c (upload)")
     page.screenshot(path=str(ARTIFACTS / "app_after_undo.png"), full_page=True)
+
+
+def test_a_control_set_in_the_page_holds_in_the_result(page, app_url, tmp_path):
+    """Controls > Pitch range C4:C5: every note of the downloaded continuation is inside it."""
+    from tokenizer import decode_notes, encode
+
+    page.goto(app_url, wait_until="load")
+    page.wait_for_selector("#generate")
+    page.set_input_files("#upload input[type=file]", str(EXAMPLE))
+    _wait_text(page, "#prime-info", "bach_prelude_c (upload)")
+    page.get_by_text("Controls (held on every generated note)").click()
+    page.locator("#pitch-range textarea, #pitch-range input").first.fill("C4:C5")
+    for elem, value in (("#length", "60"), ("#variations", "1")):
+        box = page.locator(f"{elem} input[type=number]").first
+        box.fill(value)
+        box.press("Enter")
+    page.click("#generate")
+    _wait_text(page, "#status", "Done")
+    href = page.eval_on_selector_all("#result-1-files a[download]", "els => els.map(a => a.href)")[
+        0
+    ]
+    path = tmp_path / "continuation.mid"
+    path.write_bytes(page.request.get(href).body())
+    pitches = [n.pitch for n in decode_notes(encode(path))]
+    assert pitches and all(60 <= p <= 72 for p in pitches), pitches
