@@ -426,8 +426,13 @@ def build_app(
                             for k in range(MAX_VARIATIONS)
                         }  # fmt: skip
                         yield gen_frame(ev.status, ev.seed, True, cards)
-                    elif isinstance(ev, Progress):
-                        yield gen_frame(ev.status)
+                    elif isinstance(ev, Progress):  # the rolls grow while tokens arrive
+                        rolls = {
+                            k: [gr.skip()] * 3 + [str(path), gr.skip()]
+                            for k, path in enumerate(ev.rolls)
+                            if path is not None
+                        }
+                        yield gen_frame(ev.status, slot_values=rolls)
                     elif isinstance(ev, ResultReady):
                         r = ev.result
                         files = [str(r.midi), str(r.full_midi)]

@@ -55,6 +55,7 @@ from app.pipeline import as_int as _as_int
 
 MAX_UPLOAD_BYTES = 4 * 1024 * 1024  # the largest MAESTRO file is under 1 MiB
 PROGRESS_EVERY_S = 0.25  # at most this often a progress update is sent to the page
+LIVE_ROLL_EVERY_S = 2.0  # ... and a piano roll of the music so far (drawing costs ~0.1 s of CPU)
 API_FILES_TTL_S = 3600.0  # /continue output folders older than this are removed
 SESSION_WAIT_S = 600.0  # a request waits this long for its session's previous one, then refuses
 EXAMPLES_DIR = pathlib.Path(__file__).resolve().parent.parent / "examples"
@@ -244,6 +245,7 @@ class Progress:
     status: str
     seconds: tuple[float, ...]
     tokens: tuple[int, ...]
+    rolls: tuple[pathlib.Path | None, ...] = ()  # per variation: its piano roll so far, if new
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,6 +267,7 @@ class _Plan:
     settings: object  # app.pipeline.Settings
     base: Prime
     head: np.ndarray
+    window_ids: np.ndarray | None = None  # the prime window (for the rolls drawn while sampling)
 
 
 def human_size(n: int) -> str:
@@ -498,7 +501,7 @@ class Composer:
         if tokens < 0:
             raise UserError(f"prime tokens must be >= 0 (0 = all the model sees), got {tokens}")
         if prime.empty:
-            return _Plan(None, Settings(**fields), prime, prime.ids)
+            return _Plan(None, Settings(**fields), prime, prime.ids, prime.ids)
         if req.window_start is None and req.window_end is None:
             start, end = prime.default_window()
         else:
@@ -509,7 +512,9 @@ class Composer:
         source = prime.ids
         if tokens:  # the window, then at most its last ``tokens`` tokens
             source, window = cut, Window.last_tokens(tokens)
-        return _Plan(source, Settings(**fields, window=window), prime, np.asarray(head, np.int32))
+            cut = window.cut(cut)
+        settings = Settings(**fields, window=window)
+        return _Plan(source, settings, prime, np.asarray(head, np.int32), np.asarray(cut, np.int32))
 
     def api_plan(
         self, prime: Prime, req: GenerateRequest, prime_seconds, prime_tokens, prime_range
@@ -585,7 +590,8 @@ class Composer:
                 events.put(("error", exc))
 
         threading.Thread(target=work, name="sampler", daemon=True).start()
-        last = 0.0
+        folder = session.folder() / f"gen{session.generation:04d}"
+        last = last_roll = 0.0
         try:
             while True:
                 item = events.get()
@@ -598,11 +604,14 @@ class Composer:
                 now = time.perf_counter()
                 if now - last >= PROGRESS_EVERY_S:
                     last = now
-                    yield self._progress(item, settings, now - t0)
+                    rolls = ()
+                    if now - last_roll >= LIVE_ROLL_EVERY_S and plan.window_ids is not None:
+                        rolls = self._live_rolls(item, plan.window_ids, folder)
+                        last_roll = time.perf_counter()
+                    yield dataclasses.replace(self._progress(item, settings, now - t0), rolls=rolls)
         finally:
             cancelled.set()  # the page went away or something failed: stop the sampler
 
-        folder = session.folder() / f"gen{session.generation:04d}"
         first_audio = None
         for k, c in enumerate(conts):
             result = self._render(c, plan, folder)
@@ -632,6 +641,20 @@ class Composer:
             secs,
             toks,
         )
+
+    def _live_rolls(self, info, prime: np.ndarray, folder: pathlib.Path) -> tuple:
+        """The piano roll of each variation so far (a new file each time, so the page reloads
+        it), for the variations that have new notes since the last roll."""
+        rolls = []
+        live = folder / "live"
+        for k, ids in enumerate(info.tokens):
+            n = int(info.num_tokens[k])
+            path = live / f"v{k + 1}_{n:06d}.png"
+            if n == 0 or path.exists():
+                rolls.append(None)
+                continue
+            rolls.append(media.result_roll_png(prime, ids, path))
+        return tuple(rolls)
 
     def _render(self, c, plan: _Plan, folder: pathlib.Path) -> Result:
         from app.pipeline import OutputOptions, output_bytes

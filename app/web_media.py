@@ -100,13 +100,24 @@ def _coverage(pitch, start, end, velocity, lo: int, right: float, shape: tuple[i
     return count, vsum
 
 
-def _draw_roll(ax, layers, right: float) -> None:
-    """Notes as one RGBA image: a pitch x time-bin raster (one column per pixel of the axes),
-    drawn with a single ``imshow``; cost bounded by the raster, not by the number of notes.
+def _draw_roll(ax, layers, right: float, left: float = 0.0) -> None:
+    """Notes as one RGBA image: a pitch x time-bin raster over ``[left, right]`` seconds (one
+    column per pixel of the axes), drawn with a single ``imshow``; cost bounded by the raster,
+    not by the number of notes.
 
     ``layers`` are ``(pitch, start, end, velocity, color, alpha_min)``, later ones on top; a
     cell's opacity grows with the mean velocity of the notes sounding there.
     """
+    if left > 0:  # the notes that overlap [left, right], in time from left
+        layers = [
+            (p[keep], s[keep] - left, e[keep] - left, v[keep], color, alpha)
+            for p, s, e, v, color, alpha in layers
+            for keep in [(e > left) & (s < right)]
+        ]
+        _draw_roll(ax, layers, right - left)
+        for image in ax.images:
+            image.set_extent((left, right, *image.get_extent()[2:]))
+        return
     drawn = [layer for layer in layers if layer[0].size]
     if not drawn:
         return
@@ -161,7 +172,9 @@ def prime_roll_png(
     window: tuple[float, float] | None = None,
 ) -> pathlib.Path:
     """The whole prime piece; notes inside ``window`` (start, end seconds) in colour, the rest
-    light grey, the window shaded."""
+    light grey, the window shaded. When the window is part of the piece, this overview is a
+    strip at the top and the window is drawn large below it (a 20 s window of a 400 s piece
+    stays readable)."""
     from tokenizer import music_seconds
 
     fig, ax = _figure()
@@ -179,17 +192,34 @@ def prime_roll_png(
     inside = (end > w0) & (start < w1)
     out = ~inside
     right = max(total, float(end.max()), w1) * 1.005 + 1e-3
+    zoom = w0 > 0 or w1 < total
+    if zoom:  # the overview becomes a strip above the window's own roll
+        ax.set_position((0.045, 0.80, 0.945, 0.17))
+        ax.set_xlabel("")
+        ax.tick_params(labelsize=7, pad=1)
     outside = (pitch[out], start[out], end[out], vel[out], GREY_LIGHT, 0.9)
     _draw_roll(
         ax,
         [outside, (pitch[inside], start[inside], end[inside], vel[inside], PRIME_COLOR, 0.45)],
         right,
     )
-    ax.axvspan(w0, w1, color=PRIME_COLOR, alpha=0.07, linewidth=0)
+    ax.axvspan(w0, w1, color=PRIME_COLOR, alpha=0.07 if not zoom else 0.15, linewidth=0)
     for x in (w0, w1):
         ax.axvline(x, color=PRIME_COLOR, linewidth=1.2)
     ax.set_xlim(0, right)
-    _pitch_limits(ax, pitch)
+    if not zoom:
+        _pitch_limits(ax, pitch)
+        return _save(fig, path)
+    ax.set_yticks([])
+    ax.set_ylim(float(pitch.min()) - 1.5, float(pitch.max()) + 1.5)
+    big = fig.add_axes((0.045, 0.14, 0.945, 0.58))
+    big.set_facecolor("#fbfbfb")
+    big.tick_params(labelsize=8)
+    big.set_xlabel("seconds (the prime window)", fontsize=8, labelpad=1)
+    window_notes = (pitch[inside], start[inside], end[inside], vel[inside], PRIME_COLOR, 0.45)
+    _draw_roll(big, [window_notes], max(w1, w0 + 1e-3), left=w0)
+    big.set_xlim(w0, max(w1, w0 + 1e-3))
+    _pitch_limits(big, pitch[inside])
     return _save(fig, path)
 
 

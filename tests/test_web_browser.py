@@ -12,6 +12,7 @@ README screenshot); by default the tiny random test model is used.
 
 import os
 import pathlib
+import re
 import subprocess
 import time
 
@@ -176,7 +177,8 @@ def test_compose_in_a_real_browser(page, app_url, tmp_path):
 
 
 def test_a_control_set_in_the_page_holds_in_the_result(page, app_url, tmp_path):
-    """Controls > Pitch range C4:C5: every note of the downloaded continuation is inside it."""
+    """Controls > Pitch range C4:C5: every note of the downloaded continuation is inside it; the
+    result's piano roll is drawn while sampling, before the result is ready."""
     from tokenizer import decode_notes, encode
 
     page.goto(app_url, wait_until="load")
@@ -189,6 +191,13 @@ def test_a_control_set_in_the_page_holds_in_the_result(page, app_url, tmp_path):
         box = page.locator(f"{elem} input[type=number]").first
         box.fill(value)
         box.press("Enter")
+    live = []  # rolls drawn while sampling (v1_<tokens so far>.png), with the status line then
+
+    def on_response(response):
+        if re.search(r"/v1_\d{6}\.png$", response.url):
+            live.append((response.url, _text(page, "#status")))
+
+    page.on("response", on_response)
     page.click("#generate")
     _wait_text(page, "#status", "Done")
     href = page.eval_on_selector_all("#result-1-files a[download]", "els => els.map(a => a.href)")[
@@ -198,3 +207,7 @@ def test_a_control_set_in_the_page_holds_in_the_result(page, app_url, tmp_path):
     path.write_bytes(page.request.get(href).body())
     pitches = [n.pitch for n in decode_notes(encode(path))]
     assert pitches and all(60 <= p <= 72 for p in pitches), pitches
+    page.remove_listener("response", on_response)
+    assert live and all(status.startswith("Sampling") for _, status in live), live
+    final = page.eval_on_selector("#result-1-roll img", "img => img.src")
+    assert final.endswith("bach_prelude_c_v1.png")  # the finished result's own roll replaced it

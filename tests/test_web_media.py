@@ -64,8 +64,8 @@ def test_roll_of_200k_notes_is_one_image_with_few_artists(tmp_path, figures):
     # Axes, ticks, labels, the window's lines and one image: about 120 artists, whatever the
     # number of notes (one bar per note drew 200,000 more).
     assert [_artists(f) < 200 for f in figures] == [True] * 3
-    for fig in figures:
-        (ax,) = fig.axes
+    assert [len(f.axes) for f in figures] == [2, 2, 1]  # a window of the piece: overview + zoom
+    for ax in (ax for fig in figures for ax in fig.axes):
         assert len(ax.images) == 1 and not ax.patches[1:] and not ax.collections
         rows, cols, _ = ax.images[0].get_array().shape
         assert rows <= C.NUM_PITCHES and cols <= 1000
@@ -92,6 +92,15 @@ def test_roll_colours_the_window_and_greys_the_rest(tmp_path, figures):
     np.testing.assert_allclose(low[first_third, :3].mean(axis=0), grey, atol=1)
     np.testing.assert_allclose(high[last_third, :3].mean(axis=0), blue, atol=1)
     assert (image[1:-1, :, 3] == 0).all()  # nothing between
+    # Below the overview, the window drawn large: only its note, across its whole width.
+    zoom = figures[0].axes[1]
+    assert zoom.get_xlim() == (1.5, 3.0)
+    window_image = zoom.images[0].get_array()
+    assert window_image.shape[0] == 1 and tuple(zoom.images[0].get_extent()[:2]) == (1.5, 3.0)
+    filled = window_image[0, :, 3] > 0
+    assert filled[: int(0.3 * filled.size)].sum() == 0  # 1.5..2 s: silent
+    assert filled[int(0.4 * filled.size) :].all()  # 2..3 s: pitch 72 sounds
+    np.testing.assert_allclose(window_image[0, -5:, :3].mean(axis=0), blue, atol=1)
 
 
 def test_short_notes_stay_visible_and_empty_rolls_still_draw(tmp_path, figures):
