@@ -154,15 +154,16 @@ def _row_settings(row: dict[str, Any], defaults: Settings, where: str) -> Settin
         if (v := value(key)) is not None:
             changes[key] = v
     try:
-        windows = []
+        windows = []  # prime_tokens alone: the last tokens; with another: at most that many
+        tokens = value("prime_tokens")
         if (v := value("prime_seconds")) is not None:
-            windows.append(Window.last_seconds(v))
-        if (v := value("prime_tokens")) is not None:
-            windows.append(Window.last_tokens(v))
+            windows.append(Window.last_seconds(v).at_most(tokens))
         if (v := value("prime_range")) is not None:
-            windows.append(Window.parse_range(str(v)))
+            windows.append(Window.parse_range(str(v)).at_most(tokens))
         if len(windows) > 1:
-            raise UserError("give one of prime_seconds, prime_tokens, prime_range")
+            raise UserError("give prime_seconds or prime_range, not both")
+        if not windows and tokens is not None:
+            windows.append(Window.last_tokens(tokens))
         if windows:
             changes["window"] = windows[0]
         return defaults.replace(**changes)
@@ -336,9 +337,9 @@ def run_group(
     """Samples one group and encodes its files. Returns per item (group order) a dict with
     ``id``, and either ``error`` or ``files`` ({kind: bytes}) and ``info`` (numbers for the
     manifest)."""
-    from app.pipeline import prime_ids
+    from app.pipeline import cut_prime
 
-    windows: dict[str, np.ndarray | str] = {}
+    windows: dict[str, object] = {}  # identity -> PrimeCut, or the reason it failed
     for it in group:
         p = it.prime
         if p.identity in windows:
@@ -348,7 +349,7 @@ def run_group(
             windows[p.identity] = data
             continue
         try:
-            windows[p.identity] = prime_ids(data, p.settings.window, name=p.identity)
+            windows[p.identity] = cut_prime(data, p.settings.window, name=p.identity)
         except UserError as exc:
             windows[p.identity] = str(exc)
     results: dict[str, dict] = {}
@@ -361,10 +362,11 @@ def run_group(
         try:
             conts = sample_continuations(
                 model,
-                [windows[it.prime.identity] for it in ok],
+                [windows[it.prime.identity].window for it in ok],
                 [it.seed for it in ok],
                 ok[0].prime.settings,
                 variations=[it.variation for it in ok],
+                heads=[windows[it.prime.identity].head for it in ok],
             )
         except UserError as exc:  # the group's settings do not fit the model: its items fail
             for it in ok:

@@ -131,7 +131,12 @@ def _add_window(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--prime-seconds", type=float, metavar="S", help="use the last S seconds of the prime"
     )
-    g.add_argument("--prime-tokens", type=_positive_int, metavar="N", help="use the last N tokens")
+    g.add_argument(
+        "--prime-tokens",
+        type=_positive_int,
+        metavar="N",
+        help="use at most the last N tokens (of the piece, or of --prime-seconds/--prime-range)",
+    )
     g.add_argument(
         "--prime-range",
         metavar="START:END",
@@ -160,7 +165,8 @@ def _add_output(
         g.add_argument(
             "--full",
             action="store_true",
-            help="write the prime window and the continuation in one file",
+            help="write the piece so far (the prime up to the window's end, then the "
+            "continuation) in one file",
         )
 
 
@@ -185,20 +191,14 @@ def settings_from_args(args: argparse.Namespace, *, window: bool = True):
         seconds = DEFAULT_SECONDS
     win = Window.last_seconds(DEFAULT_PRIME_SECONDS)
     if window:
-        given = [
-            name
-            for name in ("prime_seconds", "prime_tokens", "prime_range")
-            if getattr(args, name) is not None
-        ]
-        if len(given) > 1:
-            opts = " and ".join("--" + n.replace("_", "-") for n in given)
-            raise UserError(f"{opts} contradict each other: give one prime window")
+        if args.prime_seconds is not None and args.prime_range is not None:
+            raise UserError("--prime-seconds and --prime-range contradict each other: give one")
         if args.prime_seconds is not None:
-            win = Window.last_seconds(args.prime_seconds)
+            win = Window.last_seconds(args.prime_seconds).at_most(args.prime_tokens)
+        elif args.prime_range is not None:
+            win = Window.parse_range(args.prime_range).at_most(args.prime_tokens)
         elif args.prime_tokens is not None:
             win = Window.last_tokens(args.prime_tokens)
-        elif args.prime_range is not None:
-            win = Window.parse_range(args.prime_range)
     return Settings(
         seconds=seconds,
         tokens=args.tokens,
@@ -313,12 +313,12 @@ def _print_table(rows: list[tuple[str, str, str, str]]) -> None:
 
 
 def _generate(args: argparse.Namespace, prime_source, stem: str, label: str) -> int:
-    from app.pipeline import continue_prime, ensure_out_dir, prime_ids, write_outputs
+    from app.pipeline import continue_prime, cut_prime, ensure_out_dir, write_outputs
 
     settings = settings_from_args(args, window=prime_source is not None)
     options = output_options_from_args(args)
-    if prime_source is not None:  # fail fast on the prime, before loading the model
-        prime_ids(prime_source, settings.window)
+    if prime_source is not None:  # read once, and fail fast, before loading the model
+        prime_source = cut_prime(prime_source, settings.window)
     out_dir = ensure_out_dir(args.out)
     model = load_model_or_exit(args.checkpoint)
     progress = _SamplingProgress(settings, settings.variations)

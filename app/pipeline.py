@@ -131,6 +131,8 @@ class Window:
     kind: ``"last_seconds"`` (the last ``seconds`` of music), ``"last_tokens"`` (the last
     ``tokens`` ids), ``"range"`` (music time ``start``..``end`` seconds; ``end=None``: to the end;
     the continuation then starts at ``end``), or ``"all"`` (the whole prime).
+    max_tokens: then at most the last ``max_tokens`` ids of that window ("prime tokens" on every
+    surface: the CLI's ``--prime-tokens`` with another window option, the web app's slider).
     """
 
     kind: str = "last_seconds"
@@ -138,6 +140,7 @@ class Window:
     tokens: int | None = None
     start: float | None = None
     end: float | None = None
+    max_tokens: int | None = None
 
     def __post_init__(self):
         def fix(name, value):
@@ -157,6 +160,12 @@ class Window:
                     raise UserError(f"prime range end ({self.end:g} s) must be after its start")
         elif self.kind != "all":
             raise UserError(f"unknown prime window kind {self.kind!r}")
+        if self.max_tokens is not None:
+            fix("max_tokens", as_int(self.max_tokens, "prime tokens", 1, MAX_PRIME_TOKENS))
+
+    def at_most(self, tokens: int | None) -> Window:
+        """This window, then at most its last ``tokens`` ids (None or 0: all of it)."""
+        return dataclasses.replace(self, max_tokens=tokens or None)
 
     @classmethod
     def last_seconds(cls, seconds: float) -> Window:
@@ -191,33 +200,43 @@ class Window:
 
     def describe(self) -> str:
         if self.kind == "last_seconds":
-            return f"last {self.seconds:g} s"
-        if self.kind == "last_tokens":
-            return f"last {self.tokens} tokens"
-        if self.kind == "range":
+            text = f"last {self.seconds:g} s"
+        elif self.kind == "last_tokens":
+            text = f"last {self.tokens} tokens"
+        elif self.kind == "range":
             end = "end" if self.end is None else f"{self.end:g} s"
-            return f"{self.start or 0:g} s..{end}"
-        return "whole prime"
+            text = f"{self.start or 0:g} s..{end}"
+        else:
+            text = "whole prime"
+        return (
+            text
+            if self.max_tokens is None
+            else f"{text}, at most its last {self.max_tokens} tokens"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         if self.kind == "last_seconds":
-            return {"kind": self.kind, "seconds": self.seconds}
-        if self.kind == "last_tokens":
-            return {"kind": self.kind, "tokens": self.tokens}
-        if self.kind == "range":
-            return {"kind": self.kind, "start": self.start or 0.0, "end": self.end}
-        return {"kind": self.kind}
+            d = {"kind": self.kind, "seconds": self.seconds}
+        elif self.kind == "last_tokens":
+            d = {"kind": self.kind, "tokens": self.tokens}
+        elif self.kind == "range":
+            d = {"kind": self.kind, "start": self.start or 0.0, "end": self.end}
+        else:
+            d = {"kind": self.kind}
+        return d if self.max_tokens is None else d | {"max_tokens": self.max_tokens}
 
     def cut(self, ids: np.ndarray) -> np.ndarray:
         """The window of ``ids`` (tokenizer cuts, on event boundaries)."""
         from tokenizer import cut_last_seconds, cut_last_tokens, cut_range
 
         if self.kind == "last_seconds":
-            return cut_last_seconds(ids, self.seconds)
-        if self.kind == "last_tokens":
-            return cut_last_tokens(ids, int(self.tokens))
-        if self.kind == "range":
-            return cut_range(ids, self.start or 0.0, self.end)
+            ids = cut_last_seconds(ids, self.seconds)
+        elif self.kind == "last_tokens":
+            ids = cut_last_tokens(ids, int(self.tokens))
+        elif self.kind == "range":
+            ids = cut_range(ids, self.start or 0.0, self.end)
+        if self.max_tokens is not None:
+            ids = cut_last_tokens(ids, int(self.max_tokens))
         return np.asarray(ids, np.int32)
 
 
@@ -355,6 +374,7 @@ class Continuation:
     sample_seconds: float
     stop: str
     prime_cut: bool = False
+    head: np.ndarray | None = None  # the piece up to the window's end (None: the window)
 
     @property
     def prime_seconds(self) -> float:
@@ -364,8 +384,10 @@ class Continuation:
 
     @property
     def full_ids(self) -> np.ndarray:
-        """Prime window followed by the continuation: exactly what the model saw and wrote."""
-        return np.concatenate([self.prime, self.ids]).astype(np.int32)
+        """The piece so far: the prime up to the window's end, then the continuation (the same
+        ``_full`` file on every surface; the web app's "Continue from this" continues it)."""
+        head = self.prime if self.head is None else self.head
+        return np.concatenate([head, self.ids]).astype(np.int32)
 
     def continuation_ids(self) -> np.ndarray:
         """The continuation alone, playable from time 0: the velocity in force at the end of the
@@ -379,7 +401,7 @@ class Continuation:
         return decode(self.continuation_ids())
 
     def full_midi(self):
-        """PrettyMIDI of the prime window then the continuation (at the window's end time)."""
+        """PrettyMIDI of ``full_ids`` (the continuation starts at the window's end time)."""
         from tokenizer import decode
 
         return decode(self.full_ids)
@@ -402,17 +424,35 @@ def _with_velocity(prime: np.ndarray, new: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class PrimeCut:
+    """A prime read once: the window the model is given, and the piece up to the window's end
+    (the start of every ``_full`` file)."""
+
+    window: np.ndarray
+    head: np.ndarray
+
+
+NO_PRIME = PrimeCut(np.zeros((0,), np.int32), np.zeros((0,), np.int32))
+
+
 def prime_ids(source, window: Window | None = None, *, name: str | None = None) -> np.ndarray:
-    """Prime (path, bytes, PrettyMIDI, NoteSequence, an id array, or None) -> window ids.
+    """Prime (path, bytes, PrettyMIDI, NoteSequence, an id array, or None) -> window ids."""
+    return cut_prime(source, window, name=name).window
+
+
+def cut_prime(source, window: Window | None = None, *, name: str | None = None) -> PrimeCut:
+    """Prime (path, bytes, PrettyMIDI, NoteSequence, an id array, or None) -> its window ids
+    and the piece up to the window's end, encoding it once.
 
     Raises :class:`UserError` (one line) for unreadable input, a prime with no notes, or a
     window without notes. ``None`` gives no prime (the sampler starts from SOS alone).
     """
-    from tokenizer import MidiError, encode, music_seconds
+    from tokenizer import MidiError, cut_range, encode, music_seconds
 
     window = window or Window()
     if source is None:
-        return np.zeros((0,), np.int32)
+        return NO_PRIME
     label = name or (str(source) if isinstance(source, str | os.PathLike) else "prime")
     if isinstance(source, np.ndarray | list | tuple):
         ids = np.asarray(source, np.int64).reshape(-1)
@@ -430,7 +470,8 @@ def prime_ids(source, window: Window | None = None, *, name: str | None = None) 
             f"{label}: the prime window ({window.describe()}) contains no notes "
             f"(the prime is {music_seconds(ids):.1f} s long)"
         )
-    return cut
+    head = ids if window.kind != "range" or window.end is None else cut_range(ids, 0.0, window.end)
+    return PrimeCut(np.asarray(cut, np.int32), np.asarray(head, np.int32))
 
 
 def _has_note_on(ids: np.ndarray) -> bool:
@@ -487,8 +528,10 @@ def sample_continuations(
     callback: Callable[[Any], Any] | None = None,
     variations: Sequence[int] | None = None,
     length_bucket: int = 0,
+    heads: Sequence[np.ndarray] | None = None,
 ) -> list[Continuation]:
-    """One sampler call: continues ``primes[i]`` (window ids) with seed ``seeds[i]``.
+    """One sampler call: continues ``primes[i]`` (window ids) with seed ``seeds[i]``;
+    ``heads[i]``: the piece up to that window's end (default: the window), for ``_full``.
 
     ``settings`` gives the budgets and sampling controls (its ``seed``, ``variations`` and
     ``window`` are not used here). ``callback`` receives the sampler's ``StepInfo`` after every
@@ -542,7 +585,8 @@ def sample_continuations(
 
     results = []
     labels = list(variations) if variations is not None else list(range(1, len(primes) + 1))
-    for (prime, cut), seed, ids, v in zip(fitted, seeds, outs, labels, strict=True):
+    heads = list(heads) if heads is not None else [None] * len(primes)
+    for (prime, cut), seed, ids, v, head in zip(fitted, seeds, outs, labels, heads, strict=True):
         ids, reached = _trim_to_seconds(np.asarray(ids, np.int32), settings.seconds)
         if reached:
             stop = "seconds"
@@ -563,6 +607,7 @@ def sample_continuations(
                 sample_seconds=elapsed,
                 stop=stop,
                 prime_cut=cut,
+                head=None if head is None else np.asarray(head, np.int32),
             )
         )
     return results
@@ -584,14 +629,24 @@ def continue_prime(
 ) -> list[Continuation]:
     """Continues one prime ``settings.variations`` times (one batch); see the module doc.
 
-    ``prime_source``: a MIDI path, bytes, PrettyMIDI, NoteSequence, an id array, or None (start
+    ``prime_source``: a :class:`PrimeCut` (already read and cut: ``settings.window`` is not
+    applied again), a MIDI path, bytes, PrettyMIDI, NoteSequence, an id array, or None (start
     from SOS). Raises :class:`UserError` with a one-line message for user mistakes.
     """
-    prime = prime_ids(prime_source, settings.window, name=name)
+    if isinstance(prime_source, PrimeCut):
+        prime = prime_source
+    else:
+        prime = cut_prime(prime_source, settings.window, name=name)
     n = int(settings.variations)
     seeds = variation_seeds(settings.seed, n)
     return sample_continuations(
-        model, [prime] * n, seeds, settings, callback=callback, length_bucket=length_bucket
+        model,
+        [prime.window] * n,
+        seeds,
+        settings,
+        callback=callback,
+        length_bucket=length_bucket,
+        heads=[prime.head] * n,
     )
 
 
@@ -623,7 +678,8 @@ def output_stem(name: str) -> str:
 class OutputOptions:
     """What to write for each continuation.
 
-    full: the MIDI holds the prime window then the continuation (else the continuation alone);
+    full: the MIDI holds the piece so far (``Continuation.full_ids``: the prime up to the
+    window's end, then the continuation), else the continuation alone;
     audio: ``"wav"``, ``"flac"`` or ``"none"``; soundfont: a .sf2 path or bytes (None: the bundled
     TimGM6mb.sf2); synth: ``"midirenderer"`` or ``"fluidsynth"``.
     """
@@ -648,20 +704,25 @@ class OutputOptions:
 def output_bytes(c: Continuation, options: OutputOptions) -> dict[str, bytes]:
     """The files of one continuation as bytes: ``{"midi": ..., "audio": ...}`` (audio is the
     rendering of exactly that MIDI file)."""
-    from app import render
     from tokenizer import midi_bytes
 
     pm = c.full_midi() if options.full else c.midi()
     data = {"midi": midi_bytes(pm)}
     if options.audio != "none":
-        audio = render.render(
-            data["midi"],
-            sample_rate=options.sample_rate,
-            soundfont=options.soundfont,
-            synth=options.synth,
-        )
-        data["audio"] = render.audio_bytes(audio, options.sample_rate, options.audio)
+        data["audio"], _ = audio_bytes(data["midi"], options)
     return data
+
+
+def audio_bytes(midi: bytes, options: OutputOptions) -> tuple[bytes, float]:
+    """The one audio path (CLI, batch, web app): MIDI bytes rendered with the options' SoundFont
+    and synthesizer, encoded as ``options.audio``; returns (file bytes, seconds of audio)."""
+    from app import render
+
+    audio = render.render(
+        midi, sample_rate=options.sample_rate, soundfont=options.soundfont, synth=options.synth
+    )
+    data = render.audio_bytes(audio, options.sample_rate, options.audio)
+    return data, audio.shape[0] / options.sample_rate
 
 
 def write_files(out_dir: str | os.PathLike, names: dict[str, str], data: dict[str, bytes]):

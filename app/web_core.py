@@ -263,11 +263,9 @@ class Done:
 
 @dataclasses.dataclass(frozen=True)
 class _Plan:
-    source: np.ndarray | None  # what the pipeline is given (None: from nothing)
+    prime: object  # app.pipeline.PrimeCut: the window the model is given and the piece's head
     settings: object  # app.pipeline.Settings
     base: Prime
-    head: np.ndarray
-    window_ids: np.ndarray | None = None  # the prime window (for the rolls drawn while sampling)
 
 
 def human_size(n: int) -> str:
@@ -493,56 +491,45 @@ class Composer:
 
     def plan(self, prime: Prime, req: GenerateRequest) -> _Plan:
         """Checks the request against the prime and the model: what the pipeline is given."""
-        from app.pipeline import Settings, Window, prime_ids
-        from tokenizer import cut_range
+        from app.pipeline import NO_PRIME, Settings, cut_prime
 
         fields = self._settings(req)
         tokens = 0 if req.prime_tokens in (None, "") else _as_int(req.prime_tokens, "prime tokens")
         if tokens < 0:
             raise UserError(f"prime tokens must be >= 0 (0 = all the model sees), got {tokens}")
         if prime.empty:
-            return _Plan(None, Settings(**fields), prime, prime.ids, prime.ids)
+            return _Plan(NO_PRIME, Settings(**fields), prime)
         if req.window_start is None and req.window_end is None:
             start, end = prime.default_window()
         else:
             start, end = req.window_start, req.window_end
-        window = self.window(prime, start, end)
-        cut = prime_ids(prime.ids, window, name=prime.name)  # refuses a window without notes
-        head = prime.ids if window.end is None else cut_range(prime.ids, 0.0, window.end)
-        source = prime.ids
-        if tokens:  # the window, then at most its last ``tokens`` tokens
-            source, window = cut, Window.last_tokens(tokens)
-            cut = window.cut(cut)
-        settings = Settings(**fields, window=window)
-        return _Plan(source, settings, prime, np.asarray(head, np.int32), np.asarray(cut, np.int32))
+        window = self.window(prime, start, end).at_most(tokens)  # then at most ``tokens``
+        cut = cut_prime(prime.ids, window, name=prime.name)  # refuses a window without notes
+        return _Plan(cut, Settings(**fields, window=window), prime)
 
     def api_plan(
         self, prime: Prime, req: GenerateRequest, prime_seconds, prime_tokens, prime_range
     ) -> _Plan:
-        """The CLI's windows: ``prime_range`` "START:END" if given, else the last
-        ``prime_tokens`` tokens if > 0, else the last ``prime_seconds`` seconds."""
-        from app.pipeline import Settings, Window, prime_ids
-        from tokenizer import cut_range
+        """The CLI's windows: ``prime_range`` "START:END" if given (with ``prime_tokens`` > 0: at
+        most its last ``prime_tokens`` tokens), else the last ``prime_tokens`` tokens if > 0,
+        else the last ``prime_seconds`` seconds."""
+        from app.pipeline import NO_PRIME, Settings, Window, cut_prime
 
         fields = self._settings(req)
         if prime.empty:
-            return _Plan(None, Settings(**fields), prime, prime.ids)
+            return _Plan(NO_PRIME, Settings(**fields), prime)
         rng = str(prime_range or "").strip()
         tokens = _as_int(prime_tokens or 0, "prime tokens")
         if rng:
-            window = Window.parse_range(rng)
+            window = Window.parse_range(rng).at_most(tokens)
         elif tokens > 0:
             window = Window.last_tokens(tokens)
         else:
             window = Window.last_seconds(
                 _as_float(prime_seconds or DEFAULT_PRIME_SECONDS, "prime seconds")
             )
-        prime_ids(prime.ids, window, name=prime.name)  # refuses a window without notes
-        head = prime.ids
-        if window.kind == "range" and window.end is not None:
-            head = cut_range(prime.ids, 0.0, window.end)
-        settings = Settings(**fields, window=window)
-        return _Plan(prime.ids, settings, prime, np.asarray(head, np.int32))
+        cut = cut_prime(prime.ids, window, name=prime.name)  # refuses a window without notes
+        return _Plan(cut, Settings(**fields, window=window), prime)
 
     def generate(self, session: Session, req: GenerateRequest) -> Iterator[object]:
         """Yields Started, then Progress while sampling, then one ResultReady per variation (as
@@ -579,7 +566,7 @@ class Composer:
             try:
                 conts = continue_prime(
                     self.model,
-                    plan.source,
+                    plan.prime,
                     settings,
                     callback=callback,
                     name=plan.base.name,
@@ -605,8 +592,8 @@ class Composer:
                 if now - last >= PROGRESS_EVERY_S:
                     last = now
                     rolls = ()
-                    if now - last_roll >= LIVE_ROLL_EVERY_S and plan.window_ids is not None:
-                        rolls = self._live_rolls(item, plan.window_ids, folder)
+                    if now - last_roll >= LIVE_ROLL_EVERY_S:
+                        rolls = self._live_rolls(item, plan.prime.window, folder)
                         last_roll = time.perf_counter()
                     yield dataclasses.replace(self._progress(item, settings, now - t0), rolls=rolls)
         finally:
@@ -670,10 +657,12 @@ class Composer:
             np.concatenate([lead, c.ids]).astype(np.int32), folder / f"{stem}.wav"
         )
         roll = media.result_roll_png(c.prime, c.ids, folder / f"{stem}.png")
-        midi = folder / f"{stem}.mid"
-        atomic_write_bytes(midi, output_bytes(c, OutputOptions(audio="none"))["midi"])
-        head = np.asarray(plan.head, np.int32)
-        full = media.write_midi_file(np.concatenate([head, c.ids]), folder / f"{stem}_full.mid")
+        midi, full = folder / f"{stem}.mid", folder / f"{stem}_full.mid"
+        for path, whole in ((midi, False), (full, True)):  # the CLI's writer, --full included
+            atomic_write_bytes(
+                path, output_bytes(c, OutputOptions(audio="none", full=whole))["midi"]
+            )
+        head = np.asarray(plan.prime.head, np.int32)
         return Result(c, plan.base, head, audio, audio_seconds, music_seconds(lead), roll,
                       midi, full)  # fmt: skip
 
@@ -722,7 +711,7 @@ class Composer:
                               max_polyphony=max_polyphony)  # fmt: skip
         plan = self.api_plan(base, req, prime_seconds, prime_tokens, prime_range)
         folder = Session(self.root / "api").folder()
-        conts = continue_prime(self.model, plan.source, plan.settings, name=base.name,
+        conts = continue_prime(self.model, plan.prime, plan.settings, name=base.name,
                                length_bucket=WEB_LENGTH_BUCKET)  # fmt: skip
         results = [self._render(c, plan, folder) for c in conts]
         info = {

@@ -1,5 +1,5 @@
-"""Pictures and sounds for the web app: piano rolls (matplotlib, Agg), audio (app/render.py) and
-MIDI files, written into a folder the app serves from.
+"""Pictures and sounds for the web app: piano rolls (matplotlib, Agg) and audio (the pipeline's
+audio path), written into a folder the app serves from.
 
 A piano roll is one image (a pitch x time raster with one column per pixel), never one artist per
 note: its cost is linear in the notes and bounded in memory, however dense the upload.
@@ -41,22 +41,15 @@ def _write_bytes(path: pathlib.Path, data: bytes) -> pathlib.Path:
     return path
 
 
-def write_midi_file(ids: np.ndarray, path: str | os.PathLike) -> pathlib.Path:
-    """Token ids -> a MIDI file (one piano track), written atomically."""
-    from tokenizer import decode, midi_bytes
-
-    return _write_bytes(pathlib.Path(path), midi_bytes(decode(np.asarray(ids, np.int32))))
-
-
 def write_audio_file(ids: np.ndarray, path: str | os.PathLike) -> tuple[pathlib.Path, float]:
-    """Token ids -> a 16-bit stereo WAV rendered with the bundled SoundFont; returns (path,
-    seconds of audio)."""
-    from app import render
+    """Token ids -> a 16-bit stereo WAV rendered with the bundled SoundFont (the pipeline's audio
+    path, at midirenderer's own rate); returns (path, seconds of audio)."""
+    from app.pipeline import OutputOptions, audio_bytes
     from tokenizer import decode, midi_bytes
 
-    audio = render.render(midi_bytes(decode(np.asarray(ids, np.int32))), sample_rate=SAMPLE_RATE)
-    data = render.audio_bytes(audio, SAMPLE_RATE, "wav")
-    return _write_bytes(pathlib.Path(path), data), audio.shape[0] / SAMPLE_RATE
+    midi = midi_bytes(decode(np.asarray(ids, np.int32)))
+    data, seconds = audio_bytes(midi, OutputOptions(audio="wav", sample_rate=SAMPLE_RATE))
+    return _write_bytes(pathlib.Path(path), data), seconds
 
 
 def _note_arrays(ids) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

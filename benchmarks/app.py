@@ -248,12 +248,12 @@ def dense_first_audio(ckpt: str, tokens: int, repeats: int, tmp: pathlib.Path) -
     plan = composer.plan(prime, GenerateRequest(variations=1))
     settings = plan.settings.replace(seconds=None, tokens=tokens, stop_at_eos=False)
     plan = dataclasses.replace(plan, settings=settings)
-    continue_prime(model, plan.source, settings, callback=lambda info: True)  # compile
+    continue_prime(model, plan.prime, settings, callback=lambda info: True)  # compile
     runs = []
     for k in range(repeats):
         t0 = time.perf_counter()
         conts = continue_prime(
-            model, plan.source, settings.replace(seed=2000 + k), callback=lambda info: False
+            model, plan.prime, settings.replace(seed=2000 + k), callback=lambda info: False
         )
         sampled = time.perf_counter() - t0
         composer._render(conts[0], plan, tmp / "dense" / f"run{k}")

@@ -259,6 +259,14 @@ def test_cli_batch_and_api_honour_the_controls(tiny_model, tiny_checkpoint, shor
     )  # fmt: skip
     cont = [m for m in midis if not m.endswith("_full.mid")]
     assert open(cont[0], "rb").read() == (out / "short_v1.mid").read_bytes()
+    # ... and the same piece so far: the CLI's --full is the web app's _full.mid.
+    full_out = tmp_path / "cli-full"
+    rc = main(["continue", str(short_prime), "--checkpoint", str(tiny_checkpoint), "--out",
+               str(full_out), "--seconds", "60", "--ignore-eos", "--audio", "none", "--seed",
+               "3", "--full", *CONTROL_ARGS])  # fmt: skip
+    assert rc == 0
+    full = [m for m in midis if m.endswith("_full.mid")]
+    assert open(full[0], "rb").read() == (full_out / "short_v1.mid").read_bytes()
 
     listing = tmp_path / "list.csv"
     listing.write_text(

@@ -187,3 +187,48 @@ def test_write_outputs_atomic_files(tiny_model, short_prime, tmp_path):
     pm_full = pretty_midi.PrettyMIDI(str(full["midi"]))
     assert pm_full.get_end_time() > pm.get_end_time()
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_prime_tokens_means_at_most_the_last_tokens_of_the_window():
+    ids = encode(EXAMPLE)
+    window = Window.range(4, 9).at_most(20)
+    np.testing.assert_array_equal(
+        prime_ids(EXAMPLE, window), cut_last_tokens(cut_range(ids, 4, 9), 20)
+    )
+    assert window.describe() == "4 s..9 s, at most its last 20 tokens"
+    assert window.to_dict() == {"kind": "range", "start": 4.0, "end": 9.0, "max_tokens": 20}
+    assert Window.last_seconds(5).at_most(0) == Window.last_seconds(5)  # 0: all of it
+    with pytest.raises(UserError, match="prime tokens must be"):
+        Window.range(4, 9).at_most(-3)
+
+
+def test_full_is_the_piece_up_to_the_window_end_then_the_continuation(tiny_model):
+    """One meaning of ``_full`` everywhere: the CLI's --full, batch and the web app's
+    ``_full.mid`` (which "Continue from this" continues)."""
+    ids = encode(EXAMPLE)
+    settings = Settings(tokens=50, seed=3, window=Window.range(4, 9).at_most(30))
+    (c,) = continue_prime(tiny_model, EXAMPLE, settings)
+    head = cut_range(ids, 0.0, 9.0)
+    np.testing.assert_array_equal(c.prime, cut_last_tokens(cut_range(ids, 4, 9), 30))
+    np.testing.assert_array_equal(c.full_ids, np.concatenate([head, c.ids]))
+    (last,) = continue_prime(tiny_model, EXAMPLE, settings.replace(window=Window.last_seconds(5)))
+    np.testing.assert_array_equal(last.full_ids[: ids.size], ids)  # the whole piece, then more
+
+
+def test_a_request_encodes_its_prime_once(tiny_model, monkeypatch, tmp_path):
+    import tokenizer
+    from app.cli import main
+    from model import checkpoint
+
+    calls = []
+    real = tokenizer.encode
+
+    def counting(*args, **kwargs):
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tokenizer, "encode", counting)
+
+    monkeypatch.setattr(checkpoint, "load_model", lambda *a, **k: tiny_model)
+    rc = main(["continue", EXAMPLE, "--tokens", "20", "--audio", "none", "--out", str(tmp_path)])
+    assert rc == 0 and calls == [EXAMPLE]

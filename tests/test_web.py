@@ -195,12 +195,13 @@ def test_window_and_settings(composer, session, tmp_path):
     prime = session.prime
     plan = composer.plan(prime, GenerateRequest(window_start=0.5, window_end=5.5))
     assert plan.settings.window == Window.range(0.5, 5.5)
-    assert music_seconds(plan.head) == pytest.approx(5.5)
+    assert music_seconds(plan.prime.head) == pytest.approx(5.5)
     plan = composer.plan(prime, GenerateRequest(window_start=4, window_end=prime.seconds))
     assert plan.settings.window == Window.range(4.0, None)  # to the end
-    np.testing.assert_array_equal(plan.head, prime.ids)
-    plan = composer.plan(prime, GenerateRequest(prime_tokens=3, latents=8))
-    assert plan.settings.window == Window.last_tokens(3) and plan.settings.latents == 8
+    np.testing.assert_array_equal(plan.prime.head, prime.ids)
+    plan = composer.plan(prime, GenerateRequest(prime_tokens=6, latents=8))
+    assert plan.settings.window.max_tokens == 6 and plan.settings.latents == 8  # of the window
+    assert plan.settings.window.kind == "range" and 0 < plan.prime.window.size <= 6
     assert composer.plan(prime, GenerateRequest(latents=16)).settings.latents is None
     assert composer.plan(prime, GenerateRequest()).settings.stop_at_eos
     assert composer.plan(prime, GenerateRequest()).settings.max_note_seconds == 4.0  # default
