@@ -36,18 +36,15 @@ from app.web_core import (
     DEFAULT_PRIME_SECONDS,
     DEFAULT_SECONDS,
     MAX_SECONDS,
-    MAX_UPLOAD_BYTES,
     MAX_VARIATIONS,
     Composer,
     Done,
     GenerateRequest,
     Progress,
     ResultReady,
-    Session,
     Started,
-    human_size,
-    list_examples,
 )
+from app.web_session import MAX_UPLOAD_BYTES, Session, human_size, list_examples
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860

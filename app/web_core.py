@@ -1,5 +1,7 @@
 """The web app's handlers as plain Python: a :class:`Composer` (the model, loaded once per process)
-and a per-browser-session :class:`Session` (kept in ``gr.State``; no shared mutable globals).
+working on a per-browser-session :class:`app.web_session.Session` (kept in ``gr.State``; no shared
+mutable globals): loading primes, planning a request, sampling in a thread while progress is
+reported, rendering the results, the ``/continue`` API and the start-up warm-up.
 
 Every handler takes and returns plain values (dataclasses, paths, numbers) and raises
 :class:`app.errors.UserError` with a one-line message for anything the user can fix; ``app/web.py``
@@ -24,7 +26,6 @@ What each result holds:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import pathlib
@@ -52,161 +53,25 @@ from app.pipeline import WEB_MAX_SECONDS as MAX_SECONDS
 from app.pipeline import WEB_MAX_VARIATIONS as MAX_VARIATIONS
 from app.pipeline import as_float as _as_float
 from app.pipeline import as_int as _as_int
+from app.web_session import (
+    EXAMPLES_DIR,
+    MAX_UPLOAD_BYTES,
+    Prime,
+    PrimeView,
+    Result,
+    Session,
+    list_examples,
+    read_upload,
+)
 
-MAX_UPLOAD_BYTES = 4 * 1024 * 1024  # the largest MAESTRO file is under 1 MiB
 PROGRESS_EVERY_S = 0.25  # at most this often a progress update is sent to the page
 LIVE_ROLL_EVERY_S = 2.0  # ... and a piano roll of the music so far (drawing costs ~0.1 s of CPU)
 API_FILES_TTL_S = 3600.0  # /continue output folders older than this are removed
-SESSION_WAIT_S = 600.0  # a request waits this long for its session's previous one, then refuses
-EXAMPLES_DIR = pathlib.Path(__file__).resolve().parent.parent / "examples"
-
-
-# ----------------------------------------------------------------------------------------------
-# Session state
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Prime:
-    """A piece used as prime: its ids (no SOS; empty = start from nothing) and a name."""
-
-    ids: np.ndarray
-    name: str
-    origin: str  # "nothing", "upload", "example" or "continued"
-    continued: int = 0  # how many continuations were appended to the original
-
-    @classmethod
-    def nothing(cls) -> Prime:
-        return cls(np.zeros((0,), np.int32), "nothing", "nothing")
-
-    @property
-    def empty(self) -> bool:
-        return self.ids.size == 0
-
-    @property
-    def seconds(self) -> float:
-        from tokenizer import music_seconds
-
-        return music_seconds(self.ids)
-
-    def default_window(self) -> tuple[float, float]:
-        total = self.seconds
-        return max(0.0, round(total - DEFAULT_PRIME_SECONDS, 2)), total
-
-    def describe(self) -> str:
-        if self.empty:
-            return "**Nothing**: the model starts from silence (SOS alone)."
-        how = f"continued {self.continued}x" if self.continued else self.origin
-        return f"**{self.name}** ({how}): {self.seconds:.2f} s, {self.ids.size:,} tokens."
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Result:
-    """One rendered continuation of a session's last generation."""
-
-    continuation: object  # app.pipeline.Continuation
-    base: Prime  # the piece it continues
-    head: np.ndarray  # the piece up to the window's end (where the continuation starts)
-    audio: pathlib.Path
-    audio_seconds: float
-    lead_in: float  # seconds of prime before the continuation in the audio
-    roll: pathlib.Path
-    midi: pathlib.Path  # the continuation alone
-    full_midi: pathlib.Path  # head + continuation
-
-    @property
-    def piece_ids(self) -> np.ndarray:
-        return np.concatenate([self.head, self.continuation.ids]).astype(np.int32)
-
-    def header(self) -> str:
-        c = self.continuation
-        why = {
-            "seconds": "",
-            "tokens": ", token budget reached",
-            "eos": ", ended at EOS",
-            "stopped": ", stopped",
-        }.get(c.stop, "")
-        return (
-            f"**Variation {c.variation}**: seed {c.seed}, {c.seconds:.1f} s, {c.tokens} tokens{why}"
-        )
-
-
-class Session:
-    """Per-browser-session state (one per ``gr.State``): the prime history for "Undo", the
-    results of the last generation, a stop flag and a folder for this session's files."""
-
-    def __init__(self, root: str | os.PathLike | None = None):
-        self.root = pathlib.Path(root) if root is not None else None
-        self.history: list[Prime] = [Prime.nothing()]
-        self.results: list[Result] = []
-        self.stop = threading.Event()
-        self._lock = threading.Lock()  # one request of this session at a time (see busy)
-        self.generation = 0
-        self.counter = 0
-        self._folder: pathlib.Path | None = None
-
-    # gr.State deep-copies its initial value per session: give each copy its own flag and folder.
-    def __deepcopy__(self, memo) -> Session:
-        new = Session(self.root)
-        new.history = list(self.history)
-        new.results = list(self.results)
-        return new
-
-    @property
-    def prime(self) -> Prime:
-        return self.history[-1]
-
-    @contextlib.contextmanager
-    def busy(self, timeout: float = SESSION_WAIT_S):
-        """Held by every request that reads or changes this session, so two requests of one
-        session (two tabs sharing it, a double click, API calls) never interleave; the second
-        waits for the first. Stop does not take it: it only sets the flag the sampler checks."""
-        if not self._lock.acquire(timeout=timeout):
-            raise UserError("this session is still busy with an earlier request; try again")
-        try:
-            yield self
-        finally:
-            self._lock.release()
-
-    @property
-    def can_undo(self) -> bool:
-        return len(self.history) > 1
-
-    def folder(self) -> pathlib.Path:
-        if self._folder is None:
-            base = self.root or pathlib.Path(tempfile.gettempdir())
-            base.mkdir(parents=True, exist_ok=True)
-            self._folder = pathlib.Path(tempfile.mkdtemp(prefix="session-", dir=base))
-        return self._folder
-
-    def next_name(self, prefix: str) -> str:
-        self.counter += 1
-        return f"{prefix}{self.counter:04d}"
-
-    def close(self) -> None:
-        """Removes this session's files (gr.State's delete_callback)."""
-        self.stop.set()
-        if self._folder is not None:
-            shutil.rmtree(self._folder, ignore_errors=True)
-            self._folder = None
 
 
 # ----------------------------------------------------------------------------------------------
 # Plain values in and out
 # ----------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class PrimeView:
-    """What the Prime panel shows."""
-
-    info: str
-    roll: pathlib.Path
-    audio: pathlib.Path | None
-    total: float  # piece length in seconds (the window sliders' maximum)
-    window: tuple[float, float]  # the window shown (by default the last 20 s)
-    empty: bool
-    can_undo: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,49 +131,6 @@ class _Plan:
     prime: object  # app.pipeline.PrimeCut: the window the model is given and the piece's head
     settings: object  # app.pipeline.Settings
     base: Prime
-
-
-def human_size(n: int) -> str:
-    if n >= 2**20:
-        return f"{n / 2**20:.1f} MiB".replace(".0 ", " ")
-    return f"{n / 2**10:.1f} KiB".replace(".0 ", " ")
-
-
-def list_examples(folder: str | os.PathLike = EXAMPLES_DIR) -> list[str]:
-    folder = pathlib.Path(folder)
-    if not folder.is_dir():
-        return []
-    return sorted(p.name for p in folder.iterdir() if p.suffix.lower() in (".mid", ".midi"))
-
-
-def read_upload(path: str | os.PathLike | None, *, max_bytes: int = MAX_UPLOAD_BYTES) -> Prime:
-    """An uploaded file -> a Prime; one-line UserError for a missing, oversized, non-MIDI, empty
-    or note-less file."""
-    from tokenizer import MidiError, encode
-
-    if path is None or str(path) == "":
-        raise UserError("no file was uploaded")
-    path = pathlib.Path(path)
-    name = path.name
-    try:
-        size = path.stat().st_size
-    except OSError:
-        raise UserError(f"{name}: the upload could not be read") from None
-    if size == 0:
-        raise UserError(f"{name}: the file is empty")
-    if size > max_bytes:
-        raise UserError(
-            f"{name}: {human_size(size)} is over the {human_size(max_bytes)} upload limit"
-        )
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UserError(f"{name}: cannot read ({exc.strerror})") from None
-    try:
-        ids = encode(data, name=name)
-    except MidiError as exc:
-        raise UserError(str(exc)) from None
-    return Prime(np.asarray(ids, np.int32), media.safe_stem(name), "upload")
 
 
 # ----------------------------------------------------------------------------------------------

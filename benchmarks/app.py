@@ -239,7 +239,8 @@ def dense_first_audio(ckpt: str, tokens: int, repeats: int, tmp: pathlib.Path) -
     import dataclasses
 
     from app.pipeline import continue_prime
-    from app.web_core import Composer, GenerateRequest, read_upload
+    from app.web_core import Composer, GenerateRequest
+    from app.web_session import read_upload
     from model.checkpoint import load_model
 
     model = load_model(ckpt)

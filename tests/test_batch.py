@@ -13,7 +13,8 @@ import pretty_midi
 import pytest
 import soundfile
 
-from app.batch import MANIFEST, load_primes, prime_seed
+from app.batch_manifest import MANIFEST
+from app.batch_plan import load_primes, prime_seed
 from app.cli import main
 from app.pipeline import Settings, continue_prime
 from app.render import DEFAULT_TAIL_SECONDS

@@ -1,0 +1,94 @@
+"""One group's work in a batch run: read its primes, sample its items together and encode their
+files. The same functions run in this process and on a Ray worker (:mod:`app.batch_ray`); the
+driver (:mod:`app.batch`) writes the files and the manifest.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+from app.batch_plan import Item
+from app.errors import UserError
+from app.pipeline import OutputOptions, output_bytes, sample_continuations
+
+
+def read_primes(group: list[Item]) -> dict[str, bytes | str]:
+    """identity -> file bytes, or the one-line reason it cannot be read."""
+    out: dict[str, bytes | str] = {}
+    for it in group:
+        p = it.prime
+        if p.identity in out:
+            continue
+        try:
+            out[p.identity] = pathlib.Path(p.path).read_bytes()
+        except FileNotFoundError:
+            out[p.identity] = f"{p.identity}: no such file ({p.path})"
+        except IsADirectoryError:
+            out[p.identity] = f"{p.identity}: is a directory, not a MIDI file"
+        except OSError as exc:
+            out[p.identity] = f"{p.identity}: cannot read ({exc.strerror})"
+    return out
+
+
+def run_group(
+    model, group: list[Item], prime_data: dict[str, bytes | str], options: OutputOptions
+) -> list[dict]:
+    """Samples one group and encodes its files. Returns per item (group order) a dict with
+    ``id``, and either ``error`` or ``files`` ({kind: bytes}) and ``info`` (numbers for the
+    manifest)."""
+    from app.pipeline import cut_prime
+
+    windows: dict[str, object] = {}  # identity -> PrimeCut, or the reason it failed
+    for it in group:
+        p = it.prime
+        if p.identity in windows:
+            continue
+        data = prime_data[p.identity]
+        if isinstance(data, str):
+            windows[p.identity] = data
+            continue
+        try:
+            windows[p.identity] = cut_prime(data, p.settings.window, name=p.identity)
+        except UserError as exc:
+            windows[p.identity] = str(exc)
+    results: dict[str, dict] = {}
+    ok = [it for it in group if not isinstance(windows[it.prime.identity], str)]
+    for it in group:
+        if isinstance(windows[it.prime.identity], str):
+            results[it.id] = {"id": it.id, "error": windows[it.prime.identity]}
+    conts = []
+    if ok:
+        try:
+            conts = sample_continuations(
+                model,
+                [windows[it.prime.identity].window for it in ok],
+                [it.seed for it in ok],
+                ok[0].prime.settings,
+                variations=[it.variation for it in ok],
+                heads=[windows[it.prime.identity].head for it in ok],
+            )
+        except UserError as exc:  # the group's settings do not fit the model: its items fail
+            for it in ok:
+                results[it.id] = {"id": it.id, "error": f"{it.prime.identity}: {exc}"}
+            ok = []
+        for it, c in zip(ok, conts, strict=True):
+            try:
+                files = output_bytes(c, options)
+            except UserError as exc:
+                results[it.id] = {"id": it.id, "error": str(exc)}
+                continue
+            info = {
+                "prime_tokens": int(c.prime.size),
+                "prime_seconds": round(c.prime_seconds, 2),
+                "prime_cut": c.prime_cut,
+                "music_seconds": round(c.seconds, 2),
+                "tokens": c.tokens,
+                "stop": c.stop,
+            }
+            results[it.id] = {
+                "id": it.id,
+                "files": files,
+                "info": info,
+                "elapsed": c.sample_seconds,
+            }
+    return [results[it.id] for it in group]
