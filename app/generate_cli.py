@@ -16,6 +16,7 @@ import time
 from app.errors import UserError
 from app.pipeline import (
     DEFAULT_MAX_NOTE_SECONDS,
+    DEFAULT_MAX_POLYPHONY,
     DEFAULT_PRIME_SECONDS,
     DEFAULT_SECONDS,
     MAX_NOTE_SECONDS,
@@ -122,7 +123,8 @@ def _add_sampling(p: argparse.ArgumentParser, *, batch: bool = False) -> None:
     c.add_argument(
         "--max-polyphony",
         metavar="N",
-        help="no new note while N notes sound (1-128; 0 = no limit)",
+        help=f"no new note while N notes sound (default {DEFAULT_MAX_POLYPHONY}; 0 = no limit; "
+        "at most 128)",
     )
 
 
@@ -214,7 +216,7 @@ def settings_from_args(args: argparse.Namespace, *, window: bool = True):
         pitch_range=args.pitch_range,
         key=args.key,
         velocity_range=args.velocity_range,
-        max_polyphony=args.max_polyphony,
+        **({} if args.max_polyphony is None else {"max_polyphony": args.max_polyphony}),
     )
 
 

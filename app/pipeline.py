@@ -61,6 +61,13 @@ MAX_NOTE_SECONDS = MAX_SECONDS  # the longest-note limit (max_note_seconds)
 # real continuations' without a limit, 1.51x at 7 s, 1.32x at 4 s; notes held > 8 s 2.25% -> 0;
 # density unchanged. Real MAESTRO continuations hold 0.8% of their notes longer than 4 s.
 DEFAULT_MAX_NOTE_SECONDS = 4.0
+# No new note while this many sound (0/None: no limit; the bound is app/controls.py's). Measured
+# with benchmarks/quality.py on the same 32 primes, shipped model, with the 4 s limit above
+# (results/quality_polycap-*_r1.json): polyphony 1.32x the real continuations' with no cap,
+# 1.15x at 16, 1.10x at 12, 0.95x at 10; density 1.04x, 0.96x, 0.97x, 0.91x. 16 is the loosest
+# that meets the +-30% bars: real continuations have >= 16 notes sounding 2.2% of the time
+# (>= 12: 6.2%; the sustain pedal holds many).
+DEFAULT_MAX_POLYPHONY = 16
 MAX_TOKENS = 2**17  # token budget of one continuation (MAX_SECONDS at MAX_TOKENS_PER_SECOND fits)
 MAX_VARIATIONS = 16  # continuations of one prime
 MAX_TOP_K = C.VOCAB_SIZE
@@ -253,8 +260,9 @@ class Settings:
     max_note_seconds: longest note (None: no limit); a note sounding that long gets its
     NOTE_OFF before time moves further (the sampler's ``max_note_seconds``).
     pitch_range (``"48:72"``, ``"C3:C5"``), key (``"Am"``, ``"C,D,E"``), velocity_range
-    (``"40:90"``) and max_polyphony: the musical controls (``app/controls.py``), held on every
-    generated token; stored canonically (a (low, high) tuple, ``"A minor"``, an int or None).
+    (``"40:90"``) and max_polyphony (default ``DEFAULT_MAX_POLYPHONY``; None or 0: no limit): the
+    musical controls (``app/controls.py``), held on every generated token; stored canonically (a
+    (low, high) tuple, ``"A minor"``, an int or None).
     """
 
     seconds: float | None = DEFAULT_SECONDS
@@ -271,7 +279,7 @@ class Settings:
     pitch_range: tuple[int, int] | None = None
     key: str | None = None
     velocity_range: tuple[int, int] | None = None
-    max_polyphony: int | None = None
+    max_polyphony: int | None = DEFAULT_MAX_POLYPHONY
 
     def __post_init__(self):
         def fix(name, value):

@@ -33,6 +33,7 @@ from app.controls import ANY_KEY, KEY_CHOICES
 from app.errors import UserError
 from app.web_core import (
     DEFAULT_MAX_NOTE_SECONDS,
+    DEFAULT_MAX_POLYPHONY,
     DEFAULT_PRIME_SECONDS,
     DEFAULT_SECONDS,
     MAX_SECONDS,
@@ -224,7 +225,7 @@ def build_app(
                     elem_id="velocity-range",
                 )
                 max_polyphony = gr.Number(
-                    value=0,
+                    value=DEFAULT_MAX_POLYPHONY,
                     precision=0,
                     minimum=0,
                     label="Most notes at once (0 = no limit)",
@@ -285,7 +286,9 @@ def build_app(
             api_pitch_range = gr.Textbox(value="", label="pitch_range")
             api_key = gr.Textbox(value="", label="key")
             api_velocity_range = gr.Textbox(value="", label="velocity_range")
-            api_max_polyphony = gr.Number(value=0, precision=0, label="max_polyphony")
+            api_max_polyphony = gr.Number(
+                value=DEFAULT_MAX_POLYPHONY, precision=0, label="max_polyphony"
+            )
             api_audio = gr.File(label="audio", file_count="multiple")
             api_midi = gr.File(label="midi", file_count="multiple")
             api_info = gr.JSON(label="info")
@@ -458,7 +461,7 @@ def build_app(
             pitch_range="",
             key="",
             velocity_range="",
-            max_polyphony=0,
+            max_polyphony=DEFAULT_MAX_POLYPHONY,
         ):
             return composer.api_continue(
                 prime,
@@ -561,7 +564,8 @@ def build_app(
                 "Musical controls, held on every generated note, as the CLI's options ('' or 0 "
                 "= off): pitch_range 'LOW:HIGH' (MIDI numbers or names, C4 = 60), key ('Am', "
                 "'F# major', or pitch classes 'C,D,E'), velocity_range 'LOW:HIGH' (1-127), "
-                "max_polyphony (most notes sounding at once)."
+                f"max_polyphony (no new note while that many sound; default "
+                f"{DEFAULT_MAX_POLYPHONY}, 0 = no limit)."
             ),
             concurrency_id="model",
         )

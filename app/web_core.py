@@ -44,6 +44,7 @@ from app import web_media as media
 from app.errors import UserError
 from app.pipeline import (
     DEFAULT_MAX_NOTE_SECONDS,
+    DEFAULT_MAX_POLYPHONY,
     DEFAULT_PRIME_SECONDS,
     DEFAULT_SECONDS,
     MAX_NOTE_SECONDS,
@@ -95,7 +96,7 @@ class GenerateRequest:
     pitch_range: str | None = None
     key: str | None = None
     velocity_range: str | None = None
-    max_polyphony: int | None = None
+    max_polyphony: int | None = DEFAULT_MAX_POLYPHONY  # None or 0: no limit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -509,7 +510,7 @@ class Composer:
         pitch_range: str = "",
         key: str = "",
         velocity_range: str = "",
-        max_polyphony: int = 0,
+        max_polyphony: int = DEFAULT_MAX_POLYPHONY,
     ) -> tuple[list[str], list[str], dict]:
         """One request, no session: returns (audio paths, MIDI paths, info). MIDI paths are
         ``<stem>_vN.mid`` (the continuation) and ``<stem>_vN_full.mid`` per variation. The

@@ -595,6 +595,12 @@ def parse_args(argv):
         help="longest-note limit while sampling (as perceiver-midi continue: default 4, 0 = none)",
     )
     p.add_argument(
+        "--max-polyphony",
+        type=int,
+        metavar="N",
+        help="no new note while N sound (as perceiver-midi continue: default 16, 0 = none)",
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
         help=f"{QUICK_PIECES} pieces, {QUICK_SECONDS:g} s; no bar is judged",
@@ -657,6 +663,7 @@ def run(args) -> dict:
         window=window,
         # the pipeline's default unless given (0: no limit)
         **({} if args.max_note_seconds is None else {"max_note_seconds": args.max_note_seconds}),
+        **({} if args.max_polyphony is None else {"max_polyphony": args.max_polyphony}),
     )
     primes = [prime_ids(p["path"], window, name=p["name"]) for p in chosen]
     seeds = [args.seed + i for i in range(len(chosen))]

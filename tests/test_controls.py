@@ -285,6 +285,22 @@ def test_cli_batch_and_api_honour_the_controls(tiny_model, tiny_checkpoint, shor
     assert "low (90) is above high (30)" in failed["bad"] and "expected a key" in failed["k"]
 
 
+def test_polyphony_limit_defaults_to_the_pipeline_s_and_0_turns_it_off():
+    import argparse
+
+    from app.generate_cli import settings_from_args
+    from app.pipeline import DEFAULT_MAX_POLYPHONY
+
+    parser = argparse.ArgumentParser()
+    from app.generate_cli import _add_sampling, _add_window
+
+    _add_sampling(parser)
+    _add_window(parser)
+    assert settings_from_args(parser.parse_args([])).max_polyphony == DEFAULT_MAX_POLYPHONY
+    assert settings_from_args(parser.parse_args(["--max-polyphony", "0"])).max_polyphony is None
+    assert Settings().max_polyphony == DEFAULT_MAX_POLYPHONY == 16
+
+
 def test_cli_bad_control_is_one_line_exit_2(tiny_checkpoint, short_prime, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "app.cli", "continue", str(short_prime), "--checkpoint",

@@ -205,6 +205,8 @@ def test_window_and_settings(composer, session, tmp_path):
     assert composer.plan(prime, GenerateRequest(latents=16)).settings.latents is None
     assert composer.plan(prime, GenerateRequest()).settings.stop_at_eos
     assert composer.plan(prime, GenerateRequest()).settings.max_note_seconds == 4.0  # default
+    assert composer.plan(prime, GenerateRequest()).settings.max_polyphony == 16  # default
+    assert composer.plan(prime, GenerateRequest(max_polyphony=0)).settings.max_polyphony is None
     assert not composer.plan(prime, GenerateRequest(stop_at_eos=False)).settings.stop_at_eos
     for value, limit in ((None, None), (0, None), (2.5, 2.5)):  # None, 0: no limit
         plan = composer.plan(prime, GenerateRequest(max_note_seconds=value))
