@@ -86,6 +86,7 @@ DEFAULT_BATCH = 16
 DEFAULT_SEED = 0
 
 POLYPHONY_STEP_S = 0.05
+DRIFT_SEGMENT_S = 4.0  # polyphony per 4 s of continuation: the drift
 HELD_LONG_S = 4.0
 HELD_VERY_LONG_S = 8.0
 
@@ -151,6 +152,19 @@ def mean_polyphony(notes: np.ndarray, seconds: float) -> float:
     start, end = notes[:, 2], notes[:, 3]
     sounding = (start[None, :] <= t[:, None]) & (end[None, :] > t[:, None])
     return float(sounding.sum(axis=1).mean())
+
+
+def polyphony_by_segment(notes: np.ndarray, seconds: float, segment: float) -> list[float]:
+    """Mean polyphony (as ``mean_polyphony``) in each ``segment``-second part of [0, seconds):
+    how the texture evolves; a model that stops ending notes rises segment after segment."""
+    n = max(1, int(round(seconds / segment)))
+    edges = np.linspace(0.0, seconds, n + 1)
+    out = []
+    for a, b in zip(edges[:-1], edges[1:], strict=True):
+        shifted = notes.copy()
+        shifted[:, 2:4] -= a
+        out.append(mean_polyphony(shifted, b - a))
+    return out
 
 
 def longest_silence(notes: np.ndarray, seconds: float) -> float:
@@ -324,6 +338,15 @@ def summarise(pieces: list[dict]) -> dict:
                 "overlap": kde_overlap(values[s], values["real"]),
             }
         out[name] = row
+    return out
+
+
+def drift_summary(pieces: list[dict]) -> dict:
+    """Per set: mean polyphony in each 4 s segment of the continuation, over the pieces."""
+    out = {"segment_s": DRIFT_SEGMENT_S}
+    for s in SETS:
+        rows = np.array([p[s]["polyphony_by_segment"] for p in pieces], np.float64)
+        out[s] = [round(float(v), 3) for v in rows.mean(axis=0)] if rows.size else []
     return out
 
 
@@ -703,7 +726,12 @@ def run(args) -> dict:
             "looped": None,  # the replay starts afresh: nothing carries over
         }
         for s in SETS:
-            row[s] = {"features": features(notes[s], args.seconds, carried[s])}
+            row[s] = {
+                "features": features(notes[s], args.seconds, carried[s]),
+                "polyphony_by_segment": polyphony_by_segment(
+                    notes[s], args.seconds, DRIFT_SEGMENT_S
+                ),
+            }
         row["real"]["tokens"] = token_diagnostics(prime, real_ids)
         row["generated"]["tokens"] = token_diagnostics(cont.prime, cont.ids)
         row["generated"]["stop"] = cont.stop
@@ -762,6 +790,7 @@ def run(args) -> dict:
             "overlap": "integral of min(f, g) on a grid of 8 points per bandwidth",
         },
         "summary": summary,
+        "drift": drift_summary(pieces),
         "diagnostics": diag,
         "held_over_8s_pooled": {s: held_share(pieces, s)[0] for s in SETS},
         "bars": bar_rows,
@@ -792,6 +821,10 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_bytes(out, (json.dumps(_clean(result), indent=1) + "\n").encode())
 
     print_table(result["summary"], result["diagnostics"])
+    drift = result["drift"]
+    print(f"\npolyphony per {drift['segment_s']:g} s of continuation (the drift):")
+    for name in SETS:
+        print(f"  {name:<10} " + "  ".join(f"{v:6.2f}" for v in drift[name]))
     if result["nll"]:
         print(
             f"\nvalidation NLL {result['nll']['nll']:.4f} nats/token "

@@ -34,6 +34,14 @@ def test_polyphony_of_a_chord_then_silence():
     assert Q.mean_polyphony(_notes(), 2.0) == 0.0
 
 
+def test_polyphony_by_segment_shows_a_pile_up():
+    # One note per second that never ends before 8 s: 1, 2, ... notes sounding.
+    piling = _notes(*[(60 + k, 80, float(k), 8.0) for k in range(8)])
+    assert Q.polyphony_by_segment(piling, 8.0, 4.0) == pytest.approx([2.5, 6.5])
+    steady = _notes(*[(60, 80, float(k), k + 0.5) for k in range(8)])
+    assert Q.polyphony_by_segment(steady, 8.0, 2.0) == pytest.approx([0.5] * 4)
+
+
 def test_held_shares_density_and_durations():
     notes = _notes(
         (60, 64, 0.0, 1.0), (62, 64, 1.0, 6.0), (64, 64, 2.0, 11.0), (65, 64, 3.0, 3.5)
