@@ -102,11 +102,20 @@ def _text(page, selector: str) -> str:
 
 
 def _wait_text(page, selector: str, text: str) -> None:
-    page.wait_for_function(
-        "([sel, text]) => { const el = document.querySelector(sel);"
-        " return el !== null && el.innerText.includes(text); }",
-        arg=[selector, text],
-    )
+    try:
+        page.wait_for_function(
+            "([sel, text]) => { const el = document.querySelector(sel);"
+            " return el !== null && el.innerText.includes(text); }",
+            arg=[selector, text],
+        )
+    except Exception:  # keep what the page showed, and say what the element held
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "failure.png"), full_page=True)
+        held = page.evaluate(
+            "(sel) => { const el = document.querySelector(sel); return el && el.innerText; }",
+            selector,
+        )
+        raise AssertionError(f"{selector} never showed {text!r}; it shows {held!r}") from None
 
 
 def _wait_audio(page, selector: str) -> None:
@@ -185,6 +194,7 @@ def test_a_control_set_in_the_page_holds_in_the_result(page, app_url, tmp_path):
     page.wait_for_selector("#generate")
     page.set_input_files("#upload input[type=file]", str(EXAMPLE))
     _wait_text(page, "#prime-info", "bach_prelude_c (upload)")
+    page.get_by_label("Random seed").uncheck()  # seed 0: the same notes every run
     page.get_by_text("Controls (held on every generated note)").click()
     page.locator("#pitch-range textarea, #pitch-range input").first.fill("C4:C5")
     for elem, value in (("#length", "60"), ("#variations", "1")):
@@ -200,6 +210,7 @@ def test_a_control_set_in_the_page_holds_in_the_result(page, app_url, tmp_path):
     page.on("response", on_response)
     page.click("#generate")
     _wait_text(page, "#status", "Done")
+    assert "1 variation (60.0 s" in _text(page, "#status")  # the length typed in was used
     href = page.eval_on_selector_all("#result-1-files a[download]", "els => els.map(a => a.href)")[
         0
     ]
