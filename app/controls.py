@@ -22,18 +22,16 @@ from tokenizer.decode import velocity_from_bin
 
 PITCH_CLASSES = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
 NAMES_SHARP = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
-NAMES_FLAT = ("C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B")
 MAJOR = (0, 2, 4, 5, 7, 9, 11)
 MINOR = (0, 2, 3, 5, 7, 8, 10)  # natural minor (aeolian)
 MAX_POLYPHONY = C.NUM_PITCHES  # a larger limit is no limit
 ANY_KEY = "any"  # as '' or None: every pitch class
+MAJOR_KEYS = ("C", "G", "D", "A", "E", "B", "F#", "F", "Bb", "Eb", "Ab", "Db")  # sharps, then flats
+MINOR_KEYS = ("A", "E", "B", "F#", "C#", "G#", "D", "G", "C", "F", "Bb", "Eb")
 KEY_CHOICES = (
     ANY_KEY,
-    *(
-        f"{n} major"
-        for n in NAMES_FLAT[:1] + ("G", "D", "A", "E", "B", "F#", "F", "Bb", "Eb", "Ab", "Db")
-    ),
-    *(f"{n} minor" for n in ("A", "E", "B", "F#", "C#", "G#", "D", "G", "C", "F", "Bb", "Eb")),
+    *(f"{k} major" for k in MAJOR_KEYS),
+    *(f"{k} minor" for k in MINOR_KEYS),
 )
 BIN_VELOCITIES = tuple(velocity_from_bin(b) for b in range(1, C.NUM_VELOCITY_BINS + 1))
 

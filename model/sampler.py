@@ -62,30 +62,30 @@ import numpy as np
 from flax import nnx
 
 from model.vocab import (
+    DEFAULT_VELOCITY,
     EOS_ID,
     NOTE_OFF_FIRST_ID,
     NOTE_ON_FIRST_ID,
     NUM_PITCHES,
+    NUM_VELOCITY_BINS,
     PAD_ID,
     SOS_ID,
     STEPS_PER_SECOND,
     TIME_SHIFT_FIRST_ID,
     TIME_SHIFT_LAST_ID,
-    VOCAB_SIZE,
+    VELOCITY_BIN_SIZE,
+    VELOCITY_FIRST_ID,
 )
 
 DEFAULT_REFILL_HEADROOM = 128  # flaxformer's default: refill the latent cache to num_latents - 128
 DEFAULT_CHUNK_WITH_CALLBACK = 64
 _NO_TIME_LIMIT = np.iinfo(np.int32).max // 2
 ONSET_SLOTS = 16  # onsets kept per pitch for max_note_seconds (overlapping notes of one pitch)
-VELOCITY_FIRST_ID = TIME_SHIFT_LAST_ID + 1  # VELOCITY bin 1 (of 32, 4 MIDI velocities each)
-NUM_VELOCITY_BINS = VOCAB_SIZE - VELOCITY_FIRST_ID
-DEFAULT_VELOCITY = 100  # of NOTE_ONs before any VELOCITY (note-seq's default)
 
 
 def bin_velocity(token):
     """The MIDI velocity a VELOCITY token sets (the lowest of its bin, as note-seq decodes)."""
-    return 1 + (token - VELOCITY_FIRST_ID) * 4
+    return 1 + (token - VELOCITY_FIRST_ID) * VELOCITY_BIN_SIZE
 
 
 class StopSampling(Exception):  # noqa: N818 - a control-flow signal, not an error

@@ -20,3 +20,9 @@ NUM_PITCHES = 128
 TIME_SHIFT_FIRST_ID = 259
 TIME_SHIFT_LAST_ID = 358
 STEPS_PER_SECOND = 100
+
+# VELOCITY events: id 359 is bin 1, id 390 bin 32; bin b plays velocity 1 + 4 (b - 1) (note-seq).
+VELOCITY_FIRST_ID = 359
+NUM_VELOCITY_BINS = 32
+VELOCITY_BIN_SIZE = 4
+DEFAULT_VELOCITY = 100  # of NOTE_ONs before any VELOCITY (note-seq's default)

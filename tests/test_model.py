@@ -327,3 +327,14 @@ def test_vocab_constants():
     assert (vocab.PAD_ID, vocab.EOS_ID, vocab.SOS_ID, vocab.VOCAB_SIZE) == (0, 1, 2, 391)
     assert vocab.TIME_SHIFT_LAST_ID - vocab.TIME_SHIFT_FIRST_ID + 1 == 100
     assert vocab.TIME_SHIFT_FIRST_ID == 3 + 256 and vocab.STEPS_PER_SECOND == 100
+    from tokenizer import constants as C
+    from tokenizer.decode import velocity_from_bin
+
+    assert vocab.VELOCITY_FIRST_ID == C.VELOCITY_FIRST_ID == vocab.TIME_SHIFT_LAST_ID + 1
+    assert vocab.VELOCITY_FIRST_ID + vocab.NUM_VELOCITY_BINS == vocab.VOCAB_SIZE
+    assert (vocab.NUM_VELOCITY_BINS, vocab.VELOCITY_BIN_SIZE) == (
+        C.NUM_VELOCITY_BINS, C.VELOCITY_BIN_SIZE)  # fmt: skip
+    from model.sampler import bin_velocity
+
+    assert [bin_velocity(vocab.VELOCITY_FIRST_ID + b - 1) for b in (1, 2, 32)] == [
+        velocity_from_bin(b) for b in (1, 2, 32)]  # fmt: skip
