@@ -540,6 +540,7 @@ class Composer:
         info = {
             "prime": base.name if not base.empty else None,
             "window": plan.settings.window.to_dict() if not base.empty else None,
+            "settings": plan.settings.to_dict(),  # what was applied, defaults included
             "variations": [
                 {
                     "variation": r.continuation.variation,

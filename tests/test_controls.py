@@ -17,7 +17,8 @@ from app.pipeline import Settings
 from model import vocab
 from model.config import get_config
 from model.perceiver_ar import PerceiverAR
-from model.sampler import DEFAULT_VELOCITY, VELOCITY_FIRST_ID, bin_velocity, sample
+from model.sampler import bin_velocity, sample
+from model.vocab import DEFAULT_VELOCITY, VELOCITY_FIRST_ID
 from tokenizer import decode_notes
 
 TINY = get_config("tiny")
@@ -257,6 +258,8 @@ def test_cli_batch_and_api_honour_the_controls(tiny_model, tiny_checkpoint, shor
         str(short_prime), seconds=60, seed=3, ignore_eos=True, pitch_range="C4:C5", key="Am",
         velocity_range="40:90", max_polyphony=2,
     )  # fmt: skip
+    assert info["settings"]["pitch_range"] == "60:72" and info["settings"]["key"] == "A minor"
+    assert info["settings"]["max_polyphony"] == 2 and info["settings"]["max_note_seconds"] == 4.0
     cont = [m for m in midis if not m.endswith("_full.mid")]
     assert open(cont[0], "rb").read() == (out / "short_v1.mid").read_bytes()
     # ... and the same piece so far: the CLI's --full is the web app's _full.mid.
