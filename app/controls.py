@@ -40,12 +40,14 @@ _PITCH = re.compile(r"^([A-Ga-g])([#b]?)(-?\d+)$")
 _KEY = re.compile(r"^([A-Ga-g][#b]?)\s*(m|min|minor|maj|major)?$", re.IGNORECASE)
 
 
+def _semitones(letter: str, accidental: str) -> int:
+    """C = 0 .. B = 11, with a sharp (+1) or flat (-1): Cb is -1, B# is 12 (octave arithmetic)."""
+    return PITCH_CLASSES[letter.upper()] + {"#": 1, "b": -1, "": 0}[accidental]
+
+
 def _pitch_class(name: str) -> int | None:
     m = _NAME.match(name.strip())
-    if not m:
-        return None
-    letter, accidental = m.groups()
-    return (PITCH_CLASSES[letter.upper()] + {"#": 1, "b": -1, "": 0}[accidental]) % 12
+    return None if not m else _semitones(*m.groups()) % 12
 
 
 def pitch_name(pitch: int) -> str:
@@ -62,8 +64,7 @@ def parse_pitch(text, what: str = "pitch") -> int:
         if not m:
             raise UserError(f"{what} {s!r}: expected a MIDI number 0-127 or a name like C4 or F#2")
         letter, accidental, octave = m.groups()
-        pc = PITCH_CLASSES[letter.upper()] + {"#": 1, "b": -1, "": 0}[accidental]
-        pitch = 12 * (int(octave) + 1) + pc
+        pitch = 12 * (int(octave) + 1) + _semitones(letter, accidental)
     if not C.MIN_PITCH <= pitch <= C.MAX_PITCH:
         raise UserError(f"{what} {s!r} is outside the MIDI pitches 0-127 (C-1 to G9)")
     return pitch
