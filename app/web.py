@@ -3,9 +3,12 @@
     perceiver-midi app --checkpoint checkpoints/maestro-cpu --port 7860
 
 The page, in the order a composer works:
-  1. Prime: upload a MIDI file, choose a shipped example, or start from nothing; its piano roll
-     (the prime window in colour) and a player for the window; two sliders choose the window
-     (start and end, in seconds; default: the last 20 s); Undo goes back one prime.
+  1. Prime: upload a MIDI file, choose a shipped example, or start from nothing; or play it
+     (app/web_play.py: a MIDI keyboard through Web MIDI, or the on-screen keys; Record / Stop /
+     Clear / Play back), with call and response (play a phrase, pause, hear the model answer;
+     the exchange grows as one piece). Its piano roll (the prime window in colour), a player for
+     the window and the piece as MIDI; two sliders choose the window (start and end, in
+     seconds; default: the last 20 s); Undo goes back one prime.
   2. Controls: continuation length, variations (1-4), temperature, top-p, top-k, seed with a
      "random" toggle; Advanced: latents (test-time compute) and prime tokens.
   3. Generate / Stop, with a status line (music seconds and tokens so far while sampling).
@@ -45,6 +48,7 @@ from app.web_core import (
     ResultReady,
     Started,
 )
+from app.web_play import play_panel
 from app.web_session import MAX_UPLOAD_BYTES, Session, human_size, list_examples
 
 DEFAULT_HOST = "127.0.0.1"
@@ -84,6 +88,22 @@ def _user_errors(fn):
             raise gr.Error(f"internal error: {type(exc).__name__}: {exc}") from None
 
     return wrapper
+
+
+def _with_event_data(fn):
+    """A Gradio handler calling ``fn(*inputs, data)``, ``data`` being what the page's
+    ``trigger(event, data)`` sent ({} if nothing). Gradio passes gr.EventData to a positional
+    parameter annotated with the class itself (this module's annotations are strings)."""
+    import gradio as gr
+
+    @functools.wraps(fn)
+    def handler(evt, *inputs):
+        data = getattr(evt, "_data", None)
+        return fn(*inputs, data if isinstance(data, dict) else {})
+
+    handler.__annotations__ = {"evt": gr.EventData}
+    del handler.__wrapped__  # Gradio must see handler's own signature, not fn's
+    return handler
 
 
 def _continue_from(composer: Composer, k: int, s: Session):
@@ -137,6 +157,9 @@ def build_app(
                 with gr.Row():
                     nothing_btn = gr.Button("Start from nothing", size="sm", elem_id="nothing")
                     undo_btn = gr.Button("Undo", size="sm", interactive=False, elem_id="undo")
+        with gr.Accordion("or play it: a MIDI keyboard or the keys below; call and response",
+                          open=True, elem_id="play-panel"):  # fmt: skip
+            keyboard, answer_status, answer_audio = play_panel()
         prime_info = gr.Markdown(Session().prime.describe(), elem_id="prime-info")
         with gr.Row():
             prime_roll = gr.Image(
@@ -154,6 +177,9 @@ def build_app(
                 elem_id="prime-audio",
                 scale=2,
             )
+        prime_midi = gr.File(
+            label="The piece (MIDI)", interactive=False, elem_id="prime-midi", height=80
+        )
         with gr.Row():
             win_start = gr.Slider(
                 0, 1, value=0, step=0.01, label="Prime window start (s)", interactive=False
@@ -298,7 +324,8 @@ def build_app(
         # UI handlers never raise for a user mistake: the message goes to a toast and to the
         # prime's status line, the page keeps what it showed, and the upload box is emptied for
         # the next file. (Raising would also flag every output component with "Error".)
-        prime_outputs = [prime_info, prime_roll, prime_audio, win_start, win_end, undo_btn]
+        prime_outputs = [prime_info, prime_roll, prime_audio, win_start, win_end, undo_btn,
+                         prime_midi]  # fmt: skip
         with_state = [session, *prime_outputs, upload]
 
         def prime_updates(view):
@@ -316,6 +343,7 @@ def build_app(
                 start,
                 end,
                 gr.update(interactive=view.can_undo),
+                str(view.midi) if view.midi else None,
             )
 
         def tell(exc: Exception) -> str:
@@ -359,6 +387,25 @@ def build_app(
         def on_stop(s: Session):
             composer.stop(s)
 
+        on_take = prime_handler(composer.load_played)
+
+        @_with_event_data
+        def on_played(s: Session, data: dict):
+            """Record, then Stop in the Play panel: the take becomes the prime."""
+            return on_take(s, data.get("messages"))
+
+        @_with_event_data
+        def on_phrase(s: Session, *controls_and_data):
+            """Call and response: a phrase, then the pause -> (answer audio, status line)."""
+            *controls, data = controls_and_data
+            try:
+                answer = composer.respond(
+                    s, data.get("messages"), request(s, *controls), data.get("gap_seconds") or 0.0
+                )
+            except Exception as exc:
+                return None, f"**Error:** {tell(exc)}"
+            return (str(answer.audio) if answer.audio else None), answer.status
+
         slot_outputs = [c for slot in slots for c in slot[:5]]
         gen_outputs = [status, seed, generate_btn, stop_btn, *slot_outputs]
 
@@ -375,7 +422,7 @@ def build_app(
                 out.extend(values.get(k, [skip()] * 5))
             return tuple(out)
 
-        def on_generate(
+        def request(
             s: Session,
             seconds_v,
             variations_v,
@@ -394,8 +441,9 @@ def build_app(
             key_v,
             velocity_range_v,
             max_polyphony_v,
-        ):
-            req = GenerateRequest(
+        ) -> GenerateRequest:
+            """The Generate controls as one request (the window only for a non-empty prime)."""
+            return GenerateRequest(
                 seconds=seconds_v,
                 variations=variations_v,
                 temperature=temperature_v,
@@ -414,6 +462,9 @@ def build_app(
                 velocity_range=velocity_range_v,
                 max_polyphony=max_polyphony_v,
             )
+
+        def on_generate(s: Session, *controls):
+            req = request(s, *controls)
             try:
                 for ev in composer.generate(s, req):
                     if isinstance(ev, Started):
@@ -498,34 +549,42 @@ def build_app(
         for k, slot in enumerate(slots):
             on_continue = prime_handler(functools.partial(_continue_from, composer, k))
             slot[5].click(on_continue, [session], with_state, **ui)
+        controls = [
+            seconds,
+            variations,
+            temperature,
+            top_p,
+            top_k,
+            seed,
+            random_seed,
+            latents,
+            prime_tokens,
+            stop_at_eos,
+            win_start,
+            win_end,
+            max_note,
+            pitch_range,
+            key,
+            velocity_range,
+            max_polyphony,
+        ]
         generate_btn.click(
             on_generate,
-            [
-                session,
-                seconds,
-                variations,
-                temperature,
-                top_p,
-                top_k,
-                seed,
-                random_seed,
-                latents,
-                prime_tokens,
-                stop_at_eos,
-                win_start,
-                win_end,
-                max_note,
-                pitch_range,
-                key,
-                velocity_range,
-                max_polyphony,
-            ],  # fmt: skip
+            [session, *controls],
             gen_outputs,
             api_name="generate",
             concurrency_id="model",
             show_progress="hidden",
             api_visibility="undocumented",
         )
+        keyboard.submit(on_played, [session], with_state, **ui)
+        # The answer is played by the page as soon as it arrives; the prime panel (roll, audio,
+        # the piece's MIDI) is redrawn after, while it plays.
+        keyboard.change(on_phrase, [session, *controls], [answer_audio, answer_status],
+                        api_visibility="private", concurrency_id="model",
+                        show_progress="hidden").then(
+            None, [answer_audio], None, js="(a) => window.perceiverMidiPlayAnswer(a)"
+        ).then(prime_handler(composer.prime_view), [session], with_state, **ui)  # fmt: skip
         stop_btn.click(on_stop, [session], None, concurrency_limit=None, queue=False,
                        api_visibility="private")  # fmt: skip
         api_btn.click(

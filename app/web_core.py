@@ -128,6 +128,17 @@ class Done:
 
 
 @dataclasses.dataclass(frozen=True)
+class Answer:
+    """Call and response: the model's answer to a played phrase."""
+
+    audio: pathlib.Path | None  # the answer alone, from its first note (None: it was silent)
+    seconds: float  # music seconds of the answer
+    tokens: int
+    seed: int
+    status: str
+
+
+@dataclasses.dataclass(frozen=True)
 class _Plan:
     prime: object  # app.pipeline.PrimeCut: the window the model is given and the piece's head
     settings: object  # app.pipeline.Settings
@@ -179,6 +190,8 @@ class Composer:
     # -- the prime -----------------------------------------------------------------------------
 
     def prime_view(self, session: Session, window: tuple[float, float] | None = None) -> PrimeView:
+        from tokenizer import write_midi
+
         prime = session.prime
         folder = session.folder()
         name = session.next_name("prime")
@@ -190,8 +203,10 @@ class Composer:
         w = self.window(prime, *window)
         roll = media.prime_roll_png(prime.ids, folder / f"{name}.png", window=window)
         audio = self._window_audio(prime, w, folder / f"{name}.wav")
+        (folder / name).mkdir()
+        midi = write_midi(prime.ids, folder / name / f"{media.safe_stem(prime.name)}.mid")
         info = f"{prime.describe()} Window: {window[0]:.2f}..{window[1]:.2f} s."
-        return PrimeView(info, roll, audio, prime.seconds, window, False, session.can_undo)
+        return PrimeView(info, roll, audio, prime.seconds, window, False, session.can_undo, midi)
 
     def _window_audio(self, prime: Prime, window, path: pathlib.Path) -> pathlib.Path:
         from tokenizer import cut_last_seconds, music_seconds
@@ -245,6 +260,60 @@ class Composer:
         return self._push(
             session, Prime(np.asarray(ids, np.int32), media.safe_stem(name), "example")
         )
+
+    def load_played(self, session: Session, messages) -> PrimeView:
+        """A take recorded in the page (MIDI messages, see ``app/played.py``) becomes the prime,
+        through a MIDI file and the tokenizer, as an upload does."""
+        from app.played import played_ids
+
+        return self._push(session, Prime(played_ids(messages), "recording", "played"))
+
+    def respond(
+        self, session: Session, messages, req: GenerateRequest, gap_seconds: float = 0.0
+    ) -> Answer:
+        """Call and response: the phrase (MIDI messages) is appended to the piece ``gap_seconds``
+        after its end (at most ``app.played.MAX_GAP_SECONDS``), the model continues the piece's
+        last 20 s with the page's controls (one variation), the answer is appended too. Two
+        primes are pushed (the piece with the phrase, then with the answer): Undo steps back
+        through them. The answer's audio starts at its first note, so it sounds at once."""
+        from app.pipeline import continue_prime
+        from app.played import append_part, from_first_note, played_ids
+
+        t0 = time.perf_counter()
+        phrase = played_ids(messages)
+        if req.random_seed:
+            req = dataclasses.replace(req, seed=secrets.randbelow(2**31))
+        req = dataclasses.replace(req, variations=1, window_start=None, window_end=None)
+        with session.busy():
+            base = session.prime
+            name = base.name if not base.empty else "duet"
+            called = Prime(append_part(base.ids, phrase, gap_seconds), name, "call and response",
+                           base.continued)  # fmt: skip
+            plan = self.plan(called, req)
+            session.history.append(called)
+            session.stop.clear()
+            t1 = time.perf_counter()
+            (c,) = continue_prime(self.model, plan.prime, plan.settings, name=name,
+                                  callback=lambda info: session.stop.is_set(),
+                                  length_bucket=WEB_LENGTH_BUCKET)  # fmt: skip
+            sampled = time.perf_counter() - t1
+            session.history.append(Prime(append_part(called.ids, c.ids), name,
+                                         "call and response", base.continued + 1))  # fmt: skip
+            sounding = from_first_note(c.ids)
+            audio = None
+            if sounding.size:
+                folder = session.folder() / "answers"
+                folder.mkdir(parents=True, exist_ok=True)
+                path = folder / f"{session.next_name('answer')}.wav"
+                audio = media.write_audio_file(sounding, path)[0]
+        n = base.continued + 1
+        status = (
+            f"Answer {n}: {c.seconds:.1f} s, {c.tokens} tokens, seed {c.seed} (sampled in "
+            f"{sampled:.2f} s; ready {time.perf_counter() - t0:.2f} s after the phrase arrived)."
+            if audio is not None
+            else f"Answer {n}: the model answered with silence (seed {c.seed}); play again."
+        )
+        return Answer(audio, float(c.seconds), int(c.tokens), int(c.seed), status)
 
     def start_empty(self, session: Session) -> PrimeView:
         return self._push(session, Prime.nothing())

@@ -162,6 +162,7 @@ class PrimeView:
     window: tuple[float, float]  # the window shown (by default the last 20 s)
     empty: bool
     can_undo: bool
+    midi: pathlib.Path | None = None  # the whole piece, to download (None: nothing)
 
 
 def human_size(n: int) -> str:

@@ -24,6 +24,14 @@ What is measured (results in ``benchmarks/results/app.json``, written atomically
     (default 2) and a ``--max-queue`` that holds all the requests (a fuller queue refuses them by
     design, "Queue is full").
 
+  * call and response (``benchmarks/results/app_answer.json``; ``--answer-only`` measures just
+    this): in headless Chromium (Debian's, as the browser tests), a fake Web MIDI keyboard
+    (``tests/fake_midi.py``) plays the first ``--phrase-seconds`` (8) of the Bach example into
+    the Play panel with call and response on, ``--answer-seconds`` (10) answers, "stop at EOS"
+    off, the pause 1.5 s; ``--answers`` (5) phrases in a row (the piece grows by each). Measured
+    in the page: from the end of the pause (the panel sends the phrase) to the answer's audio
+    element firing ``playing``; median against the 2 s target.
+
 The result names the checkpoint the figures are for, read from its ``config.json``: folder
 name, path, training step, validation NLL and number of latents (``"checkpoint"``).
 
@@ -55,6 +63,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 RESULTS = ROOT / "benchmarks" / "results" / "app.json"
+ANSWER_RESULTS = ROOT / "benchmarks" / "results" / "app_answer.json"
+CHROMIUM = pathlib.Path(os.environ.get("PERCEIVER_MIDI_CHROMIUM", "/usr/bin/chromium"))
+TARGET_ANSWER_S = 2.0  # call and response: end of the pause -> first sound of a 10 s answer
 EXAMPLE = ROOT / "examples" / "bach_prelude_c.mid"
 TARGET_FIRST_AUDIO_S = 5.0
 
@@ -274,6 +285,62 @@ def dense_first_audio(ckpt: str, tokens: int, repeats: int, tmp: pathlib.Path) -
     }
 
 
+def call_and_response(
+    url: str, answers: int, answer_seconds: float, phrase_seconds: float, pause: float
+) -> dict:
+    """The Play panel's call and response in a real browser; latencies measured by the page."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.fake_midi import FAKE_MIDI_JS, messages_from_notes
+    from tokenizer import decode_notes, encode
+
+    notes = [n for n in decode_notes(encode(EXAMPLE)) if n.end <= phrase_seconds]
+    phrase = messages_from_notes(notes)
+    statuses = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                  "--autoplay-policy=no-user-gesture-required"],
+        )  # fmt: skip
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.set_default_timeout(300_000)
+            page.add_init_script(FAKE_MIDI_JS)
+            page.goto(url, wait_until="load")
+            page.wait_for_selector("#play-keys .pm-key")
+            box = page.locator("#length input[type=number]").first
+            box.fill(f"{answer_seconds:g}")
+            box.press("Enter")
+            page.get_by_text("Advanced").first.click()
+            page.get_by_label("Stop at the end of a piece (EOS)").uncheck()
+            page.fill("#play-pause", f"{pause:g}")
+            page.check("#play-cr")
+            for k in range(answers):
+                page.evaluate("() => window.fakeMidi.restart()")
+                page.evaluate("(m) => window.fakeMidi.play(m)", phrase)
+                page.wait_for_function(f"() => window.perceiverMidiPlay.answers >= {k + 1}")
+                statuses.append(page.inner_text("#answer-status"))
+            latencies = [ms / 1000 for ms in page.evaluate("window.perceiverMidiPlay.latencies")]
+        finally:
+            browser.close()
+    for k, (lat, status) in enumerate(zip(latencies, statuses, strict=False)):
+        print(f"  answer {k + 1}: first sound {lat:.2f} s after the pause; {status}", flush=True)
+    med = statistics.median(latencies) if latencies else None
+    return {
+        "what": "end of the pause -> the answer's audio playing, measured in the page",
+        "phrase": f"examples/bach_prelude_c.mid, first {phrase_seconds:g} s "
+        f"({len(notes)} notes), from a fake Web MIDI keyboard",
+        "answer_seconds": answer_seconds,
+        "pause_s": pause,
+        "latencies_s": latencies,
+        "answer_status": statuses,
+        "median_s": med,
+        "target_s": TARGET_ANSWER_S,
+        "meets_target": med is not None and len(latencies) == answers and med <= TARGET_ANSWER_S,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", help="default: the shipped one, else a random cpu preset")
@@ -293,6 +360,14 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=800,
         help="token budget of the in-process first-audio check (800: 20 s at MAESTRO's density)",
+    )
+    p.add_argument("--answers", type=int, default=5, help="call and response: phrases (5)")
+    p.add_argument("--answer-seconds", type=float, default=10.0, help="answer length (10)")
+    p.add_argument("--phrase-seconds", type=float, default=8.0, help="phrase length (8)")
+    p.add_argument(
+        "--answer-only",
+        action="store_true",
+        help="measure call and response only (writes app_answer.json alone)",
     )
     args = p.parse_args(argv)
 
@@ -332,6 +407,26 @@ def main(argv: list[str] | None = None) -> int:
         try:
             startup = server.wait_ready()
             print(f"startup (load + warm-up): {startup:.1f} s", flush=True)
+            answer = call_and_response(server.url, args.answers, args.answer_seconds,
+                                       args.phrase_seconds, 1.5)  # fmt: skip
+            write_json(
+                ANSWER_RESULTS,
+                {
+                    "environment": env,
+                    "checkpoint": checkpoint,
+                    "call_and_response": answer,
+                    "note": args.note,
+                },
+            )
+            print(f"wrote {ANSWER_RESULTS}")
+            print(
+                f"call and response: first sound of a {args.answer_seconds:g} s answer "
+                f"{answer['median_s']} s after the pause (median of {len(answer['latencies_s'])}"
+                f"; target {TARGET_ANSWER_S:g} s, met: {answer['meets_target']})",
+                flush=True,
+            )
+            if args.answer_only:
+                return 0 if answer["meets_target"] else 1
             first_audio = {}
             seed = 1000
             for variations in (1, 2):

@@ -16,6 +16,7 @@ from tokenizer.decode import (
     decode_notes,
     decode_to_note_sequence,
     midi_bytes,
+    notes_to_pretty_midi,
     write_midi,
 )
 from tokenizer.encode import apply_sustain, encode, ids_from_table
@@ -46,6 +47,7 @@ __all__ = [
     "encode",
     "ids_from_table",
     "midi_bytes",
+    "notes_to_pretty_midi",
     "music_seconds",
     "read_midi",
     "shift_tokens",

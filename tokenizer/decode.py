@@ -148,12 +148,16 @@ def decode_notes(ids) -> list[Note]:
     return [Note(p, v, s, e) for p, v, s, e in zip(*cols, strict=True)]
 
 
-def notes_to_pretty_midi(notes: list[Note]):
+def notes_to_pretty_midi(notes: list[Note], pedal=()):
+    """Notes (and sustain-pedal events: ``(seconds, CC64 value)`` pairs) -> one piano track."""
     import pretty_midi
 
     pm = pretty_midi.PrettyMIDI(resolution=MIDI_RESOLUTION, initial_tempo=MIDI_TEMPO_BPM)
     piano = pretty_midi.Instrument(program=C.ACOUSTIC_GRAND_PIANO, name="Piano")
     piano.notes = [pretty_midi.Note(n.velocity, n.pitch, n.start, n.end) for n in notes]
+    piano.control_changes = [
+        pretty_midi.ControlChange(C.SUSTAIN_CONTROL, int(value), float(t)) for t, value in pedal
+    ]
     pm.instruments.append(piano)
     return pm
 
