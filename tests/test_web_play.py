@@ -199,6 +199,7 @@ def test_call_and_response_answers_and_the_piece_grows(browser, app_url):
     assert later and later[0].start >= max(n.end for n in first_notes) - 1e-6
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.evaluate("document.querySelector('#play-panel').scrollIntoView({block: 'start'})")
     page.screenshot(path=str(ARTIFACTS / "play.png"), full_page=False)
     page.close()
 
