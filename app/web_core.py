@@ -201,7 +201,9 @@ class Composer:
         if window is None:
             window = prime.default_window()
         w = self.window(prime, *window)
-        roll = media.prime_roll_png(prime.ids, folder / f"{name}.png", window=window)
+        roll = media.prime_roll_png(
+            prime.ids, folder / f"{name}.png", window=window, answers=prime.answers
+        )
         audio = self._window_audio(prime, w, folder / f"{name}.wav")
         (folder / name).mkdir()
         midi = write_midi(prime.ids, folder / name / f"{media.safe_stem(prime.name)}.mid")
@@ -278,6 +280,7 @@ class Composer:
         through them. The answer's audio starts at its first note, so it sounds at once."""
         from app.pipeline import continue_prime
         from app.played import append_part, from_first_note, played_ids
+        from tokenizer import music_seconds
 
         t0 = time.perf_counter()
         phrase = played_ids(messages)
@@ -288,7 +291,7 @@ class Composer:
             base = session.prime
             name = base.name if not base.empty else "duet"
             called = Prime(append_part(base.ids, phrase, gap_seconds), name, "call and response",
-                           base.continued)  # fmt: skip
+                           base.continued, base.answers)  # fmt: skip
             plan = self.plan(called, req)
             session.history.append(called)
             session.stop.clear()
@@ -297,8 +300,10 @@ class Composer:
                                   callback=lambda info: session.stop.is_set(),
                                   length_bucket=WEB_LENGTH_BUCKET)  # fmt: skip
             sampled = time.perf_counter() - t1
-            session.history.append(Prime(append_part(called.ids, c.ids), name,
-                                         "call and response", base.continued + 1))  # fmt: skip
+            piece = append_part(called.ids, c.ids)
+            span = (music_seconds(called.ids), music_seconds(piece))
+            session.history.append(Prime(piece, name, "call and response", base.continued + 1,
+                                         (*base.answers, span)))  # fmt: skip
             sounding = from_first_note(c.ids)
             audio = None
             if sounding.size:
@@ -331,8 +336,12 @@ class Composer:
             if not 0 <= int(index) < len(session.results):
                 raise UserError(f"there is no result {int(index) + 1} to continue from")
             r = session.results[int(index)]
+        from tokenizer import music_seconds
+
+        head = music_seconds(r.head)  # call-and-response answers inside the head stay marked
+        answers = tuple((a, min(b, head)) for a, b in r.base.answers if a < head)
         prime = Prime(r.piece_ids, r.base.name if not r.base.empty else "generated",
-                      "continued", r.base.continued + 1)  # fmt: skip
+                      "continued", r.base.continued + 1, answers)  # fmt: skip
         return self._push(session, prime)
 
     def undo(self, session: Session) -> PrimeView:

@@ -163,11 +163,13 @@ def prime_roll_png(
     path: str | os.PathLike,
     *,
     window: tuple[float, float] | None = None,
+    answers: tuple[tuple[float, float], ...] = (),
 ) -> pathlib.Path:
     """The whole prime piece; notes inside ``window`` (start, end seconds) in colour, the rest
     light grey, the window shaded. When the window is part of the piece, this overview is a
     strip at the top and the window is drawn large below it (a 20 s window of a 400 s piece
-    stays readable)."""
+    stays readable). Notes that start inside one of the ``answers`` spans (seconds: what the
+    model played in call and response) are drawn in the continuation's colour."""
     from tokenizer import music_seconds
 
     fig, ax = _figure()
@@ -184,6 +186,18 @@ def prime_roll_png(
     w0, w1 = window
     inside = (end > w0) & (start < w1)
     out = ~inside
+    model = np.zeros_like(inside)
+    for a0, a1 in answers:
+        model |= (start >= a0 - 1e-9) & (start < a1 - 1e-9)
+    mine, theirs = inside & ~model, inside & model
+
+    def layers(sel_mine, sel_theirs):
+        return [
+            (pitch[sel_mine], start[sel_mine], end[sel_mine], vel[sel_mine], PRIME_COLOR, 0.45),
+            (pitch[sel_theirs], start[sel_theirs], end[sel_theirs], vel[sel_theirs], CONT_COLOR,
+             0.45),
+        ]  # fmt: skip
+
     right = max(total, float(end.max()), w1) * 1.005 + 1e-3
     zoom = w0 > 0 or w1 < total
     if zoom:  # the overview becomes a strip above the window's own roll
@@ -191,11 +205,12 @@ def prime_roll_png(
         ax.set_xlabel("")
         ax.tick_params(labelsize=7, pad=1)
     outside = (pitch[out], start[out], end[out], vel[out], GREY_LIGHT, 0.9)
-    _draw_roll(
-        ax,
-        [outside, (pitch[inside], start[inside], end[inside], vel[inside], PRIME_COLOR, 0.45)],
-        right,
-    )
+    _draw_roll(ax, [outside, *layers(mine, theirs)], right)
+    if theirs.any():
+        ax.text(1.0, 1.0, "played  ", transform=ax.transAxes, fontsize=8, va="top", ha="right",
+                color=PRIME_COLOR, fontweight="bold")  # fmt: skip
+        ax.text(1.0, 0.9 if not zoom else 0.6, "the model  ", transform=ax.transAxes, fontsize=8,
+                va="top", ha="right", color=CONT_COLOR, fontweight="bold")  # fmt: skip
     ax.axvspan(w0, w1, color=PRIME_COLOR, alpha=0.07 if not zoom else 0.15, linewidth=0)
     for x in (w0, w1):
         ax.axvline(x, color=PRIME_COLOR, linewidth=1.2)
@@ -209,8 +224,7 @@ def prime_roll_png(
     big.set_facecolor("#fbfbfb")
     big.tick_params(labelsize=8)
     big.set_xlabel("seconds (the prime window)", fontsize=8, labelpad=1)
-    window_notes = (pitch[inside], start[inside], end[inside], vel[inside], PRIME_COLOR, 0.45)
-    _draw_roll(big, [window_notes], max(w1, w0 + 1e-3), left=w0)
+    _draw_roll(big, layers(mine, theirs), max(w1, w0 + 1e-3), left=w0)
     big.set_xlim(w0, max(w1, w0 + 1e-3))
     _pitch_limits(big, pitch[inside])
     return _save(fig, path)

@@ -34,6 +34,7 @@ class Prime:
     name: str
     origin: str  # "nothing", "upload", "example" or "continued"
     continued: int = 0  # how many continuations were appended to the original
+    answers: tuple[tuple[float, float], ...] = ()  # call and response: the model's spans (s)
 
     @classmethod
     def nothing(cls) -> Prime:

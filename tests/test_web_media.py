@@ -103,6 +103,30 @@ def test_roll_colours_the_window_and_greys_the_rest(tmp_path, figures):
     np.testing.assert_allclose(window_image[0, -5:, :3].mean(axis=0), blue, atol=1)
 
 
+def test_roll_draws_call_and_response_answers_in_the_models_colour(tmp_path, figures):
+    # Played: pitch 60 in 0..1 s; the model's answer (span 1..3 s): pitch 72 in 2..3 s.
+    ids = np.array(
+        [C.VELOCITY_FIRST_ID + 31, C.NOTE_ON_FIRST_ID + 60, C.TIME_SHIFT_LAST_ID]
+        + [C.NOTE_OFF_FIRST_ID + 60, C.TIME_SHIFT_LAST_ID, C.NOTE_ON_FIRST_ID + 72]
+        + [C.TIME_SHIFT_LAST_ID, C.NOTE_OFF_FIRST_ID + 72],
+        np.int32,
+    )
+    media.prime_roll_png(ids, tmp_path / "roll.png", window=(0.0, 3.0), answers=((1.0, 3.0),))
+    media.prime_roll_png(ids, tmp_path / "plain.png", window=(0.0, 3.0))
+    colours = []
+    for fig in figures:
+        image = fig.axes[0].images[0].get_array()
+        low, high = image[0], image[-1]  # pitch 60, pitch 72
+        colours.append([row[row[:, 3] > 200, :3].mean(axis=0) for row in (low, high)])
+    blue = np.round(np.array(media._rgb(media.PRIME_COLOR)) * 255)
+    orange = np.round(np.array(media._rgb(media.CONT_COLOR)) * 255)
+    np.testing.assert_allclose(colours[0][0], blue, atol=1)  # played
+    np.testing.assert_allclose(colours[0][1], orange, atol=1)  # the model's answer
+    np.testing.assert_allclose(colours[1][1], blue, atol=1)  # no answers: all the prime's
+    texts = [t.get_text().strip() for t in figures[0].axes[0].texts]
+    assert texts == ["played", "the model"] and not figures[1].axes[0].texts
+
+
 def test_short_notes_stay_visible_and_empty_rolls_still_draw(tmp_path, figures):
     # One 10 ms note in a 30-minute piece covers at least one column.
     ids = np.array(

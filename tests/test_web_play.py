@@ -312,6 +312,7 @@ def test_respond_appends_phrase_and_answer_and_undo_steps_back(tiny_model, tmp_p
     last = decode_notes(called.ids)[-1]
     assert (last.pitch, last.start) == (72, pytest.approx(1.5 + 0.5))  # after the take + gap
     assert answered.describe().startswith("**recording** (continued 1x)")
+    assert answered.answers == ((called.seconds, answered.seconds),)  # drawn as the model's
     assert answer.seed == 3 and answer.status.startswith("Answer 1:")
     if answer.audio is not None:
         audio, rate = soundfile.read(answer.audio)
