@@ -138,6 +138,37 @@ def test_a_phrase_played_on_the_screen_keys_becomes_the_prime(browser, app_url):
     page.close()
 
 
+def test_the_computer_keyboard_plays_keys_octaves_and_the_pedal(browser, app_url):
+    from tokenizer import decode_notes
+
+    page = _page(browser, app_url, midi=False)
+    page.click("#play-record")  # focuses the keyboard panel
+    kb = page.keyboard
+    for key in ("a", "z", "g"):  # C4; octave down; G3
+        if key == "z":
+            kb.press(key)
+            continue
+        kb.down(key)
+        page.wait_for_timeout(120)
+        kb.up(key)
+        page.wait_for_timeout(80)
+    kb.down(" ")  # the pedal holds E3 until it is released
+    kb.down("d")
+    page.wait_for_timeout(100)
+    kb.up("d")
+    page.wait_for_timeout(400)
+    kb.up(" ")
+    _wait_text(page, "#play-take", "Recording: 3 notes")
+    page.click("#play-stop")
+    _wait_text(page, "#prime-info", "recording (played)")
+    notes = decode_notes(_piece_ids(page))
+    assert [n.pitch for n in notes] == [60, 55, 52]
+    assert all(n.velocity == 77 for n in notes)  # velocity 80, the lowest of its bin
+    held = notes[-1].end - notes[-1].start
+    assert held >= 0.45, held  # to the pedal's release, not the key's (0.1 s)
+    page.close()
+
+
 def test_a_midi_keyboard_take_is_the_prime_exactly(browser, app_url):
     page = _page(browser, app_url, midi=True)
     _wait_text(page, "#play-midi-status", "MIDI keyboard: Fake Keys")
