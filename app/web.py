@@ -398,6 +398,8 @@ def build_app(
         def on_phrase(s: Session, *controls_and_data):
             """Call and response: a phrase, then the pause -> (answer audio, status line)."""
             *controls, data = controls_and_data
+            if "messages" not in data:  # not the panel's event: nothing to answer
+                return None, gr.skip()
             try:
                 answer = composer.respond(
                     s, data.get("messages"), request(s, *controls), data.get("gap_seconds") or 0.0
