@@ -624,6 +624,10 @@ def parse_args(argv):
         help="no new note while N sound (as perceiver-midi continue: default 16, 0 = none)",
     )
     p.add_argument(
+        "--temperature", type=float, help="sampling temperature (as perceiver-midi continue: 1)"
+    )
+    p.add_argument("--top-p", type=float, help="nucleus sampling (as perceiver-midi continue: 1)")
+    p.add_argument(
         "--quick",
         action="store_true",
         help=f"{QUICK_PIECES} pieces, {QUICK_SECONDS:g} s; no bar is judged",
@@ -687,6 +691,8 @@ def run(args) -> dict:
         # the pipeline's default unless given (0: no limit)
         **({} if args.max_note_seconds is None else {"max_note_seconds": args.max_note_seconds}),
         **({} if args.max_polyphony is None else {"max_polyphony": args.max_polyphony}),
+        **({} if args.temperature is None else {"temperature": args.temperature}),
+        **({} if args.top_p is None else {"top_p": args.top_p}),
     )
     primes = [prime_ids(p["path"], window, name=p["name"]) for p in chosen]
     seeds = [args.seed + i for i in range(len(chosen))]
