@@ -627,6 +627,7 @@ def parse_args(argv):
         "--temperature", type=float, help="sampling temperature (as perceiver-midi continue: 1)"
     )
     p.add_argument("--top-p", type=float, help="nucleus sampling (as perceiver-midi continue: 1)")
+    p.add_argument("--latents", type=int, help="latents while sampling (default: the model's)")
     p.add_argument(
         "--quick",
         action="store_true",
@@ -693,6 +694,7 @@ def run(args) -> dict:
         **({} if args.max_polyphony is None else {"max_polyphony": args.max_polyphony}),
         **({} if args.temperature is None else {"temperature": args.temperature}),
         **({} if args.top_p is None else {"top_p": args.top_p}),
+        **({} if args.latents is None else {"latents": args.latents}),
     )
     primes = [prime_ids(p["path"], window, name=p["name"]) for p in chosen]
     seeds = [args.seed + i for i in range(len(chosen))]
