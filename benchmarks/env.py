@@ -60,3 +60,33 @@ def training_beside() -> list[str]:
         return []
     me = str(os.getpid())  # our own command line may mention it (--note)
     return [line[:200] for line in out.splitlines() if line.strip() and line.split()[0] != me]
+
+
+def run_worker(script: str, kind: str, timeout: float, **options) -> dict:
+    """Runs ``python SCRIPT --worker KIND --option value ...`` (``True``: the bare flag, ``False``:
+    left out) in its own process and returns the JSON object of its last ``{...}`` stdout line,
+    or ``{"error": ...}`` on a timeout or a failure (one line printed either way)."""
+    import sys
+    import time
+
+    cmd = [sys.executable, script, "--worker", kind]
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            cmd.append(flag)
+        elif value is not False:
+            cmd += [flag, str(value)]
+    print(f"  running {' '.join(cmd[3:])} ...", flush=True)
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        print(f"    timed out after {timeout:.0f} s", flush=True)
+        return {"error": f"timed out after {timeout:.0f} s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        print(f"    failed (rc={proc.returncode}): {' | '.join(tail)}", flush=True)
+        return {"error": f"rc={proc.returncode}: {' | '.join(tail)}"}
+    print(f"    done in {time.perf_counter() - t0:.0f} s", flush=True)
+    return json.loads(lines[-1])

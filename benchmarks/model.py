@@ -39,7 +39,6 @@ import pathlib
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 
@@ -244,29 +243,9 @@ def worker_sample(args) -> dict:
 
 
 def _run_worker(kind: str, timeout: float, **kw) -> dict:
-    cmd = [sys.executable, __file__, "--worker", kind]
-    for key, value in kw.items():
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            cmd.append(flag)
-        elif value is not False:
-            cmd += [flag, str(value)]
-    label = " ".join(cmd[3:])
-    print(f"  running {label} ...", flush=True)
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        print(f"    timed out after {timeout:.0f} s", flush=True)
-        return {"error": f"timed out after {timeout:.0f} s"}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        print(f"    failed (rc={proc.returncode}): {' | '.join(tail)}", flush=True)
-        return {"error": f"rc={proc.returncode}: {' | '.join(tail)}"}
-    result = json.loads(lines[-1])
-    print(f"    done in {time.perf_counter() - t0:.0f} s", flush=True)
-    return result
+    from benchmarks.env import run_worker
+
+    return run_worker(__file__, kind, timeout, **kw)
 
 
 def _system_load() -> dict:

@@ -60,7 +60,6 @@ import os
 import pathlib
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from importlib import metadata
@@ -516,23 +515,9 @@ def worker_tokenizer(args) -> dict:
 
 
 def _run_worker(kind: str, timeout: float, **kw) -> dict:
-    cmd = [sys.executable, __file__, "--worker", kind]
-    for key, value in kw.items():
-        cmd += ["--" + key.replace("_", "-"), str(value)]
-    print(f"  {' '.join(cmd[2:])} ...", flush=True)
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        print(f"    timed out after {timeout:.0f} s", flush=True)
-        return {"error": f"timed out after {timeout:.0f} s"}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        print(f"    failed (rc={proc.returncode}): {' | '.join(tail)}", flush=True)
-        return {"error": f"rc={proc.returncode}: {' | '.join(tail)}"}
-    print(f"    done in {time.perf_counter() - t0:.0f} s", flush=True)
-    return json.loads(lines[-1])
+    from benchmarks.env import run_worker
+
+    return run_worker(__file__, kind, timeout, **kw)
 
 
 def _load() -> dict:
