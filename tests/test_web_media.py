@@ -25,6 +25,16 @@ def _piece(n_notes: int, seed: int = 0) -> np.ndarray:
     return ids.reshape(-1)
 
 
+def _two_notes() -> np.ndarray:
+    """Pitch 60 in 0..1 s, pitch 72 in 2..3 s, loud."""
+    return np.array(
+        [C.VELOCITY_FIRST_ID + 31, C.NOTE_ON_FIRST_ID + 60, C.TIME_SHIFT_LAST_ID]
+        + [C.NOTE_OFF_FIRST_ID + 60, C.TIME_SHIFT_LAST_ID, C.NOTE_ON_FIRST_ID + 72]
+        + [C.TIME_SHIFT_LAST_ID, C.NOTE_OFF_FIRST_ID + 72],
+        np.int32,
+    )
+
+
 @pytest.fixture
 def figures(monkeypatch):
     """The matplotlib figures the roll functions save."""
@@ -73,12 +83,7 @@ def test_roll_of_200k_notes_is_one_image_with_few_artists(tmp_path, figures):
 
 def test_roll_colours_the_window_and_greys_the_rest(tmp_path, figures):
     # Two notes: pitch 60 in 0..1 s (outside the window), pitch 72 in 2..3 s (inside).
-    ids = np.array(
-        [C.VELOCITY_FIRST_ID + 31, C.NOTE_ON_FIRST_ID + 60, C.TIME_SHIFT_LAST_ID]
-        + [C.NOTE_OFF_FIRST_ID + 60, C.TIME_SHIFT_LAST_ID, C.NOTE_ON_FIRST_ID + 72]
-        + [C.TIME_SHIFT_LAST_ID, C.NOTE_OFF_FIRST_ID + 72],
-        np.int32,
-    )
+    ids = _two_notes()
     media.prime_roll_png(ids, tmp_path / "roll.png", window=(1.5, 3.0))
     image = figures[0].axes[0].images[0].get_array()
     assert image.shape[0] == 13  # pitches 60..72, one row each
@@ -105,12 +110,7 @@ def test_roll_colours_the_window_and_greys_the_rest(tmp_path, figures):
 
 def test_roll_draws_call_and_response_answers_in_the_models_colour(tmp_path, figures):
     # Played: pitch 60 in 0..1 s; the model's answer (span 1..3 s): pitch 72 in 2..3 s.
-    ids = np.array(
-        [C.VELOCITY_FIRST_ID + 31, C.NOTE_ON_FIRST_ID + 60, C.TIME_SHIFT_LAST_ID]
-        + [C.NOTE_OFF_FIRST_ID + 60, C.TIME_SHIFT_LAST_ID, C.NOTE_ON_FIRST_ID + 72]
-        + [C.TIME_SHIFT_LAST_ID, C.NOTE_OFF_FIRST_ID + 72],
-        np.int32,
-    )
+    ids = _two_notes()
     media.prime_roll_png(ids, tmp_path / "roll.png", window=(0.0, 3.0), answers=((1.0, 3.0),))
     media.prime_roll_png(ids, tmp_path / "plain.png", window=(0.0, 3.0))
     colours = []
