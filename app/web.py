@@ -131,9 +131,9 @@ def build_app(
             delete_callback=lambda s: s.close() if isinstance(s, Session) else None,
         )
         gr.Markdown(
-            f"# {TITLE}\nUpload a MIDI sketch (or pick an example), choose the part that primes "
-            "the model, generate a few continuations, listen, download the one you like, "
-            "continue from it, undo."
+            f"# {TITLE}\nUpload a MIDI sketch, pick an example or play one (or play with the "
+            "model: call and response), choose the part that primes the model, generate a few "
+            "continuations, listen, download the one you like, continue from it, undo."
         )
 
         # 1. Prime ------------------------------------------------------------------------------
