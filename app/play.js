@@ -165,12 +165,16 @@ const pointerUp = (ev) => {
 
 // Computer keys, while the panel has the focus (so typing in a text box plays nothing).
 const held = new Map(); // key -> pitch
+let spacePedal = false; // the pedal is down because Space is
 root.addEventListener('keydown', (ev) => {
   if (ev.target.closest('input, textarea, select') || ev.ctrlKey || ev.metaKey || ev.altKey) return;
   const key = ev.key.toLowerCase();
   if (key === ' ') {
     ev.preventDefault();
-    if (!ev.repeat && !st.pedal) onMessage(0xb0, 64, 127, performance.now());
+    if (!ev.repeat && !st.pedal) {
+      spacePedal = true;
+      onMessage(0xb0, 64, 127, performance.now());
+    }
   } else if (key === 'z' || key === 'x') {
     st.octave = Math.max(-3, Math.min(3, st.octave + (key === 'z' ? -1 : 1)));
     q('.pm-octave').textContent = `C${4 + st.octave}`;
@@ -186,11 +190,22 @@ root.addEventListener('keyup', (ev) => {
   const key = ev.key.toLowerCase();
   if (key === ' ') {
     ev.preventDefault();
-    onMessage(0xb0, 64, 0, performance.now());
+    if (spacePedal) onMessage(0xb0, 64, 0, performance.now());
+    spacePedal = false;
   } else if (held.has(key)) {
     onMessage(0x80, held.get(key), 0, performance.now());
     held.delete(key);
   }
+});
+
+// Focus leaving the panel: keys held on the computer keyboard never get their keyup here.
+root.addEventListener('focusout', (ev) => {
+  if (root.contains(ev.relatedTarget)) return;
+  const t = performance.now();
+  held.forEach((pitch) => onMessage(0x80, pitch, 0, t));
+  held.clear();
+  if (spacePedal) onMessage(0xb0, 64, 0, t); // a MIDI keyboard's pedal is its own
+  spacePedal = false;
 });
 
 // -- a MIDI keyboard: Web MIDI ---------------------------------------------------------------------
