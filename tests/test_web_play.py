@@ -169,6 +169,31 @@ def test_the_computer_keyboard_plays_keys_octaves_and_the_pedal(browser, app_url
     page.close()
 
 
+def test_a_key_held_when_focus_leaves_the_panel_is_released_and_clear_drops_a_take(
+    browser, app_url
+):
+    from tokenizer import decode_notes
+
+    page = _page(browser, app_url, midi=False)
+    page.click("#play-record")
+    page.keyboard.press("s")  # D4: a take that Clear throws away
+    _wait_text(page, "#play-take", "Recording: 1 note")
+    page.click("#play-clear")
+    _wait_text(page, "#play-take", "Cleared")
+    page.click("#play-record")
+    page.keyboard.down("a")  # C4, still held when the focus leaves the panel
+    page.wait_for_timeout(300)
+    page.click("#prime-info")
+    assert page.evaluate("window.perceiverMidiPlay.down.size") == 0  # released, not stuck
+    page.keyboard.up("a")  # arrives elsewhere: no second note-off, no error
+    page.click("#play-stop")
+    _wait_text(page, "#prime-info", "recording (played)")
+    notes = decode_notes(_piece_ids(page))
+    assert [n.pitch for n in notes] == [60]  # the cleared D4 is not in the prime
+    assert 0.2 <= notes[0].end - notes[0].start < 2.0
+    page.close()
+
+
 def test_a_midi_keyboard_take_is_the_prime_exactly(browser, app_url):
     page = _page(browser, app_url, midi=True)
     _wait_text(page, "#play-midi-status", "MIDI keyboard: Fake Keys")
