@@ -195,6 +195,8 @@ def test_a_control_set_in_the_page_holds_in_the_result(page, app_url, tmp_path):
     page.set_input_files("#upload input[type=file]", str(EXAMPLE))
     _wait_text(page, "#prime-info", "bach_prelude_c (upload)")
     page.get_by_label("Random seed").uncheck()  # seed 0: the same notes every run
+    page.get_by_text("Advanced").first.click()  # fill the 60 s whatever the model samples:
+    page.get_by_label("Stop at the end of a piece (EOS)").uncheck()  # (an EOS once ended it)
     page.get_by_text("Controls (held on every generated note)").click()
     page.locator("#pitch-range textarea, #pitch-range input").first.fill("C4:C5")
     for elem, value in (("#length", "60"), ("#variations", "1")):
