@@ -102,9 +102,8 @@ function mark(pitch, on) {
 }
 
 // -- every message, whatever played it ------------------------------------------------------------
-function hasNote(messages) {
-  return messages.some((m) => (m[1] & 0xf0) === 0x90 && m[3] > 0);
-}
+const isNoteOn = (m) => (m[1] & 0xf0) === 0x90 && m[3] > 0; // m: [t, status, d1, d2]
+const hasNote = (messages) => messages.some(isNoteOn);
 
 function onMessage(status, d1, d2, t) {
   const kind = status & 0xf0;
@@ -244,7 +243,7 @@ connectMidi();
 const takeEl = q('.pm-take');
 function showTake(text) {
   if (text !== undefined) { takeEl.textContent = text; return; }
-  const notes = st.take.filter((m) => (m[1] & 0xf0) === 0x90 && m[3] > 0).length;
+  const notes = st.take.filter(isNoteOn).length;
   const secs = st.take.length ? st.take[st.take.length - 1][0] / 1000 : 0;
   takeEl.textContent = `Recording: ${notes} note${notes === 1 ? '' : 's'}, ${secs.toFixed(1)} s`;
 }
@@ -274,7 +273,7 @@ q('[data-act=stop]').addEventListener('click', () => {
   st.take = [];
   if (hasNote(take)) {
     st.lastTake = take;
-    showTake(`Sent ${take.filter((m) => (m[1] & 0xf0) === 0x90 && m[3] > 0).length} notes: `
+    showTake(`Sent ${take.filter(isNoteOn).length} notes: `
       + 'the prime shows them.');
     st.sent.push(take);
     trigger('submit', { messages: take });

@@ -101,28 +101,33 @@ def played_midi(messages) -> bytes:
     return midi_bytes(notes_to_pretty_midi(notes, pedal))
 
 
-def played_ids(messages) -> np.ndarray:
-    """Recorded messages -> token ids (no SOS), as :func:`tokenizer.encode` reads a file."""
+def _encoded(midi: bytes, name: str) -> np.ndarray:
+    """``tokenizer.encode`` of MIDI bytes; a refusal becomes a one-line UserError."""
     from tokenizer import MidiError, encode
 
     try:
-        return np.asarray(encode(played_midi(messages), name="the recording"), np.int32)
+        return np.asarray(encode(midi, name=name), np.int32)
     except MidiError as exc:
         raise UserError(str(exc)) from None
+
+
+def _notes_midi(notes, shift: float = 0.0) -> bytes:
+    """Notes moved by ``shift`` seconds, as a MIDI file (the project's writer)."""
+    from tokenizer import Note, midi_bytes, notes_to_pretty_midi
+
+    moved = [Note(n.pitch, n.velocity, n.start + shift, n.end + shift) for n in notes]
+    return midi_bytes(notes_to_pretty_midi(moved))
+
+
+def played_ids(messages) -> np.ndarray:
+    """Recorded messages -> token ids (no SOS), as :func:`tokenizer.encode` reads a file."""
+    return _encoded(played_midi(messages), "the recording")
 
 
 def append_part(piece: np.ndarray, part: np.ndarray, gap_seconds: float = 0.0) -> np.ndarray:
     """``part`` played ``gap_seconds`` after the end of ``piece`` (both token ids): one piece,
     re-encoded through a MIDI file, so notes still sounding at the end of ``piece`` end there."""
-    from tokenizer import (
-        MidiError,
-        Note,
-        decode_notes,
-        encode,
-        midi_bytes,
-        music_seconds,
-        notes_to_pretty_midi,
-    )
+    from tokenizer import Note, decode_notes, music_seconds
 
     gap = min(max(float(gap_seconds), 0.0), MAX_GAP_SECONDS) if math.isfinite(gap_seconds) else 0.0
     if piece.size == 0:
@@ -131,26 +136,21 @@ def append_part(piece: np.ndarray, part: np.ndarray, gap_seconds: float = 0.0) -
     notes = decode_notes(piece) + [
         Note(n.pitch, n.velocity, n.start + offset, n.end + offset) for n in decode_notes(part)
     ]
-    try:
-        ids = encode(midi_bytes(notes_to_pretty_midi(notes)), name="the piece")
-    except MidiError as exc:
-        raise UserError(str(exc)) from None
+    ids = _encoded(_notes_midi(notes), "the piece")
     if ids.size > MAX_PIECE_TOKENS:
         raise UserError(
             f"the piece would be {ids.size:,} tokens, over the {MAX_PIECE_TOKENS:,} limit: "
             "download it and start again from a part of it"
         )
-    return np.asarray(ids, np.int32)
+    return ids
 
 
 def from_first_note(ids) -> np.ndarray:
     """``ids`` re-encoded from its first sounding note on (the silence before it dropped, and
     notes that never sound: zero length); empty when nothing sounds. What an answer plays."""
-    from tokenizer import Note, decode_notes, encode, midi_bytes, notes_to_pretty_midi
+    from tokenizer import decode_notes
 
     notes = decode_notes(ids)
     if not notes:
         return np.zeros((0,), np.int32)
-    t0 = min(n.start for n in notes)
-    moved = [Note(n.pitch, n.velocity, n.start - t0, n.end - t0) for n in notes]
-    return np.asarray(encode(midi_bytes(notes_to_pretty_midi(moved)), name="the answer"), np.int32)
+    return _encoded(_notes_midi(notes, -min(n.start for n in notes)), "the answer")

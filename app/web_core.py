@@ -301,7 +301,7 @@ class Composer:
                                   length_bucket=WEB_LENGTH_BUCKET)  # fmt: skip
             sampled = time.perf_counter() - t1
             piece = append_part(called.ids, c.ids)
-            span = (music_seconds(called.ids), music_seconds(piece))
+            span = (called.seconds, music_seconds(piece))
             session.history.append(Prime(piece, name, "call and response", base.continued + 1,
                                          (*base.answers, span)))  # fmt: skip
             sounding = from_first_note(c.ids)
