@@ -26,6 +26,13 @@ class Config:
       dropout: dropout on attention and MLP outputs at training time.
       cross_attend_dropout: fraction of the non-latent input positions dropped from the
         cross-attention keys at training time (the paper's regulariser).
+      input_noise: fraction of the input tokens replaced at training time by a token from earlier
+        in the same sequence (causal unigram noising, after Xie et al. 2017: the model learns to
+        continue the real music from a context that is not quite it, as its own continuations
+        are); the targets stay the real tokens. 0 = off.
+      input_noise_events: which tokens ``input_noise`` replaces: ``"all"``, or ``"timing"``
+        (TIME_SHIFTs and VELOCITYs only, each by an earlier token of its kind: notes and their
+        NOTE_ON/NOTE_OFF pairing are left as played).
       rotary_fraction: fraction of each head's channels that carry rotary position encoding.
       max_wavelength: longest rotary wavelength (must be >= ``max_len``).
       z_loss: weight of the log(Z)^2 auxiliary loss.
@@ -50,6 +57,8 @@ class Config:
     cross_heads: int | None = None
     dropout: float = 0.1
     cross_attend_dropout: float = 0.15
+    input_noise: float = 0.0
+    input_noise_events: str = "all"
     rotary_fraction: float = 0.5
     max_wavelength: float = 10_000.0
     z_loss: float = 1e-4
@@ -73,6 +82,12 @@ class Config:
             raise ValueError(f"unknown activation {self.activation!r}")
         if not 0.0 <= self.cross_attend_dropout < 1.0 or not 0.0 <= self.dropout < 1.0:
             raise ValueError("dropout rates must be in [0, 1)")
+        if not 0.0 <= self.input_noise < 1.0:
+            raise ValueError(f"input_noise must be in [0, 1), got {self.input_noise}")
+        if self.input_noise_events not in ("all", "timing"):
+            raise ValueError(
+                f"input_noise_events must be 'all' or 'timing', got {self.input_noise_events!r}"
+            )
 
     @property
     def embed_dim(self) -> int:

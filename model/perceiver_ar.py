@@ -30,7 +30,13 @@ from flax import nnx
 
 from model import note_state
 from model.config import Config
-from model.vocab import PAD_ID
+from model.vocab import (
+    NOTE_OFF_FIRST_ID,
+    NUM_RESERVED,
+    PAD_ID,
+    TIME_SHIFT_FIRST_ID,
+    VELOCITY_FIRST_ID,
+)
 
 _NEG_INF = -1e30  # finite "minus infinity" for masked scores (a fully masked row stays finite)
 
@@ -76,8 +82,8 @@ def per_sequence_attention(q_BxHxQxK, k_BxHxTxK, v_BxHxTxK, mask_Bx1xQxT) -> jax
     """``dot_product_attention`` one sequence at a time (a ``lax.map`` over the batch).
 
     Same result; for many queries over a long cache this keeps each score matrix cache-sized: at
-    the latent refill's shape (batch 16) ~1.8x faster on CPU than one batched [B, H, Q, T]
-    computation (``benchmarks/kernels.py``: ``refill_cross_attention`` in its results).
+    the latent refill's shape (batch 16) 1.2-1.8x faster on CPU (two runs) than one batched
+    [B, H, Q, T] computation (``benchmarks/kernels.py``: ``refill_cross_attention``).
     """
 
     def one(args):
@@ -132,10 +138,44 @@ def _activation(name: str, x: jax.Array) -> jax.Array:
     return jax.nn.relu(x)
 
 
+def event_kind(tokens):
+    """0 reserved (PAD/EOS/SOS), 1 NOTE_ON, 2 NOTE_OFF, 3 TIME_SHIFT, 4 VELOCITY."""
+    return (
+        (tokens >= NUM_RESERVED).astype(jnp.int32)
+        + (tokens >= NOTE_OFF_FIRST_ID)
+        + (tokens >= TIME_SHIFT_FIRST_ID)
+        + (tokens >= VELOCITY_FIRST_ID)
+    )
+
+
+def noise_inputs(rng: jax.Array, tokens_BxL: jax.Array, rate: float, events: str = "all"):
+    """Causal unigram noising: each real token (id >= NUM_RESERVED) is replaced, with
+    probability ``rate``, by the token at a uniformly drawn earlier position of its own sequence
+    (so replacements follow the piece's own event frequencies and no token from the future is
+    seen); a draw that lands on PAD, SOS or EOS leaves the token as it was. With
+    ``events="timing"`` only TIME_SHIFT and VELOCITY tokens are replaced, and only by an earlier
+    token of the same kind (a draw of another kind leaves it), so every NOTE_ON / NOTE_OFF and
+    their pairing stay as played."""
+    k_mask, k_pos = jax.random.split(rng)
+    b, n = tokens_BxL.shape
+    t_L = jnp.arange(n, dtype=jnp.float32)
+    src_BxL = jnp.floor(jax.random.uniform(k_pos, (b, n)) * t_L).astype(jnp.int32)
+    repl_BxL = jnp.take_along_axis(tokens_BxL, src_BxL, axis=1)
+    hit_BxL = ~keep_mask(k_mask, rate, (b, n))
+    hit_BxL = hit_BxL & (tokens_BxL >= NUM_RESERVED) & (repl_BxL >= NUM_RESERVED)
+    hit_BxL = hit_BxL & (t_L[None] > 0)
+    if events == "timing":
+        kind_BxL = event_kind(tokens_BxL)
+        hit_BxL = hit_BxL & (kind_BxL >= 3) & (event_kind(repl_BxL) == kind_BxL)
+    elif events != "all":
+        raise ValueError(f"events must be 'all' or 'timing', got {events!r}")
+    return jnp.where(hit_BxL, repl_BxL, tokens_BxL)
+
+
 def keep_mask(rng: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
     """Boolean mask, True with probability ``1 - rate`` (rate rounded to a multiple of 1/256).
 
-    One random byte per element (four per 32-bit draw): ~5x cheaper on CPU than
+    One random byte per element (four per 32-bit draw): 3-5x cheaper on CPU than
     ``jax.random.bernoulli`` (``benchmarks/kernels.py``: ``dropout_mask`` in its results), which
     matters for dropout over every activation.
     """
@@ -338,6 +378,10 @@ class PerceiverAR(nnx.Module):
 
         valid_BxL = tokens_BxL != PAD_ID
         pos_BxL = jnp.maximum(jnp.cumsum(valid_BxL, axis=1, dtype=jnp.int32) - 1, 0)
+        if rng is not None and c.input_noise > 0:  # PAD stays PAD: positions are unchanged
+            tokens_BxL = noise_inputs(
+                jax.random.fold_in(rng, 1), tokens_BxL, c.input_noise, c.input_noise_events
+            )
         emb_BxLxE = self.embed(tokens_BxL) if embeddings is None else embeddings
 
         # Cross-attend input dropout: drop non-latent input positions from the keys.

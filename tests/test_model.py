@@ -12,7 +12,13 @@ from flax import nnx
 from model import vocab
 from model.config import PRESETS, Config, get_config
 from model.losses import cross_entropy_with_z_loss, loss_fn
-from model.perceiver_ar import PerceiverAR, apply_rotary, count_params
+from model.perceiver_ar import (
+    PerceiverAR,
+    apply_rotary,
+    count_params,
+    event_kind,
+    noise_inputs,
+)
 from model.sampler import prompt_window, sample_with_logits
 from model.train_step import create_train_state, make_eval_step, make_train_step, train_step
 
@@ -181,6 +187,74 @@ def test_cross_attend_dropout_only_drops_prefix_inputs():
     )
     np.testing.assert_array_equal(np.asarray(eval_a), np.asarray(eval_b))
     assert not np.allclose(np.asarray(train), np.asarray(eval_a))
+
+
+def test_input_noise_draws_only_from_earlier_real_tokens():
+    """Causal unigram noising: a replaced token is a copy of a real token earlier in its own row;
+    PAD and SOS are never replaced; about ``rate`` of the real tokens change."""
+    b, n, pad = 8, 300, 20
+    rows = [
+        jax.random.permutation(jax.random.key(i), jnp.arange(3, 391))[: n - pad - 1]
+        for i in range(b)
+    ]
+    body = jnp.stack(rows).astype(jnp.int32)
+    tokens = jnp.concatenate(
+        [
+            jnp.full((b, pad), vocab.PAD_ID, jnp.int32),
+            jnp.full((b, 1), vocab.SOS_ID, jnp.int32),
+            body,
+        ],
+        axis=1,
+    )
+    noised = np.asarray(noise_inputs(jax.random.key(9), tokens, 0.5))
+    tokens = np.asarray(tokens)
+    np.testing.assert_array_equal(noised[:, : pad + 1], tokens[:, : pad + 1])
+    changed = noised != tokens
+    # rate 0.5, and a draw lands on a real token (not PAD/SOS) with probability ~ (t - 21) / t.
+    assert 0.3 < changed[:, pad + 1 :].mean() < 0.5
+    for r, t in zip(*np.nonzero(changed), strict=True):
+        (src,) = np.nonzero(tokens[r] == noised[r, t])
+        assert src.size == 1 and pad < src[0] < t, (r, t, src)
+    # Off: nothing changes.
+    np.testing.assert_array_equal(np.asarray(noise_inputs(jax.random.key(9), tokens, 0.0)), tokens)
+
+
+def test_timing_noise_leaves_notes_and_keeps_each_kind():
+    """``events="timing"``: NOTE_ONs and NOTE_OFFs never change; a TIME_SHIFT or VELOCITY is
+    replaced only by an earlier token of its own kind."""
+    ids = np.asarray(random_tokens(jax.random.key(3), 8, 400))
+    noised = np.asarray(noise_inputs(jax.random.key(4), jnp.asarray(ids), 0.6, "timing"))
+    kind = np.asarray(event_kind(jnp.asarray(ids)))
+    changed = noised != ids
+    assert not changed[(kind == 1) | (kind == 2)].any()
+    timing = kind >= 3
+    assert 0.05 < changed[timing].mean() < 0.5  # rate 0.6 x P(the draw is of the same kind)
+    np.testing.assert_array_equal(np.asarray(event_kind(jnp.asarray(noised))), kind)
+    for r, t in zip(*np.nonzero(changed), strict=True):
+        assert noised[r, t] in ids[r, :t]
+    with pytest.raises(ValueError, match="input_noise_events"):
+        dataclasses.replace(TINY, input_noise_events="notes")
+
+
+def test_input_noise_only_at_training_time():
+    clean_cfg = dataclasses.replace(TINY, dropout=0.0, cross_attend_dropout=0.0)
+    noisy_cfg = dataclasses.replace(clean_cfg, input_noise=0.3)
+    clean, noisy = make_model(clean_cfg), make_model(clean_cfg)
+    nnx.update(noisy, nnx.state(clean, nnx.Param))
+    noisy.config = noisy_cfg
+    tokens = random_tokens(jax.random.key(4), 2, clean_cfg.max_len)
+    train = nnx.jit(lambda m, t, r: m(t, deterministic=False, rng=r))
+    np.testing.assert_array_equal(
+        np.asarray(jit_forward(noisy)(tokens)), np.asarray(jit_forward(clean)(tokens))
+    )
+    np.testing.assert_array_equal(  # no dropout: training mode without noise is the eval forward
+        np.asarray(train(clean, tokens, jax.random.key(5))), np.asarray(jit_forward(clean)(tokens))
+    )
+    assert not np.allclose(
+        np.asarray(train(noisy, tokens, jax.random.key(5))), np.asarray(jit_forward(clean)(tokens))
+    )
+    with pytest.raises(ValueError, match="input_noise"):
+        dataclasses.replace(TINY, input_noise=1.0)
 
 
 def test_training_mode_requires_rng():
