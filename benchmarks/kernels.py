@@ -14,6 +14,16 @@ from other jobs hits both alike; the medians and their ratio go to
   latents, 4096 cached inputs, 64 channels per head).
 * ``jnp.dot`` in bfloat16 vs float32, at a latent MLP matmul's shape (1024 x 256 x 1024) and at
   2048 x 2048 x 2048.
+* The decoding step's cross-attention (``dot_product_attention``: batch 16, 2 heads, 1 query,
+  4096 cached inputs, 64 channels) reading a float32 cache vs the same cache stored in bfloat16,
+  in float16, and as bfloat16 bits in uint16 widened by a shift (float32 accumulation in every
+  case): the "bf16 caches" lever for sampling speed (issue 12). The cache is 64 MiB in float32,
+  32 MiB in the others.
+* Where a decoding step's time goes (``--decode-breakdown``): the shipped checkpoint's
+  ``decode_step`` (10 steps in a ``fori_loop``, as the sampler runs it) at batch 1 and 16, in
+  full and with the cross-attention, the latent self-attention or both replaced by zeros (an
+  ablation: the remainder is the matmuls and the glue), and one latent refill. The step without
+  any attention bounds what faster caches alone could give.
 """
 
 from __future__ import annotations
@@ -47,12 +57,122 @@ def side_by_side(name_a: str, fn_a, name_b: str, fn_b, repeats: int) -> dict:
     return {f"{name_a}_ms": med_a, f"{name_b}_ms": med_b, f"{name_b}_over_{name_a}": med_b / med_a}
 
 
+def decode_breakdown(repeats: int = 15) -> dict:
+    """Milliseconds per decoding step of the shipped checkpoint, in full and with attention
+    ablated (zeros of the right shape), and of one refill; medians of ``repeats`` calls."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from model import perceiver_ar
+    from model.checkpoint import load_model
+    from model.sampler import refill_headroom_for
+
+    model = load_model()
+    cfg = model.config
+    graphdef, params = nnx.split(model)
+    n, m = cfg.max_len, cfg.num_latents
+    r = refill_headroom_for(m)
+    f, w = m - r, n - r
+    attention = perceiver_ar.dot_product_attention
+    cross_len = n  # the cross-attention's keys are the N-slot input cache; latent caches hold M
+
+    def timed(fn) -> float:
+        fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times) * 1e3
+
+    out = {"checkpoint": "shipped", "max_len": n, "num_latents": m, "fill": f, "period": r + 1}
+    for batch in (1, 16):
+        tokens = jnp.asarray(np.random.default_rng(0).integers(3, 391, (batch, w)), jnp.int32)
+
+        @jax.jit
+        def start(params, tokens):
+            mm = nnx.merge(graphdef, params)
+            cache = mm.init_cache(tokens.shape[0], num_latents=m, cross_capacity=n)
+            cache = mm.encode_prompt(cache, tokens[:, : w - 1])
+            return mm.refill(cache, tokens, fill=f)[1]
+
+        cache = start(params, tokens)
+        tok = jnp.full((batch,), 5, jnp.int32)
+        row = {}
+        for name, skip in (
+            ("full", ()),
+            ("no_cross_attention", ("cross",)),
+            ("no_latent_attention", ("latent",)),
+            ("no_attention", ("cross", "latent")),
+        ):
+
+            def ablated(q, k, v, mask, skip=skip):
+                kind = "cross" if k.shape[-2] == cross_len else "latent"
+                if kind in skip:
+                    return jnp.zeros(q.shape[:-1] + v.shape[-1:], v.dtype) + 0 * q[..., :1]
+                return attention(q, k, v, mask)
+
+            perceiver_ar.dot_product_attention = ablated
+            try:
+
+                @jax.jit
+                def ten_steps(params, cache, tok):
+                    mm = nnx.merge(graphdef, params)
+                    body = lambda i, c: mm.decode_step(c, tok)[1]  # noqa: E731
+                    return jax.lax.fori_loop(0, 10, body, cache)
+
+                ms = (
+                    timed(
+                        lambda f=ten_steps, c=cache, t=tok: jax.block_until_ready(f(params, c, t))
+                    )
+                    / 10
+                )
+            finally:
+                perceiver_ar.dot_product_attention = attention
+            row[f"{name}_ms_per_step"] = ms
+
+        @jax.jit
+        def refill(params, cache, tokens):
+            return nnx.merge(graphdef, params).refill(cache, tokens, fill=f)[0]
+
+        row["refill_ms"] = timed(
+            lambda c=cache, t=tokens: jax.block_until_ready(refill(params, c, t))
+        )
+        row["refill_ms_per_token"] = row["refill_ms"] / (r + 1)
+        no_attn = row["no_attention_ms_per_step"]
+        row["tokens_per_s_bound_without_attention_or_refill"] = batch / no_attn * 1e3
+        row["tokens_per_s_estimate_full"] = (
+            batch / (row["full_ms_per_step"] + row["refill_ms_per_token"]) * 1e3
+        )
+        out[f"batch{batch}"] = row
+        print(f"batch {batch}:", {k: round(v, 2) for k, v in row.items()}, flush=True)
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30, help="timed calls of each (median)")
     parser.add_argument("--note", default="", help="recorded with the results (e.g. machine load)")
     parser.add_argument("--output", default=str(RESULTS))
+    parser.add_argument(
+        "--decode-breakdown", action="store_true", help="only the decoding-step ablation (~2 min)"
+    )
     args = parser.parse_args(argv)
+    if args.decode_breakdown:
+        out = ROOT / "benchmarks" / "results" / "decode_breakdown.json"
+        results = {
+            "command": "python benchmarks/kernels.py --decode-breakdown",
+            "note": args.note,
+            "environment": environment(),
+            "load_at_start": os.getloadavg(),
+            **decode_breakdown(),
+            "load_at_end": os.getloadavg(),
+        }
+        write_json(out, results)
+        print(f"wrote {out}")
+        return 0
 
     import jax
     import jax.numpy as jnp
@@ -122,6 +242,51 @@ def main(argv=None) -> int:
         )
         results["matmul_dtype"][f"{m}x{kd}x{n}"] = row
         print(f"matmul {m}x{kd}x{n}:", row, flush=True)
+
+    # The decoding step's cross-attention over a float32 cache vs reduced-precision caches.
+    b, h, t, k = 16, 2, 4096, 64
+    q1 = jax.random.normal(ks[0], (b * h, 1, k), jnp.float32)
+    k32 = jax.random.normal(ks[1], (b * h, t, k), jnp.float32)
+    v32 = jax.random.normal(ks[2], (b * h, t, k), jnp.float32)
+    mask1 = jnp.ones((b * h, 1, t), bool)
+
+    def widen(bits):  # bfloat16 bits (uint16) -> float32: a shift, no float conversion
+        return jax.lax.bitcast_convert_type(bits.astype(jnp.uint32) << 16, jnp.float32)
+
+    def bits16(x):
+        return jax.lax.bitcast_convert_type(x.astype(jnp.bfloat16), jnp.uint16)
+
+    variants = {
+        "bfloat16": (jnp.bfloat16, lambda x: x),
+        "float16": (jnp.float16, lambda x: x),
+        "bf16_bits_shift": (None, widen),
+    }
+    att = jax.jit(dot_product_attention)
+    ref = att(q1, k32, v32, mask1)
+    results["decode_cross_attention_cache_dtype"] = {
+        "shape": {"batch": b, "heads": h, "queries": 1, "keys": t, "channels": k}
+    }
+    for name, (dtype, read) in variants.items():
+        if dtype is None:
+            kc, vc = bits16(k32), bits16(v32)
+            fn = jax.jit(
+                lambda q, kc, vc, m, read=read: dot_product_attention(q, read(kc), read(vc), m)
+            )
+        else:
+            kc, vc = k32.astype(dtype), v32.astype(dtype)
+            fn = jax.jit(
+                lambda q, kc, vc, m, dtype=dtype: dot_product_attention(q.astype(dtype), kc, vc, m)
+            )
+        err = float(jnp.max(jnp.abs(fn(q1, kc, vc, mask1).astype(jnp.float32) - ref)))
+        row = side_by_side(
+            "float32",
+            lambda: att(q1, k32, v32, mask1).block_until_ready(),
+            name,
+            lambda fn=fn, kc=kc, vc=vc: fn(q1, kc, vc, mask1).block_until_ready(),
+            args.repeats,
+        )
+        results["decode_cross_attention_cache_dtype"][name] = dict(row, max_abs_error=err)
+        print(f"decode cross-attention, {name} cache:", row, f"max |error| {err:.1e}", flush=True)
 
     results["load_at_end"] = os.getloadavg()
     write_json(args.output, results)
