@@ -12,6 +12,11 @@ counted from the tokens. ``benchmarks/quality.py`` measures the density the mode
 (free-running); comparing the two tells a calibration error (teacher-forced already off) from an
 exposure-bias drift (teacher-forced right, free-running off).
 
+``--time-shift-exponents 0,0.05,0.1`` also rescales, for each exponent b, the model's TIME_SHIFT
+probabilities by k^b (k = the shift in 10 ms steps; the distribution renormalised) and reports
+the NLL of the real tokens and the predicted time and density at those positions: whether the
+model's time is off in a direction a calibration could fix, and at what NLL.
+
 Writes ``benchmarks/results/teacher_forced.json``. Needs MAESTRO (``--maestro``).
 """
 
@@ -30,8 +35,9 @@ if str(ROOT) not in sys.path:
 RESULTS = ROOT / "benchmarks" / "results" / "teacher_forced.json"
 
 
-def densities(model, pieces) -> dict:
-    """Predicted and real notes/s over the last M positions of each piece's 60-100 s excerpt."""
+def densities(model, pieces, exponents=()) -> dict:
+    """Predicted and real notes/s over the last M positions of each piece's 60-100 s excerpt,
+    and for each TIME_SHIFT exponent b the NLL, time and density with shifts reweighted by k^b."""
     import jax
     import jax.numpy as jnp
 
@@ -43,17 +49,20 @@ def densities(model, pieces) -> dict:
     shift = slice(vocab.TIME_SHIFT_FIRST_ID, vocab.TIME_SHIFT_LAST_ID + 1)
     steps = np.arange(1, vocab.TIME_SHIFT_LAST_ID - vocab.TIME_SHIFT_FIRST_ID + 2)
     n, m = int(model.config.max_len), int(model.config.num_latents)
-    forward = jax.jit(lambda t: jax.nn.softmax(model(t), axis=-1))
-    rows = []
+    forward = jax.jit(lambda t: jax.nn.log_softmax(model(t), axis=-1))
+    rows, logps, tgts = [], [], []
     for piece in pieces:
         seq = cut_range(piece["ids"], PRIME_START_S, SPLIT_S + CONTINUATION_S)
         seq = np.concatenate([[vocab.SOS_ID], seq])[-(n + 1) :].astype(np.int32)
         inputs, targets = seq[:-1], seq[1:]
         tokens = np.full((1, n), vocab.PAD_ID, np.int32)
         tokens[0, n - inputs.size :] = inputs
-        probs = np.asarray(forward(jnp.asarray(tokens))[0], np.float64)  # [M, V]
+        logp = np.asarray(forward(jnp.asarray(tokens))[0], np.float64)  # [M, V]
         k = min(m, inputs.size)
-        probs, tgt = probs[-k:], targets[-k:]
+        logp, tgt = logp[-k:], targets[-k:]
+        probs = np.exp(logp)
+        logps.append(logp)
+        tgts.append(tgt)
         rows.append(
             {
                 "name": piece["name"],
@@ -62,19 +71,38 @@ def densities(model, pieces) -> dict:
                 "expected_steps": float((probs[:, shift] * steps).sum()),
                 "real_note_ons": int(((tgt >= on.start) & (tgt < on.stop)).sum()),
                 "real_steps": int(
-                    np.where((tgt >= shift.start) & (tgt < shift.stop), tgt - shift.start + 1, 0)
-                    .sum()
+                    np.where(
+                        (tgt >= shift.start) & (tgt < shift.stop), tgt - shift.start + 1, 0
+                    ).sum()
                 ),
             }
         )
     total = {key: sum(r[key] for r in rows) for key in rows[0] if key != "name"}
     predicted = total["expected_note_ons"] / (total["expected_steps"] / vocab.STEPS_PER_SECOND)
     real = total["real_note_ons"] / (total["real_steps"] / vocab.STEPS_PER_SECOND)
+    logp, tgt = np.concatenate(logps), np.concatenate(tgts)
+    scan = []
+    for b in exponents:
+        lp = logp.copy()
+        lp[:, shift] += b * np.log(steps)
+        lp -= np.logaddexp.reduce(lp, axis=1, keepdims=True)
+        p = np.exp(lp)
+        time_ratio = float((p[:, shift] * steps).sum() / total["real_steps"])
+        on_ratio = float(p[:, on].sum() / total["real_note_ons"])
+        scan.append(
+            {
+                "exponent": float(b),
+                "nll": float(-lp[np.arange(tgt.size), tgt].mean()),
+                "predicted_over_real_time": time_ratio,
+                "predicted_over_real_density": on_ratio / time_ratio,
+            }
+        )
     return {
         "predicted_notes_per_s": predicted,
         "real_notes_per_s": real,
         "ratio": predicted / real,
         "totals": total,
+        "time_shift_exponents": scan,
         "pieces": rows,
     }
 
@@ -91,16 +119,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pieces", type=int, default=DEFAULT_PIECES)
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--note", default="")
+    p.add_argument(
+        "--time-shift-exponents",
+        default="",
+        help="comma-separated exponents b: TIME_SHIFT k reweighted by k^b (e.g. 0,0.05,0.1)",
+    )
     args = p.parse_args(argv)
+    try:
+        exponents = [float(x) for x in args.time_shift_exponents.split(",") if x.strip()]
+    except ValueError:
+        p.error(f"--time-shift-exponents: not numbers: {args.time_shift_exponents!r}")
     pieces = choose_pieces(pathlib.Path(args.maestro), args.pieces)
     results = {"environment": environment(), "pieces": len(pieces), "note": args.note, "by": {}}
     for ckpt in args.checkpoint:
         info = read_info(ckpt)
-        d = densities(load_model(ckpt), pieces)
+        d = densities(load_model(ckpt), pieces, exponents)
         d["metadata"] = info.get("metadata", {})
         results["by"][ckpt] = d
         print(f"{ckpt}: teacher-forced {d['predicted_notes_per_s']:.2f} notes/s vs real "
               f"{d['real_notes_per_s']:.2f} (ratio {d['ratio']:.3f})", flush=True)  # fmt: skip
+        for row in d["time_shift_exponents"]:
+            print(f"  shifts x k^{row['exponent']:g}: NLL {row['nll']:.4f}, time "
+                  f"{row['predicted_over_real_time']:.3f}x, density "
+                  f"{row['predicted_over_real_density']:.3f}x of the real", flush=True)  # fmt: skip
     write_json(args.out, results)
     print(f"wrote {args.out}")
     return 0
