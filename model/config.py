@@ -32,7 +32,9 @@ class Config:
         are); the targets stay the real tokens. 0 = off.
       input_noise_events: which tokens ``input_noise`` replaces: ``"all"``, or ``"timing"``
         (TIME_SHIFTs and VELOCITYs only, each by an earlier token of its kind: notes and their
-        NOTE_ON/NOTE_OFF pairing are left as played).
+        NOTE_ON/NOTE_OFF pairing are left as played), or ``"compress"`` (TIME_SHIFTs only,
+        each shortened to 50-100% of its steps: the context looks busier than the music the
+        targets continue).
       rotary_fraction: fraction of each head's channels that carry rotary position encoding.
       max_wavelength: longest rotary wavelength (must be >= ``max_len``).
       z_loss: weight of the log(Z)^2 auxiliary loss.
@@ -84,9 +86,10 @@ class Config:
             raise ValueError("dropout rates must be in [0, 1)")
         if not 0.0 <= self.input_noise < 1.0:
             raise ValueError(f"input_noise must be in [0, 1), got {self.input_noise}")
-        if self.input_noise_events not in ("all", "timing"):
+        if self.input_noise_events not in ("all", "timing", "compress"):
             raise ValueError(
-                f"input_noise_events must be 'all' or 'timing', got {self.input_noise_events!r}"
+                "input_noise_events must be 'all', 'timing' or 'compress', "
+                f"got {self.input_noise_events!r}"
             )
 
     @property

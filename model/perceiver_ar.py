@@ -155,7 +155,9 @@ def noise_inputs(rng: jax.Array, tokens_BxL: jax.Array, rate: float, events: str
     seen); a draw that lands on PAD, SOS or EOS leaves the token as it was. With
     ``events="timing"`` only TIME_SHIFT and VELOCITY tokens are replaced, and only by an earlier
     token of the same kind (a draw of another kind leaves it), so every NOTE_ON / NOTE_OFF and
-    their pairing stay as played."""
+    their pairing stay as played. With ``events="compress"`` only TIME_SHIFTs change: a shift of
+    k steps becomes max(1, round(u * k)) steps, u ~ U(0.5, 1): the context looks busier than the
+    music the targets continue (the state a free-running model drifts into), notes untouched."""
     k_mask, k_pos = jax.random.split(rng)
     b, n = tokens_BxL.shape
     t_L = jnp.arange(n, dtype=jnp.float32)
@@ -164,11 +166,18 @@ def noise_inputs(rng: jax.Array, tokens_BxL: jax.Array, rate: float, events: str
     hit_BxL = ~keep_mask(k_mask, rate, (b, n))
     hit_BxL = hit_BxL & (tokens_BxL >= NUM_RESERVED) & (repl_BxL >= NUM_RESERVED)
     hit_BxL = hit_BxL & (t_L[None] > 0)
-    if events == "timing":
+    if events == "compress":
+        is_shift_BxL = event_kind(tokens_BxL) == 3
+        u_BxL = 0.5 + 0.5 * jax.random.uniform(jax.random.fold_in(k_pos, 1), (b, n))
+        steps_BxL = (tokens_BxL - TIME_SHIFT_FIRST_ID + 1).astype(jnp.float32)
+        short_BxL = jnp.maximum(1, jnp.round(u_BxL * steps_BxL)).astype(jnp.int32)
+        repl_BxL = TIME_SHIFT_FIRST_ID + short_BxL - 1
+        hit_BxL = ~keep_mask(k_mask, rate, (b, n)) & is_shift_BxL
+    elif events == "timing":
         kind_BxL = event_kind(tokens_BxL)
         hit_BxL = hit_BxL & (kind_BxL >= 3) & (event_kind(repl_BxL) == kind_BxL)
     elif events != "all":
-        raise ValueError(f"events must be 'all' or 'timing', got {events!r}")
+        raise ValueError(f"events must be 'all', 'timing' or 'compress', got {events!r}")
     return jnp.where(hit_BxL, repl_BxL, tokens_BxL)
 
 

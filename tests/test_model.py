@@ -236,6 +236,21 @@ def test_timing_noise_leaves_notes_and_keeps_each_kind():
         dataclasses.replace(TINY, input_noise_events="notes")
 
 
+def test_compress_noise_only_shortens_time_shifts():
+    ids = np.asarray(random_tokens(jax.random.key(5), 8, 400))
+    noised = np.asarray(noise_inputs(jax.random.key(6), jnp.asarray(ids), 0.5, "compress"))
+    kind = np.asarray(event_kind(jnp.asarray(ids)))
+    changed = noised != ids
+    assert not changed[kind != 3].any()
+    np.testing.assert_array_equal(np.asarray(event_kind(jnp.asarray(noised))), kind)
+    steps = ids - vocab.TIME_SHIFT_FIRST_ID + 1
+    new_steps = noised - vocab.TIME_SHIFT_FIRST_ID + 1
+    shift = kind == 3
+    assert np.all(new_steps[shift] <= steps[shift])
+    assert np.all(new_steps[shift] >= np.maximum(1, np.floor(0.5 * steps[shift])))
+    assert 0.3 < changed[shift & (steps > 4)].mean() < 0.55  # rate 0.5 (u ~ 1 may round back)
+
+
 def test_input_noise_only_at_training_time():
     clean_cfg = dataclasses.replace(TINY, dropout=0.0, cross_attend_dropout=0.0)
     noisy_cfg = dataclasses.replace(clean_cfg, input_noise=0.3)
