@@ -6,6 +6,8 @@ import dataclasses
 
 from model.vocab import VOCAB_SIZE
 
+NOISE_EVENTS = ("all", "timing", "compress")  # input_noise_events (model.perceiver_ar.noise_inputs)
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -86,10 +88,9 @@ class Config:
             raise ValueError("dropout rates must be in [0, 1)")
         if not 0.0 <= self.input_noise < 1.0:
             raise ValueError(f"input_noise must be in [0, 1), got {self.input_noise}")
-        if self.input_noise_events not in ("all", "timing", "compress"):
+        if self.input_noise_events not in NOISE_EVENTS:
             raise ValueError(
-                "input_noise_events must be 'all', 'timing' or 'compress', "
-                f"got {self.input_noise_events!r}"
+                f"input_noise_events must be one of {NOISE_EVENTS}, got {self.input_noise_events!r}"
             )
 
     @property

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from model import note_state
-from model.config import Config
+from model.config import NOISE_EVENTS, Config
 from model.vocab import (
     NOTE_OFF_FIRST_ID,
     NUM_RESERVED,
@@ -149,35 +149,36 @@ def event_kind(tokens):
 
 
 def noise_inputs(rng: jax.Array, tokens_BxL: jax.Array, rate: float, events: str = "all"):
-    """Causal unigram noising: each real token (id >= NUM_RESERVED) is replaced, with
-    probability ``rate``, by the token at a uniformly drawn earlier position of its own sequence
-    (so replacements follow the piece's own event frequencies and no token from the future is
-    seen); a draw that lands on PAD, SOS or EOS leaves the token as it was. With
-    ``events="timing"`` only TIME_SHIFT and VELOCITY tokens are replaced, and only by an earlier
-    token of the same kind (a draw of another kind leaves it), so every NOTE_ON / NOTE_OFF and
-    their pairing stay as played. With ``events="compress"`` only TIME_SHIFTs change: a shift of
-    k steps becomes max(1, round(u * k)) steps, u ~ U(0.5, 1): the context looks busier than the
-    music the targets continue (the state a free-running model drifts into), notes untouched."""
-    k_mask, k_pos = jax.random.split(rng)
+    """Training-time input noise (``Config.input_noise``; the targets stay the real tokens).
+
+    Each eligible token changes with probability ``rate``:
+      * ``"all"``: causal unigram noising (after Xie et al. 2017): any real token (id >=
+        NUM_RESERVED) becomes the token at a uniformly drawn earlier position of its own
+        sequence, so replacements follow the piece's own event frequencies and nothing from the
+        future is seen; a draw that lands on PAD, SOS or EOS leaves the token as it was;
+      * ``"timing"``: the same, for TIME_SHIFT and VELOCITY tokens only and only from an
+        earlier token of their own kind, so the notes and their NOTE_ON/NOTE_OFF pairing stay;
+      * ``"compress"``: a TIME_SHIFT of k steps becomes max(1, round(u k)) steps, u ~ U(0.5, 1):
+        the context looks busier than the music the targets continue (the state a free-running
+        model drifts into); every other token stays.
+    """
+    if events not in NOISE_EVENTS:
+        raise ValueError(f"events must be one of {NOISE_EVENTS}, got {events!r}")
+    k_mask, k_draw = jax.random.split(rng)
     b, n = tokens_BxL.shape
-    t_L = jnp.arange(n, dtype=jnp.float32)
-    src_BxL = jnp.floor(jax.random.uniform(k_pos, (b, n)) * t_L).astype(jnp.int32)
-    repl_BxL = jnp.take_along_axis(tokens_BxL, src_BxL, axis=1)
     hit_BxL = ~keep_mask(k_mask, rate, (b, n))
-    hit_BxL = hit_BxL & (tokens_BxL >= NUM_RESERVED) & (repl_BxL >= NUM_RESERVED)
-    hit_BxL = hit_BxL & (t_L[None] > 0)
+    kind_BxL = event_kind(tokens_BxL)
+    u_BxL = jax.random.uniform(k_draw, (b, n))
     if events == "compress":
-        is_shift_BxL = event_kind(tokens_BxL) == 3
-        u_BxL = 0.5 + 0.5 * jax.random.uniform(jax.random.fold_in(k_pos, 1), (b, n))
         steps_BxL = (tokens_BxL - TIME_SHIFT_FIRST_ID + 1).astype(jnp.float32)
-        short_BxL = jnp.maximum(1, jnp.round(u_BxL * steps_BxL)).astype(jnp.int32)
-        repl_BxL = TIME_SHIFT_FIRST_ID + short_BxL - 1
-        hit_BxL = ~keep_mask(k_mask, rate, (b, n)) & is_shift_BxL
-    elif events == "timing":
-        kind_BxL = event_kind(tokens_BxL)
-        hit_BxL = hit_BxL & (kind_BxL >= 3) & (event_kind(repl_BxL) == kind_BxL)
-    elif events != "all":
-        raise ValueError(f"events must be 'all', 'timing' or 'compress', got {events!r}")
+        short_BxL = jnp.maximum(1, jnp.round((0.5 + 0.5 * u_BxL) * steps_BxL)).astype(jnp.int32)
+        return jnp.where(hit_BxL & (kind_BxL == 3), TIME_SHIFT_FIRST_ID + short_BxL - 1, tokens_BxL)
+    src_BxL = jnp.floor(u_BxL * jnp.arange(n, dtype=jnp.float32)).astype(jnp.int32)  # < t
+    repl_BxL = jnp.take_along_axis(tokens_BxL, src_BxL, axis=1)
+    repl_kind_BxL = event_kind(repl_BxL)
+    if events == "timing":
+        hit_BxL = hit_BxL & (kind_BxL >= 3) & (repl_kind_BxL == kind_BxL)
+    hit_BxL = hit_BxL & (kind_BxL > 0) & (repl_kind_BxL > 0)
     return jnp.where(hit_BxL, repl_BxL, tokens_BxL)
 
 
