@@ -6,7 +6,12 @@ import dataclasses
 
 from model.vocab import VOCAB_SIZE
 
-NOISE_EVENTS = ("all", "timing", "compress")  # input_noise_events (model.perceiver_ar.noise_inputs)
+NOISE_EVENTS = (
+    "all",
+    "timing",
+    "compress",
+    "compress_far",
+)  # input_noise_events (model.perceiver_ar.noise_inputs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +41,8 @@ class Config:
         (TIME_SHIFTs and VELOCITYs only, each by an earlier token of its kind: notes and their
         NOTE_ON/NOTE_OFF pairing are left as played), or ``"compress"`` (TIME_SHIFTs only,
         each shortened to 50-100% of its steps: the context looks busier than the music the
-        targets continue).
+        targets continue), or ``"compress_far"`` (the same, only for the inputs before the
+        latents: the notes sounding near the latents keep their true lengths).
       rotary_fraction: fraction of each head's channels that carry rotary position encoding.
       max_wavelength: longest rotary wavelength (must be >= ``max_len``).
       z_loss: weight of the log(Z)^2 auxiliary loss.

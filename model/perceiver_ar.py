@@ -148,7 +148,9 @@ def event_kind(tokens):
     )
 
 
-def noise_inputs(rng: jax.Array, tokens_BxL: jax.Array, rate: float, events: str = "all"):
+def noise_inputs(
+    rng: jax.Array, tokens_BxL: jax.Array, rate: float, events: str = "all", first_latent: int = 0
+):
     """Training-time input noise (``Config.input_noise``; the targets stay the real tokens).
 
     Each eligible token changes with probability ``rate``:
@@ -160,7 +162,9 @@ def noise_inputs(rng: jax.Array, tokens_BxL: jax.Array, rate: float, events: str
         earlier token of their own kind, so the notes and their NOTE_ON/NOTE_OFF pairing stay;
       * ``"compress"``: a TIME_SHIFT of k steps becomes max(1, round(u k)) steps, u ~ U(0.5, 1):
         the context looks busier than the music the targets continue (the state a free-running
-        model drifts into); every other token stays.
+        model drifts into); every other token stays;
+      * ``"compress_far"``: the same, only at positions before ``first_latent`` (the inputs
+        only the cross-attention sees), so notes sounding around the latents keep their length.
     """
     if events not in NOISE_EVENTS:
         raise ValueError(f"events must be one of {NOISE_EVENTS}, got {events!r}")
@@ -169,7 +173,9 @@ def noise_inputs(rng: jax.Array, tokens_BxL: jax.Array, rate: float, events: str
     hit_BxL = ~keep_mask(k_mask, rate, (b, n))
     kind_BxL = event_kind(tokens_BxL)
     u_BxL = jax.random.uniform(k_draw, (b, n))
-    if events == "compress":
+    if events in ("compress", "compress_far"):
+        if events == "compress_far":
+            hit_BxL = hit_BxL & (jnp.arange(n) < first_latent)[None]
         steps_BxL = (tokens_BxL - TIME_SHIFT_FIRST_ID + 1).astype(jnp.float32)
         short_BxL = jnp.maximum(1, jnp.round((0.5 + 0.5 * u_BxL) * steps_BxL)).astype(jnp.int32)
         return jnp.where(hit_BxL & (kind_BxL == 3), TIME_SHIFT_FIRST_ID + short_BxL - 1, tokens_BxL)
@@ -390,7 +396,7 @@ class PerceiverAR(nnx.Module):
         pos_BxL = jnp.maximum(jnp.cumsum(valid_BxL, axis=1, dtype=jnp.int32) - 1, 0)
         if rng is not None and c.input_noise > 0:  # PAD stays PAD: positions are unchanged
             tokens_BxL = noise_inputs(
-                jax.random.fold_in(rng, 1), tokens_BxL, c.input_noise, c.input_noise_events
+                jax.random.fold_in(rng, 1), tokens_BxL, c.input_noise, c.input_noise_events, n - m
             )
         emb_BxLxE = self.embed(tokens_BxL) if embeddings is None else embeddings
 

@@ -249,6 +249,9 @@ def test_compress_noise_only_shortens_time_shifts():
     assert np.all(new_steps[shift] <= steps[shift])
     assert np.all(new_steps[shift] >= np.maximum(1, np.floor(0.5 * steps[shift])))
     assert 0.3 < changed[shift & (steps > 4)].mean() < 0.55  # rate 0.5 (u ~ 1 may round back)
+    far = np.asarray(noise_inputs(jax.random.key(6), jnp.asarray(ids), 0.5, "compress_far", 300))
+    np.testing.assert_array_equal(far[:, :300], noised[:, :300])  # the same draws before 300
+    np.testing.assert_array_equal(far[:, 300:], ids[:, 300:])  # nothing from the latents on
 
 
 def test_input_noise_only_at_training_time():
