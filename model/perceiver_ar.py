@@ -138,8 +138,12 @@ def _activation(name: str, x: jax.Array) -> jax.Array:
     return jax.nn.relu(x)
 
 
+RESERVED_KIND, NOTE_ON_KIND, NOTE_OFF_KIND, TIME_SHIFT_KIND, VELOCITY_KIND = range(5)
+
+
 def event_kind(tokens):
-    """0 reserved (PAD/EOS/SOS), 1 NOTE_ON, 2 NOTE_OFF, 3 TIME_SHIFT, 4 VELOCITY."""
+    """Each token's kind: RESERVED_KIND (PAD/EOS/SOS), NOTE_ON_KIND, NOTE_OFF_KIND,
+    TIME_SHIFT_KIND or VELOCITY_KIND (0-4, in id order)."""
     return (
         (tokens >= NUM_RESERVED).astype(jnp.int32)
         + (tokens >= NOTE_OFF_FIRST_ID)
@@ -178,13 +182,14 @@ def noise_inputs(
             hit_BxL = hit_BxL & (jnp.arange(n) < first_latent)[None]
         steps_BxL = (tokens_BxL - TIME_SHIFT_FIRST_ID + 1).astype(jnp.float32)
         short_BxL = jnp.maximum(1, jnp.round((0.5 + 0.5 * u_BxL) * steps_BxL)).astype(jnp.int32)
-        return jnp.where(hit_BxL & (kind_BxL == 3), TIME_SHIFT_FIRST_ID + short_BxL - 1, tokens_BxL)
+        is_shift_BxL = kind_BxL == TIME_SHIFT_KIND
+        return jnp.where(hit_BxL & is_shift_BxL, TIME_SHIFT_FIRST_ID + short_BxL - 1, tokens_BxL)
     src_BxL = jnp.floor(u_BxL * jnp.arange(n, dtype=jnp.float32)).astype(jnp.int32)  # < t
     repl_BxL = jnp.take_along_axis(tokens_BxL, src_BxL, axis=1)
     repl_kind_BxL = event_kind(repl_BxL)
     if events == "timing":
-        hit_BxL = hit_BxL & (kind_BxL >= 3) & (repl_kind_BxL == kind_BxL)
-    hit_BxL = hit_BxL & (kind_BxL > 0) & (repl_kind_BxL > 0)
+        hit_BxL = hit_BxL & (kind_BxL >= TIME_SHIFT_KIND) & (repl_kind_BxL == kind_BxL)
+    hit_BxL = hit_BxL & (kind_BxL != RESERVED_KIND) & (repl_kind_BxL != RESERVED_KIND)
     return jnp.where(hit_BxL, repl_BxL, tokens_BxL)
 
 
