@@ -3,14 +3,16 @@
     python benchmarks/quality.py                      # 32 validation primes, 20 s each (minutes)
     python benchmarks/quality.py --quick              # 4 primes, 5 s: a smoke run, no bar judged
     python benchmarks/quality.py --checkpoint DIR --pieces 16 --skip-nll
+    python benchmarks/quality.py --draws 3            # every prime sampled 3 times, pooled
 
 What is measured (results in ``benchmarks/results/quality.json``, written atomically):
   * primes: pieces of the MAESTRO v3 **validation** split, sorted by file name, those with at
     least 100 s of music, evenly spread (piece i of n is eligible piece ``i * eligible // n``);
     the prime is the window 60-80 s (``--prime-range 60:80`` in the CLI), piece i is sampled with
     seed ``--seed + i``, through the pipeline every surface uses (``app.pipeline.prime_ids``,
-    ``sample_continuations``, the shipped default settings: temperature 1, top-k off, top-p off,
-    stop at EOS), ``--batch`` primes per sampler call.
+    ``sample_continuations``, the shipped default settings of ``app.pipeline.Settings``:
+    temperature 1, top-k off, top-p 0.95, the 4 s longest note and the polyphony cap 16, stop at
+    EOS), ``--batch`` primes per sampler call.
   * three sets of 20 s continuations of each prime:
       real       the piece's own 80-100 s (tokenized from the MIDI file, sustain applied, cut
                  with ``tokenizer.cut_range``);
@@ -44,7 +46,10 @@ What is measured (results in ``benchmarks/results/quality.json``, written atomic
     pooled) at most 2x the real share, where the real share is taken as at least 1 / (number of
     real notes), so a real share of 0 still allows a single long note per ~all the real notes.
     Bars are judged only on a full run (>= 32 pieces, 20 s); ``--quick`` and smaller runs record
-    ``"met": null``.
+    ``"met": null``. With ``--draws K`` every prime is continued K times (draw k: seeds
+    ``seed + k * max(100, pieces) + i``); features, overlaps and bars pool the K draws, and each
+    bar also records every draw's own value (``by_draw``): one draw of 32 primes moves a trained
+    checkpoint's polyphony ratio by up to ~0.3, so ship decisions use several draws.
 
 MAESTRO is CC BY-NC-SA 4.0: the JSON holds piece names and feature numbers only, never ids or
 notes. The piano-roll PNG (``--rolls``, default ``work/quality/quality_rolls.png``, git-ignored)
@@ -84,6 +89,12 @@ QUICK_PIECES = 4
 QUICK_SECONDS = 5.0
 DEFAULT_BATCH = 16
 DEFAULT_SEED = 0
+# One draw per prime is noisy (a second draw moved a checkpoint's polyphony ratio by 0.3):
+# --draws K samples every prime K times, draw k with seeds seed + k * stride + i, where
+# stride = max(DRAW_SEED_STRIDE, pieces) keeps every seed distinct; with 32 pieces --draws 3
+# repeats the runs of --seed 0, 100 and 200. The summary and the bars pool all draws.
+DRAW_SEED_STRIDE = 100
+MAX_DRAWS = 8
 
 POLYPHONY_STEP_S = 0.05
 DRIFT_SEGMENT_S = 4.0  # polyphony per 4 s of continuation: the drift
@@ -380,8 +391,19 @@ def held_share(pieces: list[dict], which: str) -> tuple[float, int]:
     return (held / notes if notes else math.nan), notes
 
 
+def by_draw(pieces: list[dict]) -> list[list[dict]]:
+    """The rows of each draw (rows without a ``draw`` are draw 0), in draw order."""
+    draws: dict[int, list[dict]] = {}
+    for p in pieces:
+        draws.setdefault(p.get("draw", 0), []).append(p)
+    return [draws[k] for k in sorted(draws)]
+
+
 def bars(summary: dict, pieces: list[dict], judged: bool) -> list[dict]:
-    """The product card's bars for the generated set (looped shown for reference)."""
+    """The product card's bars for the generated set (looped shown for reference), judged on
+    all draws pooled; ``by_draw`` gives each draw's own value (the spread one draw has)."""
+    draws = by_draw(pieces)
+    draw_summaries = [summarise(d) for d in draws] if len(draws) > 1 else [summary]
     real_share, real_notes = held_share(pieces, "real")
     reference = max(real_share if math.isfinite(real_share) else 0.0, 1 / max(real_notes, 1))
     out = []
@@ -395,6 +417,7 @@ def bars(summary: dict, pieces: list[dict], judged: bool) -> list[dict]:
                 "bar": name,
                 "value": value,
                 "looped": summary[feature]["looped"]["ratio"],
+                "by_draw": [d[feature]["generated"]["ratio"] for d in draw_summaries],
                 "target": f"{BAR_RATIO_LOW}-{BAR_RATIO_HIGH}",
                 "met": bool(BAR_RATIO_LOW <= value <= BAR_RATIO_HIGH) if judged else None,
             }
@@ -405,6 +428,7 @@ def bars(summary: dict, pieces: list[dict], judged: bool) -> list[dict]:
             "bar": "notes held > 8 s",
             "value": gen_share,
             "looped": held_share(pieces, "looped")[0],
+            "by_draw": [held_share(d, "generated")[0] for d in draws],
             "real": real_share,
             "reference": reference,
             "target": f"<= {BAR_HELD_FACTOR:g} x max(real share, 1/{real_notes} real notes)"
@@ -612,6 +636,13 @@ def parse_args(argv):
     )
     p.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="primes per sampler call")
     p.add_argument(
+        "--draws",
+        type=int,
+        default=1,
+        help=f"continuations per prime, pooled (1; draw k uses seeds seed + k * "
+        f"max({DRAW_SEED_STRIDE}, pieces) + i; at most {MAX_DRAWS})",
+    )
+    p.add_argument(
         "--max-note-seconds",
         type=float,
         metavar="S",
@@ -626,7 +657,9 @@ def parse_args(argv):
     p.add_argument(
         "--temperature", type=float, help="sampling temperature (as perceiver-midi continue: 1)"
     )
-    p.add_argument("--top-p", type=float, help="nucleus sampling (as perceiver-midi continue: 1)")
+    p.add_argument(
+        "--top-p", type=float, help="nucleus sampling (as perceiver-midi continue: 0.95)"
+    )
     p.add_argument("--latents", type=int, help="latents while sampling (default: the model's)")
     p.add_argument(
         "--quick",
@@ -654,6 +687,8 @@ def parse_args(argv):
         raise UserError(f"--batch must be at least 1, got {args.batch}")
     if args.seed < 0:
         raise UserError(f"--seed must be >= 0, got {args.seed}")
+    if not 1 <= args.draws <= MAX_DRAWS:
+        raise UserError(f"--draws must be in [1, {MAX_DRAWS}], got {args.draws}")
     if not 0 <= args.prime_start < SPLIT_S:
         raise UserError(f"--prime-start must be in [0, {SPLIT_S:g}), got {args.prime_start:g}")
     if args.max_note_seconds is not None:
@@ -696,11 +731,15 @@ def run(args) -> dict:
         **({} if args.top_p is None else {"top_p": args.top_p}),
         **({} if args.latents is None else {"latents": args.latents}),
     )
-    primes = [prime_ids(p["path"], window, name=p["name"]) for p in chosen]
-    seeds = [args.seed + i for i in range(len(chosen))]
+    stride = max(DRAW_SEED_STRIDE, len(chosen))
+    primes = [prime_ids(p["path"], window, name=p["name"]) for p in chosen] * args.draws
+    draw_of = [k for k in range(args.draws) for _ in chosen]
+    seeds = [args.seed + k * stride + i for k in range(args.draws) for i in range(len(chosen))]
+    chosen = chosen * args.draws
     print(
-        f"checkpoint {ckpt}; {len(chosen)} validation primes ({window.describe()}), "
-        f"{args.seconds:g} s continuations, seeds {seeds[0]}..{seeds[-1]}",
+        f"checkpoint {ckpt}; {len(chosen) // args.draws} validation primes "
+        f"({window.describe()}) x {args.draws} draw(s), {args.seconds:g} s continuations, "
+        f"seeds {seeds[0]}..{seeds[-1]}",
         flush=True,
     )
 
@@ -709,7 +748,8 @@ def run(args) -> dict:
     generate_s = time.perf_counter() - t0
 
     pieces, rolls = [], []
-    roll_pieces = {(k * len(chosen)) // ROLL_PRIMES for k in range(ROLL_PRIMES)}  # spread out
+    n_primes = len(chosen) // args.draws  # rolls of the first draw, spread out
+    roll_pieces = {(k * n_primes) // ROLL_PRIMES for k in range(ROLL_PRIMES)}
     for i, (piece, prime, cont) in enumerate(zip(chosen, primes, conts, strict=True)):
         real_ids = cut_range(piece["ids"], SPLIT_S, SPLIT_S + args.seconds)
         prime_s = music_seconds(prime)
@@ -720,7 +760,8 @@ def run(args) -> dict:
             "looped": looped_notes(prime_notes, prime_s, args.seconds),
         }
         row = {
-            "index": i,
+            "index": i % n_primes,
+            "draw": draw_of[i],
             "name": piece["name"],
             "seed": cont.seed,
             "piece_seconds": piece["seconds"],
@@ -784,6 +825,8 @@ def run(args) -> dict:
             **settings.to_dict(),
             "prime_window": window.to_dict(),
             "base_seed": args.seed,
+            "draws": args.draws,
+            "draw_seed_stride": stride,
             "batch": args.batch,
             "pieces": args.pieces,
             "selection": (
@@ -848,9 +891,12 @@ def main(argv: list[str] | None = None) -> int:
         print("bars not judged (quick or smaller-than-full run): met = null")
     for b in result["bars"]:
         verdict = {True: "MET", False: "MISSED", None: "not judged"}[b["met"]]
+        draws = ""
+        if len(b["by_draw"]) > 1:
+            draws = "; draws " + " / ".join(_fmt(v, 3) for v in b["by_draw"])
         print(
             f"BAR {b['bar']}: {_fmt(b['value'], 4)} (target {b['target']}; "
-            f"looped {_fmt(b['looped'], 4)}) {verdict}"
+            f"looped {_fmt(b['looped'], 4)}{draws}) {verdict}"
         )
     return 0
 

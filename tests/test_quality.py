@@ -159,6 +159,22 @@ def test_bars_ratios_and_not_judged():
     assert all(r["met"] is None for r in unjudged)
 
 
+def test_bars_pool_the_draws_and_give_each_draw_its_value():
+    draw0 = [_piece(100, 0, 100, 0, poly=(2.0, 3.0), density=(5.0, 5.0))] * 2
+    draw1 = [_piece(100, 0, 100, 1, poly=(2.0, 2.0), density=(5.0, 6.0))] * 2
+    pieces = [{**p, "draw": 0} for p in draw0] + [{**p, "draw": 1} for p in draw1]
+    b = {r["bar"]: r for r in Q.bars(Q.summarise(pieces), pieces, judged=True)}
+    poly, dens, held = b["polyphony ratio"], b["density ratio"], b["notes held > 8 s"]
+    assert poly["by_draw"] == pytest.approx([1.5, 1.0]) and poly["value"] == pytest.approx(1.25)
+    assert poly["met"] is True  # pooled 1.25 is within the bar though draw 0 alone is not
+    assert dens["by_draw"] == pytest.approx([1.0, 1.2]) and dens["value"] == pytest.approx(1.1)
+    assert held["by_draw"] == pytest.approx([0.0, 1 / 100]) and held["value"] == pytest.approx(
+        1 / 200
+    )
+    single = Q.bars(Q.summarise(draw0), draw0, judged=True)  # rows without "draw": one draw
+    assert [r["by_draw"] for r in single][:2] == [pytest.approx([1.5]), pytest.approx([1.0])]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -166,6 +182,8 @@ def test_bars_ratios_and_not_judged():
         (["--seconds", "30"], "--seconds must be in"),
         (["--seconds", "0"], "--seconds must be in"),
         (["--batch", "0"], "--batch must be at least 1"),
+        (["--draws", "0"], "--draws must be in [1, 8]"),
+        (["--draws", "9"], "--draws must be in [1, 8]"),
         (["--max-note-seconds", "-1"], "--max-note-seconds must be in [0, 600]"),
         (["--maestro", "/no/maestro"], "/no/maestro: no maestro-v3.0.0.csv"),
     ],
@@ -181,18 +199,24 @@ def test_quick_run_end_to_end(maestro_root, tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "quality.json"
     rolls = tmp_path / "rolls.png"
     args = ["--quick", "--checkpoint", str(tiny_checkpoint), "--maestro", str(maestro_root),
-            "--data", str(tmp_path / "data"), "--out", str(out), "--rolls", str(rolls)]  # fmt: skip
+            "--data", str(tmp_path / "data"), "--out", str(out), "--rolls", str(rolls),
+            "--draws", "2"]  # fmt: skip
     assert Q.main(args) == 0
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[-1].startswith("BAR notes held > 8 s") and "not judged" in printed[-1]
     result = json.loads(out.read_text())
     assert result["quick"] is True and result["judged"] is False
     assert [b["met"] for b in result["bars"]] == [None, None, None]
-    assert len(result["pieces"]) == Q.QUICK_PIECES
+    assert len(result["pieces"]) == 2 * Q.QUICK_PIECES  # every prime sampled twice
     assert result["settings"]["seconds"] == Q.QUICK_SECONDS
-    assert [p["seed"] for p in result["pieces"]] == [0, 1, 2, 3]
+    assert [p["seed"] for p in result["pieces"]] == [0, 1, 2, 3, 100, 101, 102, 103]
+    assert [p["draw"] for p in result["pieces"]] == [0] * 4 + [1] * 4
     names = [p["name"] for p in result["pieces"]]
-    assert names == sorted(names) and len(set(names)) == Q.QUICK_PIECES
+    assert names[:4] == sorted(names[:4]) and len(set(names)) == Q.QUICK_PIECES
+    assert names[4:] == names[:4]
+    first, second = result["pieces"][:4], result["pieces"][4:]
+    assert [p["real"]["features"] for p in first] == [p["real"]["features"] for p in second]
+    assert all(len(b["by_draw"]) == 2 for b in result["bars"])
     for p in result["pieces"]:
         real = p["real"]["features"]
         assert real["notes"] > 0 and 0 <= real["longest_silence_s"] <= Q.QUICK_SECONDS
