@@ -19,6 +19,7 @@ from app.pipeline import (
     DEFAULT_MAX_POLYPHONY,
     DEFAULT_PRIME_SECONDS,
     DEFAULT_SECONDS,
+    DEFAULT_TOP_P,
     MAX_NOTE_SECONDS,
     MAX_SECONDS,
     MAX_TOKENS,
@@ -76,7 +77,11 @@ def _add_sampling(p: argparse.ArgumentParser, *, batch: bool = False) -> None:
         "--top-k", type=int, default=0, metavar="K", help="keep the k likeliest tokens (0 = off)"
     )
     g.add_argument(
-        "--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling (1.0 = off)"
+        "--top-p",
+        type=float,
+        default=DEFAULT_TOP_P,
+        metavar="P",
+        help=f"nucleus sampling (default {DEFAULT_TOP_P:g}; 1 = off)",
     )
     seed_help = (
         "base seed; each item's seed is derived from it and the prime's identity"

@@ -39,6 +39,7 @@ from app.web_core import (
     DEFAULT_MAX_POLYPHONY,
     DEFAULT_PRIME_SECONDS,
     DEFAULT_SECONDS,
+    DEFAULT_TOP_P,
     MAX_SECONDS,
     MAX_VARIATIONS,
     Composer,
@@ -199,7 +200,7 @@ def build_app(
             )
             temperature = gr.Slider(0, 2, value=1.0, step=0.05, label="Temperature (0 = greedy)")
         with gr.Row():
-            top_p = gr.Slider(0.05, 1, value=1.0, step=0.01, label="Top-p (1 = off)")
+            top_p = gr.Slider(0.05, 1, value=DEFAULT_TOP_P, step=0.01, label="Top-p (1 = off)")
             top_k = gr.Slider(0, 200, value=0, step=1, label="Top-k (0 = off)")
             seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
             random_seed = gr.Checkbox(value=True, label="Random seed")
@@ -300,7 +301,7 @@ def build_app(
             api_seconds = gr.Number(value=DEFAULT_SECONDS, label="seconds")
             api_variations = gr.Number(value=1, precision=0, label="variations")
             api_temperature = gr.Number(value=1.0, label="temperature")
-            api_top_p = gr.Number(value=1.0, label="top_p")
+            api_top_p = gr.Number(value=DEFAULT_TOP_P, label="top_p")
             api_top_k = gr.Number(value=0, precision=0, label="top_k")
             api_seed = gr.Number(value=0, precision=0, label="seed")
             api_latents = gr.Number(value=0, precision=0, label="latents")
@@ -502,7 +503,7 @@ def build_app(
             seconds=DEFAULT_SECONDS,
             variations=1,
             temperature=1.0,
-            top_p=1.0,
+            top_p=DEFAULT_TOP_P,
             top_k=0,
             seed=0,
             latents=0,

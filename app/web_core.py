@@ -47,6 +47,7 @@ from app.pipeline import (
     DEFAULT_MAX_POLYPHONY,
     DEFAULT_PRIME_SECONDS,
     DEFAULT_SECONDS,
+    DEFAULT_TOP_P,
     MAX_NOTE_SECONDS,
     WEB_LENGTH_BUCKET,
 )
@@ -82,7 +83,7 @@ class GenerateRequest:
     seconds: float = DEFAULT_SECONDS
     variations: int = 2
     temperature: float = 1.0
-    top_p: float = 1.0
+    top_p: float = DEFAULT_TOP_P
     top_k: int = 0
     seed: int = 0
     random_seed: bool = False
@@ -576,7 +577,7 @@ class Composer:
         seconds: float = DEFAULT_SECONDS,
         variations: int = 1,
         temperature: float = 1.0,
-        top_p: float = 1.0,
+        top_p: float = DEFAULT_TOP_P,
         top_k: int = 0,
         seed: int = 0,
         latents: int = 0,

@@ -4,14 +4,17 @@
     python benchmarks/quality.py --quick              # 4 primes, 5 s: a smoke run, no bar judged
     python benchmarks/quality.py --checkpoint DIR --pieces 16 --skip-nll
     python benchmarks/quality.py --draws 3            # every prime sampled 3 times, pooled
+    python benchmarks/quality.py --split test         # held-out primes (settings are tuned on
+                                                      # validation; test confirms them once)
 
 What is measured (results in ``benchmarks/results/quality.json``, written atomically):
-  * primes: pieces of the MAESTRO v3 **validation** split, sorted by file name, those with at
-    least 100 s of music, evenly spread (piece i of n is eligible piece ``i * eligible // n``);
-    the prime is the window 60-80 s (``--prime-range 60:80`` in the CLI), piece i is sampled with
+  * primes: pieces of the MAESTRO v3 **validation** split (``--split test``: the test split),
+    sorted by file name, those with at least 100 s of music, evenly spread (piece i of n is
+    eligible piece ``i * eligible // n``); the prime is the window 60-80 s (``--prime-range
+    60:80`` in the CLI), piece i is sampled with
     seed ``--seed + i``, through the pipeline every surface uses (``app.pipeline.prime_ids``,
     ``sample_continuations``, the shipped default settings of ``app.pipeline.Settings``:
-    temperature 1, top-k off, top-p 0.95, the 4 s longest note and the polyphony cap 16, stop at
+    temperature 1, top-k off, top-p 0.93, the 4 s longest note and the polyphony cap 16, stop at
     EOS), ``--batch`` primes per sampler call.
   * three sets of 20 s continuations of each prime:
       real       the piece's own 80-100 s (tokenized from the MIDI file, sustain applied, cut
@@ -444,14 +447,14 @@ def bars(summary: dict, pieces: list[dict], judged: bool) -> list[dict]:
 # ----------------------------------------------------------------------------------------------
 
 
-def choose_pieces(maestro: pathlib.Path, n: int) -> list[dict]:
-    """Validation pieces sorted by name, >= 100 s of music with notes in the prime window and in
+def choose_pieces(maestro: pathlib.Path, n: int, split: str = "validation") -> list[dict]:
+    """Pieces of ``split`` sorted by name, >= 100 s of music with notes in the prime window and in
     the real continuation, evenly spread; returns [{"name", "path", "ids", "seconds"}]."""
     from tokenizer import cut_range, encode, music_seconds
     from tokenizer.dataset import maestro_sources
 
     try:
-        sources = sorted(maestro_sources(maestro)["validation"], key=lambda s: s.name)
+        sources = sorted(maestro_sources(maestro)[split], key=lambda s: s.name)
     except FileNotFoundError as exc:
         raise UserError(str(exc)) from None
     eligible = []
@@ -466,7 +469,7 @@ def choose_pieces(maestro: pathlib.Path, n: int) -> list[dict]:
             eligible.append({"name": s.name, "path": s.path, "ids": ids, "seconds": seconds})
     if n > len(eligible):
         raise UserError(
-            f"--pieces {n}: only {len(eligible)} validation pieces qualify "
+            f"--pieces {n}: only {len(eligible)} {split} pieces qualify "
             f"(>= {MIN_PIECE_S:g} s of music, notes in both windows)"
         )
     return [eligible[(i * len(eligible)) // n] for i in range(n)]
@@ -618,13 +621,20 @@ def print_table(summary: dict, diag: dict) -> None:
 
 
 def parse_args(argv):
+    from app.pipeline import DEFAULT_MAX_NOTE_SECONDS, DEFAULT_MAX_POLYPHONY, DEFAULT_TOP_P
     from app.train_cli import DEFAULT_DATA, DEFAULT_MAESTRO
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped one)")
     p.add_argument("--maestro", default=str(DEFAULT_MAESTRO), help="MAESTRO v3 folder")
     p.add_argument("--data", default=str(DEFAULT_DATA), help="prepare-data output (for the NLL)")
-    p.add_argument("--pieces", type=int, help=f"validation primes ({DEFAULT_PIECES})")
+    p.add_argument("--pieces", type=int, help=f"primes ({DEFAULT_PIECES})")
+    p.add_argument(
+        "--split",
+        choices=("validation", "test"),
+        default="validation",
+        help="where the primes come from (validation; the NLL is always validation's)",
+    )
     p.add_argument("--seconds", type=float, help=f"continuation length ({CONTINUATION_S:g})")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="piece i uses seed + i (0)")
     p.add_argument(
@@ -646,19 +656,23 @@ def parse_args(argv):
         "--max-note-seconds",
         type=float,
         metavar="S",
-        help="longest-note limit while sampling (as perceiver-midi continue: default 4, 0 = none)",
+        help="longest-note limit while sampling (as perceiver-midi continue: default "
+        f"{DEFAULT_MAX_NOTE_SECONDS:g}, 0 = none)",
     )
     p.add_argument(
         "--max-polyphony",
         type=int,
         metavar="N",
-        help="no new note while N sound (as perceiver-midi continue: default 16, 0 = none)",
+        help="no new note while N sound (as perceiver-midi continue: default "
+        f"{DEFAULT_MAX_POLYPHONY}, 0 = none)",
     )
     p.add_argument(
         "--temperature", type=float, help="sampling temperature (as perceiver-midi continue: 1)"
     )
     p.add_argument(
-        "--top-p", type=float, help="nucleus sampling (as perceiver-midi continue: 0.95)"
+        "--top-p",
+        type=float,
+        help=f"nucleus sampling (as perceiver-midi continue: {DEFAULT_TOP_P:g})",
     )
     p.add_argument("--latents", type=int, help="latents while sampling (default: the model's)")
     p.add_argument(
@@ -718,7 +732,7 @@ def run(args) -> dict:
         raise UserError(str(exc)) from None
 
     maestro = pathlib.Path(args.maestro)
-    chosen = choose_pieces(maestro, args.pieces)
+    chosen = choose_pieces(maestro, args.pieces, args.split)
     window = Window.range(args.prime_start, SPLIT_S)
     settings = Settings(
         seconds=args.seconds,
@@ -737,7 +751,7 @@ def run(args) -> dict:
     seeds = [args.seed + k * stride + i for k in range(args.draws) for i in range(len(chosen))]
     chosen = chosen * args.draws
     print(
-        f"checkpoint {ckpt}; {len(chosen) // args.draws} validation primes "
+        f"checkpoint {ckpt}; {len(chosen) // args.draws} {args.split} primes "
         f"({window.describe()}) x {args.draws} draw(s), {args.seconds:g} s continuations, "
         f"seeds {seeds[0]}..{seeds[-1]}",
         flush=True,
@@ -829,8 +843,9 @@ def run(args) -> dict:
             "draw_seed_stride": stride,
             "batch": args.batch,
             "pieces": args.pieces,
+            "split": args.split,
             "selection": (
-                f"MAESTRO validation pieces sorted by file name with >= {MIN_PIECE_S:g} s of "
+                f"MAESTRO {args.split} pieces sorted by file name with >= {MIN_PIECE_S:g} s of "
                 "music (and notes in both windows); piece i of n is eligible piece i*E//n"
             ),
             "maestro": str(maestro),
