@@ -246,3 +246,15 @@ def test_notes_carried_over_the_split_count_only_for_silence():
     assert alone["longest_silence_s"] == pytest.approx(0.5)  # 0..0.5 looks silent alone
     assert with_carried["longest_silence_s"] == pytest.approx(0.4)  # 0.6..1.0
     assert alone["polyphony"] == with_carried["polyphony"] == pytest.approx(0.1)
+
+
+def test_split_test_takes_its_primes_from_the_test_split(maestro_root):
+    from tokenizer.dataset import maestro_sources
+
+    sources = maestro_sources(maestro_root)
+    test_names = {s.name for s in sources["test"]}
+    val_names = {s.name for s in sources["validation"]}
+    held_out = [p["name"] for p in Q.choose_pieces(maestro_root, 3, "test")]
+    tuned_on = [p["name"] for p in Q.choose_pieces(maestro_root, 3)]
+    assert len(set(held_out)) == 3 and set(held_out) <= test_names
+    assert len(set(tuned_on)) == 3 and set(tuned_on) <= val_names
