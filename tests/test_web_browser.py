@@ -192,6 +192,9 @@ def test_a_control_set_in_the_page_holds_in_the_result(page, app_url, tmp_path):
 
     page.goto(app_url, wait_until="load")
     page.wait_for_selector("#generate")
+    # The reloaded page must have drawn its fresh session before a file is set: an upload set
+    # earlier reached the server as "no file was uploaded" (2 of 6 CI runs under load).
+    _wait_text(page, "#prime-info", "Nothing")
     page.set_input_files("#upload input[type=file]", str(EXAMPLE))
     _wait_text(page, "#prime-info", "bach_prelude_c (upload)")
     page.get_by_label("Random seed").uncheck()  # seed 0: the same notes every run
