@@ -175,12 +175,17 @@ def click_to_first_audio(
     client = Client(url, verbose=False, download_files=False)
     view = client.predict(handle_file(str(EXAMPLE)), api_name="/set_prime")
     start, end = view[3]["value"], view[4]["value"]  # the window sliders (last 20 s)
+    from app.controls import ANY_KEY
+    from app.pipeline import DEFAULT_MAX_NOTE_SECONDS, DEFAULT_MAX_POLYPHONY, DEFAULT_TOP_P
+
     t0 = time.perf_counter()
-    # The page's inputs, in order: length, variations, temperature, top-p, top-k, seed, random
-    # seed, latents, prime tokens, stop at EOS (off: always 20 s), window start, window end,
-    # longest note (0: the page's default, no limit).
-    job = client.submit(seconds, variations, 1.0, 1.0, 0, seed, False, latents, 0, False,
-                        start, end, 0, api_name="/generate")  # fmt: skip
+    # The page's inputs, in order (app/web.py's ``controls``), at the page's defaults: length,
+    # variations, temperature, top-p, top-k, seed, random seed, latents, prime tokens, stop at
+    # EOS (off: always 20 s), window start, window end, longest note, pitch range, key,
+    # velocity range, most notes at once.
+    job = client.submit(seconds, variations, 1.0, DEFAULT_TOP_P, 0, seed, False, latents, 0,
+                        False, start, end, DEFAULT_MAX_NOTE_SECONDS, "", ANY_KEY, "",
+                        DEFAULT_MAX_POLYPHONY, api_name="/generate")  # fmt: skip
     first = None
     status = ""
     for out in job:
@@ -189,6 +194,8 @@ def click_to_first_audio(
         if isinstance(out[0], str) and out[0]:
             status = out[0]
     total = time.perf_counter() - t0
+    if first is None:  # a press that produced no audio is a broken benchmark, not a timing
+        raise RuntimeError(f"/generate gave no audio in {total:.2f} s; status {status!r}")
     m = re.search(r"first audio after ([0-9.]+) s", status)
     each = re.findall(r"([0-9.]+) s, ([0-9]+) tokens", status)
     return {
