@@ -172,12 +172,12 @@ def click_to_first_audio(
     """One Generate press through the page's own event; seconds until the first audio."""
     from gradio_client import Client, handle_file
 
-    client = Client(url, verbose=False, download_files=False)
-    view = client.predict(handle_file(str(EXAMPLE)), api_name="/set_prime")
-    start, end = view[3]["value"], view[4]["value"]  # the window sliders (last 20 s)
     from app.controls import ANY_KEY
     from app.pipeline import DEFAULT_MAX_NOTE_SECONDS, DEFAULT_MAX_POLYPHONY, DEFAULT_TOP_P
 
+    client = Client(url, verbose=False, download_files=False)
+    view = client.predict(handle_file(str(EXAMPLE)), api_name="/set_prime")
+    start, end = view[3]["value"], view[4]["value"]  # the window sliders (last 20 s)
     t0 = time.perf_counter()
     # The page's inputs, in order (app/web.py's ``controls``), at the page's defaults: length,
     # variations, temperature, top-p, top-k, seed, random seed, latents, prime tokens, stop at

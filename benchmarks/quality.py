@@ -11,11 +11,10 @@ What is measured (results in ``benchmarks/results/quality.json``, written atomic
   * primes: pieces of the MAESTRO v3 **validation** split (``--split test``: the test split),
     sorted by file name, those with at least 100 s of music, evenly spread (piece i of n is
     eligible piece ``i * eligible // n``); the prime is the window 60-80 s (``--prime-range
-    60:80`` in the CLI), piece i is sampled with
-    seed ``--seed + i``, through the pipeline every surface uses (``app.pipeline.prime_ids``,
-    ``sample_continuations``, the shipped default settings of ``app.pipeline.Settings``:
-    temperature 1, top-k off, top-p 0.93, the 4 s longest note and the polyphony cap 16, stop at
-    EOS), ``--batch`` primes per sampler call.
+    60:80`` in the CLI), piece i is sampled with seed ``--seed + i``, through the pipeline every
+    surface uses (``app.pipeline.prime_ids``, ``sample_continuations``, the shipped default
+    settings of ``app.pipeline.Settings``: temperature 1, top-k off, top-p 0.93, the 4 s longest
+    note and the polyphony cap 16, stop at EOS), ``--batch`` primes per sampler call.
   * three sets of 20 s continuations of each prime:
       real       the piece's own 80-100 s (tokenized from the MIDI file, sustain applied, cut
                  with ``tokenizer.cut_range``);
@@ -745,13 +744,13 @@ def run(args) -> dict:
         **({} if args.top_p is None else {"top_p": args.top_p}),
         **({} if args.latents is None else {"latents": args.latents}),
     )
-    stride = max(DRAW_SEED_STRIDE, len(chosen))
+    n_primes = len(chosen)  # row i is prime i % n_primes of draw i // n_primes
+    stride = max(DRAW_SEED_STRIDE, n_primes)
     primes = [prime_ids(p["path"], window, name=p["name"]) for p in chosen] * args.draws
-    draw_of = [k for k in range(args.draws) for _ in chosen]
-    seeds = [args.seed + k * stride + i for k in range(args.draws) for i in range(len(chosen))]
+    seeds = [args.seed + k * stride + i for k in range(args.draws) for i in range(n_primes)]
     chosen = chosen * args.draws
     print(
-        f"checkpoint {ckpt}; {len(chosen) // args.draws} {args.split} primes "
+        f"checkpoint {ckpt}; {n_primes} {args.split} primes "
         f"({window.describe()}) x {args.draws} draw(s), {args.seconds:g} s continuations, "
         f"seeds {seeds[0]}..{seeds[-1]}",
         flush=True,
@@ -762,8 +761,7 @@ def run(args) -> dict:
     generate_s = time.perf_counter() - t0
 
     pieces, rolls = [], []
-    n_primes = len(chosen) // args.draws  # rolls of the first draw, spread out
-    roll_pieces = {(k * n_primes) // ROLL_PRIMES for k in range(ROLL_PRIMES)}
+    roll_pieces = {(k * n_primes) // ROLL_PRIMES for k in range(ROLL_PRIMES)}  # of draw 0
     for i, (piece, prime, cont) in enumerate(zip(chosen, primes, conts, strict=True)):
         real_ids = cut_range(piece["ids"], SPLIT_S, SPLIT_S + args.seconds)
         prime_s = music_seconds(prime)
@@ -775,7 +773,7 @@ def run(args) -> dict:
         }
         row = {
             "index": i % n_primes,
-            "draw": draw_of[i],
+            "draw": i // n_primes,
             "name": piece["name"],
             "seed": cont.seed,
             "piece_seconds": piece["seconds"],
