@@ -161,6 +161,14 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def param_name(path) -> str:
+    """A pytree path of an nnx param state as a dotted name: ``"layers.0.qkv.kernel"``."""
+    names = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+    if names and names[-1] == "value":
+        names.pop()
+    return ".".join(names)
+
+
 def param_specs(tree) -> dict[str, tuple[tuple[int, ...], str]]:
     """``{"layers.0.attn.qkv.kernel": (shape, dtype)}`` for an nnx param state (arrays or
     ShapeDtypeStructs) or an orbax metadata tree of the same params (its ``.value`` levels
@@ -171,16 +179,13 @@ def param_specs(tree) -> dict[str, tuple[tuple[int, ...], str]]:
 
     specs = {}
     for keys, leaf in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]:
-        names = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in keys]
-        if names and names[-1] == "value":
-            names.pop()
-        specs[".".join(names)] = (tuple(leaf.shape), str(leaf.dtype))
+        specs[param_name(keys)] = (tuple(leaf.shape), str(leaf.dtype))
     return specs
 
 
 # Parameters a pretrained checkpoint may lack when it initialises training: zero-initialised
 # additions that leave the model's function unchanged (``Config.note_state``).
-ADDITIVE_PARAMS = ("note_in.",)
+ADDITIVE_PARAMS = ("note_in.", "cross.k_smear", "cross.q_smear")
 
 
 def params_mismatch(

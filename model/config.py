@@ -49,6 +49,12 @@ class Config:
       activation: MLP non-linearity: ``"sq_relu"`` (official default), ``"gelu"`` or ``"relu"``.
       attn_query_chunk: if > 0, attention is computed over chunks of this many queries with
         rematerialisation, which bounds the memory of the score matrix (for very long M).
+      cross_smear: S > 0 gives the cross-attention an induction path: every key also sees the
+        S tokens before its own (a zero-initialised linear map of their key/value-normalised
+        embeddings, one matrix per offset, added before the rotary encoding), and so does every
+        latent's query. A query "what I just heard" then finds the places the same few tokens
+        were heard before, and reads the value of the token that followed them there. A
+        single-token key cannot do that lookup in one cross-attend.
       note_state: add to every latent's initial state a (zero-initialised) linear map of the
         performance state at its position: which pitches sound and for how long
         (``model/note_state.py``).
@@ -75,6 +81,7 @@ class Config:
     activation: str = "sq_relu"
     attn_query_chunk: int = 0
     note_state: bool = False
+    cross_smear: int = 0
     dtype: str = "float32"
 
     def __post_init__(self):
@@ -88,6 +95,8 @@ class Config:
             raise ValueError("rotary_fraction must be in [0, 1]")
         if self.max_wavelength < self.max_len:
             raise ValueError("max_wavelength must be >= max_len")
+        if not 0 <= self.cross_smear <= 16:
+            raise ValueError(f"cross_smear must be in [0, 16], got {self.cross_smear}")
         if self.activation not in ("sq_relu", "gelu", "relu"):
             raise ValueError(f"unknown activation {self.activation!r}")
         if not 0.0 <= self.cross_attend_dropout < 1.0 or not 0.0 <= self.dropout < 1.0:

@@ -11,7 +11,7 @@ import dataclasses
 
 import numpy as np
 
-from model.vocab import PAD_ID, SOS_ID
+from model.vocab import PAD_ID, SOS_ID, TIME_SHIFT_FIRST_ID, VELOCITY_FIRST_ID, VOCAB_SIZE
 from tokenizer.augment import augment
 from tokenizer.dataset import TokenSplit
 
@@ -32,6 +32,74 @@ class Augmentation:
 NO_AUGMENTATION = Augmentation(0, 1.0, 1.0)
 
 
+@dataclasses.dataclass(frozen=True)
+class Repeats:
+    """Crops that end by playing an earlier passage of themselves again, re-performed.
+
+    A share of the crops keeps its first part and replaces its last ``P`` tokens (``P`` drawn in
+    ``[min_tokens, max_tokens]``, the replay cut just after a TIME_SHIFT) with a passage that
+    started ``d`` tokens earlier, ``d`` drawn in ``[P, max_back]``: the targets ask the model to
+    recognise what it has heard and continue it. The replay is re-performed: a ``jitter`` share of
+    its TIME_SHIFTs moves by up to +-2 steps and of its VELOCITYs by +-1 bin. Real pieces repeat
+    with other timing and loudness, so exact copies would teach the wrong thing.
+    """
+
+    share: float = 0.0
+    min_tokens: int = 64
+    max_tokens: int = 256
+    max_back: int = 1500
+    jitter: float = 0.3
+
+    def __post_init__(self):
+        if not 0.0 <= self.share <= 1.0:
+            raise ValueError(f"repeat share must be in [0, 1], got {self.share}")
+        if not 1 <= self.min_tokens <= self.max_tokens <= self.max_back:
+            raise ValueError("repeats need 1 <= min_tokens <= max_tokens <= max_back")
+
+
+NO_REPEATS = Repeats()
+
+_TS_LAST_ID = VELOCITY_FIRST_ID - 1
+
+
+def _after_shift(body: np.ndarray, i: int, step: int) -> int:
+    """The nearest index from ``i`` (moving by ``step``) that follows a TIME_SHIFT, or -1."""
+    while 0 < i < body.size:
+        if TIME_SHIFT_FIRST_ID <= body[i - 1] <= _TS_LAST_ID:
+            return i
+        i += step
+    return -1
+
+
+def replay(body: np.ndarray, rng: np.random.Generator, rep: Repeats) -> np.ndarray:
+    """``body`` (no PAD) with its end replaced by a re-performed earlier passage (same length);
+    ``body`` unchanged when it is too short for one."""
+    p = int(rng.integers(rep.min_tokens, rep.max_tokens + 1))
+    n = body.size
+    if n < 2 * p + 1:
+        return body
+    cut = _after_shift(body, n - p, -1)
+    if cut <= 0:
+        return body
+    p = n - cut
+    hi = min(rep.max_back, cut)  # the first playing starts at cut - d >= 0 and ends before cut
+    if hi < p:
+        return body
+    start = _after_shift(body, cut - int(rng.integers(p, hi + 1)), 1)
+    if start < 0 or start + p > cut:
+        return body
+    passage = body[start : start + p].copy()
+    hit = rng.random(p) < rep.jitter
+    move = rng.integers(-2, 3, p)
+    is_shift = (passage >= TIME_SHIFT_FIRST_ID) & (passage <= _TS_LAST_ID)
+    shifted = np.clip(passage + move, TIME_SHIFT_FIRST_ID, _TS_LAST_ID)
+    passage = np.where(hit & is_shift, shifted, passage)
+    is_vel = passage >= VELOCITY_FIRST_ID
+    louder = np.clip(passage + np.sign(move), VELOCITY_FIRST_ID, VOCAB_SIZE - 1)
+    passage = np.where(hit & is_vel, louder, passage)
+    return np.concatenate([body[:cut], passage]).astype(np.int32)
+
+
 class TrainBatches:
     """``batch(step)`` -> int32 ``[batch_size, seq_len]`` (seq_len = N + 1), deterministic."""
 
@@ -44,6 +112,7 @@ class TrainBatches:
         batch_size: int,
         seed: int,
         augmentation: Augmentation = Augmentation(),
+        repeats: Repeats = NO_REPEATS,
     ):
         if len(split) == 0:
             raise ValueError("the training split has no pieces")
@@ -53,6 +122,7 @@ class TrainBatches:
         self.batch_size = batch_size
         self.seed = seed
         self.aug = augmentation
+        self.repeats = repeats
         lengths = np.diff(split.offsets).astype(np.float64) + 1  # + SOS
         self.piece_p = lengths / lengths.sum()  # every token equally likely to be a target
 
@@ -80,6 +150,8 @@ class TrainBatches:
         if self.aug.enabled:
             body = augment(body, semitones, stretch)
         body = body[-self.seq_len :]
+        if self.repeats.share > 0 and rng.random() < self.repeats.share:
+            body = replay(body, rng, self.repeats)
         out = np.full(self.seq_len, PAD_ID, np.int32)
         out[self.seq_len - body.size :] = body
         return out

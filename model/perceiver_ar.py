@@ -230,6 +230,22 @@ def _merge_heads(x_BxHxTxK: jax.Array) -> jax.Array:
     return x_BxHxTxK.transpose(0, 2, 1, 3).reshape(b, t, h * k)
 
 
+def preceding(x_BxLxE: jax.Array, ok_BxL: jax.Array, width: int, hist_BxSxE=None) -> list:
+    """``[prev_1, ..., prev_S]`` with ``prev_j[:, t] = x[:, t - j]`` (``S = width``), zero where
+    that token is PAD (``ok`` False) or before the start; ``hist_BxSxE`` (already masked) holds
+    the S tokens before ``x[:, 0]`` when decoding continues a sequence (None: zeros)."""
+    b, n, e = x_BxLxE.shape
+    if hist_BxSxE is None:
+        hist_BxSxE = jnp.zeros((b, width, e), x_BxLxE.dtype)
+    xp_BxSLxE = jnp.concatenate([hist_BxSxE, x_BxLxE * ok_BxL[..., None]], axis=1)
+    return [xp_BxSLxE[:, width - j : width - j + n] for j in range(1, width + 1)]
+
+
+def smear_term(w_SxExF: jax.Array, prev: list) -> jax.Array:
+    """``sum_j prev_j @ w[j - 1]``: what the preceding tokens add to a key or query."""
+    return sum(p_BxLxE @ w_SxExF[j].astype(p_BxLxE.dtype) for j, p_BxLxE in enumerate(prev))
+
+
 # ----------------------------------------------------------------------------------------------
 # Modules
 # ----------------------------------------------------------------------------------------------
@@ -262,20 +278,34 @@ class CrossAttendBlock(nnx.Module):
         self.out = nnx.Linear(e, d, dtype=dtype, rngs=rngs)
         self.mlp_norm = nnx.LayerNorm(d, dtype=dtype, rngs=rngs)
         self.mlp = MLP(d, c.mlp_ratio * d, c.activation, dtype, rngs=rngs)
+        self.smear = c.cross_smear
+        if self.smear:  # zero-initialised: a model that gains them computes the same function
+            self.k_smear = nnx.Param(jnp.zeros((self.smear, e, e), jnp.float32))
+            self.q_smear = nnx.Param(jnp.zeros((self.smear, e, e), jnp.float32))
+
+    def normed(self, emb_BxTxE: jax.Array) -> jax.Array:
+        return self.kv_norm(emb_BxTxE)
 
     def init_latents(self, emb_BxMxE: jax.Array) -> jax.Array:
         return emb_BxMxE if self.query_init is None else self.query_init(emb_BxMxE)
 
-    def keys_values(self, emb_BxTxE: jax.Array, pos_BxT: jax.Array):
+    def keys_values(self, emb_BxTxE: jax.Array, pos_BxT: jax.Array, prev=None):
+        """Keys (rotated) and values of T inputs; ``prev`` (``preceding`` of the normalised
+        embeddings) feeds the key smear when ``cross_smear > 0``."""
         kv_BxTx2E = self.kv(self.kv_norm(emb_BxTxE))
         k_BxTxE, v_BxTxE = jnp.split(kv_BxTx2E, 2, axis=-1)
+        if self.smear:
+            k_BxTxE = k_BxTxE + smear_term(self.k_smear[...], prev)
         k_BxHxTxK = apply_rotary(
             _split_heads(k_BxTxE, self.heads), pos_BxT, self.rot, self.max_wavelength
         )
         return k_BxHxTxK, _split_heads(v_BxTxE, self.heads)
 
-    def queries(self, z_BxMxD: jax.Array, pos_BxM: jax.Array) -> jax.Array:
-        q_BxHxMxK = _split_heads(self.q(self.q_norm(z_BxMxD)), self.heads)
+    def queries(self, z_BxMxD: jax.Array, pos_BxM: jax.Array, prev=None) -> jax.Array:
+        q_BxMxE = self.q(self.q_norm(z_BxMxD))
+        if self.smear:
+            q_BxMxE = q_BxMxE + smear_term(self.q_smear[...], prev)
+        q_BxHxMxK = _split_heads(q_BxMxE, self.heads)
         return apply_rotary(q_BxHxMxK, pos_BxM, self.rot, self.max_wavelength)
 
     def finish(self, z_BxMxD, attn_BxHxMxK, rng=None) -> jax.Array:
@@ -335,6 +365,7 @@ class DecodeCache(NamedTuple):
     lat_len: jax.Array  # [] int32
     lat_col0: jax.Array  # [] int32
     notes: note_state.NoteState  # after the newest column, counted from column ``lo``
+    recent: jax.Array  # [B, S] int32: tokens of the S newest columns (PAD before the first)
 
 
 class PerceiverAR(nnx.Module):
@@ -417,8 +448,14 @@ class PerceiverAR(nnx.Module):
         z_BxMxD = self.cross.init_latents(emb_BxLxE[:, n - m :])
         if self.note_in is not None:
             z_BxMxD = z_BxMxD + self.note_in(note_state.state_features(tokens_BxL, m)[0])
-        k_BxHxLxK, v_BxHxLxK = self.cross.keys_values(emb_BxLxE, pos_BxL)
-        q_BxHxMxK = self.cross.queries(z_BxMxD, lat_pos_BxM)
+        prev = (
+            preceding(self.cross.normed(emb_BxLxE), valid_BxL, c.cross_smear)
+            if c.cross_smear
+            else None
+        )
+        k_BxHxLxK, v_BxHxLxK = self.cross.keys_values(emb_BxLxE, pos_BxL, prev)
+        lat_prev = [p[:, n - m :] for p in prev] if prev else None
+        q_BxHxMxK = self.cross.queries(z_BxMxD, lat_pos_BxM, lat_prev)
         attn = causal_attention(
             q_BxHxMxK, k_BxHxLxK, v_BxHxLxK, q_index_M, key_ok_BxL, c.attn_query_chunk
         )
@@ -459,6 +496,7 @@ class PerceiverAR(nnx.Module):
             zero,
             zero,
             note_state.empty(batch_size),
+            jnp.full((batch_size, c.cross_smear), PAD_ID, jnp.int32),
         )
 
     def _write_inputs(self, cache: DecodeCache, tokens_BxT: jax.Array) -> DecodeCache:
@@ -466,7 +504,15 @@ class PerceiverAR(nnx.Module):
         t = tokens_BxT.shape[1]
         col_T = cache.cur + 1 + jnp.arange(t, dtype=jnp.int32)
         pos_BxT = col_T[None] - cache.pad[:, None]
-        k_BxHxTxK, v_BxHxTxK = self.cross.keys_values(self.embed(tokens_BxT), pos_BxT)
+        emb_BxTxE = self.embed(tokens_BxT)
+        prev = None
+        if self.config.cross_smear:
+            prev = self._preceding(cache.recent, tokens_BxT, emb_BxTxE)
+            s = self.config.cross_smear
+            cache = cache._replace(
+                recent=jnp.concatenate([cache.recent, tokens_BxT], axis=1)[:, -s:]
+            )
+        k_BxHxTxK, v_BxHxTxK = self.cross.keys_values(emb_BxTxE, pos_BxT, prev)
         at = (0, (cache.cur + 1) % cache.cross_k.shape[1], 0)
         dt = cache.cross_k.dtype
         return cache._replace(
@@ -478,6 +524,26 @@ class PerceiverAR(nnx.Module):
             ),
             cur=cache.cur + t,
         )
+
+    def _preceding(self, recent_BxS: jax.Array, tokens_BxT: jax.Array, emb_BxTxE: jax.Array):
+        """``preceding`` for T new tokens whose S predecessors are ``recent``."""
+        hist_BxSxE = self.cross.normed(self.embed(recent_BxS)) * (recent_BxS != PAD_ID)[..., None]
+        return preceding(
+            self.cross.normed(emb_BxTxE), tokens_BxT != PAD_ID, self.config.cross_smear, hist_BxSxE
+        )
+
+    def _restart_keys(self, cache: DecodeCache, tokens_BxW: jax.Array) -> DecodeCache:
+        """Recomputes the keys of the window's first S columns without the tokens before the
+        window, which a full forward over the window (and a training crop) does not see."""
+        s = min(self.config.cross_smear, tokens_BxW.shape[1])
+        first_BxS = tokens_BxW[:, :s]
+        col_S = cache.lo + jnp.arange(s, dtype=jnp.int32)
+        emb_BxSxE = self.embed(first_BxS)
+        prev = preceding(self.cross.normed(emb_BxSxE), first_BxS != PAD_ID, self.config.cross_smear)
+        k_BxHxSxK, _ = self.cross.keys_values(emb_BxSxE, col_S[None] - cache.pad[:, None], prev)
+        slots_S = col_S % cache.cross_k.shape[1]
+        k_new = _fold_heads(k_BxHxSxK).astype(cache.cross_k.dtype)
+        return cache._replace(cross_k=cache.cross_k.at[:, slots_S].set(k_new))
 
     def _cross_mask(self, cache: DecodeCache, q_col_Q: jax.Array) -> jax.Array:
         """[B, 1, Q, C]: query at column q sees window columns in [max(lo, pad), q], and itself."""
@@ -511,6 +577,8 @@ class PerceiverAR(nnx.Module):
         latent_tokens_BxF = tokens_BxW[:, -f:]
         cache = self._write_inputs(cache, latent_tokens_BxF[:, -1:])
         cache = cache._replace(lo=cache.cur - tokens_BxW.shape[1] + 1)
+        if self.config.cross_smear:
+            cache = self._restart_keys(cache, tokens_BxW)
         col_F = cache.cur - f + 1 + jnp.arange(f, dtype=jnp.int32)
         pos_BxF = col_F[None] - cache.pad[:, None]
         z_BxFxD = self.cross.init_latents(self.embed(latent_tokens_BxF))
@@ -518,7 +586,12 @@ class PerceiverAR(nnx.Module):
             feats_BxFxS, notes = note_state.state_features(tokens_BxW, f)
             z_BxFxD = z_BxFxD + self.note_in(feats_BxFxS)
             cache = cache._replace(notes=notes)
-        q_BxHxFxK = self.cross.queries(z_BxFxD, pos_BxF)
+        prev = None
+        if self.config.cross_smear:
+            normed_BxWxE = self.cross.normed(self.embed(tokens_BxW))
+            prev = preceding(normed_BxWxE, tokens_BxW != PAD_ID, self.config.cross_smear)
+            prev = [p[:, -f:] for p in prev]
+        q_BxHxFxK = self.cross.queries(z_BxFxD, pos_BxF, prev)
         b, hc = q_BxHxFxK.shape[:2]
         cache_shape = (b, hc) + cache.cross_k.shape[1:]
         attn = per_sequence_attention(
@@ -558,6 +631,10 @@ class PerceiverAR(nnx.Module):
 
         The caller guarantees room: at most ``C - W`` steps and ``Mc - F`` steps after a refill.
         """
+        prev = None
+        if self.config.cross_smear:
+            new_Bx1 = token_B[:, None]
+            prev = self._preceding(cache.recent, new_Bx1, self.embed(new_Bx1))
         cache = self._write_inputs(cache, token_B[:, None])
         col_1 = cache.cur[None]
         pos_Bx1 = col_1[None] - cache.pad[:, None]
@@ -565,7 +642,7 @@ class PerceiverAR(nnx.Module):
         if self.note_in is not None:
             cache = cache._replace(notes=note_state.advance(cache.notes, token_B))
             z_Bx1xD = z_Bx1xD + self.note_in(note_state.features(cache.notes))[:, None]
-        q_BxHx1xK = self.cross.queries(z_Bx1xD, pos_Bx1)
+        q_BxHx1xK = self.cross.queries(z_Bx1xD, pos_Bx1, prev)
         b, hc = q_BxHx1xK.shape[:2]
         mask_BxHx1xC = jnp.broadcast_to(
             self._cross_mask(cache, col_1), (b, hc, 1, cache.cross_k.shape[1])

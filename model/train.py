@@ -37,14 +37,16 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from model.checkpoint import (
+    ADDITIVE_PARAMS,
     default_checkpoint,
     load_model,
+    param_name,
     param_specs,
     params_mismatch,
     save_model,
 )
 from model.config import Config, get_config
-from model.data import NO_AUGMENTATION, Augmentation, TrainBatches
+from model.data import NO_AUGMENTATION, Augmentation, Repeats, TrainBatches
 from model.perceiver_ar import PerceiverAR
 from model.train_step import train_step
 from tokenizer.dataset import TokenSplit, load_split
@@ -67,6 +69,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     augment: bool = True
+    repeat_share: float = 0.0  # crops ending in a replay of their own earlier passage (Repeats)
+    repeat_max_back: int = 1500  # how far back the first playing may start, in tokens
+    addition_lr_scale: float = 1.0  # rate multiplier of the zero-initialised additions
     log_every: int = 10
     eval_every: int = 500
     eval_pieces: int = 24  # validation subset: this many pieces ...
@@ -122,8 +127,16 @@ def decay_mask(params):
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
+def addition_mask(params):
+    """True for the zero-initialised additions (``checkpoint.ADDITIVE_PARAMS``): a model grown
+    from a trained checkpoint starts them at 0, far from where the trained weights are."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: param_name(path).startswith(ADDITIVE_PARAMS), params
+    )
+
+
 def make_optimizer(model: PerceiverAR, tc: TrainConfig) -> nnx.Optimizer:
-    tx = optax.chain(
+    parts = [
         optax.clip_by_global_norm(tc.grad_clip),
         optax.adamw(
             functools.partial(learning_rate, tc),
@@ -132,8 +145,10 @@ def make_optimizer(model: PerceiverAR, tc: TrainConfig) -> nnx.Optimizer:
             weight_decay=tc.weight_decay,
             mask=decay_mask,
         ),
-    )
-    return nnx.Optimizer(model, tx, wrt=nnx.Param)
+    ]
+    if tc.addition_lr_scale != 1.0:
+        parts.append(optax.masked(optax.scale(tc.addition_lr_scale), addition_mask))
+    return nnx.Optimizer(model, optax.chain(*parts), wrt=nnx.Param)
 
 
 def step_rng(seed: int, step: int) -> jax.Array:
@@ -331,6 +346,7 @@ def train(
         batch_size=tc.batch_size,
         seed=tc.seed,
         augmentation=Augmentation() if tc.augment else NO_AUGMENTATION,
+        repeats=Repeats(share=tc.repeat_share, max_back=tc.repeat_max_back),
     )
     print(
         f"{source} at step {step}; {config.max_len} context, {config.num_latents} latents, "

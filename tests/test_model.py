@@ -34,6 +34,9 @@ def make_model(cfg: Config = TINY, seed: int = 0) -> PerceiverAR:
     if model.note_in is not None:
         k = model.note_in.kernel
         k[...] = 0.5 * jax.random.normal(jax.random.key(seed + 2), k.shape)
+    if cfg.cross_smear:
+        for j, w in enumerate((model.cross.k_smear, model.cross.q_smear)):
+            w[...] = 0.2 * jax.random.normal(jax.random.key(seed + 3 + j), w.shape)
     return model
 
 
@@ -87,6 +90,8 @@ def _input_jacobian(model, tokens_1xN, rng=None):
         ({"dropout": 0.1, "cross_attend_dropout": 0.3}, 3, True),
         ({"num_latents": 64}, 4, False),  # M == N: the plain decoder-only Transformer
         ({"input_dim": 32, "cross_heads": 1}, 0, False),
+        ({"cross_smear": 3}, 4, False),
+        ({"cross_smear": 2, "dropout": 0.1, "cross_attend_dropout": 0.3}, 0, True),
     ],
 )
 def test_causality_by_gradients(cfg_overrides, num_pad, train):
@@ -287,10 +292,14 @@ def test_training_mode_requires_rng():
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("num_latents, note_state", [(None, False), (10, False), (None, True)])
-def test_cached_step_logits_equal_full_forward(num_latents, note_state):
+@pytest.mark.parametrize(
+    "num_latents, note_state, smear",
+    [(None, False, 0), (10, False, 0), (None, True, 0), (None, False, 3), (10, False, 2)],
+)
+def test_cached_step_logits_equal_full_forward(num_latents, note_state, smear):
     """Every decoding step (fills, steps, resets, sliding window) against a full forward."""
-    model = make_model(dataclasses.replace(TINY, note_state=note_state), seed=3)
+    cfg = dataclasses.replace(TINY, note_state=note_state, cross_smear=smear)
+    model = make_model(cfg, seed=3)
     rng = np.random.default_rng(0)
     # Notes and time shifts only (no VELOCITY), so many notes sound across windows.
     prompts = [rng.integers(3, 359, size=k) for k in (0, 7, 100)]  # 100 > N: keeps the last W

@@ -332,6 +332,14 @@ def test_init_from_none_shipped_and_mismatch(tmp_path):
     assert not np.any(np.asarray(model.note_in.kernel[...]))
     ids = jnp.asarray(np.random.default_rng(0).integers(3, 359, size=(1, 64)), jnp.int32)
     np.testing.assert_array_equal(np.asarray(model(ids)), np.asarray(load_model(model_dir)(ids)))
+    # So are the cross-attention's smeared keys and queries.
+    smeared = dataclasses.replace(
+        TINY, init_from=str(model_dir), model_overrides=(("cross_smear", 3),)
+    )
+    model, _, _, step, source = build(smeared, tmp_path / "e")
+    assert step == 0 and source.startswith("initialised from")
+    assert model.cross.k_smear.shape == (3, 64, 64) and not np.any(model.cross.k_smear[...])
+    np.testing.assert_array_equal(np.asarray(model(ids)), np.asarray(load_model(model_dir)(ids)))
 
 
 def test_cooldown_branch_equals_one_uninterrupted_run(data, tmp_path):

@@ -1,0 +1,359 @@
+"""Does a continuation continue *this* music? Metrics, and primes made of one obvious figure.
+
+    python benchmarks/continuing.py [--checkpoint DIR] [--draws 2]   # figured primes (minutes)
+
+Metrics (functions importable by other benchmarks; notes are ``quality.note_array`` rows:
+pitch, velocity, start s, end s):
+
+* ``melody(notes)``: the pitches in onset order (a chord read from its lowest note up);
+* ``interval_ngrams(notes, n)``: every run of n successive melodic intervals (semitones), so a
+  figure is the same n-gram in any key or on any chord;
+* ``reuse(prime, cont, n)``: the share of the continuation's interval n-grams that occur in the
+  prime (the figure or motif carried forward); ``rhythm_reuse`` the same for n-grams of
+  inter-onset-interval ratios (rounded to the nearest of a few simple ratios);
+* ``self_repetition(cont, n)``: the share of the continuation's interval n-grams seen earlier in
+  it (loops score high, aimless notes score 0);
+* ``pitch_variety(cont)``: distinct pitches and pitch-class entropy (bits).
+
+Figured primes (``figured_primes()``): twelve 20 s primes the project writes itself (no MAESTRO),
+each one obvious accompaniment figure over a moving harmony (I-vi-IV-V, a bar per chord):
+Alberti bass, a rising broken chord in sixteenths (the Bach-prelude texture), a waltz (bass note,
+then two chords), a rock-style ostinato in eighths, a four-voice chorale in quarter notes, and a
+melody over an Alberti bass; in C, G, E-flat and A, at 84-126 bpm; half of them quantized (as a
+DAW sketch is), half with human timing (onsets moved by up to +-15 ms, velocities by +-8, seeded).
+Each prime is continued (20 s) through the pipeline every surface uses with the shipped default
+settings, ``--draws`` times (draw k: seeds ``1000 * k + i``). "Figure kept" is ``reuse(prime,
+continuation, 4)``; the primes' own second halves keep ~1.0 of their first halves' 4-grams.
+
+Writes ``benchmarks/results/continuing.json`` (merged per checkpoint) and a piano roll of every
+prime and its first draw's continuation (``--rolls``, default
+``benchmarks/results/continuing_rolls.png``: our own primes, nothing from MAESTRO).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "benchmarks" / "results" / "continuing.json"
+ROLLS = ROOT / "benchmarks" / "results" / "continuing_rolls.png"
+PRIME_S = 20.0
+CONTINUATION_S = 20.0
+NGRAM = 4
+CHORD_S = 0.04  # onsets within this of a chord's first onset join it (read lowest note up)
+IOI_RATIOS = np.array([1 / 4, 1 / 3, 1 / 2, 2 / 3, 1.0, 3 / 2, 2.0, 3.0, 4.0])
+
+# ----------------------------------------------------------------------------------------------
+# Metrics
+# ----------------------------------------------------------------------------------------------
+
+
+def chord_groups(notes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(order, group): notes sorted by onset, and for each the index of its chord: a chord
+    starts at an onset more than ``CHORD_S`` after the previous chord's first onset."""
+    order = np.argsort(notes[:, 2], kind="stable")
+    group = np.zeros(len(order), np.int64)
+    first = -np.inf
+    for i, t in enumerate(notes[order, 2]):
+        if t - first > CHORD_S:
+            first = t
+            group[i] = group[i - 1] + 1 if i else 0
+        else:
+            group[i] = group[i - 1]
+    return order, group
+
+
+def melody(notes: np.ndarray) -> np.ndarray:
+    """Pitches in onset order; the notes of a chord are read from the lowest up."""
+    if len(notes) == 0:
+        return np.zeros(0, np.int64)
+    order, group = chord_groups(notes)
+    pitch = notes[order, 0]
+    return pitch[np.lexsort((pitch, group))].astype(np.int64)
+
+
+def interval_ngrams(notes: np.ndarray, n: int = NGRAM) -> list[tuple]:
+    steps = np.diff(melody(notes))
+    return [tuple(steps[i : i + n].tolist()) for i in range(len(steps) - n + 1)]
+
+
+def rhythm_ngrams(notes: np.ndarray, n: int = NGRAM) -> list[tuple]:
+    """n-grams of successive inter-onset-interval ratios (chords count once), each ratio snapped
+    to the nearest of ``IOI_RATIOS`` in log terms."""
+    if len(notes) == 0:
+        return []
+    order, group = chord_groups(notes)
+    starts = notes[order, 2]
+    onsets = starts[np.r_[True, group[1:] != group[:-1]]]
+    ioi = np.diff(onsets)
+    if ioi.size < 2:
+        return []
+    ratio = ioi[1:] / np.maximum(ioi[:-1], 1e-3)
+    snapped = np.argmin(np.abs(np.log(ratio)[:, None] - np.log(IOI_RATIOS)[None]), axis=1)
+    return [tuple(snapped[i : i + n].tolist()) for i in range(len(snapped) - n + 1)]
+
+
+def _share_in(grams: list[tuple], pool: set) -> float:
+    return float(np.mean([g in pool for g in grams])) if grams else math.nan
+
+
+def reuse(prime: np.ndarray, cont: np.ndarray, n: int = NGRAM) -> float:
+    """Share of the continuation's interval n-grams that occur in the prime (NaN: none)."""
+    return _share_in(interval_ngrams(cont, n), set(interval_ngrams(prime, n)))
+
+
+def rhythm_reuse(prime: np.ndarray, cont: np.ndarray, n: int = NGRAM) -> float:
+    return _share_in(rhythm_ngrams(cont, n), set(rhythm_ngrams(prime, n)))
+
+
+def self_repetition(cont: np.ndarray, n: int = NGRAM) -> float:
+    """Share of the continuation's interval n-grams already heard earlier in it."""
+    grams = interval_ngrams(cont, n)
+    seen, hits = set(), []
+    for g in grams:
+        hits.append(g in seen)
+        seen.add(g)
+    return float(np.mean(hits)) if hits else math.nan
+
+
+def pitch_variety(cont: np.ndarray) -> dict[str, float]:
+    if len(cont) == 0:
+        return {"distinct_pitches": 0.0, "pitch_class_entropy": math.nan}
+    pitches = cont[:, 0].astype(np.int64)
+    counts = np.bincount(pitches % 12, minlength=12).astype(np.float64)
+    p = counts[counts > 0] / counts.sum()
+    return {
+        "distinct_pitches": float(np.unique(pitches).size),
+        "pitch_class_entropy": float(-(p * np.log2(p)).sum()),
+    }
+
+
+def continuing_features(prime: np.ndarray, cont: np.ndarray) -> dict[str, float]:
+    """All of the above for one (prime, continuation) pair."""
+    return {
+        "prime_reuse": reuse(prime, cont),
+        "rhythm_reuse": rhythm_reuse(prime, cont),
+        "self_repetition": self_repetition(cont),
+        **pitch_variety(cont),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Figured primes (our own material)
+# ----------------------------------------------------------------------------------------------
+
+# Chords as semitones above the key's tonic: I, vi, IV, V (root position triads).
+PROGRESSION = ((0, 4, 7), (9, 12, 16), (5, 9, 12), (7, 11, 14))
+KEYS = {"C": 48, "G": 43, "Eb": 51, "A": 45}  # the bass register's tonic (C3 = 48)
+
+
+def _figure_notes(kind: str, tonic: int, bpm: float) -> list[tuple[int, float, float, int]]:
+    """(pitch, start beat, length in beats, velocity) of PRIME_S seconds of one figure."""
+    beats_per_bar = 3 if kind == "waltz" else 4
+    bars = int(math.ceil(PRIME_S / (60.0 / bpm) / beats_per_bar))
+    out = []
+    for bar in range(bars):
+        chord = [tonic + c for c in PROGRESSION[bar % len(PROGRESSION)]]
+        b0 = bar * beats_per_bar
+        root, third, fifth = chord
+        if kind in ("alberti", "melody"):
+            for i, p in enumerate([root, fifth, third, fifth] * 2):
+                out.append((p, b0 + 0.5 * i, 0.5, 62))
+            if kind == "melody":  # a stepwise tune an octave and more above
+                tune = [third + 12, fifth + 12, third + 14, root + 12 + 12]
+                for i, p in enumerate(tune):
+                    out.append((p, b0 + i, 1.0, 80))
+        elif kind == "broken":
+            for i, p in enumerate([root, third, fifth, root + 12, third + 12, fifth + 12] * 3):
+                if i < 16:
+                    out.append((p, b0 + 0.25 * i, 0.25, 66))
+        elif kind == "waltz":
+            out.append((root - 12, b0, 1.0, 72))
+            for beat in (1, 2):
+                for p in (third, fifth, root + 12):
+                    out.append((p, b0 + beat, 0.9, 58))
+        elif kind == "ostinato":
+            for i, p in enumerate([root, root + 12, fifth, root + 12] * 2):
+                out.append((p, b0 + 0.5 * i, 0.45, 70))
+        elif kind == "chorale":
+            for beat in range(4):
+                voicing = [root - 12, fifth, third + 12, root + 24]
+                if beat % 2:
+                    voicing = [root - 12, third, fifth + 12, third + 24]
+                for p in voicing:
+                    out.append((p, b0 + beat, 0.95, 64))
+        else:
+            raise ValueError(f"unknown figure {kind!r}")
+    return out
+
+
+FIGURES = (
+    ("alberti", "C", 120),
+    ("alberti", "Eb", 96),
+    ("broken", "C", 84),
+    ("broken", "A", 100),
+    ("waltz", "G", 126),
+    ("waltz", "Eb", 108),
+    ("ostinato", "A", 112),
+    ("ostinato", "G", 96),
+    ("chorale", "C", 90),
+    ("chorale", "Eb", 72),
+    ("melody", "G", 100),
+    ("melody", "A", 88),
+)
+
+
+def figured_primes(seed: int = 0) -> list[dict]:
+    """The figured primes: ``{"name", "notes" (array), "ids"}``; odd ones with human timing."""
+    from tokenizer import Note, encode, notes_to_pretty_midi
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i, (kind, key, bpm) in enumerate(FIGURES):
+        human = i % 2 == 1
+        beat_s = 60.0 / bpm
+        notes = []
+        for pitch, start_b, len_b, vel in _figure_notes(kind, KEYS[key], bpm):
+            start = start_b * beat_s
+            if start >= PRIME_S:
+                continue
+            end = min(start + len_b * beat_s, PRIME_S)
+            if human:
+                start = max(0.0, start + rng.uniform(-0.015, 0.015))
+                end = max(start + 0.03, end + rng.uniform(-0.015, 0.015))
+                vel = int(np.clip(vel + rng.integers(-8, 9), 1, 127))
+            notes.append(Note(int(pitch), int(vel), float(start), float(end)))
+        ids = encode(notes_to_pretty_midi(notes))
+        name = f"{kind}-{key}-{bpm}{'-human' if human else ''}"
+        out.append({"name": name, "ids": np.asarray(ids, np.int32)})
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Runner
+# ----------------------------------------------------------------------------------------------
+
+
+POOLED = ("rhythm_reuse", "self_repetition", "distinct_pitches", "pitch_class_entropy")
+
+
+def run_figured(model, draws: int = 2, batch: int = 12, settings=None) -> dict:
+    """Continue every figured prime ``draws`` times; per prime and pooled metrics."""
+    from app.pipeline import Settings, sample_continuations
+    from benchmarks.quality import notes_of
+
+    settings = settings or Settings(seconds=CONTINUATION_S)
+    primes = figured_primes()
+    rows, rolls = [], []
+    for k in range(draws):
+        ids = [p["ids"] for p in primes]
+        seeds = [1000 * k + i for i in range(len(primes))]
+        conts = []
+        for i in range(0, len(ids), batch):
+            conts += sample_continuations(model, ids[i : i + batch], seeds[i : i + batch], settings)
+        for p, c in zip(primes, conts, strict=True):
+            prime_notes = notes_of(p["ids"])
+            cont_notes = notes_of(c.continuation_ids())
+            feats = continuing_features(prime_notes, cont_notes)
+            rows.append({"prime": p["name"], "draw": k, **feats, "notes": len(cont_notes)})
+            if k == 0:
+                rolls.append((p["name"], prime_notes, cont_notes))
+    # The primes' own halves: what "kept" means for the figure itself.
+    halves = []
+    for p in primes:
+        notes = notes_of(p["ids"])
+        first = notes[notes[:, 2] < PRIME_S / 2]
+        second = notes[notes[:, 2] >= PRIME_S / 2]
+        halves.append(reuse(first, second))
+    kept = np.array([r["prime_reuse"] for r in rows], np.float64)
+    summary = {
+        "figure_kept": float(np.nanmean(kept)),
+        "figure_kept_by_draw": [
+            float(np.nanmean([r["prime_reuse"] for r in rows if r["draw"] == k]))
+            for k in range(draws)
+        ],
+        "prime_halves_kept": float(np.mean(halves)),
+        **{key: float(np.nanmean([r[key] for r in rows])) for key in POOLED},
+        "draws": draws,
+        "primes": len(primes),
+    }
+    return {"summary": summary, "rows": rows, "rolls": rolls}
+
+
+def draw_rolls(path: pathlib.Path, rolls: list) -> None:
+    """Piano rolls: each prime (grey) and its continuation (blue), one row per prime."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(rolls), 1, figsize=(12, 1.3 * len(rolls)), squeeze=False)
+    for ax, (name, prime, cont) in zip(axes[:, 0], rolls, strict=True):
+        for notes, offset, color in ((prime, -PRIME_S, "0.45"), (cont, 0.0, "tab:blue")):
+            for pitch, _vel, start, end in notes:
+                ax.plot([start + offset, end + offset], [pitch, pitch], color=color, lw=2)
+        ax.axvline(0, color="k", lw=0.5)
+        ax.set_xlim(-PRIME_S, CONTINUATION_S)
+        ax.set_ylabel(name, rotation=0, ha="right", fontsize=7)
+        ax.tick_params(labelsize=6)
+    axes[-1, 0].set_xlabel("seconds (prime before 0, continuation after)")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped one)")
+    p.add_argument("--draws", type=int, default=2)
+    p.add_argument("--top-p", type=float, help="sampler top-p (default: the shipped default)")
+    p.add_argument("--temperature", type=float, help="sampler temperature (default: 1)")
+    p.add_argument("--label", help="the result's key (default: the checkpoint)")
+    p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--rolls", default=str(ROLLS))
+    args = p.parse_args(argv)
+
+    from app.pipeline import Settings
+    from benchmarks.env import environment, write_json
+    from model.checkpoint import default_checkpoint, load_model
+
+    ckpt = args.checkpoint or str(default_checkpoint())
+    extra = {}
+    if args.top_p is not None:
+        extra["top_p"] = args.top_p
+    if args.temperature is not None:
+        extra["temperature"] = args.temperature
+    settings = Settings(seconds=CONTINUATION_S, **extra)
+    t0 = time.perf_counter()
+    result = run_figured(load_model(ckpt), args.draws, settings=settings)
+    entry = {
+        **result["summary"],
+        "settings": {"top_p": settings.top_p, "temperature": settings.temperature},
+        "per_prime": result["rows"],
+        "seconds": round(time.perf_counter() - t0, 1),
+        "environment": environment(),
+    }
+    out_path = pathlib.Path(args.out)
+    results = json.loads(out_path.read_text()) if out_path.exists() else {}
+    results[args.label or ckpt] = entry
+    write_json(out_path, results)
+    if args.rolls:
+        draw_rolls(pathlib.Path(args.rolls), result["rolls"])
+    print(json.dumps(result["summary"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

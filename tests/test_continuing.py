@@ -1,0 +1,104 @@
+"""Continuing metrics (benchmarks/continuing.py) and the copy test's layouts (copying.py)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from benchmarks.continuing import (
+    figured_primes,
+    interval_ngrams,
+    melody,
+    pitch_variety,
+    reuse,
+    rhythm_ngrams,
+    self_repetition,
+)
+from benchmarks.copying import EXCERPT_START, EXCERPT_TOKENS, FAR_GAP_TOKENS, copy_rows
+from benchmarks.quality import notes_of
+from model.vocab import PAD_ID, SOS_ID
+
+
+def _notes(rows):
+    """(pitch, start) pairs -> note array rows (pitch, velocity 64, start, start + 0.2)."""
+    return np.array([(p, 64, t, t + 0.2) for p, t in rows], np.float64).reshape(-1, 4)
+
+
+ALBERTI = [(48, 0.0), (55, 0.25), (52, 0.5), (55, 0.75)] * 1
+FIGURE_C = _notes([(p, t + bar) for bar in range(3) for p, t in ALBERTI])  # C-G-E-G x 3
+
+
+def test_melody_reads_a_chord_from_the_lowest_note_even_when_spread():
+    notes = _notes([(67, 0.0), (60, 0.012), (64, 0.03), (72, 0.5)])
+    assert melody(notes).tolist() == [60, 64, 67, 72]
+    assert melody(_notes([])).tolist() == []
+
+
+def test_interval_ngrams_table():
+    assert interval_ngrams(FIGURE_C, 4)[:4] == [
+        (7, -3, 3, -7),
+        (-3, 3, -7, 7),
+        (3, -7, 7, -3),
+        (-7, 7, -3, 3),
+    ]
+
+
+def test_a_figure_moved_to_another_chord_is_kept_and_other_music_is_not():
+    moved = FIGURE_C.copy()
+    moved[:, 0] += 5  # the same figure on F
+    assert reuse(FIGURE_C, moved) == 1.0
+    scale = _notes([(60 + s, 0.25 * i) for i, s in enumerate([0, 2, 4, 5, 7, 9, 11, 12])])
+    assert reuse(FIGURE_C, scale) == 0.0
+    assert math.isnan(reuse(FIGURE_C, _notes([(60, 0.0)])))  # no 4-gram at all
+
+
+def test_self_repetition_and_variety():
+    assert self_repetition(FIGURE_C) == pytest.approx(4 / 8)  # 8 4-grams, the first 4 new
+    rising = _notes([(40 + i, 0.25 * i) for i in range(12)])  # one interval, repeated
+    assert self_repetition(rising) == pytest.approx(7 / 8)
+    zigzag = _notes([(60 + (i * 7) % 13, 0.25 * i) for i in range(9)])
+    v = pitch_variety(FIGURE_C)
+    assert v["distinct_pitches"] == 3.0
+    counts = np.array([3, 3, 6]) / 12
+    assert v["pitch_class_entropy"] == pytest.approx(-(counts * np.log2(counts)).sum())
+    assert pitch_variety(zigzag)["distinct_pitches"] == 9.0
+
+
+def test_rhythm_ngrams_are_tempo_free():
+    fast = rhythm_ngrams(FIGURE_C)
+    slow = FIGURE_C.copy()
+    slow[:, 2:] *= 1.5
+    assert fast == rhythm_ngrams(slow) and fast[0] == (4, 4, 4, 4)  # ratio 1 everywhere
+
+
+def test_figured_primes_keep_their_own_figure():
+    primes = figured_primes()
+    assert len(primes) == 12 and len({p["name"] for p in primes}) == 12
+    for p in primes:
+        notes = notes_of(p["ids"])
+        first, second = notes[notes[:, 2] < 10], notes[notes[:, 2] >= 10]
+        assert reuse(first, second) > 0.8, p["name"]
+        assert 19.0 < notes[:, 3].max() <= 20.05
+    # Seeded: the same primes every time.
+    again = figured_primes()
+    assert all(np.array_equal(a["ids"], b["ids"]) for a, b in zip(primes, again, strict=True))
+
+
+def test_copy_rows_put_the_second_playing_at_the_end():
+    n, e = 4096, EXCERPT_TOKENS
+    piece = np.arange(EXCERPT_START + 2 * e + FAR_GAP_TOKENS, dtype=np.int32) % 300 + 3
+    row = copy_rows([piece], n)[0]
+    excerpt = piece[EXCERPT_START : EXCERPT_START + e]
+    for name in ("near", "far"):
+        inputs, targets, second_at, first_at = row[name]
+        assert inputs.shape == targets.shape == (n,)
+        np.testing.assert_array_equal(targets[second_at:], excerpt)  # the second playing
+        scored = targets[:-1] != PAD_ID  # each target is the next input (SOS is never one)
+        np.testing.assert_array_equal(targets[:-1][scored], inputs[1:][scored])
+        assert SOS_ID in inputs
+    inputs, targets, _, first_at = row["near"]
+    np.testing.assert_array_equal(targets[first_at : first_at + e], excerpt)
+    far_inputs = row["far"][0]
+    # The far layout's first playing ends FAR_GAP_TOKENS before the second one starts.
+    start = n - e - FAR_GAP_TOKENS - e
+    np.testing.assert_array_equal(far_inputs[start + 1 : start + 1 + e], excerpt)
