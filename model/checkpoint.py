@@ -185,7 +185,15 @@ def param_specs(tree) -> dict[str, tuple[tuple[int, ...], str]]:
 
 # Parameters a pretrained checkpoint may lack when it initialises training: zero-initialised
 # additions that leave the model's function unchanged (``Config.note_state``).
-ADDITIVE_PARAMS = ("note_in.", "cross.k_smear", "cross.q_smear")
+ADDITIVE_PARAMS = ("note_in.", "cross.k_smear", "cross.q_smear", "layers.")
+
+
+def is_additive(name: str) -> bool:
+    """True for a parameter a pretrained checkpoint may lack (``ADDITIVE_PARAMS``; of the latent
+    layers only their smear maps)."""
+    if name.startswith("layers."):
+        return name.endswith(("k_smear", "q_smear"))
+    return name.startswith(ADDITIVE_PARAMS)
 
 
 def params_mismatch(
@@ -196,7 +204,7 @@ def params_mismatch(
     ``allow_additions``: the model may have ``ADDITIVE_PARAMS`` the checkpoint lacks."""
     problems = []
     for name in sorted(found.keys() | expected.keys()):
-        if name not in found and allow_additions and name.startswith(ADDITIVE_PARAMS):
+        if name not in found and allow_additions and is_additive(name):
             continue
         if name not in found:
             shape, dtype = expected[name]

@@ -55,6 +55,9 @@ class Config:
         latent's query. A query "what I just heard" then finds the places the same few tokens
         were heard before, and reads the value of the token that followed them there. A
         single-token key cannot do that lookup in one cross-attend.
+      latent_smear: S' <= ``cross_smear``: the same for the keys and queries of every latent
+        self-attention layer (the S' tokens before each latent, zero-initialised, one map per
+        layer), so a single layer can do the induction lookup over the latent window.
       note_state: add to every latent's initial state a (zero-initialised) linear map of the
         performance state at its position: which pitches sound and for how long
         (``model/note_state.py``).
@@ -82,6 +85,7 @@ class Config:
     attn_query_chunk: int = 0
     note_state: bool = False
     cross_smear: int = 0
+    latent_smear: int = 0
     dtype: str = "float32"
 
     def __post_init__(self):
@@ -97,6 +101,11 @@ class Config:
             raise ValueError("max_wavelength must be >= max_len")
         if not 0 <= self.cross_smear <= 16:
             raise ValueError(f"cross_smear must be in [0, 16], got {self.cross_smear}")
+        if not 0 <= self.latent_smear <= self.cross_smear:
+            raise ValueError(
+                f"latent_smear must be in [0, cross_smear={self.cross_smear}], "
+                f"got {self.latent_smear}"
+            )
         if self.activation not in ("sq_relu", "gelu", "relu"):
             raise ValueError(f"unknown activation {self.activation!r}")
         if not 0.0 <= self.cross_attend_dropout < 1.0 or not 0.0 <= self.dropout < 1.0:

@@ -328,9 +328,18 @@ class SelfAttendBlock(nnx.Module):
         self.out = nnx.Linear(d, d, dtype=dtype, rngs=rngs)
         self.mlp_norm = nnx.LayerNorm(d, dtype=dtype, rngs=rngs)
         self.mlp = MLP(d, c.mlp_ratio * d, c.activation, dtype, rngs=rngs)
+        self.smear = c.latent_smear
+        if self.smear:  # zero-initialised, as the cross-attention's
+            self.k_smear = nnx.Param(jnp.zeros((self.smear, c.embed_dim, d), jnp.float32))
+            self.q_smear = nnx.Param(jnp.zeros((self.smear, c.embed_dim, d), jnp.float32))
 
-    def project(self, z_BxMxD: jax.Array, pos_BxM: jax.Array):
+    def project(self, z_BxMxD: jax.Array, pos_BxM: jax.Array, prev=None):
+        """Rotated queries and keys, and values; ``prev`` (the cross-attention's ``preceding``
+        list for these latents) feeds the smear when ``latent_smear > 0``."""
         q, k, v = jnp.split(self.qkv(self.norm(z_BxMxD)), 3, axis=-1)
+        if self.smear:
+            q = q + smear_term(self.q_smear[...], prev[: self.smear])
+            k = k + smear_term(self.k_smear[...], prev[: self.smear])
         q_BxHxMxK = apply_rotary(
             _split_heads(q, self.heads), pos_BxM, self.rot, self.max_wavelength
         )
@@ -464,7 +473,7 @@ class PerceiverAR(nnx.Module):
         lat_ok_BxM = valid_BxL[:, n - m :]
         lat_index_M = jnp.arange(m, dtype=jnp.int32)
         for i, layer in enumerate(self.layers):
-            q_BxHxMxK, k_BxHxMxK, v_BxHxMxK = layer.project(z_BxMxD, lat_pos_BxM)
+            q_BxHxMxK, k_BxHxMxK, v_BxHxMxK = layer.project(z_BxMxD, lat_pos_BxM, lat_prev)
             attn = causal_attention(
                 q_BxHxMxK, k_BxHxMxK, v_BxHxMxK, lat_index_M, lat_ok_BxM, c.attn_query_chunk
             )
@@ -611,7 +620,7 @@ class PerceiverAR(nnx.Module):
         lat_k, lat_v = [], []
         dt = cache.lat_k[0].dtype if cache.lat_k else None
         for i, layer in enumerate(self.layers):
-            q_BxHxFxK, k_BxHxFxK, v_BxHxFxK = layer.project(z_BxFxD, pos_BxF)
+            q_BxHxFxK, k_BxHxFxK, v_BxHxFxK = layer.project(z_BxFxD, pos_BxF, prev)
             attn = dot_product_attention(q_BxHxFxK, k_BxHxFxK, v_BxHxFxK, mask_Bx1xFxF)
             z_BxFxD = layer.finish(z_BxFxD, attn)
             k_new, v_new = _fold_heads(k_BxHxFxK).astype(dt), _fold_heads(v_BxHxFxK).astype(dt)
@@ -662,7 +671,7 @@ class PerceiverAR(nnx.Module):
         at = (0, cache.lat_len, 0)
         lat_k, lat_v = [], []
         for i, layer in enumerate(self.layers):
-            q_BxHx1xK, k_BxHx1xK, v_BxHx1xK = layer.project(z_Bx1xD, pos_Bx1)
+            q_BxHx1xK, k_BxHx1xK, v_BxHx1xK = layer.project(z_Bx1xD, pos_Bx1, prev)
             dt = cache.lat_k[i].dtype
             lk = jax.lax.dynamic_update_slice(cache.lat_k[i], _fold_heads(k_BxHx1xK).astype(dt), at)
             lv = jax.lax.dynamic_update_slice(cache.lat_v[i], _fold_heads(v_BxHx1xK).astype(dt), at)

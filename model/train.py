@@ -37,8 +37,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from model.checkpoint import (
-    ADDITIVE_PARAMS,
     default_checkpoint,
+    is_additive,
     load_model,
     param_name,
     param_specs,
@@ -130,9 +130,7 @@ def decay_mask(params):
 def addition_mask(params):
     """True for the zero-initialised additions (``checkpoint.ADDITIVE_PARAMS``): a model grown
     from a trained checkpoint starts them at 0, far from where the trained weights are."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: param_name(path).startswith(ADDITIVE_PARAMS), params
-    )
+    return jax.tree_util.tree_map_with_path(lambda path, _: is_additive(param_name(path)), params)
 
 
 def make_optimizer(model: PerceiverAR, tc: TrainConfig) -> nnx.Optimizer:

@@ -34,9 +34,11 @@ def make_model(cfg: Config = TINY, seed: int = 0) -> PerceiverAR:
     if model.note_in is not None:
         k = model.note_in.kernel
         k[...] = 0.5 * jax.random.normal(jax.random.key(seed + 2), k.shape)
-    if cfg.cross_smear:
-        for j, w in enumerate((model.cross.k_smear, model.cross.q_smear)):
-            w[...] = 0.2 * jax.random.normal(jax.random.key(seed + 3 + j), w.shape)
+    smears = [(model.cross.k_smear, model.cross.q_smear)] if cfg.cross_smear else []
+    if cfg.latent_smear:
+        smears += [(layer.k_smear, layer.q_smear) for layer in model.layers]
+    for j, w in enumerate(w for pair in smears for w in pair):
+        w[...] = 0.2 * jax.random.normal(jax.random.key(seed + 3 + j), w.shape)
     return model
 
 
@@ -91,6 +93,7 @@ def _input_jacobian(model, tokens_1xN, rng=None):
         ({"num_latents": 64}, 4, False),  # M == N: the plain decoder-only Transformer
         ({"input_dim": 32, "cross_heads": 1}, 0, False),
         ({"cross_smear": 3}, 4, False),
+        ({"cross_smear": 3, "latent_smear": 2}, 4, False),
         ({"cross_smear": 2, "dropout": 0.1, "cross_attend_dropout": 0.3}, 0, True),
     ],
 )
@@ -293,12 +296,21 @@ def test_training_mode_requires_rng():
 
 
 @pytest.mark.parametrize(
-    "num_latents, note_state, smear",
-    [(None, False, 0), (10, False, 0), (None, True, 0), (None, False, 3), (10, False, 2)],
+    "num_latents, note_state, smear, latent_smear",
+    [
+        (None, False, 0, 0),
+        (10, False, 0, 0),
+        (None, True, 0, 0),
+        (None, False, 3, 0),
+        (10, False, 2, 0),
+        (10, False, 3, 2),
+    ],
 )
-def test_cached_step_logits_equal_full_forward(num_latents, note_state, smear):
+def test_cached_step_logits_equal_full_forward(num_latents, note_state, smear, latent_smear):
     """Every decoding step (fills, steps, resets, sliding window) against a full forward."""
-    cfg = dataclasses.replace(TINY, note_state=note_state, cross_smear=smear)
+    cfg = dataclasses.replace(
+        TINY, note_state=note_state, cross_smear=smear, latent_smear=latent_smear
+    )
     model = make_model(cfg, seed=3)
     rng = np.random.default_rng(0)
     # Notes and time shifts only (no VELOCITY), so many notes sound across windows.

@@ -334,11 +334,14 @@ def test_init_from_none_shipped_and_mismatch(tmp_path):
     np.testing.assert_array_equal(np.asarray(model(ids)), np.asarray(load_model(model_dir)(ids)))
     # So are the cross-attention's smeared keys and queries.
     smeared = dataclasses.replace(
-        TINY, init_from=str(model_dir), model_overrides=(("cross_smear", 3),)
+        TINY,
+        init_from=str(model_dir),
+        model_overrides=(("cross_smear", 3), ("latent_smear", 2)),
     )
     model, _, _, step, source = build(smeared, tmp_path / "e")
     assert step == 0 and source.startswith("initialised from")
     assert model.cross.k_smear.shape == (3, 64, 64) and not np.any(model.cross.k_smear[...])
+    assert model.layers[1].q_smear.shape == (2, 64, 64) and not np.any(model.layers[1].q_smear[...])
     np.testing.assert_array_equal(np.asarray(model(ids)), np.asarray(load_model(model_dir)(ids)))
 
 
