@@ -138,6 +138,21 @@ def pitch_variety(cont: np.ndarray) -> dict[str, float]:
     }
 
 
+def pitch_class_profile(notes: np.ndarray) -> np.ndarray:
+    """Share of notes on each pitch class (12 zeros for no notes)."""
+    counts = np.bincount(notes[:, 0].astype(np.int64) % 12, minlength=12).astype(np.float64)
+    return counts / counts.sum() if counts.sum() else counts
+
+
+def key_fit(prime: np.ndarray, cont: np.ndarray) -> float:
+    """Correlation of the continuation's pitch-class profile with the prime's (1: same key
+    weighting; NaN when either has no notes or no spread)."""
+    a, b = pitch_class_profile(prime), pitch_class_profile(cont)
+    if a.std() == 0 or b.std() == 0:
+        return math.nan
+    return float(np.corrcoef(a, b)[0, 1])
+
+
 def continuing_features(prime: np.ndarray, cont: np.ndarray) -> dict[str, float]:
     """All of the above for one (prime, continuation) pair."""
     return {
@@ -145,7 +160,54 @@ def continuing_features(prime: np.ndarray, cont: np.ndarray) -> dict[str, float]
         "rhythm_reuse": rhythm_reuse(prime, cont),
         "self_repetition": self_repetition(cont),
         **pitch_variety(cont),
+        "key_fit": key_fit(prime, cont),
     }
+
+
+CONTINUING_FEATURES = (
+    "prime_reuse",
+    "rhythm_reuse",
+    "self_repetition",
+    "distinct_pitches",
+    "pitch_class_entropy",
+    "key_fit",
+)
+
+
+def retrieval_vector(notes: np.ndarray, seconds: float) -> np.ndarray:
+    """What identifies a passage at a glance: pitch-class profile (12), register (mean pitch and
+    its spread), density (log notes/s), loudness (mean velocity) and pace (log median IOI)."""
+    if len(notes) == 0:
+        return np.full(17, np.nan)
+    onsets = np.unique(notes[:, 2])
+    ioi = np.median(np.diff(onsets)) if onsets.size > 1 else seconds
+    return np.concatenate(
+        [
+            pitch_class_profile(notes),
+            [
+                notes[:, 0].mean() / 12.0,
+                notes[:, 0].std() / 12.0,
+                math.log(len(notes) / seconds),
+                notes[:, 1].mean() / 32.0,
+                math.log(max(ioi, 0.01)),
+            ],
+        ]
+    )
+
+
+def retrieval_mrr(primes: list[np.ndarray], conts: list[np.ndarray]) -> float:
+    """Mean reciprocal rank of each continuation's own prime among all primes, ranked by
+    distance between ``retrieval_vector``s (each dimension scaled by its spread over the
+    primes). 1 = every continuation is nearest its own prime; chance ~ H(n)/n."""
+    p = np.stack(primes)
+    c = np.stack(conts)
+    scale = np.nanstd(p, axis=0)
+    scale[~(scale > 0)] = 1.0
+    p, c = np.nan_to_num(p / scale), np.nan_to_num(c / scale)
+    d = np.linalg.norm(c[:, None, :] - p[None, :, :], axis=-1)  # [cont, prime]
+    own = d[np.arange(len(c)), np.arange(len(c))]
+    ranks = 1 + np.sum(d < own[:, None], axis=1)
+    return float(np.mean(1.0 / ranks))
 
 
 # ----------------------------------------------------------------------------------------------

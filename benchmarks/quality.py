@@ -77,6 +77,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from app.errors import UserError  # noqa: E402
+from benchmarks.continuing import (  # noqa: E402
+    CONTINUING_FEATURES,
+    continuing_features,
+    retrieval_mrr,
+    retrieval_vector,
+)
 from tokenizer import constants as C  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "quality.json"
@@ -132,6 +138,7 @@ FEATURES = (
     "velocity_std",
     "ioi_median_s",
     "longest_silence_s",
+    *CONTINUING_FEATURES,  # does it continue *this* prime (benchmarks/continuing.py)
 )
 DIAGNOSTICS = (
     "tokens",
@@ -352,6 +359,20 @@ def summarise(pieces: list[dict]) -> dict:
             }
         out[name] = row
     return out
+
+
+def overall_score(pieces: list[dict]) -> dict:
+    """The one number that decides between checkpoints and sampler settings (declared before
+    the runs it judges): the mean, over every feature in ``FEATURES`` (the pianist-likeness ones
+    and the continuing ones), of the generated set's KDE overlap with the real set; pooled and
+    per draw."""
+
+    def score(rows):
+        s = summarise(rows)
+        return float(np.nanmean([s[name]["generated"]["overlap"] for name in FEATURES]))
+
+    draws = by_draw(pieces)
+    return {"pooled": score(pieces), "by_draw": [score(d) for d in draws]}
 
 
 def drift_summary(pieces: list[dict]) -> dict:
@@ -761,6 +782,7 @@ def run(args) -> dict:
     generate_s = time.perf_counter() - t0
 
     pieces, rolls = [], []
+    set_notes = {s: [] for s in SETS}
     roll_pieces = {(k * n_primes) // ROLL_PRIMES for k in range(ROLL_PRIMES)}  # of draw 0
     for i, (piece, prime, cont) in enumerate(zip(chosen, primes, conts, strict=True)):
         real_ids = cut_range(piece["ids"], SPLIT_S, SPLIT_S + args.seconds)
@@ -771,6 +793,8 @@ def run(args) -> dict:
             "generated": notes_of(cont.continuation_ids()),
             "looped": looped_notes(prime_notes, prime_s, args.seconds),
         }
+        for s in SETS:
+            set_notes[s].append(notes[s])
         row = {
             "index": i % n_primes,
             "draw": i // n_primes,
@@ -788,7 +812,8 @@ def run(args) -> dict:
         }
         for s in SETS:
             row[s] = {
-                "features": features(notes[s], args.seconds, carried[s]),
+                "features": features(notes[s], args.seconds, carried[s])
+                | continuing_features(prime_notes, notes[s]),
                 "polyphony_by_segment": polyphony_by_segment(
                     notes[s], args.seconds, DRIFT_SEGMENT_S
                 ),
@@ -811,6 +836,24 @@ def run(args) -> dict:
 
     summary = summarise(pieces)
     diag = diagnostics_summary(pieces)
+    vectors = {
+        "prime": [retrieval_vector(notes_of(p), music_seconds(p)) for p in primes],
+        **{
+            s: [retrieval_vector(n, args.seconds) for n in set_notes[s]]
+            for s in ("real", "generated")
+        },
+    }
+    retrieval = {
+        s: [
+            retrieval_mrr(
+                vectors["prime"][k * n_primes : (k + 1) * n_primes],
+                vectors[s][k * n_primes : (k + 1) * n_primes],
+            )
+            for k in range(args.draws)
+        ]
+        for s in ("real", "generated")
+    }
+    score = overall_score(pieces)
     full = not args.quick and args.pieces >= DEFAULT_PIECES and args.seconds == CONTINUATION_S
     bar_rows = bars(summary, pieces, judged=full)
 
@@ -858,6 +901,12 @@ def run(args) -> dict:
         "diagnostics": diag,
         "held_over_8s_pooled": {s: held_share(pieces, s)[0] for s in SETS},
         "bars": bar_rows,
+        "overall_score": score,
+        "retrieval_mrr": {
+            "by_draw": retrieval,
+            "mean": {s: float(np.mean(v)) for s, v in retrieval.items()},
+            "chance": float(np.mean(1.0 / np.arange(1, n_primes + 1))),
+        },
         "nll": nll,
         "pieces": pieces,
         "rolls": str(rolls_path) if rolls_path else None,
@@ -894,6 +943,17 @@ def main(argv: list[str] | None = None) -> int:
             f"\nvalidation NLL {result['nll']['nll']:.4f} nats/token "
             f"({result['nll']['subset']}, {result['nll']['tokens']:,} tokens)"
         )
+    score, mrr = result["overall_score"], result["retrieval_mrr"]
+    print(
+        f"\nOVERALL SCORE (mean overlap over {len(FEATURES)} features) {score['pooled']:.3f}; "
+        "draws " + " / ".join(f"{v:.3f}" for v in score["by_draw"])
+    )
+    n_primes = len(result["pieces"]) // max(1, result["settings"]["draws"])
+    print(
+        f"retrieval MRR (own prime among {n_primes}): generated "
+        f"{mrr['mean']['generated']:.3f}, real {mrr['mean']['real']:.3f}, "
+        f"chance {mrr['chance']:.3f}"
+    )
     if result["rolls"]:
         print(f"piano rolls: {result['rolls']} (MAESTRO excerpts: do not commit)")
     print(

@@ -102,3 +102,21 @@ def test_copy_rows_put_the_second_playing_at_the_end():
     # The far layout's first playing ends FAR_GAP_TOKENS before the second one starts.
     start = n - e - FAR_GAP_TOKENS - e
     np.testing.assert_array_equal(far_inputs[start + 1 : start + 1 + e], excerpt)
+
+
+def test_retrieval_mrr_and_key_fit():
+    from benchmarks.continuing import key_fit, retrieval_mrr, retrieval_vector
+
+    rng = np.random.default_rng(0)
+    primes = [
+        _notes([(int(p), 0.2 * i) for i, p in enumerate(rng.integers(lo, lo + 12, 40))])
+        for lo in (30, 45, 60, 75)
+    ]
+    vecs = [retrieval_vector(p, 8.0) for p in primes]
+    assert retrieval_mrr(vecs, vecs) == 1.0  # each is nearest itself
+    swapped = [vecs[1], vecs[0], vecs[3], vecs[2]]
+    assert retrieval_mrr(vecs, swapped) < 1.0
+    assert key_fit(FIGURE_C, FIGURE_C) == pytest.approx(1.0)
+    up_a_tritone = FIGURE_C.copy()
+    up_a_tritone[:, 0] += 6
+    assert key_fit(FIGURE_C, up_a_tritone) < 0

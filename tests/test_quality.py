@@ -223,6 +223,13 @@ def test_quick_run_end_to_end(maestro_root, tiny_checkpoint, tmp_path, capsys):
         assert p["real"]["tokens"]["noop_offs"] == 0  # real MAESTRO never releases a silent key
         assert p["generated"]["stop"] in ("seconds", "tokens", "eos")
     assert set(result["summary"]) == set(Q.FEATURES)
+    # The looped set is the prime replayed: all of its interval 4-grams are the prime's.
+    assert result["summary"]["prime_reuse"]["looped"]["mean"] > 0.95
+    score = result["overall_score"]
+    assert 0 <= score["pooled"] <= 1 and len(score["by_draw"]) == 2
+    mrr = result["retrieval_mrr"]
+    assert len(mrr["by_draw"]["generated"]) == 2 and 0 < mrr["chance"] < 1
+    assert 0 < mrr["mean"]["real"] <= 1
     assert result["nll"]["pieces"] == Q.QUICK_NLL_PIECES and result["nll"]["nll"] > 0
     assert rolls.stat().st_size > 1000 and rolls.read_bytes()[:4] == b"\x89PNG"
     text = out.read_text()
