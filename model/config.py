@@ -58,6 +58,9 @@ class Config:
       latent_smear: S' <= ``cross_smear``: the same for the keys and queries of every latent
         self-attention layer (the S' tokens before each latent, zero-initialised, one map per
         layer), so a single layer can do the induction lookup over the latent window.
+      match_lookup: L > 0 adds to every latent's initial state (zero-initialised embeddings) the
+        token that followed the latest earlier place where the music went the same way (up to
+        L tokens compared, coarsely) and how long that agreement is (``model/match.py``).
       note_state: add to every latent's initial state a (zero-initialised) linear map of the
         performance state at its position: which pitches sound and for how long
         (``model/note_state.py``).
@@ -86,6 +89,7 @@ class Config:
     note_state: bool = False
     cross_smear: int = 0
     latent_smear: int = 0
+    match_lookup: int = 0
     dtype: str = "float32"
 
     def __post_init__(self):
@@ -106,6 +110,8 @@ class Config:
                 f"latent_smear must be in [0, cross_smear={self.cross_smear}], "
                 f"got {self.latent_smear}"
             )
+        if not 0 <= self.match_lookup <= 32:
+            raise ValueError(f"match_lookup must be in [0, 32], got {self.match_lookup}")
         if self.activation not in ("sq_relu", "gelu", "relu"):
             raise ValueError(f"unknown activation {self.activation!r}")
         if not 0.0 <= self.cross_attend_dropout < 1.0 or not 0.0 <= self.dropout < 1.0:

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from model import note_state
+from model import match, note_state
 from model.config import NOISE_EVENTS, Config
 from model.vocab import (
     NOTE_OFF_FIRST_ID,
@@ -375,6 +375,7 @@ class DecodeCache(NamedTuple):
     lat_col0: jax.Array  # [] int32
     notes: note_state.NoteState  # after the newest column, counted from column ``lo``
     recent: jax.Array  # [B, S] int32: tokens of the S newest columns (PAD before the first)
+    toks: jax.Array  # [B, C] int32: token ids, a ring like the cross-attention's ([B, 0]: unused)
 
 
 class PerceiverAR(nnx.Module):
@@ -401,6 +402,18 @@ class PerceiverAR(nnx.Module):
             if config.note_state
             else None
         )
+        if config.match_lookup:  # zero-initialised, as note_in
+            zeros = nnx.initializers.zeros_init()
+            self.match_follow = nnx.Embed(
+                config.vocab_size, config.d_model, embedding_init=zeros, dtype=dtype, rngs=rngs
+            )
+            self.match_len = nnx.Embed(
+                config.match_lookup + 1,
+                config.d_model,
+                embedding_init=zeros,
+                dtype=dtype,
+                rngs=rngs,
+            )
         self.final_norm = nnx.LayerNorm(config.d_model, dtype=dtype, rngs=rngs)
         self.logits = nnx.Linear(
             config.d_model,
@@ -409,6 +422,12 @@ class PerceiverAR(nnx.Module):
             dtype=dtype,
             rngs=rngs,
         )
+
+    def _match_term(self, follow: jax.Array, length: jax.Array) -> jax.Array:
+        """What a match lookup adds to a latent: the followed token (when there is a match) and
+        the match length."""
+        found = (length > 0)[..., None].astype(self.match_follow.embedding.dtype)
+        return self.match_follow(follow) * found + self.match_len(length)
 
     # -- full forward -------------------------------------------------------------------------
 
@@ -457,6 +476,8 @@ class PerceiverAR(nnx.Module):
         z_BxMxD = self.cross.init_latents(emb_BxLxE[:, n - m :])
         if self.note_in is not None:
             z_BxMxD = z_BxMxD + self.note_in(note_state.state_features(tokens_BxL, m)[0])
+        if c.match_lookup:
+            z_BxMxD = z_BxMxD + self._match_term(*match.lookup(tokens_BxL, m, c.match_lookup))
         prev = (
             preceding(self.cross.normed(emb_BxLxE), valid_BxL, c.cross_smear)
             if c.cross_smear
@@ -506,6 +527,7 @@ class PerceiverAR(nnx.Module):
             zero,
             note_state.empty(batch_size),
             jnp.full((batch_size, c.cross_smear), PAD_ID, jnp.int32),
+            jnp.full((batch_size, cross_capacity if c.match_lookup else 0), PAD_ID, jnp.int32),
         )
 
     def _write_inputs(self, cache: DecodeCache, tokens_BxT: jax.Array) -> DecodeCache:
@@ -522,6 +544,11 @@ class PerceiverAR(nnx.Module):
                 recent=jnp.concatenate([cache.recent, tokens_BxT], axis=1)[:, -s:]
             )
         k_BxHxTxK, v_BxHxTxK = self.cross.keys_values(emb_BxTxE, pos_BxT, prev)
+        if self.config.match_lookup:
+            at_slot = (0, (cache.cur + 1) % cache.toks.shape[1])
+            cache = cache._replace(
+                toks=jax.lax.dynamic_update_slice(cache.toks, tokens_BxT, at_slot)
+            )
         at = (0, (cache.cur + 1) % cache.cross_k.shape[1], 0)
         dt = cache.cross_k.dtype
         return cache._replace(
@@ -595,6 +622,10 @@ class PerceiverAR(nnx.Module):
             feats_BxFxS, notes = note_state.state_features(tokens_BxW, f)
             z_BxFxD = z_BxFxD + self.note_in(feats_BxFxS)
             cache = cache._replace(notes=notes)
+        if self.config.match_lookup:
+            z_BxFxD = z_BxFxD + self._match_term(
+                *match.lookup(tokens_BxW, f, self.config.match_lookup)
+            )
         prev = None
         if self.config.cross_smear:
             normed_BxWxE = self.cross.normed(self.embed(tokens_BxW))
@@ -651,6 +682,14 @@ class PerceiverAR(nnx.Module):
         if self.note_in is not None:
             cache = cache._replace(notes=note_state.advance(cache.notes, token_B))
             z_Bx1xD = z_Bx1xD + self.note_in(note_state.features(cache.notes))[:, None]
+        if self.config.match_lookup:
+            cap = cache.toks.shape[1]
+            col_C = cache.cur - (cache.cur - jnp.arange(cap, dtype=jnp.int32)) % cap
+            first_B = jnp.maximum(cache.lo, cache.pad)
+            follow_B, len_B = match.lookup_ring(
+                cache.toks, col_C, first_B, cache.cur, self.config.match_lookup
+            )
+            z_Bx1xD = z_Bx1xD + self._match_term(follow_B, len_B)[:, None]
         q_BxHx1xK = self.cross.queries(z_Bx1xD, pos_Bx1, prev)
         b, hc = q_BxHx1xK.shape[:2]
         mask_BxHx1xC = jnp.broadcast_to(

@@ -39,6 +39,9 @@ def make_model(cfg: Config = TINY, seed: int = 0) -> PerceiverAR:
         smears += [(layer.k_smear, layer.q_smear) for layer in model.layers]
     for j, w in enumerate(w for pair in smears for w in pair):
         w[...] = 0.2 * jax.random.normal(jax.random.key(seed + 3 + j), w.shape)
+    if cfg.match_lookup:
+        for j, table in enumerate((model.match_follow.embedding, model.match_len.embedding)):
+            table[...] = 0.5 * jax.random.normal(jax.random.key(seed + 20 + j), table.shape)
     return model
 
 
@@ -296,25 +299,35 @@ def test_training_mode_requires_rng():
 
 
 @pytest.mark.parametrize(
-    "num_latents, note_state, smear, latent_smear",
+    "num_latents, note_state, smear, latent_smear, match_lookup",
     [
-        (None, False, 0, 0),
-        (10, False, 0, 0),
-        (None, True, 0, 0),
-        (None, False, 3, 0),
-        (10, False, 2, 0),
-        (10, False, 3, 2),
+        (None, False, 0, 0, 0),
+        (10, False, 0, 0, 0),
+        (None, True, 0, 0, 0),
+        (None, False, 3, 0, 0),
+        (10, False, 2, 0, 0),
+        (10, False, 3, 2, 0),
+        (None, False, 0, 0, 4),
+        (10, False, 3, 2, 6),
     ],
 )
-def test_cached_step_logits_equal_full_forward(num_latents, note_state, smear, latent_smear):
+def test_cached_step_logits_equal_full_forward(
+    num_latents, note_state, smear, latent_smear, match_lookup
+):
     """Every decoding step (fills, steps, resets, sliding window) against a full forward."""
     cfg = dataclasses.replace(
-        TINY, note_state=note_state, cross_smear=smear, latent_smear=latent_smear
+        TINY,
+        note_state=note_state,
+        cross_smear=smear,
+        latent_smear=latent_smear,
+        match_lookup=match_lookup,
     )
     model = make_model(cfg, seed=3)
     rng = np.random.default_rng(0)
     # Notes and time shifts only (no VELOCITY), so many notes sound across windows.
     prompts = [rng.integers(3, 359, size=k) for k in (0, 7, 100)]  # 100 > N: keeps the last W
+    if match_lookup:  # repeated figures, so the lookup finds long matches in the window
+        prompts = [np.tile(rng.integers(3, 359, size=6), 20)[:k] for k in (0, 7, 100)]
     outs, logits, plan = sample_with_logits(
         model,
         prompts,

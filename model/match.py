@@ -1,0 +1,109 @@
+"""Match lookup: what followed the last time the music went like this? (``Config.match_lookup``)
+
+For every latent position p, find the earlier position t whose preceding tokens agree longest
+with the tokens up to p (at most L of them, compared on a coarse view), the most recent one
+among equals; the model then gets the token at t (the one that followed that context) and the
+length of the agreement as zero-initialised embeddings added to the latent's initial state.
+It is an induction head computed exactly instead of learned: a trained attention layer can
+only find such a match after a long plateau of training, and performance tokens make exact
+matches rare (a repeat comes back with other time shifts and velocities), so the comparison
+uses a coarse view of each token:
+
+* NOTE_ON and NOTE_OFF keep their pitch; SOS and EOS are themselves;
+* a TIME_SHIFT becomes its bucket on a log scale (ratio ~1.4: 1, 2, 3, 4-5, 6-7, 8-10, ...);
+* every VELOCITY is one class (a re-performed passage is louder or softer, not another one);
+* PAD never matches anything.
+
+Pure functions of token ids (no parameters); ``lookup`` serves the full forward and a latent
+refill, ``lookup_ring`` the one new token of a decoding step over the ring of cached columns.
+Both give the same result for the same window, so cached decoding equals a full forward.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from model.vocab import (
+    NOTE_ON_FIRST_ID,
+    PAD_ID,
+    TIME_SHIFT_FIRST_ID,
+    TIME_SHIFT_LAST_ID,
+    VELOCITY_FIRST_ID,
+    VOCAB_SIZE,
+)
+
+SHIFT_BUCKET_RATIO = 1.4
+
+
+def coarse_table() -> np.ndarray:
+    """int32 [V]: the coarse class of every id; 0 for PAD (never matches)."""
+    table = np.arange(VOCAB_SIZE, dtype=np.int32)  # notes, SOS, EOS: themselves
+    table[PAD_ID] = 0
+    steps = np.arange(1, TIME_SHIFT_LAST_ID - TIME_SHIFT_FIRST_ID + 2)
+    buckets = np.floor(np.log(steps) / np.log(SHIFT_BUCKET_RATIO) + 1e-9).astype(np.int32)
+    table[TIME_SHIFT_FIRST_ID : TIME_SHIFT_LAST_ID + 1] = TIME_SHIFT_FIRST_ID + buckets
+    table[VELOCITY_FIRST_ID:] = VELOCITY_FIRST_ID
+    assert table[NOTE_ON_FIRST_ID] == NOTE_ON_FIRST_ID
+    return table
+
+
+_COARSE = coarse_table()
+
+
+def coarse(tokens):
+    return jnp.asarray(_COARSE)[tokens]
+
+
+def _best(len_BxQxT: jax.Array, order_T: jax.Array, ok_BxQxT: jax.Array):
+    """Index of the longest match, the latest (largest ``order``) among equals, and its length."""
+    big = order_T.shape[-1] + 1
+    score = jnp.where(ok_BxQxT, len_BxQxT * big + order_T, -1)
+    best_BxQ = jnp.argmax(score, axis=-1)
+    best_len_BxQ = jnp.take_along_axis(len_BxQxT, best_BxQ[..., None], axis=-1)[..., 0]
+    return best_BxQ, jnp.where(jnp.max(score, axis=-1) >= 0, best_len_BxQ, 0)
+
+
+def lookup(tokens_BxL: jax.Array, num_queries: int, max_len: int):
+    """For the last Q positions p of ``tokens`` (left-padded): (follow_BxQ, length_BxQ), the token
+    at the best t <= p (its L preceding coarse tokens vs the L ending at p) and the match length
+    (0..L; with 0 the token is meaningless)."""
+    b, n = tokens_BxL.shape
+    q = num_queries
+    c_BxL = coarse(tokens_BxL)
+    p_Q = jnp.arange(n - q, n)
+    t_T = jnp.arange(n)
+    alive = jnp.ones((b, q, n), bool)
+    length = jnp.zeros((b, q, n), jnp.int32)
+    for j in range(max_len):
+        q_BxQ = jnp.where(p_Q - j >= 0, c_BxL[:, jnp.maximum(p_Q - j, 0)], 0)
+        src_T = t_T - 1 - j
+        k_BxT = jnp.where(src_T >= 0, c_BxL[:, jnp.maximum(src_T, 0)], 0)
+        alive = alive & (q_BxQ[:, :, None] == k_BxT[:, None, :]) & (q_BxQ[:, :, None] > 0)
+        length = length + alive
+    ok = (t_T[None, :] <= p_Q[:, None])[None] & (length > 0)
+    best_BxQ, len_BxQ = _best(length, t_T, ok)
+    return jnp.take_along_axis(tokens_BxL, best_BxQ, axis=1), len_BxQ
+
+
+def lookup_ring(ring_BxC: jax.Array, col_C: jax.Array, first_B: jax.Array, cur, max_len: int):
+    """``lookup`` for the newest column ``cur`` of a ring of token ids (column c in slot c % C;
+    ``col_C``: the column each slot holds) whose window starts at column ``first_B``: the same
+    result as ``lookup`` over the window's tokens."""
+    cap = ring_BxC.shape[1]
+    c_BxC = coarse(ring_BxC)
+    in_window_BxC = col_C[None] >= first_B[:, None]
+    alive = jnp.ones(c_BxC.shape, bool)
+    length = jnp.zeros(c_BxC.shape, jnp.int32)
+    for j in range(max_len):
+        q_col = cur - j
+        q_B = jnp.where(q_col >= first_B, c_BxC[:, q_col % cap], 0)
+        src_ok_BxC = (col_C[None] - 1 - j) >= first_B[:, None]
+        k_BxC = jnp.where(src_ok_BxC, jnp.roll(c_BxC, 1 + j, axis=1), 0)
+        alive = alive & (q_B[:, None] == k_BxC) & (q_B[:, None] > 0)
+        length = length + alive
+    ok = in_window_BxC & (col_C[None] <= cur) & (length > 0)
+    order_C = col_C - jnp.min(col_C)  # recency, >= 0
+    best_B1, len_B1 = _best(length[:, None], order_C, ok[:, None])
+    return jnp.take_along_axis(ring_BxC, best_B1, axis=1)[:, 0], len_B1[:, 0]
