@@ -414,6 +414,9 @@ class PerceiverAR(nnx.Module):
                 dtype=dtype,
                 rngs=rngs,
             )
+            # A logit bonus for the followed token, by match length and the token's kind: the
+            # n-gram-cache path that needs no learned attention (a copy at once).
+            self.match_bonus = nnx.Param(jnp.zeros((config.match_lookup + 1, 5), jnp.float32))
         self.final_norm = nnx.LayerNorm(config.d_model, dtype=dtype, rngs=rngs)
         self.logits = nnx.Linear(
             config.d_model,
@@ -422,6 +425,12 @@ class PerceiverAR(nnx.Module):
             dtype=dtype,
             rngs=rngs,
         )
+
+    def _match_logits(self, logits_xV: jax.Array, follow_x: jax.Array, length_x: jax.Array):
+        """``logits`` plus the match bonus on the followed token (nothing without a match)."""
+        bonus_x = self.match_bonus[...][length_x, event_kind(follow_x)] * (length_x > 0)
+        hit_xV = jnp.arange(logits_xV.shape[-1]) == follow_x[..., None]
+        return logits_xV + jnp.where(hit_xV, bonus_x[..., None], 0.0)
 
     def _match_term(self, follow: jax.Array, length: jax.Array) -> jax.Array:
         """What a match lookup adds to a latent: the followed token (when there is a match) and
@@ -477,7 +486,8 @@ class PerceiverAR(nnx.Module):
         if self.note_in is not None:
             z_BxMxD = z_BxMxD + self.note_in(note_state.state_features(tokens_BxL, m)[0])
         if c.match_lookup:
-            z_BxMxD = z_BxMxD + self._match_term(*match.lookup(tokens_BxL, m, c.match_lookup))
+            found = match.lookup(tokens_BxL, m, c.match_lookup)
+            z_BxMxD = z_BxMxD + self._match_term(*found)
         prev = (
             preceding(self.cross.normed(emb_BxLxE), valid_BxL, c.cross_smear)
             if c.cross_smear
@@ -499,7 +509,8 @@ class PerceiverAR(nnx.Module):
                 q_BxHxMxK, k_BxHxMxK, v_BxHxMxK, lat_index_M, lat_ok_BxM, c.attn_query_chunk
             )
             z_BxMxD = layer.finish(z_BxMxD, attn, rngs[i + 1] if rngs else None)
-        return self.logits(self.final_norm(z_BxMxD)).astype(jnp.float32)
+        logits_BxMxV = self.logits(self.final_norm(z_BxMxD)).astype(jnp.float32)
+        return self._match_logits(logits_BxMxV, *found) if c.match_lookup else logits_BxMxV
 
     # -- cached decoding ----------------------------------------------------------------------
     #
@@ -623,9 +634,8 @@ class PerceiverAR(nnx.Module):
             z_BxFxD = z_BxFxD + self.note_in(feats_BxFxS)
             cache = cache._replace(notes=notes)
         if self.config.match_lookup:
-            z_BxFxD = z_BxFxD + self._match_term(
-                *match.lookup(tokens_BxW, f, self.config.match_lookup)
-            )
+            found = match.lookup(tokens_BxW, f, self.config.match_lookup)
+            z_BxFxD = z_BxFxD + self._match_term(*found)
         prev = None
         if self.config.cross_smear:
             normed_BxWxE = self.cross.normed(self.embed(tokens_BxW))
@@ -658,6 +668,8 @@ class PerceiverAR(nnx.Module):
             lat_k.append(jax.lax.dynamic_update_slice(cache.lat_k[i], k_new, (0, 0, 0)))
             lat_v.append(jax.lax.dynamic_update_slice(cache.lat_v[i], v_new, (0, 0, 0)))
         logits_BxV = self.logits(self.final_norm(z_BxFxD[:, -1])).astype(jnp.float32)
+        if self.config.match_lookup:
+            logits_BxV = self._match_logits(logits_BxV, found[0][:, -1], found[1][:, -1])
         cache = cache._replace(
             lat_k=tuple(lat_k),
             lat_v=tuple(lat_v),
@@ -720,6 +732,8 @@ class PerceiverAR(nnx.Module):
             lat_v.append(lv)
 
         logits_BxV = self.logits(self.final_norm(z_Bx1xD[:, 0])).astype(jnp.float32)
+        if self.config.match_lookup:
+            logits_BxV = self._match_logits(logits_BxV, follow_B, len_B)
         cache = cache._replace(lat_k=tuple(lat_k), lat_v=tuple(lat_v), lat_len=cache.lat_len + 1)
         return logits_BxV, cache
 

@@ -88,6 +88,7 @@ def test_match_lookup_is_causal_and_starts_as_the_model_was():
     np.testing.assert_array_equal(np.asarray(model(tokens)), np.asarray(base(tokens)))
     for table in (model.match_follow.embedding, model.match_len.embedding):
         table[...] = jax.random.normal(jax.random.key(2), table.shape)
+    model.match_bonus[...] = jax.random.normal(jax.random.key(3), model.match_bonus.shape)
     logits = np.asarray(model(tokens))
     assert not np.allclose(logits, np.asarray(base(tokens)), atol=1e-3)  # the lookup is used
     n, m = cfg.max_len, cfg.num_latents

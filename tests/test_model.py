@@ -42,6 +42,8 @@ def make_model(cfg: Config = TINY, seed: int = 0) -> PerceiverAR:
     if cfg.match_lookup:
         for j, table in enumerate((model.match_follow.embedding, model.match_len.embedding)):
             table[...] = 0.5 * jax.random.normal(jax.random.key(seed + 20 + j), table.shape)
+        bonus = model.match_bonus
+        bonus[...] = 2.0 * jax.random.normal(jax.random.key(seed + 30), bonus.shape)
     return model
 
 
