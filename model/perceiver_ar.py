@@ -39,6 +39,9 @@ from model.vocab import (
 )
 
 _NEG_INF = -1e30  # finite "minus infinity" for masked scores (a fully masked row stays finite)
+# The match bonus is stored divided by this: Adam moves every parameter by about the learning
+# rate a step, and a bonus worth having is several nats, which no other parameter needs to be.
+MATCH_BONUS_SCALE = 16.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -428,7 +431,8 @@ class PerceiverAR(nnx.Module):
 
     def _match_logits(self, logits_xV: jax.Array, follow_x: jax.Array, length_x: jax.Array):
         """``logits`` plus the match bonus on the followed token (nothing without a match)."""
-        bonus_x = self.match_bonus[...][length_x, event_kind(follow_x)] * (length_x > 0)
+        table = MATCH_BONUS_SCALE * self.match_bonus[...]
+        bonus_x = table[length_x, event_kind(follow_x)] * (length_x > 0)
         hit_xV = jnp.arange(logits_xV.shape[-1]) == follow_x[..., None]
         return logits_xV + jnp.where(hit_xV, bonus_x[..., None], 0.0)
 
