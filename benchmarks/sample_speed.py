@@ -1,0 +1,86 @@
+"""Sampling speed of checkpoints side by side (a change of model shape must say what it costs).
+
+    python benchmarks/sample_speed.py --checkpoint A --checkpoint B [--batch 1 --batch 4]
+
+Each checkpoint samples ``--tokens`` new tokens (EOS off, default settings otherwise) after a
+``--prompt`` token prompt (a fixed random walk of note/shift tokens, the same for all), through
+``model.sampler.sample``, the sampler every surface uses; the first call compiles and is not
+timed, then ``--repeats`` timed calls (median). The checkpoints alternate within each repeat, so
+load from a training job beside it hits them alike. Reports new tokens/s and the ratio to the
+first checkpoint; writes ``benchmarks/results/sample_speed.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import statistics
+import sys
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "benchmarks" / "results" / "sample_speed.json"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", action="append", required=True, help="repeatable")
+    p.add_argument("--batch", type=int, action="append", help="batch sizes (default 1 and 4)")
+    p.add_argument("--tokens", type=int, default=256)
+    p.add_argument("--prompt", type=int, default=3000)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--note", default="")
+    p.add_argument("--out", default=str(RESULTS))
+    args = p.parse_args(argv)
+
+    from benchmarks.env import environment, training_beside, write_json
+    from model.checkpoint import load_model
+    from model.sampler import sample
+
+    rng = np.random.default_rng(0)
+    prompt = rng.integers(3, 359, size=args.prompt).astype(np.int32)
+    models = {c: load_model(c) for c in args.checkpoint}
+    results = {}
+    for b in args.batch or [1, 4]:
+        times = {c: [] for c in models}
+        for rep in range(args.repeats + 1):
+            for c, model in models.items():
+                t0 = time.perf_counter()
+                out = sample(
+                    model, [prompt] * b, max_new_tokens=args.tokens, seed=rep, stop_at_eos=False
+                )
+                dt = time.perf_counter() - t0
+                assert all(len(o) == args.tokens for o in out)
+                if rep:  # the first call compiles
+                    times[c].append(dt)
+        first = args.checkpoint[0]
+        base = b * args.tokens / statistics.median(times[first])
+        for c in models:
+            tps = b * args.tokens / statistics.median(times[c])
+            results.setdefault(c, {})[f"batch{b}"] = {
+                "tokens_per_s": round(tps, 1),
+                "ratio_to_first": round(tps / base, 3),
+                "seconds": [round(t, 3) for t in times[c]],
+            }
+            print(f"batch {b:>2}  {c}: {tps:8.1f} new tok/s ({tps / base:.2f}x the first)")
+    write_json(
+        args.out,
+        {
+            "benchmark": "sample_speed",
+            "checkpoints": results,
+            "settings": {"tokens": args.tokens, "prompt": args.prompt, "repeats": args.repeats},
+            "training_beside": training_beside(),
+            "environment": environment(),
+            "note": args.note,
+        },
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
