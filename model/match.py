@@ -87,13 +87,13 @@ def lookup(tokens_BxL: jax.Array, num_queries: int, max_len: int):
     return jnp.take_along_axis(tokens_BxL, best_BxQ, axis=1), len_BxQ
 
 
-def lookup_ring(ring_BxC: jax.Array, col_C: jax.Array, first_B: jax.Array, cur, max_len: int):
-    """``lookup`` for the newest column ``cur`` of a ring of token ids (column c in slot c % C;
-    ``col_C``: the column each slot holds) whose window starts at column ``first_B``: the same
-    result as ``lookup`` over the window's tokens."""
+def ring_lengths(ring_BxC: jax.Array, col_C: jax.Array, first_B: jax.Array, cur, max_len: int):
+    """Match length of every ring slot's column (as a candidate t) against the newest column
+    ``cur`` (as p), within the window that starts at column ``first_B``: ``lookup``'s lengths
+    for a ring of token ids (column c in slot c % C; ``col_C``: the column each slot holds).
+    O(L C): used at a latent refill; a decoding step advances it with ``advance_lengths``."""
     cap = ring_BxC.shape[1]
     c_BxC = coarse(ring_BxC)
-    in_window_BxC = col_C[None] >= first_B[:, None]
     alive = jnp.ones(c_BxC.shape, bool)
     length = jnp.zeros(c_BxC.shape, jnp.int32)
     for j in range(max_len):
@@ -103,7 +103,34 @@ def lookup_ring(ring_BxC: jax.Array, col_C: jax.Array, first_B: jax.Array, cur, 
         k_BxC = jnp.where(src_ok_BxC, jnp.roll(c_BxC, 1 + j, axis=1), 0)
         alive = alive & (q_B[:, None] == k_BxC) & (q_B[:, None] > 0)
         length = length + alive
-    ok = in_window_BxC & (col_C[None] <= cur) & (length > 0)
+    return length
+
+
+def advance_lengths(
+    length_BxC: jax.Array, ring_BxC: jax.Array, col_C: jax.Array, first_B: jax.Array, cur, max_len
+):
+    """``ring_lengths`` for the newest column ``cur`` from those for ``cur - 1``, in O(C): a
+    candidate agrees for k + 1 tokens iff the token before it agrees with the newest one and the
+    candidate before it agreed for k (the window unchanged since the lengths were computed)."""
+    cap = ring_BxC.shape[1]
+    c_BxC = coarse(ring_BxC)
+    q_B = c_BxC[:, cur % cap]
+    prev_ok_BxC = (col_C[None] - 1) >= first_B[:, None]
+    agree_BxC = (jnp.roll(c_BxC, 1, axis=1) == q_B[:, None]) & (q_B[:, None] > 0) & prev_ok_BxC
+    grown = jnp.minimum(jnp.roll(length_BxC, 1, axis=1) + 1, max_len)
+    return jnp.where(agree_BxC & (cur >= first_B)[:, None], grown, 0)
+
+
+def best_in_ring(ring_BxC: jax.Array, length_BxC: jax.Array, col_C, first_B, cur):
+    """(follow_B, length_B) from the ring's match lengths: ``lookup``'s answer for ``cur``."""
+    ok = (col_C[None] >= first_B[:, None]) & (col_C[None] <= cur) & (length_BxC > 0)
     order_C = col_C - jnp.min(col_C)  # recency, >= 0
-    best_B1, len_B1 = _best(length[:, None], order_C, ok[:, None])
+    best_B1, len_B1 = _best(length_BxC[:, None], order_C, ok[:, None])
     return jnp.take_along_axis(ring_BxC, best_B1, axis=1)[:, 0], len_B1[:, 0]
+
+
+def lookup_ring(ring_BxC: jax.Array, col_C: jax.Array, first_B: jax.Array, cur, max_len: int):
+    """``lookup`` for the newest column ``cur`` of a ring of token ids whose window starts at
+    column ``first_B``: the same result as ``lookup`` over the window's tokens."""
+    length = ring_lengths(ring_BxC, col_C, first_B, cur, max_len)
+    return best_in_ring(ring_BxC, length, col_C, first_B, cur)

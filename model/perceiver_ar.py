@@ -379,6 +379,7 @@ class DecodeCache(NamedTuple):
     notes: note_state.NoteState  # after the newest column, counted from column ``lo``
     recent: jax.Array  # [B, S] int32: tokens of the S newest columns (PAD before the first)
     toks: jax.Array  # [B, C] int32: token ids, a ring like the cross-attention's ([B, 0]: unused)
+    mlen: jax.Array  # [B, C] int32: each slot's match length against the newest column (match.py)
 
 
 class PerceiverAR(nnx.Module):
@@ -543,6 +544,7 @@ class PerceiverAR(nnx.Module):
             note_state.empty(batch_size),
             jnp.full((batch_size, c.cross_smear), PAD_ID, jnp.int32),
             jnp.full((batch_size, cross_capacity if c.match_lookup else 0), PAD_ID, jnp.int32),
+            jnp.zeros((batch_size, cross_capacity if c.match_lookup else 0), jnp.int32),
         )
 
     def _write_inputs(self, cache: DecodeCache, tokens_BxT: jax.Array) -> DecodeCache:
@@ -596,6 +598,12 @@ class PerceiverAR(nnx.Module):
         k_new = _fold_heads(k_BxHxSxK).astype(cache.cross_k.dtype)
         return cache._replace(cross_k=cache.cross_k.at[:, slots_S].set(k_new))
 
+    def _ring_columns(self, cache: DecodeCache):
+        """(col_C, first_B): the column each ring slot holds, and each window's first column."""
+        cap = cache.toks.shape[1]
+        col_C = cache.cur - (cache.cur - jnp.arange(cap, dtype=jnp.int32)) % cap
+        return col_C, jnp.maximum(cache.lo, cache.pad)
+
     def _cross_mask(self, cache: DecodeCache, q_col_Q: jax.Array) -> jax.Array:
         """[B, 1, Q, C]: query at column q sees window columns in [max(lo, pad), q], and itself."""
         cap = cache.cross_k.shape[1]
@@ -630,6 +638,13 @@ class PerceiverAR(nnx.Module):
         cache = cache._replace(lo=cache.cur - tokens_BxW.shape[1] + 1)
         if self.config.cross_smear:
             cache = self._restart_keys(cache, tokens_BxW)
+        if self.config.match_lookup:  # the lengths the decoding steps advance
+            col_C, first_B = self._ring_columns(cache)
+            cache = cache._replace(
+                mlen=match.ring_lengths(
+                    cache.toks, col_C, first_B, cache.cur, self.config.match_lookup
+                )
+            )
         col_F = cache.cur - f + 1 + jnp.arange(f, dtype=jnp.int32)
         pos_BxF = col_F[None] - cache.pad[:, None]
         z_BxFxD = self.cross.init_latents(self.embed(latent_tokens_BxF))
@@ -699,12 +714,12 @@ class PerceiverAR(nnx.Module):
             cache = cache._replace(notes=note_state.advance(cache.notes, token_B))
             z_Bx1xD = z_Bx1xD + self.note_in(note_state.features(cache.notes))[:, None]
         if self.config.match_lookup:
-            cap = cache.toks.shape[1]
-            col_C = cache.cur - (cache.cur - jnp.arange(cap, dtype=jnp.int32)) % cap
-            first_B = jnp.maximum(cache.lo, cache.pad)
-            follow_B, len_B = match.lookup_ring(
-                cache.toks, col_C, first_B, cache.cur, self.config.match_lookup
+            col_C, first_B = self._ring_columns(cache)
+            mlen = match.advance_lengths(
+                cache.mlen, cache.toks, col_C, first_B, cache.cur, self.config.match_lookup
             )
+            cache = cache._replace(mlen=mlen)
+            follow_B, len_B = match.best_in_ring(cache.toks, mlen, col_C, first_B, cache.cur)
             z_Bx1xD = z_Bx1xD + self._match_term(follow_B, len_B)[:, None]
         q_BxHx1xK = self.cross.queries(z_Bx1xD, pos_Bx1, prev)
         b, hc = q_BxHx1xK.shape[:2]

@@ -97,3 +97,25 @@ def test_match_lookup_is_causal_and_starts_as_the_model_was():
         changed = tokens.copy()
         changed[0, p + 1 :] = rng.integers(3, 359, size=n - p - 1)
         np.testing.assert_allclose(np.asarray(model(changed))[0, i], logits[0, i], atol=1e-5)
+
+
+def test_advancing_ring_lengths_equals_recomputing_them():
+    """A decoding step's O(C) update gives the lengths the O(L C) recomputation gives, also
+    after the ring wraps (columns beyond its capacity overwrite the oldest slots)."""
+    rng = np.random.default_rng(5)
+    alphabet = np.array([5, 60, 140, 260, 365])
+    cap, max_len, first = 24, 5, 3
+    stream = rng.choice(alphabet, size=60).astype(np.int32)
+    ring = np.zeros((1, cap), np.int32)
+    length = None
+    for cur, tok in enumerate(stream):
+        ring[0, cur % cap] = tok
+        col = cur - (cur - np.arange(cap)) % cap
+        first_b = jnp.asarray([max(first, cur - cap + 1)])  # the window fits the ring
+        args = (jnp.asarray(ring), jnp.asarray(col), first_b, jnp.asarray(cur))
+        full = match.ring_lengths(*args, max_len)
+        if length is not None and cur - cap + 1 <= first:  # the window did not move
+            np.testing.assert_array_equal(
+                np.asarray(match.advance_lengths(length, *args, max_len)), np.asarray(full)
+            )
+        length = full
