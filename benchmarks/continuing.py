@@ -276,7 +276,7 @@ FIGURES = (
 
 
 def figured_primes(seed: int = 0) -> list[dict]:
-    """The figured primes: ``{"name", "notes" (array), "ids"}``; odd ones with human timing."""
+    """The figured primes: ``{"name", "ids"}`` in ``FIGURES`` order; odd ones with human timing."""
     from tokenizer import Note, encode, notes_to_pretty_midi
 
     rng = np.random.default_rng(seed)

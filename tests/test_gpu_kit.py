@@ -41,7 +41,7 @@ def test_end_to_end_on_cpu(tmp_path, capsys, monkeypatch):
     settings = "batch_size=4 learning_rate=3e-3 warmup_steps=3 augment=True log_every=2"
     settings += " eval_every=4 eval_pieces=4 eval_tokens_per_piece=128 save_minutes=5"
     cmd = [sys.executable, KIT_SCRIPT, "train", "--kit", pack_dir, "--workdir", workdir]
-    cmd += ["--out", out, "--minutes", "0.4", "--preset", "tiny", "--param-dtype", "bfloat16"]
+    cmd += ["--out", out, "--minutes", "0.8", "--preset", "tiny", "--param-dtype", "bfloat16"]
     cmd += ["--cooldown-fraction", "0.5", "--export-minutes", "0.05", "--poll-seconds", "1"]
     for s in settings.split():
         cmd += ["--set", s]
