@@ -201,7 +201,11 @@ def test_a_control_set_in_the_page_holds_in_the_result(page, app_url, tmp_path):
     page.get_by_text("Advanced").first.click()  # fill the 60 s whatever the model samples:
     page.get_by_label("Stop at the end of a piece (EOS)").uncheck()  # (an EOS once ended it)
     page.get_by_text("Controls (held on every generated note)").click()
-    page.locator("#pitch-range textarea, #pitch-range input").first.fill("C4:C5")
+    pitch_range = page.locator("#pitch-range textarea, #pitch-range input").first
+    pitch_range.fill("C4:C5")
+    # Leave the box so the page commits the value before Generate reads it (once in CI, under
+    # load, the continuation came back without the range).
+    pitch_range.press("Tab")
     for elem, value in (("#length", "60"), ("#variations", "1")):
         box = page.locator(f"{elem} input[type=number]").first
         box.fill(value)
