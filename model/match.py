@@ -15,8 +15,9 @@ uses a coarse view of each token:
 * PAD never matches anything.
 
 Pure functions of token ids (no parameters); ``lookup`` serves the full forward and a latent
-refill, ``lookup_ring`` the one new token of a decoding step over the ring of cached columns.
-Both give the same result for the same window, so cached decoding equals a full forward.
+refill; a decoding step keeps each ring slot's match length (``ring_lengths`` at a refill,
+``advance_lengths`` per token) and reads the answer with ``best_in_ring``. Both give the same
+result for the same window, so cached decoding equals a full forward.
 """
 
 from __future__ import annotations
@@ -128,9 +129,3 @@ def best_in_ring(ring_BxC: jax.Array, length_BxC: jax.Array, col_C, first_B, cur
     best_B1, len_B1 = _best(length_BxC[:, None], order_C, ok[:, None])
     return jnp.take_along_axis(ring_BxC, best_B1, axis=1)[:, 0], len_B1[:, 0]
 
-
-def lookup_ring(ring_BxC: jax.Array, col_C: jax.Array, first_B: jax.Array, cur, max_len: int):
-    """``lookup`` for the newest column ``cur`` of a ring of token ids whose window starts at
-    column ``first_B``: the same result as ``lookup`` over the window's tokens."""
-    length = ring_lengths(ring_BxC, col_C, first_B, cur, max_len)
-    return best_in_ring(ring_BxC, length, col_C, first_B, cur)
