@@ -128,4 +128,3 @@ def best_in_ring(ring_BxC: jax.Array, length_BxC: jax.Array, col_C, first_B, cur
     order_C = col_C - jnp.min(col_C)  # recency, >= 0
     best_B1, len_B1 = _best(length_BxC[:, None], order_C, ok[:, None])
     return jnp.take_along_axis(ring_BxC, best_B1, axis=1)[:, 0], len_B1[:, 0]
-
