@@ -77,6 +77,8 @@ DEFAULT_MAX_POLYPHONY = 16
 # every draw, and on 32 held-out test primes (results/quality_round3_test-split.json: 1.19 /
 # 0.94). Round 4 (the same recipe, trained further) with 0.93: results/quality.json.
 DEFAULT_TOP_P = 0.93
+# min-p sampling (0 = off): keep tokens at least this times as likely as the most likely one.
+DEFAULT_MIN_P = 0.0
 MAX_TOKENS = 2**17  # token budget of one continuation (MAX_SECONDS at MAX_TOKENS_PER_SECOND fits)
 MAX_VARIATIONS = 16  # continuations of one prime
 MAX_TOP_K = C.VOCAB_SIZE
@@ -263,7 +265,8 @@ class Settings:
     seconds: music time to add (None: no time budget); tokens: token budget (None: derived from
     ``seconds``); at least one must be set; both: whichever is reached first.
     variations: continuations of the same prime, sampled as one batch (seeds seed, seed+1, ...).
-    temperature (0 = greedy), top_k (0 = off), top_p (1 = off): the sampling controls.
+    temperature (0 = greedy), top_k (0 = off), top_p (1 = off), min_p (0 = off): the sampling
+    controls.
     latents: latents used while sampling (None: the model's own); the test-time compute knob.
     stop_at_eos: False never samples EOS, so the budget is always filled.
     max_note_seconds: longest note (None: no limit); a note sounding that long gets its
@@ -280,6 +283,7 @@ class Settings:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = DEFAULT_TOP_P
+    min_p: float = DEFAULT_MIN_P
     seed: int = 0
     latents: int | None = None
     window: Window = dataclasses.field(default_factory=Window)
@@ -304,6 +308,7 @@ class Settings:
         fix("temperature", as_float(self.temperature, "temperature", 0, MAX_TEMPERATURE))
         fix("top_k", as_int(self.top_k, "top-k", 0, MAX_TOP_K))
         fix("top_p", as_float(self.top_p, "top-p", 0, 1, lo_open=True))
+        fix("min_p", as_float(self.min_p, "min-p", 0, 1))
         fix("seed", as_int(self.seed, "seed", 0, MAX_SEED - self.variations + 1))
         if self.latents is not None:
             fix("latents", as_int(self.latents, "latents", 1, MAX_LATENTS))
@@ -338,6 +343,7 @@ class Settings:
             float(self.temperature),
             int(self.top_k),
             float(self.top_p),
+            float(self.min_p),
             self.latents,
             bool(self.stop_at_eos),
             self.max_note_seconds,
@@ -355,6 +361,7 @@ class Settings:
             "temperature": float(self.temperature),
             "top_k": int(self.top_k),
             "top_p": float(self.top_p),
+            "min_p": float(self.min_p),
             "latents": self.latents,
             "stop_at_eos": bool(self.stop_at_eos),
             "max_note_seconds": self.max_note_seconds,
@@ -585,6 +592,7 @@ def sample_continuations(
             temperature=float(settings.temperature),
             top_k=int(settings.top_k),
             top_p=float(settings.top_p),
+            min_p=float(settings.min_p),
             seed=[int(s) for s in seeds],
             max_seconds=settings.seconds,
             num_latents=settings.latents,

@@ -641,7 +641,12 @@ def print_table(summary: dict, diag: dict) -> None:
 
 
 def parse_args(argv):
-    from app.pipeline import DEFAULT_MAX_NOTE_SECONDS, DEFAULT_MAX_POLYPHONY, DEFAULT_TOP_P
+    from app.pipeline import (
+        DEFAULT_MAX_NOTE_SECONDS,
+        DEFAULT_MAX_POLYPHONY,
+        DEFAULT_MIN_P,
+        DEFAULT_TOP_P,
+    )
     from app.train_cli import DEFAULT_DATA, DEFAULT_MAESTRO
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -693,6 +698,11 @@ def parse_args(argv):
         "--top-p",
         type=float,
         help=f"nucleus sampling (as perceiver-midi continue: {DEFAULT_TOP_P:g})",
+    )
+    p.add_argument(
+        "--min-p",
+        type=float,
+        help=f"min-p sampling (as perceiver-midi continue: {DEFAULT_MIN_P:g}, off)",
     )
     p.add_argument("--latents", type=int, help="latents while sampling (default: the model's)")
     p.add_argument(
@@ -763,6 +773,7 @@ def run(args) -> dict:
         **({} if args.max_polyphony is None else {"max_polyphony": args.max_polyphony}),
         **({} if args.temperature is None else {"temperature": args.temperature}),
         **({} if args.top_p is None else {"top_p": args.top_p}),
+        **({} if args.min_p is None else {"min_p": args.min_p}),
         **({} if args.latents is None else {"latents": args.latents}),
     )
     n_primes = len(chosen)  # row i is prime i % n_primes of draw i // n_primes

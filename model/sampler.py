@@ -124,6 +124,7 @@ class _Settings(NamedTuple):
     temperature: jax.Array  # [] f32 (0 = greedy)
     top_k: jax.Array  # [] i32 (0 = off)
     top_p: jax.Array  # [] f32 (1 = off)
+    min_p: jax.Array  # [] f32 (0 = off)
     stop_at_eos: jax.Array  # [] bool
     max_time: jax.Array  # [B] i32 budget in 10 ms steps
     sounding_offs: jax.Array  # [] bool: NOTE_OFF only for sounding pitches (see end_sounding_only)
@@ -219,7 +220,7 @@ def apply_controls(
 
 
 def _choose_tokens(logits_BxV: jax.Array, c: _Carry, s: _Settings) -> jax.Array:
-    """Note-off corrections, temperature, top-k, top-p, then a draw with key fold_in(key_b, g)."""
+    """Note-off corrections, temperature, top-k, top-p, min-p; a draw with key fold_in(key_b, g)."""
     vocab = logits_BxV.shape[-1]
     ids_V = jnp.arange(vocab)
     banned_V = (ids_V == PAD_ID) | (ids_V == SOS_ID) | ((ids_V == EOS_ID) & ~s.stop_at_eos)
@@ -233,15 +234,22 @@ def _choose_tokens(logits_BxV: jax.Array, c: _Carry, s: _Settings) -> jax.Array:
 
     x_BxV = logits_BxV / jnp.maximum(s.temperature, 1e-6)
     x_BxV = jax.lax.cond(
-        (s.top_k > 0) | (s.top_p < 1.0), functools.partial(_top_k_top_p, s=s), lambda x: x, x_BxV
+        (s.top_k > 0) | (s.top_p < 1.0) | (s.min_p > 0.0),
+        functools.partial(_truncate, s=s),
+        lambda x: x,
+        x_BxV,
     )
     step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(s.keys, c.g)
     sampled_B = jax.vmap(jax.random.categorical)(step_keys, x_BxV)
     return jnp.where(s.temperature > 0, sampled_B, greedy_B).astype(jnp.int32)
 
 
-def _top_k_top_p(x_BxV: jax.Array, s: _Settings) -> jax.Array:
-    """Masks (to -inf) tokens outside the top-k and outside the top-p nucleus."""
+def _truncate(x_BxV: jax.Array, s: _Settings) -> jax.Array:
+    """Masks (to -inf) tokens outside the top-k, outside the top-p nucleus, and below min-p.
+
+    min-p keeps a token whose probability (after temperature) is at least ``min_p`` times the
+    most likely token's (Nguyen et al. 2024); the most likely token always stays.
+    """
     vocab = x_BxV.shape[-1]
     ids_V = jnp.arange(vocab)
     sorted_BxV = -jnp.sort(-x_BxV, axis=-1)
@@ -254,7 +262,10 @@ def _top_k_top_p(x_BxV: jax.Array, s: _Settings) -> jax.Array:
     keep_B = jnp.maximum(jnp.sum(before_BxV < s.top_p, axis=-1), 1)
     thresh_Bx1 = jnp.take_along_axis(sorted_BxV, (keep_B - 1)[:, None], axis=-1)
     thresh_Bx1 = jnp.where(s.top_p >= 1.0, -jnp.inf, thresh_Bx1)
-    return jnp.where(x_BxV < thresh_Bx1, -jnp.inf, x_BxV)
+    x_BxV = jnp.where(x_BxV < thresh_Bx1, -jnp.inf, x_BxV)
+    floor_Bx1 = jnp.max(x_BxV, axis=-1, keepdims=True) + jnp.log(jnp.maximum(s.min_p, 1e-30))
+    floor_Bx1 = jnp.where(s.min_p > 0.0, floor_Bx1, -jnp.inf)
+    return jnp.where(x_BxV < floor_Bx1, -jnp.inf, x_BxV)
 
 
 def _advance(c: _Carry, cache, logits_BxV, s: _Settings, plan: _Plan) -> _Carry:
@@ -550,6 +561,7 @@ def _generate(
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
+    min_p: float = 0.0,
     seed: int | Sequence[int] = 0,
     max_seconds: float | None = None,
     num_latents: int | None = None,
@@ -580,6 +592,8 @@ def _generate(
         raise ValueError(f"top_k must be >= 0, got {top_k}")
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if not 0.0 <= min_p <= 1.0:
+        raise ValueError(f"min_p must be in [0, 1], got {min_p}")
     if max_seconds is not None and max_seconds <= 0:
         raise ValueError(f"max_seconds must be > 0, got {max_seconds}")
     if max_note_seconds is not None and not 0 < max_note_seconds < np.inf:
@@ -640,6 +654,7 @@ def _generate(
         temperature=jnp.float32(temperature),
         top_k=jnp.int32(top_k),
         top_p=jnp.float32(top_p),
+        min_p=jnp.float32(min_p),
         stop_at_eos=jnp.bool_(stop_at_eos),
         max_time=jnp.full((plan.batch,), max_time, jnp.int32),
         sounding_offs=jnp.bool_(sounding_note_offs),
@@ -710,6 +725,7 @@ def sample(
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
+    min_p: float = 0.0,
     seed: int | Sequence[int] = 0,
     max_seconds: float | None = None,
     num_latents: int | None = None,
@@ -737,6 +753,7 @@ def sample(
       temperature: softmax temperature; 0 means greedy.
       top_k: keep the k most likely tokens (0 = off). top_k=1 is greedy.
       top_p: nucleus sampling: keep the smallest set with probability >= top_p (1 = off).
+      min_p: keep tokens at least ``min_p`` times as likely as the most likely one (0 = off).
       seed: an int: prompt i draws from ``key(seed + i)`` (so a batch run equals single runs with
         seeds seed, seed+1, ...); or one seed per prompt. Keys are folded with the step number.
       max_seconds: music-time budget per sequence: it stops once the sum of its TIME_SHIFTs
@@ -777,6 +794,7 @@ def sample(
         temperature=temperature,
         top_k=top_k,
         top_p=top_p,
+        min_p=min_p,
         seed=seed,
         max_seconds=max_seconds,
         num_latents=num_latents,

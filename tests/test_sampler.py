@@ -179,6 +179,10 @@ def test_top_k_and_top_p_restrict_the_support():
     assert drawn(top_k=2) == {10, 11}
     assert drawn(top_p=0.6) == {10, 11}  # 0.5 < 0.6, 0.5 + 0.3 >= 0.6
     assert drawn(top_p=0.4) == {10}
+    assert drawn(min_p=0.5) == {10, 11}  # 0.3 >= 0.5 x 0.5 > 0.2
+    assert drawn(min_p=0.7) == {10}  # 0.3 < 0.7 x 0.5
+    assert drawn(min_p=0.35) == {10, 11, 12}  # 0.2 >= 0.35 x 0.5
+    assert drawn(min_p=0.5, temperature=3.0) == {10, 11, 12}  # T=3: (0.2/0.5)**(1/3) = 0.74
     assert drawn(temperature=0.0) == {10}
     counts = np.bincount(np.concatenate(sample(model, prompts, max_new_tokens=64)), minlength=13)
     assert counts[10] > counts[11] > counts[12] > 0  # follows the 0.5 / 0.3 / 0.2 distribution
@@ -223,6 +227,8 @@ def test_invalid_requests_raise_clear_errors():
         sample(model, [np.array([5])], max_new_tokens=2, num_latents=TINY.num_latents + 1)
     with pytest.raises(ValueError, match="top_p"):
         sample(model, [np.array([5])], max_new_tokens=2, top_p=0.0)
+    with pytest.raises(ValueError, match="min_p"):
+        sample(model, [np.array([5])], max_new_tokens=2, min_p=1.5)
     with pytest.raises(ValueError, match="max_new_tokens"):
         sample(model, [np.array([5])], max_new_tokens=-1)
     with pytest.raises(ValueError, match="seeds"):
