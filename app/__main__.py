@@ -1,8 +1,8 @@
-"""``python -m app``: the web app, with the same options as ``perceiver-midi app``."""
+"""``python -m perceiver_midi.app``: the web app, with the options of ``perceiver-midi app``."""
 
 import sys
 
-from app.web import main
+from perceiver_midi.app.web import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pathlib
 
-from app.batch_plan import Item
-from app.errors import UserError
-from app.pipeline import OutputOptions, output_bytes, sample_continuations
+from perceiver_midi.app.batch_plan import Item
+from perceiver_midi.app.errors import UserError
+from perceiver_midi.app.pipeline import OutputOptions, output_bytes, sample_continuations
 
 
 def read_primes(group: list[Item]) -> dict[str, bytes | str]:
@@ -36,7 +36,7 @@ def run_group(
     """Samples one group and encodes its files. Returns per item (group order) a dict with
     ``id``, and either ``error`` or ``files`` ({kind: bytes}) and ``info`` (numbers for the
     manifest)."""
-    from app.pipeline import cut_prime
+    from perceiver_midi.app.pipeline import cut_prime
 
     windows: dict[str, object] = {}  # identity -> PrimeCut, or the reason it failed
     for it in group:

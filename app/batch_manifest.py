@@ -15,9 +15,9 @@ import pathlib
 import re
 from collections.abc import Callable, Iterable
 
-from app.batch_plan import Item
-from app.errors import UserError
-from app.pipeline import AUDIO_CHOICES, OutputOptions
+from perceiver_midi.app.batch_plan import Item
+from perceiver_midi.app.errors import UserError
+from perceiver_midi.app.pipeline import AUDIO_CHOICES, OutputOptions
 
 MANIFEST = "manifest.jsonl"
 FAILED = "failed.jsonl"
@@ -188,7 +188,7 @@ def resume(out: pathlib.Path, items: list[Item], record: Callable[[Item, dict], 
         keep.append(rec)
         finished.add(rid)
     if len(keep) != len(listed):  # rewrite without stale or duplicate lines (atomically)
-        from tokenizer import atomic_write_bytes
+        from perceiver_midi.tokenizer import atomic_write_bytes
 
         text = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in keep)
         atomic_write_bytes(manifest, text.encode())
@@ -196,7 +196,7 @@ def resume(out: pathlib.Path, items: list[Item], record: Callable[[Item, dict], 
 
 
 def _write_failed(out: pathlib.Path, lines: list[dict]) -> None:
-    from tokenizer import atomic_write_bytes
+    from perceiver_midi.tokenizer import atomic_write_bytes
 
     text = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in lines)
     atomic_write_bytes(out / FAILED, text.encode())

@@ -19,8 +19,8 @@ import pathlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from app.errors import UserError
-from app.pipeline import MIDI_SUFFIXES, Settings, Window, output_stem
+from perceiver_midi.app.errors import UserError
+from perceiver_midi.app.pipeline import MIDI_SUFFIXES, Settings, Window, output_stem
 
 # Per-prime settings a CSV/JSONL row may give (empty cells mean "the command-line value").
 ROW_KEYS = (

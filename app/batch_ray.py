@@ -9,17 +9,16 @@ import collections
 import dataclasses
 import logging
 import os
-import pathlib
 import re
 import warnings
 from typing import Any
 
 import numpy as np
 
-from app.batch_group import read_primes, run_group
-from app.batch_plan import Item
-from app.errors import UserError
-from app.pipeline import OutputOptions
+from perceiver_midi.app.batch_group import read_primes, run_group
+from perceiver_midi.app.batch_plan import Item
+from perceiver_midi.app.errors import UserError
+from perceiver_midi.app.pipeline import OutputOptions
 
 
 def model_blob(model) -> tuple[dict, Any]:
@@ -34,8 +33,8 @@ def model_blob(model) -> tuple[dict, Any]:
 def model_from_blob(blob):
     from flax import nnx
 
-    from model.config import Config
-    from model.perceiver_ar import PerceiverAR
+    from perceiver_midi.model.config import Config
+    from perceiver_midi.model.perceiver_ar import PerceiverAR
 
     config, params = blob
     model = PerceiverAR(Config(**config), rngs=nnx.Rngs(0))
@@ -84,11 +83,10 @@ def _run_ray(model, groups, options: OutputOptions, address: str, workers: int |
             "logging_level": logging.ERROR,
         }
         if address == "local":
-            root = str(pathlib.Path(__file__).resolve().parent.parent)
-            path = os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-            # A local Ray stays on loopback: no traffic to the machine's other addresses.
+            # A local Ray stays on loopback: no traffic to the machine's other addresses. Its
+            # workers run this Python, where perceiver_midi is installed (editable or wheel): no
+            # PYTHONPATH to add (the folder above app/ would expose app, model, tokenizer).
             kwargs.update(num_cpus=os.cpu_count() or 1, _node_ip_address="127.0.0.1")
-            kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": path}}
         else:
             _check_reachable(address)
             kwargs["address"] = address
@@ -103,7 +101,7 @@ def _run_ray(model, groups, options: OutputOptions, address: str, workers: int |
         cpus = int(ray.cluster_resources().get("CPU", 1))
         n = max(1, min(workers or cpus, len(groups)))
         if options.synth == "midirenderer" and options.audio != "none":
-            from app.render import soundfont_bytes
+            from perceiver_midi.app.render import soundfont_bytes
 
             options = dataclasses.replace(options, soundfont=soundfont_bytes(options.soundfont))
         actor = ray.remote(num_cpus=1)(_Worker)

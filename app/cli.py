@@ -13,21 +13,21 @@ import os
 import pathlib
 import sys
 
-from app import generate_cli, train_cli, web
-from app.errors import (
+from perceiver_midi.app import generate_cli, train_cli, web
+from perceiver_midi.app.errors import (
     USER_ERROR_EXIT,
     UserError,
     nonnegative_int,
     one_line,
     one_line_errors,
 )
-from app.train_cli import DEFAULT_MAESTRO
+from perceiver_midi.app.train_cli import DEFAULT_MAESTRO
 
 
 def _cmd_tokenize(args: argparse.Namespace) -> int:
     """One JSON line per file; a file the tokenizer refuses is one error line (the others are
     still tokenized) and the exit status is then 2, as for every refused input."""
-    from tokenizer import MidiError, encode
+    from perceiver_midi.tokenizer import MidiError, encode
 
     status = 0
     for path in args.files:
@@ -58,7 +58,7 @@ def _read_ids_json(path: str) -> list[int]:
 
 
 def _cmd_detokenize(args: argparse.Namespace) -> int:
-    from tokenizer import write_midi
+    from perceiver_midi.tokenizer import write_midi
 
     ids = _read_ids_json(args.ids)
     out = pathlib.Path(args.output)
@@ -75,7 +75,7 @@ def _cmd_detokenize(args: argparse.Namespace) -> int:
 
 
 def _cmd_prepare_data(args: argparse.Namespace) -> int:
-    from tokenizer import dataset
+    from perceiver_midi.tokenizer import dataset
 
     if args.midi_dir:
         root = pathlib.Path(args.midi_dir)
@@ -92,7 +92,7 @@ def _cmd_prepare_data(args: argparse.Namespace) -> int:
             sources = dataset.maestro_sources(root)
         except FileNotFoundError as exc:
             raise UserError(str(exc)) from None
-    from app.pipeline import ensure_out_dir
+    from perceiver_midi.app.pipeline import ensure_out_dir
 
     ensure_out_dir(args.out)  # one line if --out is a file or cannot be created
     splits = args.split or list(dataset.SPLITS)

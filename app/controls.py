@@ -16,9 +16,9 @@ import re
 
 import numpy as np
 
-from app.errors import UserError
-from tokenizer import constants as C
-from tokenizer.decode import velocity_from_bin
+from perceiver_midi.app.errors import UserError
+from perceiver_midi.tokenizer import constants as C
+from perceiver_midi.tokenizer.decode import velocity_from_bin
 
 PITCH_CLASSES = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
 NAMES_SHARP = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
@@ -156,7 +156,7 @@ def key_pitch_classes(key: str | None) -> tuple[int, ...] | None:
 
 def parse_max_polyphony(value) -> int | None:
     """Most notes sounding at once, 1..128; None, '' or 0 -> None (no limit)."""
-    from app.pipeline import as_int
+    from perceiver_midi.app.pipeline import as_int
 
     if _empty(value):
         return None

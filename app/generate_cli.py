@@ -13,8 +13,8 @@ import pathlib
 import sys
 import time
 
-from app.errors import UserError
-from app.pipeline import (
+from perceiver_midi.app.errors import UserError
+from perceiver_midi.app.pipeline import (
     DEFAULT_MAX_NOTE_SECONDS,
     DEFAULT_MAX_POLYPHONY,
     DEFAULT_PRIME_SECONDS,
@@ -189,7 +189,7 @@ def _add_synth(g) -> None:
 
 def settings_from_args(args: argparse.Namespace, *, window: bool = True):
     """Settings from parsed options; contradictory options are a UserError."""
-    from app.pipeline import Settings, Window
+    from perceiver_midi.app.pipeline import Settings, Window
 
     if args.seconds is not None and args.tokens is not None:
         raise UserError("use --seconds or --tokens, not both")
@@ -226,7 +226,7 @@ def settings_from_args(args: argparse.Namespace, *, window: bool = True):
 
 
 def output_options_from_args(args: argparse.Namespace):
-    from app.pipeline import OutputOptions
+    from perceiver_midi.app.pipeline import OutputOptions
 
     if args.audio == "none":
         for name in ("soundfont", "sample_rate", "synth"):
@@ -245,7 +245,7 @@ def output_options_from_args(args: argparse.Namespace):
 
 
 def load_model_or_exit(checkpoint: str | None):
-    from model.checkpoint import CheckpointError, load_model
+    from perceiver_midi.model.checkpoint import CheckpointError, load_model
 
     try:
         return load_model(checkpoint)
@@ -320,7 +320,7 @@ def _print_table(rows: list[tuple[str, str, str, str]]) -> None:
 
 
 def _generate(args: argparse.Namespace, prime_source, stem: str, label: str) -> int:
-    from app.pipeline import continue_prime, cut_prime, ensure_out_dir, write_outputs
+    from perceiver_midi.app.pipeline import continue_prime, cut_prime, ensure_out_dir, write_outputs
 
     settings = settings_from_args(args, window=prime_source is not None)
     options = output_options_from_args(args)
@@ -386,7 +386,7 @@ def cmd_continue(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from app.pipeline import output_stem
+    from perceiver_midi.app.pipeline import output_stem
 
     stem = output_stem(args.name)  # the same rule as batch: never outside --out
     if stem != args.name:
@@ -400,9 +400,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from app import render
-    from app.pipeline import ensure_out_dir
-    from tokenizer import MidiError, read_midi
+    from perceiver_midi.app import render
+    from perceiver_midi.app.pipeline import ensure_out_dir
+    from perceiver_midi.tokenizer import MidiError, read_midi
 
     out = pathlib.Path(args.output)
     render.audio_format(out)
@@ -436,7 +436,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from app.batch import run_batch
+    from perceiver_midi.app.batch import run_batch
 
     settings = settings_from_args(args)
     options = output_options_from_args(args)

@@ -1,7 +1,7 @@
 """The one pipeline every surface calls: prime -> prime window -> ids -> sampler -> MIDI -> audio.
 
-    from app.pipeline import Settings, Window, continue_prime, write_outputs
-    from model.checkpoint import load_model
+    from perceiver_midi.app.pipeline import Settings, Window, continue_prime, write_outputs
+    from perceiver_midi.model.checkpoint import load_model
 
     model = load_model("checkpoints/maestro-cpu")
     settings = Settings(seconds=20, variations=2, seed=7, window=Window.last_seconds(20))
@@ -43,9 +43,9 @@ from typing import Any
 
 import numpy as np
 
-from app import controls
-from app.errors import UserError
-from tokenizer import constants as C
+from perceiver_midi.app import controls
+from perceiver_midi.app.errors import UserError
+from perceiver_midi.tokenizer import constants as C
 
 DEFAULT_SECONDS = 20.0
 DEFAULT_PRIME_SECONDS = 20.0
@@ -245,7 +245,7 @@ class Window:
 
     def cut(self, ids: np.ndarray) -> np.ndarray:
         """The window of ``ids`` (tokenizer cuts, on event boundaries)."""
-        from tokenizer import cut_last_seconds, cut_last_tokens, cut_range
+        from perceiver_midi.tokenizer import cut_last_seconds, cut_last_tokens, cut_range
 
         if self.kind == "last_seconds":
             ids = cut_last_seconds(ids, self.seconds)
@@ -402,7 +402,7 @@ class Continuation:
 
     @property
     def prime_seconds(self) -> float:
-        from tokenizer import music_seconds
+        from perceiver_midi.tokenizer import music_seconds
 
         return music_seconds(self.prime)
 
@@ -420,13 +420,13 @@ class Continuation:
 
     def midi(self):
         """PrettyMIDI of the continuation alone (starts at time 0)."""
-        from tokenizer import decode
+        from perceiver_midi.tokenizer import decode
 
         return decode(self.continuation_ids())
 
     def full_midi(self):
         """PrettyMIDI of ``full_ids`` (the continuation starts at the window's end time)."""
-        from tokenizer import decode
+        from perceiver_midi.tokenizer import decode
 
         return decode(self.full_ids)
 
@@ -472,7 +472,7 @@ def cut_prime(source, window: Window | None = None, *, name: str | None = None) 
     Raises :class:`UserError` (one line) for unreadable input, a prime with no notes, or a
     window without notes. ``None`` gives no prime (the sampler starts from SOS alone).
     """
-    from tokenizer import MidiError, cut_range, encode, music_seconds
+    from perceiver_midi.tokenizer import MidiError, cut_range, encode, music_seconds
 
     window = window or Window()
     if source is None:
@@ -505,13 +505,13 @@ def _has_note_on(ids: np.ndarray) -> bool:
 
 def context_tokens(model, latents: int | None = None) -> int:
     """Most prime tokens the sampler conditions on (its window ``N - R`` minus the SOS)."""
-    from model.sampler import prompt_window
+    from perceiver_midi.model.sampler import prompt_window
 
     return prompt_window(model.config, latents) - 1
 
 
 def _fit_context(prime: np.ndarray, capacity: int) -> tuple[np.ndarray, bool]:
-    from tokenizer import cut_last_tokens
+    from perceiver_midi.tokenizer import cut_last_tokens
 
     if prime.size <= capacity:
         return prime, False
@@ -520,7 +520,7 @@ def _fit_context(prime: np.ndarray, capacity: int) -> tuple[np.ndarray, bool]:
 
 def _trim_to_seconds(ids: np.ndarray, seconds: float | None) -> tuple[np.ndarray, bool]:
     """Shortens the TIME_SHIFT that crossed the budget; returns (ids, budget reached)."""
-    from tokenizer.windows import shift_steps
+    from perceiver_midi.tokenizer.windows import shift_steps
 
     if seconds is None or ids.size == 0:
         return ids, False
@@ -563,8 +563,8 @@ def sample_continuations(
     labels the results (default 1, 2, ...). ``length_bucket``: the sampler's (see
     :func:`model.sampler.sample`); the notes do not depend on it.
     """
-    from model.sampler import StopSampling, sample
-    from tokenizer import music_seconds
+    from perceiver_midi.model.sampler import StopSampling, sample
+    from perceiver_midi.tokenizer import music_seconds
 
     if len(primes) != len(seeds):
         raise ValueError(f"{len(primes)} primes but {len(seeds)} seeds")
@@ -729,7 +729,7 @@ class OutputOptions:
 def output_bytes(c: Continuation, options: OutputOptions) -> dict[str, bytes]:
     """The files of one continuation as bytes: ``{"midi": ..., "audio": ...}`` (audio is the
     rendering of exactly that MIDI file)."""
-    from tokenizer import midi_bytes
+    from perceiver_midi.tokenizer import midi_bytes
 
     pm = c.full_midi() if options.full else c.midi()
     data = {"midi": midi_bytes(pm)}
@@ -741,7 +741,7 @@ def output_bytes(c: Continuation, options: OutputOptions) -> dict[str, bytes]:
 def audio_bytes(midi: bytes, options: OutputOptions) -> tuple[bytes, float]:
     """The one audio path (CLI, batch, web app): MIDI bytes rendered with the options' SoundFont
     and synthesizer, encoded as ``options.audio``; returns (file bytes, seconds of audio)."""
-    from app import render
+    from perceiver_midi.app import render
 
     audio = render.render(
         midi, sample_rate=options.sample_rate, soundfont=options.soundfont, synth=options.synth
@@ -752,7 +752,7 @@ def audio_bytes(midi: bytes, options: OutputOptions) -> tuple[bytes, float]:
 
 def write_files(out_dir: str | os.PathLike, names: dict[str, str], data: dict[str, bytes]):
     """Writes ``data[kind]`` to ``out_dir / names[kind]`` atomically; returns {kind: Path}."""
-    from tokenizer import atomic_write_bytes
+    from perceiver_midi.tokenizer import atomic_write_bytes
 
     out_dir = pathlib.Path(out_dir)
     paths = {}

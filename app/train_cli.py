@@ -9,7 +9,7 @@ import os
 import pathlib
 import sys
 
-from app.errors import (
+from perceiver_midi.app.errors import (
     UserError,
     nonnegative_int,
     one_line_errors,
@@ -98,8 +98,13 @@ def _check_params_fit(checkpoint: str, config, what: str) -> None:
     model of ``config`` (settings that shape no parameter, like latents, may differ)."""
     from flax import nnx
 
-    from model.checkpoint import CheckpointError, load_model, param_specs, params_mismatch
-    from model.perceiver_ar import PerceiverAR
+    from perceiver_midi.model.checkpoint import (
+        CheckpointError,
+        load_model,
+        param_specs,
+        params_mismatch,
+    )
+    from perceiver_midi.model.perceiver_ar import PerceiverAR
 
     try:
         loaded = load_model(checkpoint)
@@ -117,9 +122,9 @@ def _check_resume(workdir: pathlib.Path, tc) -> None:
     """A work dir with training state resumes only with a model of the same parameter shapes."""
     from flax import nnx
 
-    from model.checkpoint import param_specs, params_mismatch
-    from model.perceiver_ar import PerceiverAR
-    from model.train import has_state, read_train_config
+    from perceiver_midi.model.checkpoint import param_specs, params_mismatch
+    from perceiver_midi.model.perceiver_ar import PerceiverAR
+    from perceiver_midi.model.train import has_state, read_train_config
 
     if not (workdir / "train_config.json").is_file() or not has_state(workdir):
         return
@@ -143,7 +148,7 @@ def _check_resume(workdir: pathlib.Path, tc) -> None:
 
 def _ensure_data(data: pathlib.Path, maestro: pathlib.Path, splits: list[str]) -> None:
     """Prepare MAESTRO token arrays into ``data`` if they are not there yet (takes seconds)."""
-    from tokenizer import dataset
+    from perceiver_midi.tokenizer import dataset
 
     missing = [s for s in splits if not (data / s / "DONE.json").exists()]
     if not missing:
@@ -159,8 +164,8 @@ def _ensure_data(data: pathlib.Path, maestro: pathlib.Path, splits: list[str]) -
 def _cmd_train(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from model.config import PRESETS, Config
-    from model.train import TrainConfig, branch, has_state, read_train_config, train
+    from perceiver_midi.model.config import PRESETS, Config
+    from perceiver_midi.model.train import TrainConfig, branch, has_state, read_train_config, train
 
     if args.preset not in PRESETS:
         raise UserError(f"unknown preset {args.preset!r}; choose from {sorted(PRESETS)}")
@@ -217,8 +222,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             _check_params_fit(tc.init_from, tc.model_config(), f"--init-from {tc.init_from}")
     data = pathlib.Path(args.data)
     _ensure_data(data, pathlib.Path(args.maestro), ["train", "validation"])
-    from app.pipeline import ensure_out_dir
-    from model.checkpoint import CheckpointError
+    from perceiver_midi.app.pipeline import ensure_out_dir
+    from perceiver_midi.model.checkpoint import CheckpointError
 
     ensure_out_dir(workdir)
     try:
@@ -230,9 +235,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from model.checkpoint import CheckpointError, load_model
-    from model.evaluate import evaluate
-    from tokenizer.dataset import load_split
+    from perceiver_midi.model.checkpoint import CheckpointError, load_model
+    from perceiver_midi.model.evaluate import evaluate
+    from perceiver_midi.tokenizer.dataset import load_split
 
     try:
         model = load_model(args.checkpoint)
@@ -285,7 +290,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     import shutil
     import tempfile
 
-    from model.checkpoint import CHECKPOINT_DOCS, is_checkpoint_dir
+    from perceiver_midi.model.checkpoint import CHECKPOINT_DOCS, is_checkpoint_dir
 
     workdir = pathlib.Path(args.workdir)
     if not workdir.is_dir():

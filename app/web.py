@@ -1,4 +1,4 @@
-"""The Gradio web app: ``perceiver-midi app`` (or ``python -m app``).
+"""The Gradio web app: ``perceiver-midi app`` (or ``python -m perceiver_midi.app``).
 
     perceiver-midi app --checkpoint checkpoints/maestro-cpu --port 7860
 
@@ -32,9 +32,9 @@ import os
 import sys
 import time
 
-from app.controls import ANY_KEY, KEY_CHOICES
-from app.errors import UserError
-from app.web_core import (
+from perceiver_midi.app.controls import ANY_KEY, KEY_CHOICES
+from perceiver_midi.app.errors import UserError
+from perceiver_midi.app.web_core import (
     DEFAULT_MAX_NOTE_SECONDS,
     DEFAULT_MAX_POLYPHONY,
     DEFAULT_PRIME_SECONDS,
@@ -49,8 +49,8 @@ from app.web_core import (
     ResultReady,
     Started,
 )
-from app.web_play import play_panel
-from app.web_session import MAX_UPLOAD_BYTES, Session, human_size, list_examples
+from perceiver_midi.app.web_play import play_panel
+from perceiver_midi.app.web_session import MAX_UPLOAD_BYTES, Session, human_size, list_examples
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
@@ -672,7 +672,7 @@ def _say(msg: str) -> None:
 
 def cmd_app(args: argparse.Namespace) -> int:
     """Loads the model once, warms the sampler, then serves until interrupted."""
-    from model.checkpoint import CheckpointError, load_model
+    from perceiver_midi.model.checkpoint import CheckpointError, load_model
 
     if not 1 <= args.max_concurrency <= MAX_CONCURRENCY:
         raise UserError(
@@ -745,8 +745,8 @@ def add_commands(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m app``: the same options as ``perceiver-midi app``."""
-    from app.cli import main as cli_main
+    """``python -m perceiver_midi.app``: the same options as ``perceiver-midi app``."""
+    from perceiver_midi.app.cli import main as cli_main
 
     return cli_main(["app", *(sys.argv[1:] if argv is None else argv)])
 

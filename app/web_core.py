@@ -40,9 +40,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from app import web_media as media
-from app.errors import UserError
-from app.pipeline import (
+from perceiver_midi.app import web_media as media
+from perceiver_midi.app.errors import UserError
+from perceiver_midi.app.pipeline import (
     DEFAULT_MAX_NOTE_SECONDS,
     DEFAULT_MAX_POLYPHONY,
     DEFAULT_PRIME_SECONDS,
@@ -51,11 +51,11 @@ from app.pipeline import (
     MAX_NOTE_SECONDS,
     WEB_LENGTH_BUCKET,
 )
-from app.pipeline import WEB_MAX_SECONDS as MAX_SECONDS
-from app.pipeline import WEB_MAX_VARIATIONS as MAX_VARIATIONS
-from app.pipeline import as_float as _as_float
-from app.pipeline import as_int as _as_int
-from app.web_session import (
+from perceiver_midi.app.pipeline import WEB_MAX_SECONDS as MAX_SECONDS
+from perceiver_midi.app.pipeline import WEB_MAX_VARIATIONS as MAX_VARIATIONS
+from perceiver_midi.app.pipeline import as_float as _as_float
+from perceiver_midi.app.pipeline import as_int as _as_int
+from perceiver_midi.app.web_session import (
     EXAMPLES_DIR,
     MAX_UPLOAD_BYTES,
     Prime,
@@ -184,14 +184,14 @@ class Composer:
 
     @property
     def context_tokens(self) -> int:
-        from app.pipeline import context_tokens
+        from perceiver_midi.app.pipeline import context_tokens
 
         return context_tokens(self.model)
 
     # -- the prime -----------------------------------------------------------------------------
 
     def prime_view(self, session: Session, window: tuple[float, float] | None = None) -> PrimeView:
-        from tokenizer import write_midi
+        from perceiver_midi.tokenizer import write_midi
 
         prime = session.prime
         folder = session.folder()
@@ -212,7 +212,7 @@ class Composer:
         return PrimeView(info, roll, audio, prime.seconds, window, False, session.can_undo, midi)
 
     def _window_audio(self, prime: Prime, window, path: pathlib.Path) -> pathlib.Path:
-        from tokenizer import cut_last_seconds, music_seconds
+        from perceiver_midi.tokenizer import cut_last_seconds, music_seconds
 
         ids = window.cut(prime.ids)
         if music_seconds(ids) > media.PRIME_AUDIO_MAX_SECONDS:
@@ -222,7 +222,7 @@ class Composer:
     def window(self, prime: Prime, start, end):
         """Window.range(start, end) of ``prime``, checked against the piece; ``end`` at the
         piece's end means "to the end" (the CLI's default window is then reproduced exactly)."""
-        from app.pipeline import Window
+        from perceiver_midi.app.pipeline import Window
 
         total = prime.seconds
         start = 0.0 if start is None else _as_float(start, "window start")
@@ -252,7 +252,7 @@ class Composer:
         return self._push(session, read_upload(path, max_bytes=self.max_upload_bytes))
 
     def load_example(self, session: Session, name: str) -> PrimeView:
-        from tokenizer import MidiError, encode
+        from perceiver_midi.tokenizer import MidiError, encode
 
         if name not in list_examples(self.examples_dir):
             raise UserError(f"no shipped example named {name!r}")
@@ -267,7 +267,7 @@ class Composer:
     def load_played(self, session: Session, messages) -> PrimeView:
         """A take recorded in the page (MIDI messages, see ``app/played.py``) becomes the prime,
         through a MIDI file and the tokenizer, as an upload does."""
-        from app.played import played_ids
+        from perceiver_midi.app.played import played_ids
 
         return self._push(session, Prime(played_ids(messages), "recording", "played"))
 
@@ -279,9 +279,9 @@ class Composer:
         last 20 s with the page's controls (one variation), the answer is appended too. Two
         primes are pushed (the piece with the phrase, then with the answer): Undo steps back
         through them. The answer's audio starts at its first note, so it sounds at once."""
-        from app.pipeline import continue_prime
-        from app.played import append_part, from_first_note, played_ids
-        from tokenizer import music_seconds
+        from perceiver_midi.app.pipeline import continue_prime
+        from perceiver_midi.app.played import append_part, from_first_note, played_ids
+        from perceiver_midi.tokenizer import music_seconds
 
         t0 = time.perf_counter()
         phrase = played_ids(messages)
@@ -337,7 +337,7 @@ class Composer:
             if not 0 <= int(index) < len(session.results):
                 raise UserError(f"there is no result {int(index) + 1} to continue from")
             r = session.results[int(index)]
-        from tokenizer import music_seconds
+        from perceiver_midi.tokenizer import music_seconds
 
         head = music_seconds(r.head)  # call-and-response answers inside the head stay marked
         answers = tuple((a, min(b, head)) for a, b in r.base.answers if a < head)
@@ -359,7 +359,7 @@ class Composer:
 
     def _settings(self, req: GenerateRequest) -> dict:
         """The pipeline Settings' fields from the request (checked; window apart)."""
-        from app.pipeline import check_latents
+        from perceiver_midi.app.pipeline import check_latents
 
         seconds = _as_float(req.seconds, "continuation length (seconds)", 0, MAX_SECONDS,
                             lo_open=True)  # fmt: skip
@@ -393,7 +393,7 @@ class Composer:
 
     def plan(self, prime: Prime, req: GenerateRequest) -> _Plan:
         """Checks the request against the prime and the model: what the pipeline is given."""
-        from app.pipeline import NO_PRIME, Settings, cut_prime
+        from perceiver_midi.app.pipeline import NO_PRIME, Settings, cut_prime
 
         fields = self._settings(req)
         tokens = 0 if req.prime_tokens in (None, "") else _as_int(req.prime_tokens, "prime tokens")
@@ -415,7 +415,7 @@ class Composer:
         """The CLI's windows: ``prime_range`` "START:END" if given (with ``prime_tokens`` > 0: at
         most its last ``prime_tokens`` tokens), else the last ``prime_tokens`` tokens if > 0,
         else the last ``prime_seconds`` seconds."""
-        from app.pipeline import NO_PRIME, Settings, Window, cut_prime
+        from perceiver_midi.app.pipeline import NO_PRIME, Settings, Window, cut_prime
 
         fields = self._settings(req)
         if prime.empty:
@@ -441,7 +441,7 @@ class Composer:
             yield from self._generate(session, req)
 
     def _generate(self, session: Session, req: GenerateRequest) -> Iterator[object]:
-        from app.pipeline import continue_prime
+        from perceiver_midi.app.pipeline import continue_prime
 
         t0 = time.perf_counter()
         if req.random_seed:
@@ -546,8 +546,8 @@ class Composer:
         return tuple(rolls)
 
     def _render(self, c, plan: _Plan, folder: pathlib.Path) -> Result:
-        from app.pipeline import OutputOptions, output_bytes
-        from tokenizer import atomic_write_bytes, cut_last_seconds, music_seconds
+        from perceiver_midi.app.pipeline import OutputOptions, output_bytes
+        from perceiver_midi.tokenizer import atomic_write_bytes, cut_last_seconds, music_seconds
 
         folder.mkdir(parents=True, exist_ok=True)
         stem = f"{media.safe_stem(plan.base.name, 'generated')}_v{c.variation}"
@@ -598,7 +598,7 @@ class Composer:
         ``ignore_eos`` as the CLI's ``--ignore-eos``; ``max_note_seconds``, ``pitch_range``,
         ``key``, ``velocity_range`` and ``max_polyphony`` as the CLI's options of those names
         ('' or 0: off)."""
-        from app.pipeline import continue_prime
+        from perceiver_midi.app.pipeline import continue_prime
 
         self._sweep_api_files()
         if prime in (None, ""):
@@ -655,7 +655,7 @@ class Composer:
         1..MAX_VARIATIONS variations x each latents choice, at the one length every request
         uses: ``WEB_LENGTH_BUCKET``; one chunk each, then stops) and loads the renderers, so no
         request waits for a compilation. Returns the seconds it took."""
-        from app.pipeline import Settings, continue_prime
+        from perceiver_midi.app.pipeline import Settings, continue_prime
 
         t0 = time.perf_counter()
         batches = sorted({1 << (v - 1).bit_length() for v in range(1, MAX_VARIATIONS + 1)})

@@ -34,7 +34,7 @@ def safe_stem(name: str, default: str = "prime") -> str:
 
 
 def _write_bytes(path: pathlib.Path, data: bytes) -> pathlib.Path:
-    from tokenizer import atomic_write_bytes
+    from perceiver_midi.tokenizer import atomic_write_bytes
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, data)
@@ -44,8 +44,8 @@ def _write_bytes(path: pathlib.Path, data: bytes) -> pathlib.Path:
 def write_audio_file(ids: np.ndarray, path: str | os.PathLike) -> tuple[pathlib.Path, float]:
     """Token ids -> a 16-bit stereo WAV rendered with the bundled SoundFont (the pipeline's audio
     path, at midirenderer's own rate); returns (path, seconds of audio)."""
-    from app.pipeline import OutputOptions, audio_bytes
-    from tokenizer import decode, midi_bytes
+    from perceiver_midi.app.pipeline import OutputOptions, audio_bytes
+    from perceiver_midi.tokenizer import decode, midi_bytes
 
     midi = midi_bytes(decode(np.asarray(ids, np.int32)))
     data, seconds = audio_bytes(midi, OutputOptions(audio="wav", sample_rate=SAMPLE_RATE))
@@ -54,7 +54,7 @@ def write_audio_file(ids: np.ndarray, path: str | os.PathLike) -> tuple[pathlib.
 
 def _note_arrays(ids) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(pitch, start, end, velocity) arrays of the notes of ``ids`` (no object per note)."""
-    from tokenizer import decode_arrays
+    from perceiver_midi.tokenizer import decode_arrays
 
     pitch, velocity, start, end = decode_arrays(np.asarray(ids, np.int32))
     return pitch.astype(np.float64), start, end, velocity.astype(np.float64)
@@ -170,7 +170,7 @@ def prime_roll_png(
     strip at the top and the window is drawn large below it (a 20 s window of a 400 s piece
     stays readable). Notes that start inside one of the ``answers`` spans (seconds: what the
     model played in call and response) are drawn in the continuation's colour."""
-    from tokenizer import music_seconds
+    from perceiver_midi.tokenizer import music_seconds
 
     fig, ax = _figure()
     total = music_seconds(ids)
@@ -234,7 +234,7 @@ def result_roll_png(
     prime: np.ndarray, continuation: np.ndarray, path: str | os.PathLike
 ) -> pathlib.Path:
     """The prime window greyed, the continuation coloured, a line where the continuation starts."""
-    from tokenizer import music_seconds
+    from perceiver_midi.tokenizer import music_seconds
 
     fig, ax = _figure()
     prime = np.asarray(prime, np.int32)
@@ -261,7 +261,7 @@ def result_roll_png(
 
 def warm_up(folder: str | os.PathLike) -> None:
     """Imports matplotlib and midirenderer and loads the SoundFont once (first-request latency)."""
-    from tokenizer import constants as C
+    from perceiver_midi.tokenizer import constants as C
 
     folder = pathlib.Path(folder)
     ids = np.asarray([C.VELOCITY_FIRST_ID + 20, C.NOTE_ON_FIRST_ID + 60,

@@ -17,9 +17,9 @@ import threading
 
 import numpy as np
 
-from app import web_media as media
-from app.errors import UserError
-from app.pipeline import DEFAULT_PRIME_SECONDS
+from perceiver_midi.app import web_media as media
+from perceiver_midi.app.errors import UserError
+from perceiver_midi.app.pipeline import DEFAULT_PRIME_SECONDS
 
 MAX_UPLOAD_BYTES = 4 * 1024 * 1024  # the largest MAESTRO file is under 1 MiB
 SESSION_WAIT_S = 600.0  # a request waits this long for its session's previous one, then refuses
@@ -46,7 +46,7 @@ class Prime:
 
     @property
     def seconds(self) -> float:
-        from tokenizer import music_seconds
+        from perceiver_midi.tokenizer import music_seconds
 
         return music_seconds(self.ids)
 
@@ -182,7 +182,7 @@ def list_examples(folder: str | os.PathLike = EXAMPLES_DIR) -> list[str]:
 def read_upload(path: str | os.PathLike | None, *, max_bytes: int = MAX_UPLOAD_BYTES) -> Prime:
     """An uploaded file -> a Prime; one-line UserError for a missing, oversized, non-MIDI, empty
     or note-less file."""
-    from tokenizer import MidiError, encode
+    from perceiver_midi.tokenizer import MidiError, encode
 
     if path is None or str(path) == "":
         raise UserError("no file was uploaded")

@@ -1,11 +1,11 @@
-"""Web app benchmark: a real server (``python -m app``), driven by gradio_client.
+"""Web app benchmark: a real server (``python -m perceiver_midi.app``), driven by gradio_client.
 
     python benchmarks/app.py                         # the shipped checkpoint, else a random one
     python benchmarks/app.py --checkpoint DIR        # any checkpoint
 
 What is measured (results in ``benchmarks/results/app.json``, written atomically):
-  * startup: from starting ``python -m app`` to the page answering (model load + the sampler
-    compiled for the default continuation length at 1, 2 and 4 variations).
+  * startup: from starting ``python -m perceiver_midi.app`` to the page answering (model load +
+    the sampler compiled for the default continuation length at 1, 2 and 4 variations).
   * click to first audio: what the page does when Generate is pressed (the ``/generate`` event,
     the prime ``examples/bach_prelude_c.mid`` set first, its last 20 s as the window, a 20 s
     continuation with "stop at EOS" off so that every continuation is exactly 20 s of music):
@@ -86,7 +86,7 @@ def _percentile(xs: list[float], q: float) -> float:
 
 
 def _checkpoint(arg: str | None, tmp: pathlib.Path) -> tuple[str, str, dict]:
-    from model.checkpoint import default_checkpoint, read_info
+    from perceiver_midi.model.checkpoint import default_checkpoint, read_info
 
     if arg:
         return arg, "given", read_info(arg).get("metadata", {})
@@ -95,9 +95,9 @@ def _checkpoint(arg: str | None, tmp: pathlib.Path) -> tuple[str, str, dict]:
         return str(shipped), "shipped", read_info(shipped).get("metadata", {})
     from flax import nnx
 
-    from model.checkpoint import save_model
-    from model.config import get_config
-    from model.perceiver_ar import PerceiverAR
+    from perceiver_midi.model.checkpoint import save_model
+    from perceiver_midi.model.config import get_config
+    from perceiver_midi.model.perceiver_ar import PerceiverAR
 
     path = tmp / "random-cpu"
     save_model(PerceiverAR(get_config("cpu"), rngs=nnx.Rngs(0)), path, metadata={"random": True})
@@ -105,7 +105,7 @@ def _checkpoint(arg: str | None, tmp: pathlib.Path) -> tuple[str, str, dict]:
 
 
 class Server:
-    """``python -m app`` in a subprocess; its output goes to a log file."""
+    """``python -m perceiver_midi.app`` in a subprocess; its output goes to a log file."""
 
     def __init__(
         self, checkpoint: str, port: int, max_concurrency: int, max_queue: int, log: pathlib.Path
@@ -118,7 +118,7 @@ class Server:
             [
                 sys.executable,
                 "-m",
-                "app",
+                "perceiver_midi.app",
                 "--checkpoint",
                 checkpoint,
                 "--port",
@@ -172,8 +172,12 @@ def click_to_first_audio(
     """One Generate press through the page's own event; seconds until the first audio."""
     from gradio_client import Client, handle_file
 
-    from app.controls import ANY_KEY
-    from app.pipeline import DEFAULT_MAX_NOTE_SECONDS, DEFAULT_MAX_POLYPHONY, DEFAULT_TOP_P
+    from perceiver_midi.app.controls import ANY_KEY
+    from perceiver_midi.app.pipeline import (
+        DEFAULT_MAX_NOTE_SECONDS,
+        DEFAULT_MAX_POLYPHONY,
+        DEFAULT_TOP_P,
+    )
 
     client = Client(url, verbose=False, download_files=False)
     view = client.predict(handle_file(str(EXAMPLE)), api_name="/set_prime")
@@ -256,10 +260,10 @@ def dense_first_audio(ckpt: str, tokens: int, repeats: int, tmp: pathlib.Path) -
     long the first audio takes at MAESTRO's density (about 40 tokens per second of music)."""
     import dataclasses
 
-    from app.pipeline import continue_prime
-    from app.web_core import Composer, GenerateRequest
-    from app.web_session import read_upload
-    from model.checkpoint import load_model
+    from perceiver_midi.app.pipeline import continue_prime
+    from perceiver_midi.app.web_core import Composer, GenerateRequest
+    from perceiver_midi.app.web_session import read_upload
+    from perceiver_midi.model.checkpoint import load_model
 
     model = load_model(ckpt)
     composer = Composer(model, root=tmp / "dense")
@@ -298,8 +302,8 @@ def call_and_response(
     """The Play panel's call and response in a real browser; latencies measured by the page."""
     from playwright.sync_api import sync_playwright
 
+    from perceiver_midi.tokenizer import decode_notes, encode
     from tests.fake_midi import FAKE_MIDI_JS, messages_from_notes
-    from tokenizer import decode_notes, encode
 
     notes = [n for n in decode_notes(encode(EXAMPLE)) if n.end <= phrase_seconds]
     phrase = messages_from_notes(notes)
@@ -392,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-app-") as tmp_name:
         tmp = pathlib.Path(tmp_name)
         ckpt, kind, meta = _checkpoint(args.checkpoint, tmp)
-        from model.checkpoint import read_info
+        from perceiver_midi.model.checkpoint import read_info
 
         info = read_info(ckpt)
         latents = int(info["config"]["num_latents"])  # the Latents slider's default

@@ -277,7 +277,7 @@ FIGURES = (
 
 def figured_primes(seed: int = 0) -> list[dict]:
     """The figured primes: ``{"name", "ids"}`` in ``FIGURES`` order; odd ones with human timing."""
-    from tokenizer import Note, encode, notes_to_pretty_midi
+    from perceiver_midi.tokenizer import Note, encode, notes_to_pretty_midi
 
     rng = np.random.default_rng(seed)
     out = []
@@ -311,8 +311,8 @@ POOLED = ("rhythm_reuse", "self_repetition", "distinct_pitches", "pitch_class_en
 
 def run_figured(model, draws: int = 2, batch: int = 12, settings=None) -> dict:
     """Continue every figured prime ``draws`` times; per prime and pooled metrics."""
-    from app.pipeline import Settings, sample_continuations
     from benchmarks.quality import notes_of
+    from perceiver_midi.app.pipeline import Settings, sample_continuations
 
     settings = settings or Settings(seconds=CONTINUATION_S)
     primes = figured_primes()
@@ -387,9 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rolls", default=str(ROLLS))
     args = p.parse_args(argv)
 
-    from app.pipeline import Settings
     from benchmarks.env import environment, write_json
-    from model.checkpoint import default_checkpoint, load_model
+    from perceiver_midi.app.pipeline import Settings
+    from perceiver_midi.model.checkpoint import default_checkpoint, load_model
 
     ckpt = args.checkpoint or str(default_checkpoint())
     extra = {}

@@ -43,7 +43,7 @@ CONTEXTS = (512, 1024, 2048)
 
 def copy_rows(pieces: list[np.ndarray], n: int) -> list[dict]:
     """For each piece: the two layouts as (inputs [N], targets [N], spans of E's playings)."""
-    from model.vocab import PAD_ID, SOS_ID
+    from perceiver_midi.model.vocab import PAD_ID, SOS_ID
 
     e, s = EXCERPT_TOKENS, EXCERPT_START
     rows = []
@@ -126,9 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from benchmarks.env import environment, write_json
-    from model.checkpoint import default_checkpoint, load_model
-    from model.evaluate import evaluate
-    from tokenizer.dataset import load_split
+    from perceiver_midi.model.checkpoint import default_checkpoint, load_model
+    from perceiver_midi.model.evaluate import evaluate
+    from perceiver_midi.tokenizer.dataset import load_split
 
     val = load_split(args.data, "validation")
     pieces = long_pieces(val, args.pieces)

@@ -43,7 +43,7 @@ def write_json(path: str | os.PathLike, data: dict) -> None:
     The file gets the ordinary mode (0666 less the umask: 0644 under umask 022), not the 0600 a
     bare ``mkstemp`` gives, so results can be read by others and are committed as 0644.
     """
-    from tokenizer import atomic_write_bytes
+    from perceiver_midi.tokenizer import atomic_write_bytes
 
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,7 @@ EXAMPLE = ROOT / "examples/bach_prelude_c.mid"
 
 def _worker(path: str, repeats: int) -> None:
     """Time ``encode(path)`` in this process; print one JSON line."""
-    from tokenizer import MidiError, encode
+    from perceiver_midi.tokenizer import MidiError, encode
 
     encode(EXAMPLE)  # load the numba cache, warm the compiled code
     times, outcome = [], {}

@@ -63,7 +63,7 @@ def _peak_rss_mib() -> float:
 
 def train_settings(n: int, m: int, batch: int):
     """The ``TrainConfig`` that ``perceiver-midi train --preset cpu --set ...`` would build."""
-    from model.train import TrainConfig
+    from perceiver_midi.model.train import TrainConfig
 
     overrides = {"max_len": n, "num_latents": m, "max_wavelength": max(10_000.0, float(n))}
     if m == n and n >= 8192:
@@ -142,9 +142,15 @@ def worker_train(args) -> dict:
     import numpy as np
     from flax import nnx
 
-    from model.perceiver_ar import PerceiverAR, count_params
-    from model.train import data_mesh, make_optimizer, replicate, shard_batch, step_rng
-    from model.train_step import train_step
+    from perceiver_midi.model.perceiver_ar import PerceiverAR, count_params
+    from perceiver_midi.model.train import (
+        data_mesh,
+        make_optimizer,
+        replicate,
+        shard_batch,
+        step_rng,
+    )
+    from perceiver_midi.model.train_step import train_step
 
     # What model.train.train() does before its loop: model, optimizer, mesh, sharded batch.
     tc = train_settings(args.n, args.m, args.batch)
@@ -200,9 +206,9 @@ def worker_sample(args) -> dict:
     import numpy as np
     from flax import nnx
 
-    from model.config import get_config
-    from model.perceiver_ar import PerceiverAR
-    from model.sampler import sample
+    from perceiver_midi.model.config import get_config
+    from perceiver_midi.model.perceiver_ar import PerceiverAR
+    from perceiver_midi.model.sampler import sample
 
     cfg = get_config("cpu")
     model = PerceiverAR(cfg, rngs=nnx.Rngs(0))

@@ -32,7 +32,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.env import environment, write_json  # noqa: E402
-from tokenizer.constants import (  # noqa: E402
+from perceiver_midi.tokenizer.constants import (  # noqa: E402
     NOTE_OFF_FIRST_ID,
     NOTE_ON_FIRST_ID,
     NUM_PITCHES,
@@ -92,10 +92,10 @@ def run(checkpoint: str | None, data: pathlib.Path, pieces: int, tokens: int) ->
     import jax.numpy as jnp
     from flax import nnx
 
-    from model.checkpoint import default_checkpoint, load_model, read_info
-    from model.data import eval_windows, window_arrays
-    from model.train import validation_subset
-    from tokenizer.dataset import load_split
+    from perceiver_midi.model.checkpoint import default_checkpoint, load_model, read_info
+    from perceiver_midi.model.data import eval_windows, window_arrays
+    from perceiver_midi.model.train import validation_subset
+    from perceiver_midi.tokenizer.dataset import load_split
 
     ckpt = checkpoint or str(default_checkpoint())
     model = load_model(ckpt)

@@ -152,7 +152,7 @@ def versions() -> dict:
 def bach_prompt(length: int = PROMPT_LEN) -> np.ndarray:
     """``examples/bach_prelude_c.mid`` as ids, tiled (the piece repeated) and trimmed to
     ``length``."""
-    from tokenizer import encode
+    from perceiver_midi.tokenizer import encode
 
     return np.resize(encode(str(PROMPT_MIDI)), length).astype(np.int32)
 
@@ -186,8 +186,8 @@ def measure_ours(
     decode_only: bool = True,
 ) -> dict:  # fmt: skip
     """``model.sampler.sample`` on ``batch`` copies of ``prompt`` (seeds differ per copy)."""
-    from model.perceiver_ar import count_params
-    from model.sampler import sample
+    from perceiver_midi.model.perceiver_ar import count_params
+    from perceiver_midi.model.sampler import sample
 
     prompts = [np.asarray(prompt, np.int32)] * batch
     kwargs = {
@@ -228,7 +228,7 @@ def llama_config(
     """A ``LlamaConfig`` of our checkpoint's width, depth, heads, MLP width and vocabulary."""
     from transformers import LlamaConfig
 
-    from tokenizer.constants import EOS_ID, PAD_ID, SOS_ID
+    from perceiver_midi.tokenizer.constants import EOS_ID, PAD_ID, SOS_ID
 
     return LlamaConfig(
         vocab_size=vocab_size,
@@ -256,7 +256,7 @@ def build_llama(config, seed: int = 0):
 def _llama_inputs(prompt: np.ndarray, batch: int):
     import torch
 
-    from tokenizer.constants import SOS_ID
+    from perceiver_midi.tokenizer.constants import SOS_ID
 
     ids = np.concatenate([[SOS_ID], np.asarray(prompt)]).astype(np.int64)  # as ours: SOS first
     input_ids = torch.from_numpy(ids)[None].repeat(batch, 1)
@@ -385,8 +385,8 @@ def _miditok_ids(tok, path: str) -> int:
 def measure_tokenizers(files: list[str], repeats: int) -> dict:
     import symusic
 
-    from tokenizer import encode
-    from tokenizer.constants import VOCAB_SIZE
+    from perceiver_midi.tokenizer import encode
+    from perceiver_midi.tokenizer.constants import VOCAB_SIZE
 
     tok = miditok_tokenizer()
     encode(files[0])  # numba compile / cache load
@@ -467,7 +467,7 @@ def measure_tokenizers(files: list[str], repeats: int) -> dict:
 def worker_ours(args) -> dict:
     import jax
 
-    from model.checkpoint import default_checkpoint, load_model, read_info
+    from perceiver_midi.model.checkpoint import default_checkpoint, load_model, read_info
 
     ckpt = default_checkpoint()
     model = load_model(None)

@@ -76,14 +76,14 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from app.errors import UserError  # noqa: E402
 from benchmarks.continuing import (  # noqa: E402
     CONTINUING_FEATURES,
     continuing_features,
     retrieval_mrr,
     retrieval_vector,
 )
-from tokenizer import constants as C  # noqa: E402
+from perceiver_midi.app.errors import UserError  # noqa: E402
+from perceiver_midi.tokenizer import constants as C  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "quality.json"
 ROLLS = ROOT / "work" / "quality" / "quality_rolls.png"
@@ -160,7 +160,7 @@ def note_array(notes) -> np.ndarray:
 
 
 def notes_of(ids) -> np.ndarray:
-    from tokenizer import decode_notes
+    from perceiver_midi.tokenizer import decode_notes
 
     return note_array(decode_notes(ids))
 
@@ -202,7 +202,7 @@ def longest_silence(notes: np.ndarray, seconds: float) -> float:
 def carried_notes(prime, ids, seconds: float) -> np.ndarray:
     """Notes of the prime still sounding at the split, as ``prime + ids`` decodes them, on the
     continuation's clock (start 0, end clipped to ``seconds``)."""
-    from tokenizer import music_seconds
+    from perceiver_midi.tokenizer import music_seconds
 
     split = music_seconds(prime)
     both = notes_of(np.concatenate([np.asarray(prime), np.asarray(ids)]).astype(np.int32))
@@ -470,8 +470,8 @@ def bars(summary: dict, pieces: list[dict], judged: bool) -> list[dict]:
 def choose_pieces(maestro: pathlib.Path, n: int, split: str = "validation") -> list[dict]:
     """Pieces of ``split`` sorted by name, >= 100 s of music with notes in the prime window and in
     the real continuation, evenly spread; returns [{"name", "path", "ids", "seconds"}]."""
-    from tokenizer import cut_range, encode, music_seconds
-    from tokenizer.dataset import maestro_sources
+    from perceiver_midi.tokenizer import cut_range, encode, music_seconds
+    from perceiver_midi.tokenizer.dataset import maestro_sources
 
     try:
         sources = sorted(maestro_sources(maestro)[split], key=lambda s: s.name)
@@ -504,7 +504,7 @@ def generate(model, primes, seeds, settings, batch: int):
     """Continuations of every prime, ``batch`` primes per sampler call, with a progress bar."""
     from tqdm.auto import tqdm
 
-    from app.pipeline import sample_continuations
+    from perceiver_midi.app.pipeline import sample_continuations
 
     out = []
     bar = tqdm(total=round(len(primes) * settings.seconds), unit="s", desc="music generated")
@@ -525,10 +525,10 @@ def generate(model, primes, seeds, settings, batch: int):
 
 
 def validation_nll(model, data: pathlib.Path, maestro: pathlib.Path, pieces: int) -> dict:
-    from app.train_cli import _ensure_data
-    from model.evaluate import evaluate
-    from model.train import validation_subset
-    from tokenizer.dataset import load_split
+    from perceiver_midi.app.train_cli import _ensure_data
+    from perceiver_midi.model.evaluate import evaluate
+    from perceiver_midi.model.train import validation_subset
+    from perceiver_midi.tokenizer.dataset import load_split
 
     _ensure_data(data, maestro, ["validation"])
     subset = validation_subset(load_split(data, "validation"), pieces, NLL_TOKENS)
@@ -567,7 +567,7 @@ def draw_rolls(path: pathlib.Path, rolls: list[dict], seconds: float) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tokenizer import atomic_write_bytes
+    from perceiver_midi.tokenizer import atomic_write_bytes
 
     fig, axes = plt.subplots(len(rolls), 2, figsize=(12, 2.2 * len(rolls)), squeeze=False)
     extent = (-CONTINUATION_S, seconds, ROLL_LOW_PITCH - 0.5, ROLL_HIGH_PITCH + 0.5)
@@ -641,13 +641,13 @@ def print_table(summary: dict, diag: dict) -> None:
 
 
 def parse_args(argv):
-    from app.pipeline import (
+    from perceiver_midi.app.pipeline import (
         DEFAULT_MAX_NOTE_SECONDS,
         DEFAULT_MAX_POLYPHONY,
         DEFAULT_MIN_P,
         DEFAULT_TOP_P,
     )
-    from app.train_cli import DEFAULT_DATA, DEFAULT_MAESTRO
+    from perceiver_midi.app.train_cli import DEFAULT_DATA, DEFAULT_MAESTRO
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped one)")
@@ -736,7 +736,7 @@ def parse_args(argv):
     if not 0 <= args.prime_start < SPLIT_S:
         raise UserError(f"--prime-start must be in [0, {SPLIT_S:g}), got {args.prime_start:g}")
     if args.max_note_seconds is not None:
-        from app.pipeline import MAX_NOTE_SECONDS, as_float
+        from perceiver_midi.app.pipeline import MAX_NOTE_SECONDS, as_float
 
         as_float(args.max_note_seconds, "--max-note-seconds", 0, MAX_NOTE_SECONDS)
     if not (pathlib.Path(args.maestro) / "maestro-v3.0.0.csv").exists():
@@ -745,10 +745,15 @@ def parse_args(argv):
 
 
 def run(args) -> dict:
-    from app.pipeline import Settings, Window, prime_ids
     from benchmarks.env import environment
-    from model.checkpoint import CheckpointError, default_checkpoint, load_model, read_info
-    from tokenizer import cut_range, music_seconds
+    from perceiver_midi.app.pipeline import Settings, Window, prime_ids
+    from perceiver_midi.model.checkpoint import (
+        CheckpointError,
+        default_checkpoint,
+        load_model,
+        read_info,
+    )
+    from perceiver_midi.tokenizer import cut_range, music_seconds
 
     t_start = time.perf_counter()
     load_before = os.getloadavg()[0]
@@ -932,7 +937,7 @@ def run(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tokenizer import atomic_write_bytes
+    from perceiver_midi.tokenizer import atomic_write_bytes
 
     try:
         args = parse_args(argv)

@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from benchmarks.env import environment, training_beside, write_json
-    from model.checkpoint import load_model
-    from model.sampler import sample
+    from perceiver_midi.model.checkpoint import load_model
+    from perceiver_midi.model.sampler import sample
 
     rng = np.random.default_rng(0)
     prompt = rng.integers(3, 359, size=args.prompt).astype(np.int32)

@@ -42,8 +42,8 @@ def densities(model, pieces, exponents=()) -> dict:
     import jax.numpy as jnp
 
     from benchmarks.quality import CONTINUATION_S, PRIME_START_S, SPLIT_S
-    from model import vocab
-    from tokenizer import cut_range
+    from perceiver_midi.model import vocab
+    from perceiver_midi.tokenizer import cut_range
 
     on = slice(vocab.NOTE_ON_FIRST_ID, vocab.NOTE_OFF_FIRST_ID)
     shift = slice(vocab.TIME_SHIFT_FIRST_ID, vocab.TIME_SHIFT_LAST_ID + 1)
@@ -108,10 +108,10 @@ def densities(model, pieces, exponents=()) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from app.train_cli import DEFAULT_MAESTRO
     from benchmarks.env import environment, write_json
     from benchmarks.quality import DEFAULT_PIECES, choose_pieces
-    from model.checkpoint import load_model, read_info
+    from perceiver_midi.app.train_cli import DEFAULT_MAESTRO
+    from perceiver_midi.model.checkpoint import load_model, read_info
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", action="append", required=True, help="repeat to compare")

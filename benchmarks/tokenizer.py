@@ -26,7 +26,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.env import environment, write_json  # noqa: E402
-from tokenizer import encode  # noqa: E402
+from perceiver_midi.tokenizer import encode  # noqa: E402
 
 
 def note_seq_ids(path: str) -> np.ndarray:

@@ -23,8 +23,8 @@ import warnings
 import jax
 from flax import nnx
 
-from model.config import Config
-from model.perceiver_ar import PerceiverAR
+from perceiver_midi.model.config import Config
+from perceiver_midi.model.perceiver_ar import PerceiverAR
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 CHECKPOINTS_DIR = REPO_ROOT / "checkpoints"

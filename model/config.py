@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from model.vocab import VOCAB_SIZE
+from perceiver_midi.model.vocab import VOCAB_SIZE
 
 NOISE_EVENTS = (
     "all",

@@ -11,9 +11,15 @@ import dataclasses
 
 import numpy as np
 
-from model.vocab import PAD_ID, SOS_ID, TIME_SHIFT_FIRST_ID, VELOCITY_FIRST_ID, VOCAB_SIZE
-from tokenizer.augment import augment
-from tokenizer.dataset import TokenSplit
+from perceiver_midi.model.vocab import (
+    PAD_ID,
+    SOS_ID,
+    TIME_SHIFT_FIRST_ID,
+    VELOCITY_FIRST_ID,
+    VOCAB_SIZE,
+)
+from perceiver_midi.tokenizer.augment import augment
+from perceiver_midi.tokenizer.dataset import TokenSplit
 
 
 @dataclasses.dataclass(frozen=True)

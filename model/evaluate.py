@@ -22,11 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from model.data import eval_windows, window_arrays
-from model.perceiver_ar import PerceiverAR
-from model.sampler import end_sounding_only, sounding_pitches
-from model.vocab import NOTE_OFF_FIRST_ID, NOTE_ON_FIRST_ID, NUM_PITCHES, SOS_ID
-from tokenizer.dataset import TokenSplit
+from perceiver_midi.model.data import eval_windows, window_arrays
+from perceiver_midi.model.perceiver_ar import PerceiverAR
+from perceiver_midi.model.sampler import end_sounding_only, sounding_pitches
+from perceiver_midi.model.vocab import NOTE_OFF_FIRST_ID, NOTE_ON_FIRST_ID, NUM_PITCHES, SOS_ID
+from perceiver_midi.tokenizer.dataset import TokenSplit
 
 
 @functools.lru_cache(maxsize=8)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from model.vocab import PAD_ID
+from perceiver_midi.model.vocab import PAD_ID
 
 
 def cross_entropy_with_z_loss(

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from model.vocab import (
+from perceiver_midi.model.vocab import (
     NOTE_ON_FIRST_ID,
     PAD_ID,
     TIME_SHIFT_FIRST_ID,

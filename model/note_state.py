@@ -25,7 +25,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from model.vocab import (
+from perceiver_midi.model.vocab import (
     NOTE_OFF_FIRST_ID,
     NOTE_ON_FIRST_ID,
     NUM_PITCHES,

@@ -28,9 +28,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from model import match, note_state
-from model.config import NOISE_EVENTS, Config
-from model.vocab import (
+from perceiver_midi.model import match, note_state
+from perceiver_midi.model.config import NOISE_EVENTS, Config
+from perceiver_midi.model.vocab import (
     NOTE_OFF_FIRST_ID,
     NUM_RESERVED,
     PAD_ID,
@@ -86,7 +86,7 @@ def per_sequence_attention(q_BxHxQxK, k_BxHxTxK, v_BxHxTxK, mask_Bx1xQxT) -> jax
 
     Same result; for many queries over a long cache this keeps each score matrix cache-sized: at
     the latent refill's shape (batch 16) 1.2-1.8x faster on CPU (two runs) than one batched
-    [B, H, Q, T] computation (``benchmarks/kernels.py``: ``refill_cross_attention``).
+    [B, H, Q, T] computation (``benchmarks/attention_kernels.py``: ``refill_cross_attention``).
     """
 
     def one(args):
@@ -200,8 +200,8 @@ def keep_mask(rng: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
     """Boolean mask, True with probability ``1 - rate`` (rate rounded to a multiple of 1/256).
 
     One random byte per element (four per 32-bit draw): 3-5x cheaper on CPU than
-    ``jax.random.bernoulli`` (``benchmarks/kernels.py``: ``dropout_mask`` in its results), which
-    matters for dropout over every activation.
+    ``jax.random.bernoulli`` (``benchmarks/attention_kernels.py``: ``dropout_mask`` in its
+    results), which matters for dropout over every activation.
     """
     size = math.prod(shape)
     words = jax.random.bits(rng, ((size + 3) // 4,), jnp.uint32)

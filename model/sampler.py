@@ -61,7 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from model.vocab import (
+from perceiver_midi.model.vocab import (
     DEFAULT_VELOCITY,
     EOS_ID,
     NOTE_OFF_FIRST_ID,

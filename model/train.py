@@ -36,7 +36,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from model.checkpoint import (
+from perceiver_midi.model.checkpoint import (
     default_checkpoint,
     is_additive,
     load_model,
@@ -45,11 +45,11 @@ from model.checkpoint import (
     params_mismatch,
     save_model,
 )
-from model.config import Config, get_config
-from model.data import NO_AUGMENTATION, Augmentation, Repeats, TrainBatches
-from model.perceiver_ar import PerceiverAR
-from model.train_step import train_step
-from tokenizer.dataset import TokenSplit, load_split
+from perceiver_midi.model.config import Config, get_config
+from perceiver_midi.model.data import NO_AUGMENTATION, Augmentation, Repeats, TrainBatches
+from perceiver_midi.model.perceiver_ar import PerceiverAR
+from perceiver_midi.model.train_step import train_step
+from perceiver_midi.tokenizer.dataset import TokenSplit, load_split
 
 
 @dataclasses.dataclass(frozen=True)
@@ -320,7 +320,7 @@ def train(
     """Train until ``max_steps`` (absolute step), the end of a cooldown, ``max_hours`` or a
     signal; resumable. A cooldown's last step is always validated, so its final params land in
     WORKDIR/best when they are the best seen there."""
-    from model.evaluate import evaluate
+    from perceiver_midi.model.evaluate import evaluate
 
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)

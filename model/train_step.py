@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from model.losses import loss_fn
+from perceiver_midi.model.losses import loss_fn
 
 
 @flax.struct.dataclass

@@ -45,8 +45,16 @@ import tarfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+if __name__ == "__main__" and "perceiver_midi" not in sys.modules:
+    # Run as a script, the kit uses the perceiver_midi of its own clone, installed or not (the GPU
+    # machine gets the working tree and no install): a namespace whose folder is the repo root,
+    # where app/, model/, tokenizer/ and checkpoints/ are, as `pip install -e .` maps them.
+    import importlib.machinery
+    import importlib.util
+
+    _spec = importlib.machinery.ModuleSpec("perceiver_midi", None, is_package=True)
+    _spec.submodule_search_locations = [str(ROOT)]
+    sys.modules["perceiver_midi"] = importlib.util.module_from_spec(_spec)
 
 # Test hook: GPU_KIT_BLOCK_IMPORTS=numba,mido makes those imports fail here and in the worker,
 # which is how the tests prove that training needs nothing beyond numpy/JAX/flax/optax/orbax.
@@ -315,8 +323,8 @@ def _parse_sets(pairs: list[str] | None) -> dict:
 
 def make_train_config(preset: str, sets: dict):
     """A ``model.train.TrainConfig`` for a kit preset or a model/config.py preset + ``--set``."""
-    from model.config import PRESETS, Config
-    from model.train import TrainConfig
+    from perceiver_midi.model.config import PRESETS, Config
+    from perceiver_midi.model.train import TrainConfig
 
     if preset in KIT_PRESETS:
         kp = KIT_PRESETS[preset]
@@ -347,7 +355,7 @@ def make_train_config(preset: str, sets: dict):
 
 
 def _train_config_from_json(raw: dict):
-    from model.train import TrainConfig
+    from perceiver_midi.model.train import TrainConfig
 
     raw = dict(raw)
     raw["model_overrides"] = tuple(tuple(kv) for kv in raw.get("model_overrides", ()))
@@ -358,7 +366,7 @@ def _param_count(config) -> int:
     import jax
     from flax import nnx
 
-    from model.perceiver_ar import PerceiverAR
+    from perceiver_midi.model.perceiver_ar import PerceiverAR
 
     abstract = nnx.eval_shape(lambda: PerceiverAR(config, rngs=nnx.Rngs(0)))
     return sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
@@ -381,7 +389,7 @@ def _leaf_name(path) -> str:
 def _abstract_params(config):
     from flax import nnx
 
-    from model.perceiver_ar import PerceiverAR
+    from perceiver_midi.model.perceiver_ar import PerceiverAR
 
     return nnx.state(nnx.eval_shape(lambda: PerceiverAR(config, rngs=nnx.Rngs(0))), nnx.Param)
 
@@ -394,7 +402,7 @@ def _restore_params(folder: pathlib.Path) -> tuple[dict, dict]:
     import numpy as np
     import orbax.checkpoint as ocp
 
-    from model.config import Config
+    from perceiver_midi.model.config import Config
 
     info = json.loads((folder / "config.json").read_text())
     target = _abstract_params(Config(**info["config"]))
@@ -713,8 +721,8 @@ def cmd_worker(args) -> int:
     """Runs model.train.train in two phases: stable until the cooldown time, then the cooldown."""
     import jax
 
-    from model.train import train
-    from tokenizer._jit import HAVE_NUMBA
+    from perceiver_midi.model.train import train
+    from perceiver_midi.tokenizer._jit import HAVE_NUMBA
 
     workdir = pathlib.Path(args.workdir)
     data = workdir / "data"
@@ -942,9 +950,9 @@ def cmd_unpack(args) -> int:
     import jax
     from flax import nnx
 
-    from model.checkpoint import save_model
-    from model.config import Config
-    from model.perceiver_ar import PerceiverAR
+    from perceiver_midi.model.checkpoint import save_model
+    from perceiver_midi.model.config import Config
+    from perceiver_midi.model.perceiver_ar import PerceiverAR
 
     info = json.loads(members["config.json"])
     config = Config(**info["config"])

@@ -21,9 +21,9 @@ def tiny_checkpoint(tmp_path_factory) -> pathlib.Path:
     """A tiny random Perceiver AR saved with ``model.checkpoint.save_model`` (app tests)."""
     from flax import nnx
 
-    from model.checkpoint import save_model
-    from model.config import get_config
-    from model.perceiver_ar import PerceiverAR
+    from perceiver_midi.model.checkpoint import save_model
+    from perceiver_midi.model.config import get_config
+    from perceiver_midi.model.perceiver_ar import PerceiverAR
 
     path = tmp_path_factory.mktemp("ckpt") / "tiny"
     save_model(PerceiverAR(get_config("tiny"), rngs=nnx.Rngs(0)), path, metadata={"test": True})
@@ -33,7 +33,7 @@ def tiny_checkpoint(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def tiny_model(tiny_checkpoint):
     """The tiny checkpoint loaded (the same cached object the CLI gets from ``load_model``)."""
-    from model.checkpoint import load_model
+    from perceiver_midi.model.checkpoint import load_model
 
     return load_model(tiny_checkpoint)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tokenizer import constants as C
+from perceiver_midi.tokenizer import constants as C
 
 NOTE_ON, NOTE_OFF, CONTROL, PROGRAM = 0x90, 0x80, 0xB0, 0xC0
 

@@ -7,8 +7,8 @@ import numpy as np
 import pretty_midi
 import pytest
 
-from tokenizer import decode_notes, encode, music_seconds
-from tokenizer.augment import augment
+from perceiver_midi.tokenizer import decode_notes, encode, music_seconds
+from perceiver_midi.tokenizer.augment import augment
 
 EXAMPLE = pathlib.Path(__file__).resolve().parent.parent / "examples/bach_prelude_c.mid"
 

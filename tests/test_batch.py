@@ -13,12 +13,12 @@ import pretty_midi
 import pytest
 import soundfile
 
-from app.batch_manifest import MANIFEST
-from app.batch_plan import load_primes, prime_seed
-from app.cli import main
-from app.pipeline import Settings, continue_prime
-from app.render import DEFAULT_TAIL_SECONDS
-from tokenizer import decode_notes, encode, midi_bytes
+from perceiver_midi.app.batch_manifest import MANIFEST
+from perceiver_midi.app.batch_plan import load_primes, prime_seed
+from perceiver_midi.app.cli import main
+from perceiver_midi.app.pipeline import Settings, continue_prime
+from perceiver_midi.app.render import DEFAULT_TAIL_SECONDS
+from perceiver_midi.tokenizer import decode_notes, encode, midi_bytes
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 SECONDS = 3.0  # same token bucket as tests/test_pipeline.py
@@ -281,11 +281,9 @@ def test_batch_killed_with_sigkill_resumes_exactly_once(short_prime, tiny_checkp
     args = _batch_args(src, out, tiny_checkpoint, "--audio", "wav")
     args[args.index("--batch-size") + 1] = 1
     total = 32
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", *map(str, args)],
+        [sys.executable, "-m", "perceiver_midi.app.cli", *map(str, args)],
         cwd=ROOT,
-        env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from app.cli import main
+from perceiver_midi.app.cli import main
 
 EXAMPLE = pathlib.Path(__file__).resolve().parent.parent / "examples/bach_prelude_c.mid"
 
@@ -167,7 +167,7 @@ def test_checkpoint_of_another_shape_names_the_parameters(tiny_checkpoint, tmp_p
 
 
 def test_resume_with_another_model_shape_is_refused(tmp_path, capsys):
-    from model.train import TrainConfig, build, save_state
+    from perceiver_midi.model.train import TrainConfig, build, save_state
 
     work = tmp_path / "w"
     tc = TrainConfig(preset="tiny", init_from="none")
@@ -182,7 +182,16 @@ def test_resume_with_another_model_shape_is_refused(tmp_path, capsys):
 
 def test_console_script_exit_status(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "app.cli", "export", "--workdir", str(tmp_path), "--out", "x"],
+        [
+            sys.executable,
+            "-m",
+            "perceiver_midi.app.cli",
+            "export",
+            "--workdir",
+            str(tmp_path),
+            "--out",
+            "x",
+        ],
         capture_output=True,
         text=True,
     )

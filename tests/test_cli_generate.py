@@ -8,9 +8,9 @@ import pretty_midi
 import pytest
 import soundfile
 
-from app.cli import main
-from app.pipeline import Settings, continue_prime
-from tokenizer import decode_notes, encode, midi_bytes, music_seconds
+from perceiver_midi.app.cli import main
+from perceiver_midi.app.pipeline import Settings, continue_prime
+from perceiver_midi.tokenizer import decode_notes, encode, midi_bytes, music_seconds
 
 SECONDS = 3.0  # same token bucket as tests/test_pipeline.py
 
@@ -198,7 +198,7 @@ def test_missing_default_checkpoint_is_one_line(short_prime, tmp_path, monkeypat
 
 def test_error_in_a_real_process_has_no_traceback(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "app.cli", "continue", str(tmp_path / "nope.mid")],
+        [sys.executable, "-m", "perceiver_midi.app.cli", "continue", str(tmp_path / "nope.mid")],
         capture_output=True,
         text=True,
         timeout=120,
@@ -221,7 +221,7 @@ def test_error_in_a_real_process_has_no_traceback(tmp_path):
     ],
 )
 def test_output_stem_never_leaves_the_folder(name, stem):
-    from app.pipeline import output_stem
+    from perceiver_midi.app.pipeline import output_stem
 
     assert output_stem(name) == stem
 

@@ -10,9 +10,9 @@ import numpy as np
 import pretty_midi
 import pytest
 
-from app.cli import main
-from tokenizer import encode
-from tokenizer.dataset import load_split
+from perceiver_midi.app.cli import main
+from perceiver_midi.tokenizer import encode
+from perceiver_midi.tokenizer.dataset import load_split
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples/bach_prelude_c.mid"
@@ -72,7 +72,7 @@ def test_console_script_exit_code_and_no_traceback(tmp_path):
     bad = tmp_path / "song.mid"
     bad.write_text("hello")
     proc = subprocess.run(
-        [sys.executable, "-m", "app.cli", "tokenize", str(bad)],
+        [sys.executable, "-m", "perceiver_midi.app.cli", "tokenize", str(bad)],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -91,7 +91,7 @@ def test_tokenize_refused_file_among_good_ones(tmp_path, capsys):
 
 
 def test_note_sequence_without_note_seq_is_one_clear_error(monkeypatch):
-    from tokenizer import decode_to_note_sequence
+    from perceiver_midi.tokenizer import decode_to_note_sequence
 
     monkeypatch.setitem(sys.modules, "note_seq", None)  # as if not installed
     monkeypatch.setitem(sys.modules, "note_seq.protobuf", None)

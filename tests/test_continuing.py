@@ -16,7 +16,7 @@ from benchmarks.continuing import (
 )
 from benchmarks.copying import EXCERPT_START, EXCERPT_TOKENS, FAR_GAP_TOKENS, copy_rows
 from benchmarks.quality import notes_of
-from model.vocab import PAD_ID, SOS_ID
+from perceiver_midi.model.vocab import PAD_ID, SOS_ID
 
 
 def _notes(rows):

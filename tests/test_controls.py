@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from app import controls
-from app.errors import UserError
-from app.pipeline import Settings
-from model import vocab
-from model.config import get_config
-from model.perceiver_ar import PerceiverAR
-from model.sampler import bin_velocity, sample
-from model.vocab import DEFAULT_VELOCITY, VELOCITY_FIRST_ID
-from tokenizer import decode_notes
+from perceiver_midi.app import controls
+from perceiver_midi.app.errors import UserError
+from perceiver_midi.app.pipeline import Settings
+from perceiver_midi.model import vocab
+from perceiver_midi.model.config import get_config
+from perceiver_midi.model.perceiver_ar import PerceiverAR
+from perceiver_midi.model.sampler import bin_velocity, sample
+from perceiver_midi.model.vocab import DEFAULT_VELOCITY, VELOCITY_FIRST_ID
+from perceiver_midi.tokenizer import decode_notes
 
 TINY = get_config("tiny")
 ON, OFF, SHIFT = vocab.NOTE_ON_FIRST_ID, vocab.NOTE_OFF_FIRST_ID, vocab.TIME_SHIFT_FIRST_ID - 1
@@ -225,7 +225,7 @@ CONTROL_ARGS = ["--pitch-range", "C4:C5", "--key", "Am", "--velocity-range", "40
 
 
 def _assert_notes_obey(midi_path, *, pitches, vel=(40, 90), poly=2):
-    from tokenizer import encode
+    from perceiver_midi.tokenizer import encode
 
     notes = decode_notes(encode(midi_path))
     assert notes, "no notes"
@@ -242,8 +242,8 @@ A_MINOR_C4_C5 = {p for p in range(60, 73) if p % 12 in (0, 2, 4, 5, 7, 9, 11)}
 
 def test_cli_batch_and_api_honour_the_controls(tiny_model, tiny_checkpoint, short_prime, tmp_path,
                                                capsys):  # fmt: skip
-    from app.cli import main
-    from app.web_core import Composer
+    from perceiver_midi.app.cli import main
+    from perceiver_midi.app.web_core import Composer
 
     out = tmp_path / "cli"
     rc = main(["continue", str(short_prime), "--checkpoint", str(tiny_checkpoint), "--out",
@@ -291,11 +291,11 @@ def test_cli_batch_and_api_honour_the_controls(tiny_model, tiny_checkpoint, shor
 def test_polyphony_limit_defaults_to_the_pipeline_s_and_0_turns_it_off():
     import argparse
 
-    from app.generate_cli import settings_from_args
-    from app.pipeline import DEFAULT_MAX_POLYPHONY
+    from perceiver_midi.app.generate_cli import settings_from_args
+    from perceiver_midi.app.pipeline import DEFAULT_MAX_POLYPHONY
 
     parser = argparse.ArgumentParser()
-    from app.generate_cli import _add_sampling, _add_window
+    from perceiver_midi.app.generate_cli import _add_sampling, _add_window
 
     _add_sampling(parser)
     _add_window(parser)
@@ -306,8 +306,8 @@ def test_polyphony_limit_defaults_to_the_pipeline_s_and_0_turns_it_off():
 
 def test_cli_bad_control_is_one_line_exit_2(tiny_checkpoint, short_prime, tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "app.cli", "continue", str(short_prime), "--checkpoint",
-         str(tiny_checkpoint), "--out", str(tmp_path), "--pitch-range", "90:30"],
+        [sys.executable, "-m", "perceiver_midi.app.cli", "continue", str(short_prime),
+         "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path), "--pitch-range", "90:30"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 2

@@ -4,15 +4,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from model.config import get_config
-from model.data import TrainBatches, eval_windows, window_arrays
-from model.evaluate import evaluate
-from model.perceiver_ar import PerceiverAR
-from model.sampler import sounding_pitches
-from model.vocab import NOTE_OFF_FIRST_ID as OFF
-from model.vocab import NOTE_ON_FIRST_ID as ON
-from model.vocab import PAD_ID, SOS_ID
-from tokenizer.dataset import TokenSplit
+from perceiver_midi.model.config import get_config
+from perceiver_midi.model.data import TrainBatches, eval_windows, window_arrays
+from perceiver_midi.model.evaluate import evaluate
+from perceiver_midi.model.perceiver_ar import PerceiverAR
+from perceiver_midi.model.sampler import sounding_pitches
+from perceiver_midi.model.vocab import NOTE_OFF_FIRST_ID as OFF
+from perceiver_midi.model.vocab import NOTE_ON_FIRST_ID as ON
+from perceiver_midi.model.vocab import PAD_ID, SOS_ID
+from perceiver_midi.tokenizer.dataset import TokenSplit
 
 
 def _split(lengths, seed=0):
@@ -126,7 +126,7 @@ def test_eval_with_note_off_rule_equals_direct_computation(model):
 def test_sounding_counts_before_targets(played):
     """Counts before each target equal the sampler's decoding-rule count of the prefix, also
     with unmatched NOTE_OFFs (random ids), where a plain cumulative sum would go negative."""
-    from model.evaluate import _SoundingCounts
+    from perceiver_midi.model.evaluate import _SoundingCounts
 
     split = _played([70]) if played else _split([70], seed=4)
     seq = np.concatenate([[SOS_ID], split.piece(0)]).astype(np.int64)

@@ -84,8 +84,8 @@ def test_end_to_end_on_cpu(tmp_path, capsys, monkeypatch):
     # Here: unpack into a checkpoint folder, load it, evaluate the synthetic test split.
     ckpt = tmp_path / "checkpoints" / "gpu"
     assert kit("unpack", "--file", out2, "--out", ckpt) == 0
-    from model.checkpoint import load_model, read_info
-    from model.perceiver_ar import count_params
+    from perceiver_midi.model.checkpoint import load_model, read_info
+    from perceiver_midi.model.perceiver_ar import count_params
 
     info = read_info(ckpt)
     assert info["metadata"]["gpu_kit"]["param_dtype"] == "bfloat16"
@@ -93,7 +93,7 @@ def test_end_to_end_on_cpu(tmp_path, capsys, monkeypatch):
     assert count_params(model) == status["export"]["num_params"]
     assert (ckpt / "GPU_KIT.json").exists() and (ckpt / "log.csv").exists()
 
-    from app.cli import main as cli
+    from perceiver_midi.app.cli import main as cli
 
     capsys.readouterr()
     assert cli(["eval", "--checkpoint", str(ckpt), "--data", str(data), "--json"]) == 0
@@ -147,7 +147,7 @@ def test_bf16_rounding_matches_ml_dtypes():
 
 
 def test_numpy_augmentation_matches_numba():
-    from tokenizer import augment as aug
+    from perceiver_midi.tokenizer import augment as aug
 
     if not aug.HAVE_NUMBA:
         pytest.skip("numba not installed: nothing to compare with")

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from model import match, vocab
-from model.config import get_config
-from model.perceiver_ar import PerceiverAR
+from perceiver_midi.model import match, vocab
+from perceiver_midi.model.config import get_config
+from perceiver_midi.model.perceiver_ar import PerceiverAR
 
 
 def _oracle(tokens: np.ndarray, q: int, max_len: int):

@@ -9,18 +9,23 @@ import optax
 import pytest
 from flax import nnx
 
-from model import vocab
-from model.config import PRESETS, Config, get_config
-from model.losses import cross_entropy_with_z_loss, loss_fn
-from model.perceiver_ar import (
+from perceiver_midi.model import vocab
+from perceiver_midi.model.config import PRESETS, Config, get_config
+from perceiver_midi.model.losses import cross_entropy_with_z_loss, loss_fn
+from perceiver_midi.model.perceiver_ar import (
     PerceiverAR,
     apply_rotary,
     count_params,
     event_kind,
     noise_inputs,
 )
-from model.sampler import prompt_window, sample_with_logits
-from model.train_step import create_train_state, make_eval_step, make_train_step, train_step
+from perceiver_midi.model.sampler import prompt_window, sample_with_logits
+from perceiver_midi.model.train_step import (
+    create_train_state,
+    make_eval_step,
+    make_train_step,
+    train_step,
+)
 
 TINY = get_config("tiny")
 
@@ -455,14 +460,14 @@ def test_vocab_constants():
     assert (vocab.PAD_ID, vocab.EOS_ID, vocab.SOS_ID, vocab.VOCAB_SIZE) == (0, 1, 2, 391)
     assert vocab.TIME_SHIFT_LAST_ID - vocab.TIME_SHIFT_FIRST_ID + 1 == 100
     assert vocab.TIME_SHIFT_FIRST_ID == 3 + 256 and vocab.STEPS_PER_SECOND == 100
-    from tokenizer import constants as C
-    from tokenizer.decode import velocity_from_bin
+    from perceiver_midi.tokenizer import constants as C
+    from perceiver_midi.tokenizer.decode import velocity_from_bin
 
     assert vocab.VELOCITY_FIRST_ID == C.VELOCITY_FIRST_ID == vocab.TIME_SHIFT_LAST_ID + 1
     assert vocab.VELOCITY_FIRST_ID + vocab.NUM_VELOCITY_BINS == vocab.VOCAB_SIZE
     assert (vocab.NUM_VELOCITY_BINS, vocab.VELOCITY_BIN_SIZE) == (
         C.NUM_VELOCITY_BINS, C.VELOCITY_BIN_SIZE)  # fmt: skip
-    from model.sampler import bin_velocity
+    from perceiver_midi.model.sampler import bin_velocity
 
     assert [bin_velocity(vocab.VELOCITY_FIRST_ID + b - 1) for b in (1, 2, 32)] == [
         velocity_from_bin(b) for b in (1, 2, 32)]  # fmt: skip

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from model import note_state, vocab
-from model.config import get_config
-from model.perceiver_ar import PerceiverAR
+from perceiver_midi.model import note_state, vocab
+from perceiver_midi.model.config import get_config
+from perceiver_midi.model.perceiver_ar import PerceiverAR
 
 TINY = get_config("tiny")
 ON, OFF, SHIFT = vocab.NOTE_ON_FIRST_ID, vocab.NOTE_OFF_FIRST_ID, vocab.TIME_SHIFT_FIRST_ID - 1

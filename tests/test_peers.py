@@ -39,8 +39,8 @@ def _check(result: dict, batch: int, new: int, repeats: int) -> None:
 def test_measure_ours_tiny_model():
     from flax import nnx
 
-    from model.config import get_config
-    from model.perceiver_ar import PerceiverAR
+    from perceiver_midi.model.config import get_config
+    from perceiver_midi.model.perceiver_ar import PerceiverAR
 
     model = PerceiverAR(get_config("tiny"), rngs=nnx.Rngs(0))
     prompt = peers.bach_prompt(64)

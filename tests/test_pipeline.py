@@ -5,8 +5,8 @@ import pretty_midi
 import pytest
 import soundfile
 
-from app.errors import UserError
-from app.pipeline import (
+from perceiver_midi.app.errors import UserError
+from perceiver_midi.app.pipeline import (
     OutputOptions,
     Settings,
     Window,
@@ -16,8 +16,8 @@ from app.pipeline import (
     prime_ids,
     write_outputs,
 )
-from tokenizer import constants as C
-from tokenizer import cut_last_tokens, cut_range, decode_notes, encode, music_seconds
+from perceiver_midi.tokenizer import constants as C
+from perceiver_midi.tokenizer import cut_last_tokens, cut_range, decode_notes, encode, music_seconds
 
 EXAMPLE = "examples/bach_prelude_c.mid"
 SECONDS = 3.0  # budget 600 tokens: with TOKENS, one compiled length bucket for all app tests
@@ -216,9 +216,9 @@ def test_full_is_the_piece_up_to_the_window_end_then_the_continuation(tiny_model
 
 
 def test_a_request_encodes_its_prime_once(tiny_model, monkeypatch, tmp_path):
-    import tokenizer
-    from app.cli import main
-    from model import checkpoint
+    from perceiver_midi import tokenizer
+    from perceiver_midi.app.cli import main
+    from perceiver_midi.model import checkpoint
 
     calls = []
     real = tokenizer.encode

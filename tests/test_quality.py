@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from benchmarks import quality as Q
-from tokenizer import constants as C
+from perceiver_midi.tokenizer import constants as C
 
 
 def _notes(*rows):
@@ -256,7 +256,7 @@ def test_notes_carried_over_the_split_count_only_for_silence():
 
 
 def test_split_test_takes_its_primes_from_the_test_split(maestro_root):
-    from tokenizer.dataset import maestro_sources
+    from perceiver_midi.tokenizer.dataset import maestro_sources
 
     sources = maestro_sources(maestro_root)
     test_names = {s.name for s in sources["test"]}

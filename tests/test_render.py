@@ -7,9 +7,9 @@ import pretty_midi
 import pytest
 import soundfile
 
-from app import render
-from app.cli import main
-from app.errors import UserError
+from perceiver_midi.app import render
+from perceiver_midi.app.cli import main
+from perceiver_midi.app.errors import UserError
 
 
 def _pm(notes, pedal=None):

@@ -4,9 +4,9 @@ re-performed, and nothing else changes."""
 import numpy as np
 import pytest
 
-from model.data import NO_REPEATS, Repeats, TrainBatches, replay
-from model.vocab import NOTE_ON_FIRST_ID, TIME_SHIFT_FIRST_ID, VELOCITY_FIRST_ID
-from tokenizer.dataset import TokenSplit
+from perceiver_midi.model.data import NO_REPEATS, Repeats, TrainBatches, replay
+from perceiver_midi.model.vocab import NOTE_ON_FIRST_ID, TIME_SHIFT_FIRST_ID, VELOCITY_FIRST_ID
+from perceiver_midi.tokenizer.dataset import TokenSplit
 
 TS_LAST = VELOCITY_FIRST_ID - 1
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from model import sampler as sampler_lib
-from model import vocab
-from model.config import get_config
-from model.perceiver_ar import PerceiverAR
-from model.sampler import StepInfo, StopSampling, sample, sample_with_logits
+from perceiver_midi.model import sampler as sampler_lib
+from perceiver_midi.model import vocab
+from perceiver_midi.model.config import get_config
+from perceiver_midi.model.perceiver_ar import PerceiverAR
+from perceiver_midi.model.sampler import StepInfo, StopSampling, sample, sample_with_logits
 
 TINY = get_config("tiny")  # N=64, M=16 -> window 56, fill 8, a reset every 9 tokens
 NOTE_FIRST, NOTE_LAST = 3, 130
@@ -472,7 +472,7 @@ class NeverEnds(RuleModel):
 
 
 def _durations(ids):
-    from tokenizer import decode_notes
+    from perceiver_midi.tokenizer import decode_notes
 
     return np.array([n.end - n.start for n in decode_notes(np.asarray(ids))])
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tokenizer import MidiError, encode
-from tokenizer import constants as C
+from perceiver_midi.tokenizer import MidiError, encode
+from perceiver_midi.tokenizer import constants as C
 
 EXAMPLE = pathlib.Path(__file__).resolve().parent.parent / "examples/bach_prelude_c.mid"
 GOOD = mf.midi_bytes([[mf.tempo(0, 120)], [mf.on(0, 60), mf.off(480, 60)]])

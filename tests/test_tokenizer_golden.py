@@ -7,8 +7,8 @@ import numpy as np
 import pretty_midi
 import pytest
 
-from tokenizer import constants as C
-from tokenizer import encode
+from perceiver_midi.tokenizer import constants as C
+from perceiver_midi.tokenizer import encode
 
 
 def _pm(notes, pedal=(), drums=()):

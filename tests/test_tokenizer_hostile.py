@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tokenizer import MidiError, apply_sustain, decode_notes, encode, read_midi
-from tokenizer import constants as C
+from perceiver_midi.tokenizer import MidiError, apply_sustain, decode_notes, encode, read_midi
+from perceiver_midi.tokenizer import constants as C
 
 TIMEOUT_S = 20  # per file, process start included (about 1 s of it)
 
@@ -230,7 +230,7 @@ def test_decode_pile_is_fifo():
 
 def test_limits_are_checked_before_sorting():
     # More melodic notes than MAX_NOTES in a table: refused by apply_sustain itself.
-    from tokenizer import NoteTable
+    from perceiver_midi.tokenizer import NoteTable
 
     n = C.MAX_NOTES + 1
     z = np.zeros(n)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tokenizer import MidiError, encode
+from perceiver_midi.tokenizer import MidiError, encode
 
 note_seq = pytest.importorskip("note_seq")
 from note_seq import midi_io  # noqa: E402

@@ -8,10 +8,10 @@ import pretty_midi
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tokenizer import apply_sustain, decode, decode_notes, encode, read_midi
-from tokenizer import constants as C
-from tokenizer.decode import midi_bytes
-from tokenizer.encode import quantize
+from perceiver_midi.tokenizer import apply_sustain, decode, decode_notes, encode, read_midi
+from perceiver_midi.tokenizer import constants as C
+from perceiver_midi.tokenizer.decode import midi_bytes
+from perceiver_midi.tokenizer.encode import quantize
 
 
 @st.composite
@@ -110,7 +110,7 @@ def test_decode_writes_piano_midi(tmp_path):
 
 
 def test_decode_to_note_sequence():
-    from tokenizer import decode_to_note_sequence
+    from perceiver_midi.tokenizer import decode_to_note_sequence
 
     ns = decode_to_note_sequence([378, 63, 308, 191])
     assert len(ns.notes) == 1 and ns.notes[0].pitch == 60 and ns.total_time == 0.5

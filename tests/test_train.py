@@ -16,11 +16,11 @@ import pytest
 from flax import nnx
 from token_splits import synthetic_data
 
-from app.cli import main
-from model.checkpoint import default_checkpoint, load_model, save_model
-from model.train import TrainConfig, build, make_optimizer, step_rng, train
-from model.train_step import train_step
-from tokenizer.dataset import load_split
+from perceiver_midi.app.cli import main
+from perceiver_midi.model.checkpoint import default_checkpoint, load_model, save_model
+from perceiver_midi.model.train import TrainConfig, build, make_optimizer, step_rng, train
+from perceiver_midi.model.train_step import train_step
+from perceiver_midi.tokenizer.dataset import load_split
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -105,16 +105,15 @@ def test_sigterm_saves_and_exits(data, tmp_path):
 
 def test_sharded_step_equals_single_device(tmp_path):
     """The same step on 2 forced host devices (batch sharded) equals 1 device."""
-    script = f"""
+    script = """
 import os, sys
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=" + sys.argv[1]
-sys.path.insert(0, {str(ROOT)!r})
 import jax, numpy as np
 from flax import nnx
-from model.perceiver_ar import PerceiverAR
-from model.train import TrainConfig, make_optimizer, step_rng, data_mesh, replicate
-from model.train_step import train_step
-from model.train import shard_batch
+from perceiver_midi.model.perceiver_ar import PerceiverAR
+from perceiver_midi.model.train import TrainConfig, make_optimizer, step_rng, data_mesh, replicate
+from perceiver_midi.model.train_step import train_step
+from perceiver_midi.model.train import shard_batch
 tc = TrainConfig(preset="tiny", batch_size=4, warmup_steps=1)
 model = PerceiverAR(tc.model_config(), rngs=nnx.Rngs(0))
 opt = make_optimizer(model, tc)
@@ -123,7 +122,7 @@ assert mesh.size == int(sys.argv[1])
 replicate(model, opt, mesh)
 batch = np.random.default_rng(0).integers(3, 391, (4, 65)).astype(np.int32)
 for step in range(3):
-    train_step(model, opt, {{"tokens": shard_batch(batch, mesh)}}, step_rng(0, step))
+    train_step(model, opt, {"tokens": shard_batch(batch, mesh)}, step_rng(0, step))
 params = jax.tree.map(np.asarray, nnx.state(model, nnx.Param))
 flat = np.concatenate([x.ravel() for x in jax.tree.leaves(params)])
 np.save(sys.argv[2], flat)
@@ -166,7 +165,7 @@ def test_train_cli_rejects_bad_settings(tmp_path, capsys):
 
 
 def test_checkpoint_round_trip(tmp_path):
-    from model.perceiver_ar import PerceiverAR
+    from perceiver_midi.model.perceiver_ar import PerceiverAR
 
     tc = TINY
     model = PerceiverAR(tc.model_config(), rngs=nnx.Rngs(5))
@@ -181,8 +180,8 @@ def test_checkpoint_round_trip(tmp_path):
 def test_checkpoint_that_does_not_fit_names_what_differs(tiny_checkpoint, tmp_path):
     import jax.numpy as jnp
 
-    from model.checkpoint import CheckpointError
-    from model.perceiver_ar import PerceiverAR
+    from perceiver_midi.model.checkpoint import CheckpointError
+    from perceiver_midi.model.perceiver_ar import PerceiverAR
 
     # Another width: the parameter with both shapes.
     with pytest.raises(CheckpointError) as exc:
@@ -219,7 +218,7 @@ def test_checkpoint_that_does_not_fit_names_what_differs(tiny_checkpoint, tmp_pa
 
 
 def test_params_mismatch_lists_the_first_differences():
-    from model.checkpoint import params_mismatch
+    from perceiver_midi.model.checkpoint import params_mismatch
 
     f32 = "float32"
     found = {"a": ((2,), f32), "b": ((3,), f32), "c": ((1,), "bfloat16"), "x": ((1,), f32)}
@@ -236,7 +235,7 @@ def test_params_mismatch_lists_the_first_differences():
 
 @pytest.mark.skipif(default_checkpoint() is None, reason="no shipped checkpoint in checkpoints/")
 def test_shipped_checkpoint_loads_and_generates():
-    from model.sampler import sample
+    from perceiver_midi.model.sampler import sample
 
     model = load_model()
     (new,) = sample(model, [np.array([], np.int32)], max_new_tokens=64, seed=0)
@@ -263,7 +262,7 @@ def test_shipped_checkpoint_loads_and_generates():
     ],
 )
 def test_learning_rate_table(settings, step, expected):
-    from model.train import learning_rate
+    from perceiver_midi.model.train import learning_rate
 
     tc = TrainConfig(learning_rate=1e-3, warmup_steps=500, **settings)
     assert float(learning_rate(tc, step)) == pytest.approx(expected, abs=1e-9)
@@ -278,7 +277,7 @@ def test_bad_schedule_settings_refused():
 
 def test_weight_decay_skips_biases_and_norm_scales():
     """With zero gradients, AdamW's update is the decay alone: matrices shrink, 1-D params don't."""
-    from model.perceiver_ar import PerceiverAR
+    from perceiver_midi.model.perceiver_ar import PerceiverAR
 
     tc = dataclasses.replace(TINY, warmup_steps=1, weight_decay=0.5)
     model = PerceiverAR(tc.model_config(), rngs=nnx.Rngs(0))
@@ -301,7 +300,7 @@ def test_weight_decay_skips_biases_and_norm_scales():
 
 
 def test_init_from_none_shipped_and_mismatch(tmp_path):
-    from model.perceiver_ar import PerceiverAR
+    from perceiver_midi.model.perceiver_ar import PerceiverAR
 
     model_dir = tmp_path / "ckpt"
     save_model(PerceiverAR(TINY.model_config(), rngs=nnx.Rngs(7)), model_dir)

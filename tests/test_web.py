@@ -11,10 +11,17 @@ import pretty_midi
 import pytest
 import soundfile
 
-from app.errors import UserError
-from app.pipeline import Window
-from app.web_core import Composer, Done, GenerateRequest, Progress, ResultReady, Started
-from tokenizer import decode_notes, encode, music_seconds
+from perceiver_midi.app.errors import UserError
+from perceiver_midi.app.pipeline import Window
+from perceiver_midi.app.web_core import (
+    Composer,
+    Done,
+    GenerateRequest,
+    Progress,
+    ResultReady,
+    Started,
+)
+from perceiver_midi.tokenizer import decode_notes, encode, music_seconds
 
 SECONDS = 3.0  # the token bucket of tests/test_pipeline.py: no extra compilation
 
@@ -98,7 +105,7 @@ def test_generate_gives_audio_piano_roll_and_midi(composer, session, short_prime
 def test_same_seed_and_settings_give_the_cli_notes(
     composer, session, tiny_checkpoint, short_prime, tmp_path
 ):
-    from app.cli import main
+    from perceiver_midi.app.cli import main
 
     out = tmp_path / "cli"
     rc = main(["continue", str(short_prime), "--checkpoint", str(tiny_checkpoint),
@@ -303,7 +310,7 @@ def test_api_continue(composer, short_prime):
 
 
 def test_app_command_options_and_one_line_errors(capsys):
-    from app.cli import main
+    from perceiver_midi.app.cli import main
 
     with pytest.raises(SystemExit) as exc:
         main(["app", "--help"])
@@ -323,8 +330,8 @@ def test_app_command_options_and_one_line_errors(capsys):
 def test_app_command_loads_warms_and_launches(tiny_checkpoint, monkeypatch, capsys):
     import gradio as gr
 
-    from app import web
-    from app.cli import main
+    from perceiver_midi.app import web
+    from perceiver_midi.app.cli import main
 
     calls = {}
 
@@ -353,7 +360,7 @@ def test_app_command_loads_warms_and_launches(tiny_checkpoint, monkeypatch, caps
 
 @pytest.fixture(scope="module")
 def served(tiny_model, tmp_path_factory):
-    from app.web import build_app, serve
+    from perceiver_midi.app.web import build_app, serve
 
     composer = Composer(tiny_model, root=tmp_path_factory.mktemp("served"))
     composer.warm_up()  # as `perceiver-midi app` does before it serves
@@ -369,7 +376,7 @@ def test_the_queue_is_bounded(tiny_model, short_prime, tmp_path):
     from gradio_client import Client, handle_file
     from gradio_client.utils import QueueError
 
-    from app.web import build_app, serve
+    from perceiver_midi.app.web import build_app, serve
 
     composer = Composer(tiny_model, root=tmp_path / "root")
     demo = build_app(tiny_model, composer=composer)

@@ -67,9 +67,9 @@ def _chromium() -> pathlib.Path:
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory, tiny_checkpoint):
-    from app.web import build_app, serve
-    from app.web_core import Composer
-    from model.checkpoint import load_model
+    from perceiver_midi.app.web import build_app, serve
+    from perceiver_midi.app.web_core import Composer
+    from perceiver_midi.model.checkpoint import load_model
 
     model = load_model(os.environ.get("PERCEIVER_MIDI_BROWSER_CHECKPOINT") or tiny_checkpoint)
     composer = Composer(model, root=tmp_path_factory.mktemp("browser-app"))
@@ -188,7 +188,7 @@ def test_compose_in_a_real_browser(page, app_url, tmp_path):
 def test_a_control_set_in_the_page_holds_in_the_result(page, app_url, tmp_path):
     """Controls > Pitch range C4:C5: every note of the downloaded continuation is inside it; the
     result's piano roll is drawn while sampling, before the result is ready."""
-    from tokenizer import decode_notes, encode
+    from perceiver_midi.tokenizer import decode_notes, encode
 
     page.goto(app_url, wait_until="load")
     page.wait_for_selector("#generate")

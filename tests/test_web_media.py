@@ -5,9 +5,9 @@ import io
 import numpy as np
 import pytest
 
-from app import web_media as media
-from tokenizer import constants as C
-from tokenizer import decode_arrays, decode_notes
+from perceiver_midi.app import web_media as media
+from perceiver_midi.tokenizer import constants as C
+from perceiver_midi.tokenizer import decode_arrays, decode_notes
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -40,7 +40,7 @@ def _expected_ids(phrase, offset_s=0.0):
     """The ids of ``phrase`` written as a MIDI file by hand (pretty_midi) and encoded."""
     import pretty_midi
 
-    from tokenizer import encode, midi_bytes
+    from perceiver_midi.tokenizer import encode, midi_bytes
 
     pm = pretty_midi.PrettyMIDI(resolution=500, initial_tempo=120.0)
     piano = pretty_midi.Instrument(program=0)
@@ -82,7 +82,7 @@ def _page(browser, app_url, *, midi: bool):
 
 def _piece_ids(page) -> np.ndarray:
     """The prime as the page offers it for download (#prime-midi), encoded."""
-    from tokenizer import encode
+    from perceiver_midi.tokenizer import encode
 
     links = page.eval_on_selector_all("#prime-midi a[download]", "els => els.map(a => a.href)")
     assert len(links) == 1, links
@@ -105,7 +105,7 @@ def test_the_page_says_when_there_is_no_midi_and_the_keys_still_play(browser, ap
 
 
 def test_a_phrase_played_on_the_screen_keys_becomes_the_prime(browser, app_url):
-    from tokenizer import decode_notes
+    from perceiver_midi.tokenizer import decode_notes
 
     page = _page(browser, app_url, midi=False)
     page.click("#play-record")
@@ -139,7 +139,7 @@ def test_a_phrase_played_on_the_screen_keys_becomes_the_prime(browser, app_url):
 
 
 def test_the_computer_keyboard_plays_keys_octaves_and_the_pedal(browser, app_url):
-    from tokenizer import decode_notes
+    from perceiver_midi.tokenizer import decode_notes
 
     page = _page(browser, app_url, midi=False)
     page.click("#play-record")  # focuses the keyboard panel
@@ -172,7 +172,7 @@ def test_the_computer_keyboard_plays_keys_octaves_and_the_pedal(browser, app_url
 def test_a_key_held_when_focus_leaves_the_panel_is_released_and_clear_drops_a_take(
     browser, app_url
 ):
-    from tokenizer import decode_notes
+    from perceiver_midi.tokenizer import decode_notes
 
     page = _page(browser, app_url, midi=False)
     page.click("#play-record")
@@ -210,8 +210,8 @@ def test_a_midi_keyboard_take_is_the_prime_exactly(browser, app_url):
 
 
 def test_call_and_response_answers_and_the_piece_grows(browser, app_url):
-    from app.played import append_part
-    from tokenizer import decode_notes
+    from perceiver_midi.app.played import append_part
+    from perceiver_midi.tokenizer import decode_notes
 
     page = _page(browser, app_url, midi=True)
     _wait_text(page, "#play-midi-status", "MIDI keyboard: Fake Keys")
@@ -261,8 +261,8 @@ def test_call_and_response_answers_and_the_piece_grows(browser, app_url):
 
 
 def test_bad_takes_are_refused_in_one_line():
-    from app.errors import UserError
-    from app.played import MAX_PLAYED_MESSAGES, played_ids
+    from perceiver_midi.app.errors import UserError
+    from perceiver_midi.app.played import MAX_PLAYED_MESSAGES, played_ids
 
     cases = [
         ("not a list", "not a list of MIDI messages"),
@@ -308,7 +308,7 @@ def test_bad_takes_are_refused_in_one_line():
     ],
 )  # fmt: skip
 def test_recorded_messages_become_notes_and_pedal(messages, notes, pedal):
-    from app.played import parse_messages
+    from perceiver_midi.app.played import parse_messages
 
     got_notes, got_pedal = parse_messages(messages)
     assert [(n.pitch, n.velocity, n.start, n.end) for n in got_notes] == notes
@@ -316,16 +316,16 @@ def test_recorded_messages_become_notes_and_pedal(messages, notes, pedal):
 
 
 def test_a_take_is_encoded_as_the_same_performance_in_a_file():
-    from app.played import played_ids
+    from perceiver_midi.app.played import played_ids
 
     messages = [[ms, *data] for data, ms in PHRASE]
     np.testing.assert_array_equal(played_ids(messages), _expected_ids(PHRASE))
 
 
 def test_appending_ends_notes_left_sounding_and_bounds_the_gap():
-    from app.played import MAX_GAP_SECONDS, append_part, from_first_note
-    from tokenizer import constants as C
-    from tokenizer import decode_notes
+    from perceiver_midi.app.played import MAX_GAP_SECONDS, append_part, from_first_note
+    from perceiver_midi.tokenizer import constants as C
+    from perceiver_midi.tokenizer import decode_notes
 
     on = lambda p: C.NOTE_ON_FIRST_ID + p  # noqa: E731
     off = lambda p: C.NOTE_OFF_FIRST_ID + p  # noqa: E731
@@ -350,9 +350,9 @@ def test_appending_ends_notes_left_sounding_and_bounds_the_gap():
 def test_respond_appends_phrase_and_answer_and_undo_steps_back(tiny_model, tmp_path):
     import soundfile
 
-    from app.errors import UserError
-    from app.web_core import Composer, GenerateRequest
-    from tokenizer import decode_notes
+    from perceiver_midi.app.errors import UserError
+    from perceiver_midi.app.web_core import Composer, GenerateRequest
+    from perceiver_midi.tokenizer import decode_notes
 
     composer = Composer(tiny_model, root=tmp_path)
     s = composer.new_session()

@@ -3,8 +3,14 @@
 import numpy as np
 import pytest
 
-from tokenizer import constants as C
-from tokenizer import cut_last_seconds, cut_last_tokens, cut_range, music_seconds, shift_tokens
+from perceiver_midi.tokenizer import constants as C
+from perceiver_midi.tokenizer import (
+    cut_last_seconds,
+    cut_last_tokens,
+    cut_range,
+    music_seconds,
+    shift_tokens,
+)
 
 V10 = C.VELOCITY_FIRST_ID + 9  # VELOCITY bin 10
 

@@ -1,14 +1,14 @@
 """MAESTRO performance tokenizer: MIDI <-> token ids identical to note-seq's (+3 reserved ids).
 
-    from tokenizer import encode, decode
+    from perceiver_midi.tokenizer import encode, decode
     ids = encode("piece.mid")      # numpy int32 array
     pm = decode(ids)               # pretty_midi.PrettyMIDI
 
 No JAX here.
 """
 
-from tokenizer import constants
-from tokenizer.decode import (
+from perceiver_midi.tokenizer import constants
+from perceiver_midi.tokenizer.decode import (
     Note,
     atomic_write_bytes,
     decode,
@@ -19,9 +19,9 @@ from tokenizer.decode import (
     notes_to_pretty_midi,
     write_midi,
 )
-from tokenizer.encode import apply_sustain, encode, ids_from_table
-from tokenizer.midi import MidiError, NoteTable, read_midi
-from tokenizer.windows import (
+from perceiver_midi.tokenizer.encode import apply_sustain, encode, ids_from_table
+from perceiver_midi.tokenizer.midi import MidiError, NoteTable, read_midi
+from perceiver_midi.tokenizer.windows import (
     cut_last_seconds,
     cut_last_tokens,
     cut_range,

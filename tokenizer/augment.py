@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tokenizer import constants as C
-from tokenizer._jit import HAVE_NUMBA, njit
+from perceiver_midi.tokenizer import constants as C
+from perceiver_midi.tokenizer._jit import HAVE_NUMBA, njit
 
 
 @njit

@@ -30,10 +30,10 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from tokenizer import constants as C
-from tokenizer.encode import encode
-from tokenizer.midi import MidiError
-from tokenizer.windows import music_seconds
+from perceiver_midi.tokenizer import constants as C
+from perceiver_midi.tokenizer.encode import encode
+from perceiver_midi.tokenizer.midi import MidiError
+from perceiver_midi.tokenizer.windows import music_seconds
 
 SPLITS = ("train", "validation", "test")
 FORMAT_VERSION = 1

@@ -16,8 +16,8 @@ import tempfile
 
 import numpy as np
 
-from tokenizer import constants as C
-from tokenizer._jit import njit
+from perceiver_midi.tokenizer import constants as C
+from perceiver_midi.tokenizer._jit import njit
 
 DEFAULT_VELOCITY = 100  # note-seq's to_sequence default
 # A MIDI clock of exactly 1000 ticks per second (120 bpm, 500 ticks per beat): every 10 ms step

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from tokenizer import constants as C
-from tokenizer._jit import njit
-from tokenizer.midi import MidiError, NoteTable, _source_name, read_midi
+from perceiver_midi.tokenizer import constants as C
+from perceiver_midi.tokenizer._jit import njit
+from perceiver_midi.tokenizer.midi import MidiError, NoteTable, _source_name, read_midi
 
 _EV_SUS_ON, _EV_SUS_OFF, _EV_NOTE_ON, _EV_NOTE_OFF = 0, 1, 2, 3  # note-seq's sort priorities
 

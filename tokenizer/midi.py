@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from tokenizer import constants as C
-from tokenizer._jit import njit
+from perceiver_midi.tokenizer import constants as C
+from perceiver_midi.tokenizer._jit import njit
 
 
 class MidiError(ValueError):

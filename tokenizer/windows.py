@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tokenizer import constants as C
+from perceiver_midi.tokenizer import constants as C
 
 
 def _as_ids(ids) -> np.ndarray:

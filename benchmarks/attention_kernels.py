@@ -1,6 +1,6 @@
 """Kernel choices behind the model's code comments, timed side by side on this CPU.
 
-    python benchmarks/kernels.py [--repeats 30] [--note "..."]
+    python benchmarks/attention_kernels.py [--repeats 30] [--note "..."]
 
 Each pair runs interleaved (A, B, A, B, ...) in one process after a compiling call, so load
 from other jobs hits both alike; the medians and their ratio go to
@@ -65,9 +65,9 @@ def decode_breakdown(repeats: int = 15) -> dict:
     import numpy as np
     from flax import nnx
 
-    from model import perceiver_ar
-    from model.checkpoint import load_model
-    from model.sampler import refill_headroom_for
+    from perceiver_midi.model import perceiver_ar
+    from perceiver_midi.model.checkpoint import load_model
+    from perceiver_midi.model.sampler import refill_headroom_for
 
     model = load_model()
     cfg = model.config
@@ -163,7 +163,7 @@ def main(argv=None) -> int:
     if args.decode_breakdown:
         out = ROOT / "benchmarks" / "results" / "decode_breakdown.json"
         results = {
-            "command": "python benchmarks/kernels.py --decode-breakdown",
+            "command": "python benchmarks/attention_kernels.py --decode-breakdown",
             "note": args.note,
             "environment": environment(),
             "load_at_start": os.getloadavg(),
@@ -177,10 +177,14 @@ def main(argv=None) -> int:
     import jax
     import jax.numpy as jnp
 
-    from model.perceiver_ar import dot_product_attention, keep_mask, per_sequence_attention
+    from perceiver_midi.model.perceiver_ar import (
+        dot_product_attention,
+        keep_mask,
+        per_sequence_attention,
+    )
 
     results = {
-        "command": "python benchmarks/kernels.py" + f" --repeats {args.repeats}",
+        "command": "python benchmarks/attention_kernels.py" + f" --repeats {args.repeats}",
         "note": args.note,
         "environment": environment(),
         "load_at_start": os.getloadavg(),
