@@ -1,7 +1,7 @@
 """Model checkpoints: a folder with ``config.json`` and orbax-saved float32 ``params/``.
 
     save_model(model, "checkpoints/maestro-cpu", metadata={...})
-    model = load_model()                     # the shipped default checkpoint
+    model = load_model()                     # the shipped default checkpoint (package data)
     model = load_model("checkpoints/maestro-cpu")
 
 Loading errors are :class:`CheckpointError` with a one-line message (unknown path, not a
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.resources
 import json
 import os
 import pathlib
@@ -26,8 +27,10 @@ from flax import nnx
 from perceiver_midi.model.config import Config
 from perceiver_midi.model.perceiver_ar import PerceiverAR
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-CHECKPOINTS_DIR = REPO_ROOT / "checkpoints"
+# The shipped checkpoints are package data of perceiver_midi.checkpoints: the checkpoints/ folder of
+# a clone (and of an editable install), site-packages/perceiver_midi/checkpoints/ in a wheel install
+# (which holds the default model alone). Found by import, never by a path relative to a clone.
+CHECKPOINTS_DIR = pathlib.Path(str(importlib.resources.files("perceiver_midi.checkpoints")))
 DEFAULT_NAME = "maestro-cpu"
 
 
