@@ -25,8 +25,8 @@ import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(1, str(ROOT / "tests"))
+if not __package__:  # a script run (not python -m benchmarks.x): benchmarks.* need the repo root
+    sys.path.insert(0, str(ROOT))
 
 BAR_SECONDS = 2.0
 EXAMPLE = ROOT / "examples/bach_prelude_c.mid"
@@ -51,9 +51,8 @@ def _worker(path: str, repeats: int) -> None:
 
 
 def main() -> None:
-    import hostile_midi
-
     from benchmarks.env import environment, training_beside, write_json
+    from tests import hostile_midi
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=3, help="timed encodes per file (median)")

@@ -22,7 +22,8 @@ import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if not __package__:  # a script run (not python -m benchmarks.x): benchmarks.* need the repo root
+    sys.path.insert(0, str(ROOT))
 
 from benchmarks.env import environment, write_json  # noqa: E402
 

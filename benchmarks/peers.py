@@ -67,7 +67,7 @@ from importlib import metadata
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
+if not __package__:  # a script run (not python -m benchmarks.x): benchmarks.* need the repo root
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.env import environment, training_beside, write_json  # noqa: E402

@@ -1,8 +1,13 @@
-"""Benchmark plumbing: results files are written atomically with ordinary permissions."""
+"""Benchmark plumbing: results files are written atomically with ordinary permissions; every
+benchmark runs as a script and as a module, and none shadows a package that is imported."""
 
 import json
 import os
+import pathlib
 import stat
+import subprocess
+import sys
+from importlib import metadata
 
 import pytest
 
@@ -42,3 +47,31 @@ def test_model_quick_run_never_marks_a_target():
     assert verdict["Perceiver AR target tokens/s > Transformer's at N=16384"] == "not run"
     assert verdict["sampling batch 16 >= 4000 tok/s"] == "missed"
     assert verdict["N=65536 trains within 24 GiB"] == "met"
+
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+BENCHMARKS = sorted(p.stem for p in (ROOT / "benchmarks").glob("*.py") if p.stem != "__init__")
+# Imported by the peers extra (benchmarks/peers.py), not installed in CI: transformers looks up
+# Hugging Face's `kernels` package (what benchmarks/kernels.py shadowed, now attention_kernels.py).
+PEER_IMPORTS = {"torch", "transformers", "tokenizers", "kernels", "miditok", "symusic"}
+
+
+def test_no_benchmark_shadows_an_importable_package():
+    """A script run (python benchmarks/x.py) puts benchmarks/ on sys.path, so a benchmark's file
+    name would hide a real package of that name from every library. app, model and tokenizer
+    resolve to the repo root's folders first (the script puts the root before benchmarks/)."""
+    taken = set(metadata.packages_distributions()) | PEER_IMPORTS
+    assert not (set(BENCHMARKS) - {"app", "model", "tokenizer"}) & taken
+
+
+@pytest.mark.parametrize("name", [b for b in BENCHMARKS if b != "env"])
+def test_benchmark_runs_as_script_and_as_module(name, tmp_path):
+    """``python benchmarks/NAME.py`` from anywhere and ``python -m benchmarks.NAME`` from the repo
+    root both start (their --help: the imports at the top and the argument parser)."""
+    runs = [
+        ([sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--help"], tmp_path),
+        ([sys.executable, "-m", f"benchmarks.{name}", "--help"], ROOT),
+    ]
+    for cmd, cwd in runs:
+        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr
