@@ -52,7 +52,7 @@ def test_model_quick_run_never_marks_a_target():
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BENCHMARKS = sorted(p.stem for p in (ROOT / "benchmarks").glob("*.py") if p.stem != "__init__")
 # Imported by the peers extra (benchmarks/peers.py), not installed in CI: transformers looks up
-# Hugging Face's `kernels` package (what benchmarks/kernels.py shadowed, now attention_kernels.py).
+# Hugging Face's `kernels` package (which the attention kernels benchmark hid under its old name).
 PEER_IMPORTS = {"torch", "transformers", "tokenizers", "kernels", "miditok", "symusic"}
 
 
