@@ -61,6 +61,10 @@ class Config:
       match_lookup: L > 0 adds to every latent's initial state (zero-initialised embeddings) the
         token that followed the latest earlier place where the music went the same way (up to
         L tokens compared, coarsely) and how long that agreement is (``model/match.py``).
+      note_lookup: K > 0: the same over the NOTE_ON pitches alone (up to K notes compared), so
+        a figure replayed with human timing is still found; the pitch that followed gets a
+        logit bonus by match length that moves probability among the NOTE_ONs only (their
+        total, and so the timing, stays the model's), plus zero-initialised embeddings.
       note_state: add to every latent's initial state a (zero-initialised) linear map of the
         performance state at its position: which pitches sound and for how long
         (``model/note_state.py``).
@@ -90,6 +94,7 @@ class Config:
     cross_smear: int = 0
     latent_smear: int = 0
     match_lookup: int = 0
+    note_lookup: int = 0
     dtype: str = "float32"
 
     def __post_init__(self):
@@ -112,6 +117,8 @@ class Config:
             )
         if not 0 <= self.match_lookup <= 32:
             raise ValueError(f"match_lookup must be in [0, 32], got {self.match_lookup}")
+        if not 0 <= self.note_lookup <= 32:
+            raise ValueError(f"note_lookup must be in [0, 32], got {self.note_lookup}")
         if self.activation not in ("sq_relu", "gelu", "relu"):
             raise ValueError(f"unknown activation {self.activation!r}")
         if not 0.0 <= self.cross_attend_dropout < 1.0 or not 0.0 <= self.dropout < 1.0:

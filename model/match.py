@@ -14,6 +14,12 @@ uses a coarse view of each token:
 * every VELOCITY is one class (a re-performed passage is louder or softer, not another one);
 * PAD never matches anything.
 
+The token view above breaks where a pianist repeats the notes but not the timing: a figure played
+with human timing comes back with other time shifts, and with the NOTE_OFFs and VELOCITYs in
+another order around the notes, so a run of agreeing tokens stays short. ``note_lookup``
+(``Config.note_lookup``) is the same search over the NOTE_ON pitches alone: which pitch
+followed the last time the latest notes were played in this order?
+
 Pure functions of token ids (no parameters); ``lookup`` serves the full forward and a latent
 refill; a decoding step keeps each ring slot's match length (``ring_lengths`` at a refill,
 ``advance_lengths`` per token) and reads the answer with ``best_in_ring``. Both give the same
@@ -28,6 +34,7 @@ import numpy as np
 
 from perceiver_midi.model.vocab import (
     NOTE_ON_FIRST_ID,
+    NUM_PITCHES,
     PAD_ID,
     TIME_SHIFT_FIRST_ID,
     TIME_SHIFT_LAST_ID,
@@ -128,3 +135,49 @@ def best_in_ring(ring_BxC: jax.Array, length_BxC: jax.Array, col_C, first_B, cur
     order_C = col_C - jnp.min(col_C)  # recency, >= 0
     best_B1, len_B1 = _best(length_BxC[:, None], order_C, ok[:, None])
     return jnp.take_along_axis(ring_BxC, best_B1, axis=1)[:, 0], len_B1[:, 0]
+
+
+def _is_note_on(tokens):
+    return (tokens >= NOTE_ON_FIRST_ID) & (tokens < NOTE_ON_FIRST_ID + NUM_PITCHES)
+
+
+def note_lookup(tokens_BxL: jax.Array, num_queries: int, max_len: int):
+    """For the last Q positions p of ``tokens``: (follow_BxQ, length_BxQ) over the NOTE_ONs only.
+
+    The notes up to p, in order, end with pitches a_1..a_k; the answer is the NOTE_ON id that
+    followed the latest earlier run of notes equal to the longest such suffix (at most L notes;
+    the most recent among equals), and that length (0..L; with 0 the id is meaningless). Every
+    other token is ignored, so timing, NOTE_OFFs and loudness never break a match."""
+    b, n = tokens_BxL.shape
+    on_BxL = _is_note_on(tokens_BxL)
+    count_BxL = jnp.cumsum(on_BxL, axis=1, dtype=jnp.int32)  # notes up to and including p
+    slot_BxL = jnp.where(on_BxL, count_BxL - 1, n)
+    rows_Bx1 = jnp.arange(b)[:, None]
+    notes_BxL = (
+        jnp.full((b, n + 1), PAD_ID, tokens_BxL.dtype).at[rows_Bx1, slot_BxL].set(tokens_BxL)
+    )[:, :n]  # the NOTE_ON ids in order, PAD after the last
+    last_BxQ = count_BxL[:, n - num_queries :] - 1  # each query's newest note (-1: none yet)
+    j_T = jnp.arange(n)  # a candidate run ends at note j; note j + 1 followed it
+    alive = jnp.ones((b, num_queries, n), bool)
+    length = jnp.zeros((b, num_queries, n), jnp.int32)
+    for k in range(max_len):
+        qi_BxQ = last_BxQ - k
+        q_BxQ = jnp.where(qi_BxQ >= 0, jnp.take_along_axis(notes_BxL, jnp.maximum(qi_BxQ, 0), 1), 0)
+        k_BxT = jnp.where(j_T >= k, notes_BxL[:, jnp.maximum(j_T - k, 0)], 0)
+        alive = alive & (q_BxQ[:, :, None] == k_BxT[:, None, :]) & (q_BxQ[:, :, None] > 0)
+        length = length + alive
+    ok = (j_T[None, None, :] < last_BxQ[:, :, None]) & (length > 0)
+    best_BxQ, len_BxQ = _best(length, j_T, ok)
+    follow_BxQ = jnp.take_along_axis(notes_BxL, jnp.minimum(best_BxQ + 1, n - 1), axis=1)
+    return follow_BxQ, len_BxQ
+
+
+def note_lookup_ring(ring_BxC: jax.Array, first_B: jax.Array, cur, max_len: int):
+    """``note_lookup``'s answer for the newest column ``cur`` of a ring of token ids (column c in
+    slot c % C) whose window starts at column ``first_B``: (follow_B, length_B). O(L C)."""
+    cap = ring_BxC.shape[1]
+    col_C = cur - cap + 1 + jnp.arange(cap, dtype=jnp.int32)  # oldest first, ``cur`` last
+    ordered_BxC = ring_BxC[:, col_C % cap]
+    ordered_BxC = jnp.where(col_C[None] >= first_B[:, None], ordered_BxC, PAD_ID)
+    follow_Bx1, len_Bx1 = note_lookup(ordered_BxC, 1, max_len)
+    return follow_Bx1[:, 0], len_Bx1[:, 0]

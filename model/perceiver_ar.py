@@ -32,6 +32,8 @@ from perceiver_midi.model import match, note_state
 from perceiver_midi.model.config import NOISE_EVENTS, Config
 from perceiver_midi.model.vocab import (
     NOTE_OFF_FIRST_ID,
+    NOTE_ON_FIRST_ID,
+    NUM_PITCHES,
     NUM_RESERVED,
     PAD_ID,
     TIME_SHIFT_FIRST_ID,
@@ -421,6 +423,15 @@ class PerceiverAR(nnx.Module):
             # A logit bonus for the followed token, by match length and the token's kind: the
             # n-gram-cache path that needs no learned attention (a copy at once).
             self.match_bonus = nnx.Param(jnp.zeros((config.match_lookup + 1, 5), jnp.float32))
+        if config.note_lookup:  # the note lookup's: zero-initialised, as the match lookup's
+            zeros = nnx.initializers.zeros_init()
+            self.match_note_follow = nnx.Embed(
+                NUM_PITCHES, config.d_model, embedding_init=zeros, dtype=dtype, rngs=rngs
+            )
+            self.match_note_len = nnx.Embed(
+                config.note_lookup + 1, config.d_model, embedding_init=zeros, dtype=dtype, rngs=rngs
+            )
+            self.match_note_bonus = nnx.Param(jnp.zeros((config.note_lookup + 1,), jnp.float32))
         self.final_norm = nnx.LayerNorm(config.d_model, dtype=dtype, rngs=rngs)
         self.logits = nnx.Linear(
             config.d_model,
@@ -436,6 +447,23 @@ class PerceiverAR(nnx.Module):
         bonus_x = table[length_x, event_kind(follow_x)] * (length_x > 0)
         hit_xV = jnp.arange(logits_xV.shape[-1]) == follow_x[..., None]
         return logits_xV + jnp.where(hit_xV, bonus_x[..., None], 0.0)
+
+    def _note_logits(self, logits_xV: jax.Array, follow_x: jax.Array, length_x: jax.Array):
+        """``logits`` with the note lookup's bonus on the followed pitch's NOTE_ON, the NOTE_ONs
+        then shifted so that their total probability (when a note starts) stays the model's."""
+        bonus_x = MATCH_BONUS_SCALE * self.match_note_bonus[...][length_x] * (length_x > 0)
+        on_xP = logits_xV[..., NOTE_ON_FIRST_ID : NOTE_ON_FIRST_ID + NUM_PITCHES]
+        hit_xP = jnp.arange(NUM_PITCHES) == (follow_x - NOTE_ON_FIRST_ID)[..., None]
+        new_xP = on_xP + jnp.where(hit_xP, bonus_x[..., None], 0.0)
+        shift_x = jax.nn.logsumexp(on_xP, axis=-1) - jax.nn.logsumexp(new_xP, axis=-1)
+        new_xP = new_xP + shift_x[..., None]
+        return logits_xV.at[..., NOTE_ON_FIRST_ID : NOTE_ON_FIRST_ID + NUM_PITCHES].set(new_xP)
+
+    def _note_term(self, follow: jax.Array, length: jax.Array) -> jax.Array:
+        """What the note lookup adds to a latent: the followed pitch (when found), the length."""
+        found = (length > 0)[..., None].astype(self.match_note_follow.embedding.dtype)
+        pitch = jnp.clip(follow - NOTE_ON_FIRST_ID, 0, NUM_PITCHES - 1)
+        return self.match_note_follow(pitch) * found + self.match_note_len(length)
 
     def _match_term(self, follow: jax.Array, length: jax.Array) -> jax.Array:
         """What a match lookup adds to a latent: the followed token (when there is a match) and
@@ -493,6 +521,9 @@ class PerceiverAR(nnx.Module):
         if c.match_lookup:
             found = match.lookup(tokens_BxL, m, c.match_lookup)
             z_BxMxD = z_BxMxD + self._match_term(*found)
+        if c.note_lookup:
+            found_notes = match.note_lookup(tokens_BxL, m, c.note_lookup)
+            z_BxMxD = z_BxMxD + self._note_term(*found_notes)
         prev = (
             preceding(self.cross.normed(emb_BxLxE), valid_BxL, c.cross_smear)
             if c.cross_smear
@@ -515,7 +546,11 @@ class PerceiverAR(nnx.Module):
             )
             z_BxMxD = layer.finish(z_BxMxD, attn, rngs[i + 1] if rngs else None)
         logits_BxMxV = self.logits(self.final_norm(z_BxMxD)).astype(jnp.float32)
-        return self._match_logits(logits_BxMxV, *found) if c.match_lookup else logits_BxMxV
+        if c.match_lookup:
+            logits_BxMxV = self._match_logits(logits_BxMxV, *found)
+        if c.note_lookup:
+            logits_BxMxV = self._note_logits(logits_BxMxV, *found_notes)
+        return logits_BxMxV
 
     # -- cached decoding ----------------------------------------------------------------------
     #
@@ -543,7 +578,7 @@ class PerceiverAR(nnx.Module):
             zero,
             note_state.empty(batch_size),
             jnp.full((batch_size, c.cross_smear), PAD_ID, jnp.int32),
-            jnp.full((batch_size, cross_capacity if c.match_lookup else 0), PAD_ID, jnp.int32),
+            jnp.full((batch_size, cross_capacity if self._keeps_ring else 0), PAD_ID, jnp.int32),
             jnp.zeros((batch_size, cross_capacity if c.match_lookup else 0), jnp.int32),
         )
 
@@ -561,7 +596,7 @@ class PerceiverAR(nnx.Module):
                 recent=jnp.concatenate([cache.recent, tokens_BxT], axis=1)[:, -s:]
             )
         k_BxHxTxK, v_BxHxTxK = self.cross.keys_values(emb_BxTxE, pos_BxT, prev)
-        if self.config.match_lookup:
+        if self._keeps_ring:
             at_slot = (0, (cache.cur + 1) % cache.toks.shape[1])
             cache = cache._replace(
                 toks=jax.lax.dynamic_update_slice(cache.toks, tokens_BxT, at_slot)
@@ -597,6 +632,11 @@ class PerceiverAR(nnx.Module):
         slots_S = col_S % cache.cross_k.shape[1]
         k_new = _fold_heads(k_BxHxSxK).astype(cache.cross_k.dtype)
         return cache._replace(cross_k=cache.cross_k.at[:, slots_S].set(k_new))
+
+    @property
+    def _keeps_ring(self) -> bool:
+        """The cache keeps the window's token ids (``DecodeCache.toks``) for the lookups."""
+        return bool(self.config.match_lookup or self.config.note_lookup)
 
     def _ring_columns(self, cache: DecodeCache):
         """(col_C, first_B): the column each ring slot holds, and each window's first column."""
@@ -655,6 +695,9 @@ class PerceiverAR(nnx.Module):
         if self.config.match_lookup:
             found = match.lookup(tokens_BxW, f, self.config.match_lookup)
             z_BxFxD = z_BxFxD + self._match_term(*found)
+        if self.config.note_lookup:
+            found_notes = match.note_lookup(tokens_BxW, f, self.config.note_lookup)
+            z_BxFxD = z_BxFxD + self._note_term(*found_notes)
         prev = None
         if self.config.cross_smear:
             normed_BxWxE = self.cross.normed(self.embed(tokens_BxW))
@@ -689,6 +732,8 @@ class PerceiverAR(nnx.Module):
         logits_BxV = self.logits(self.final_norm(z_BxFxD[:, -1])).astype(jnp.float32)
         if self.config.match_lookup:
             logits_BxV = self._match_logits(logits_BxV, found[0][:, -1], found[1][:, -1])
+        if self.config.note_lookup:
+            logits_BxV = self._note_logits(logits_BxV, found_notes[0][:, -1], found_notes[1][:, -1])
         cache = cache._replace(
             lat_k=tuple(lat_k),
             lat_v=tuple(lat_v),
@@ -721,6 +766,11 @@ class PerceiverAR(nnx.Module):
             cache = cache._replace(mlen=mlen)
             follow_B, len_B = match.best_in_ring(cache.toks, mlen, col_C, first_B, cache.cur)
             z_Bx1xD = z_Bx1xD + self._match_term(follow_B, len_B)[:, None]
+        if self.config.note_lookup:
+            note_B, note_len_B = match.note_lookup_ring(
+                cache.toks, self._ring_columns(cache)[1], cache.cur, self.config.note_lookup
+            )
+            z_Bx1xD = z_Bx1xD + self._note_term(note_B, note_len_B)[:, None]
         q_BxHx1xK = self.cross.queries(z_Bx1xD, pos_Bx1, prev)
         b, hc = q_BxHx1xK.shape[:2]
         mask_BxHx1xC = jnp.broadcast_to(
@@ -753,6 +803,8 @@ class PerceiverAR(nnx.Module):
         logits_BxV = self.logits(self.final_norm(z_Bx1xD[:, 0])).astype(jnp.float32)
         if self.config.match_lookup:
             logits_BxV = self._match_logits(logits_BxV, follow_B, len_B)
+        if self.config.note_lookup:
+            logits_BxV = self._note_logits(logits_BxV, note_B, note_len_B)
         cache = cache._replace(lat_k=tuple(lat_k), lat_v=tuple(lat_v), lat_len=cache.lat_len + 1)
         return logits_BxV, cache
 

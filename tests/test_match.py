@@ -119,3 +119,134 @@ def test_advancing_ring_lengths_equals_recomputing_them():
                 np.asarray(match.advance_lengths(length, *args, max_len)), np.asarray(full)
             )
         length = full
+
+
+# -- the note lookup (NOTE_ON pitches only) --------------------------------------------------
+
+
+def _note_oracle(tokens: np.ndarray, q: int, max_len: int):
+    """Brute force: the NOTE_ONs up to p as a list; the latest earlier run equal to the longest
+    suffix (<= max_len notes) that has a follower; that follower and the length."""
+    b, n = tokens.shape
+    follow = np.zeros((b, q), np.int64)
+    length = np.zeros((b, q), np.int64)
+    first, last = vocab.NOTE_ON_FIRST_ID, vocab.NOTE_ON_FIRST_ID + vocab.NUM_PITCHES
+    for bi in range(b):
+        for qi, p in enumerate(range(n - q, n)):
+            notes = [int(t) for t in tokens[bi, : p + 1] if first <= t < last]
+            i = len(notes) - 1
+            best = (0, -1)
+            for j in range(i):  # the run ends at note j; note j + 1 followed it
+                k = 0
+                while k < max_len and j - k >= 0 and notes[i - k] == notes[j - k]:
+                    k += 1
+                if k > 0 and (k, j) > best:
+                    best = (k, j)
+            length[bi, qi] = best[0]
+            follow[bi, qi] = notes[best[1] + 1] if best[0] else 0
+    return follow, length
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_note_lookup_equals_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    on = vocab.NOTE_ON_FIRST_ID
+    alphabet = np.array([on + 60, on + 62, on + 64, 140, 260, 261, 365, 380])  # 3 pitches
+    tokens = rng.choice(alphabet, size=(3, 64)).astype(np.int32)
+    tokens[1, :9] = vocab.PAD_ID  # left padding is no note
+    tokens[2, :] = 260  # no note at all: no match anywhere
+    follow, length = match.note_lookup(jnp.asarray(tokens), 24, 5)
+    want_follow, want_len = _note_oracle(tokens, 24, 5)
+    np.testing.assert_array_equal(np.asarray(length), want_len)
+    found = want_len > 0
+    assert found[:2].mean() > 0.5 and not found[2].any()
+    np.testing.assert_array_equal(np.asarray(follow)[found], want_follow[found])
+
+
+def test_note_lookup_ignores_timing_loudness_and_note_offs():
+    """A figure played again with other shifts, velocities and NOTE_OFF order: the token lookup
+    loses the thread, the note lookup names the next pitch at once."""
+    rng = np.random.default_rng(1)
+    on, off = vocab.NOTE_ON_FIRST_ID, vocab.NOTE_OFF_FIRST_ID
+    pitches = [48, 55, 52, 55, 50, 57, 53, 57]
+
+    def play():
+        out, prev = [], None
+        for p in pitches:
+            out += [vocab.VELOCITY_FIRST_ID + int(rng.integers(10, 20)), on + p]
+            if prev is not None and rng.random() < 0.5:
+                out += [off + prev]  # the previous note ends after this one starts, or before
+            out += [vocab.TIME_SHIFT_FIRST_ID + int(rng.integers(20, 30))]
+            if prev is not None and out[-2] != off + prev:
+                out += [off + prev]
+            prev = p
+        return out
+
+    tokens = np.array([[vocab.SOS_ID] + play() + play()], np.int32)
+    n = tokens.shape[1]
+    second = [i for i in range(n // 2, n) if tokens[0, i] in {on + p for p in pitches}][2:-1]
+    q = n - second[0]
+    follow, length = match.note_lookup(jnp.asarray(tokens), q, 8)
+    for i in second:
+        notes_so_far = sum(1 for t in tokens[0, : i + 1] if on <= t < on + 128)
+        k = (notes_so_far - 1) % len(pitches)
+        assert int(length[0, i - (n - q)]) >= 3
+        assert int(follow[0, i - (n - q)]) == on + pitches[(k + 1) % len(pitches)]
+    # Where a NOTE_ON comes next, the note lookup names it; the token lookup often does not.
+    before = [i - 1 for i in second[1:]]
+    token_follow, _ = match.lookup(jnp.asarray(tokens), q, 8)
+    right = [int(token_follow[0, i - (n - q)]) == tokens[0, i + 1] for i in before]
+    assert all(int(follow[0, i - (n - q)]) == tokens[0, i + 1] for i in before)
+    assert np.mean(right) < 0.75, right
+
+
+def test_note_lookup_ring_equals_window():
+    """The decoding form (a ring of columns, window from ``first``) answers as the full form."""
+    rng = np.random.default_rng(2)
+    on = vocab.NOTE_ON_FIRST_ID
+    alphabet = np.array([on + 60, on + 62, on + 64, on + 67, 140, 262, 370])
+    cap, cur = 32, 45  # columns 14..45 are in the ring
+    cols = np.arange(cur + 1)
+    seq = rng.choice(alphabet, size=(2, cur + 1)).astype(np.int32)
+    ring = np.zeros((2, cap), np.int32)
+    ring[:, cols[-cap:] % cap] = seq[:, -cap:]
+    first = np.array([20, 30], np.int32)  # each row's window starts here
+    follow, length = match.note_lookup_ring(jnp.asarray(ring), jnp.asarray(first), cur, 6)
+    for bi in range(2):
+        window = seq[bi : bi + 1, first[bi] :]
+        want_f, want_l = match.note_lookup(jnp.asarray(window), 1, 6)
+        assert int(length[bi]) == int(want_l[0, 0])
+        if int(want_l[0, 0]):
+            assert int(follow[bi]) == int(want_f[0, 0])
+
+
+def test_note_lookup_is_causal_keeps_the_note_on_total_and_starts_as_the_model_was():
+    cfg = dataclasses.replace(get_config("tiny"), note_lookup=6)
+    model = PerceiverAR(cfg, rngs=nnx.Rngs(0))
+    base = PerceiverAR(dataclasses.replace(cfg, note_lookup=0), rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(1)
+    tokens = np.tile(rng.integers(3, 359, size=7), 10)[None, : cfg.max_len].astype(np.int32)
+    kernel = model.logits.kernel
+    kernel[...] = 0.3 * jax.random.normal(jax.random.key(1), kernel.shape)
+    base.logits.kernel[...] = kernel[...]
+    np.testing.assert_array_equal(np.asarray(model(tokens)), np.asarray(base(tokens)))
+    model.match_note_bonus[...] = jnp.full(model.match_note_bonus.shape, 0.25)  # 4 nats
+    logits = np.asarray(model(tokens))
+    plain = np.asarray(base(tokens))
+    on = slice(vocab.NOTE_ON_FIRST_ID, vocab.NOTE_ON_FIRST_ID + vocab.NUM_PITCHES)
+    assert not np.allclose(logits[..., on], plain[..., on], atol=1e-3)  # the bonus is used
+    # Only the NOTE_ONs move, and their total probability is the model's.
+    rest = np.ones(logits.shape[-1], bool)
+    rest[on] = False
+    np.testing.assert_allclose(logits[..., rest], plain[..., rest], atol=1e-5)
+    lse = jax.scipy.special.logsumexp
+    np.testing.assert_allclose(lse(logits[..., on], -1), lse(plain[..., on], -1), atol=1e-4)
+    for table in (model.match_note_follow.embedding, model.match_note_len.embedding):
+        table[...] = jax.random.normal(jax.random.key(2), table.shape)
+    logits = np.asarray(model(tokens))
+    n, m = cfg.max_len, cfg.num_latents
+    for i in (0, 5, m - 2):
+        p = n - m + i
+        changed = tokens.copy()
+        changed[0, p + 1 :] = rng.integers(3, 359, size=n - p - 1)
+        np.testing.assert_allclose(np.asarray(model(changed))[0, i], logits[0, i], atol=1e-5)

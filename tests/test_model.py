@@ -49,6 +49,12 @@ def make_model(cfg: Config = TINY, seed: int = 0) -> PerceiverAR:
             table[...] = 0.5 * jax.random.normal(jax.random.key(seed + 20 + j), table.shape)
         bonus = model.match_bonus
         bonus[...] = 2.0 * jax.random.normal(jax.random.key(seed + 30), bonus.shape)
+    if cfg.note_lookup:
+        tables = (model.match_note_follow.embedding, model.match_note_len.embedding)
+        for j, table in enumerate(tables):
+            table[...] = 0.5 * jax.random.normal(jax.random.key(seed + 40 + j), table.shape)
+        bonus = model.match_note_bonus
+        bonus[...] = 0.3 + 0.1 * jax.random.normal(jax.random.key(seed + 50), bonus.shape)
     return model
 
 
@@ -306,20 +312,22 @@ def test_training_mode_requires_rng():
 
 
 @pytest.mark.parametrize(
-    "num_latents, note_state, smear, latent_smear, match_lookup",
+    "num_latents, note_state, smear, latent_smear, match_lookup, note_lookup",
     [
-        (None, False, 0, 0, 0),
-        (10, False, 0, 0, 0),
-        (None, True, 0, 0, 0),
-        (None, False, 3, 0, 0),
-        (10, False, 2, 0, 0),
-        (10, False, 3, 2, 0),
-        (None, False, 0, 0, 4),
-        (10, False, 3, 2, 6),
+        (None, False, 0, 0, 0, 0),
+        (10, False, 0, 0, 0, 0),
+        (None, True, 0, 0, 0, 0),
+        (None, False, 3, 0, 0, 0),
+        (10, False, 2, 0, 0, 0),
+        (10, False, 3, 2, 0, 0),
+        (None, False, 0, 0, 4, 0),
+        (10, False, 3, 2, 6, 0),
+        (None, False, 0, 0, 0, 5),
+        (10, False, 3, 2, 6, 4),
     ],
 )
 def test_cached_step_logits_equal_full_forward(
-    num_latents, note_state, smear, latent_smear, match_lookup
+    num_latents, note_state, smear, latent_smear, match_lookup, note_lookup
 ):
     """Every decoding step (fills, steps, resets, sliding window) against a full forward."""
     cfg = dataclasses.replace(
@@ -328,6 +336,7 @@ def test_cached_step_logits_equal_full_forward(
         cross_smear=smear,
         latent_smear=latent_smear,
         match_lookup=match_lookup,
+        note_lookup=note_lookup,
     )
     model = make_model(cfg, seed=3)
     rng = np.random.default_rng(0)
@@ -335,6 +344,9 @@ def test_cached_step_logits_equal_full_forward(
     prompts = [rng.integers(3, 359, size=k) for k in (0, 7, 100)]  # 100 > N: keeps the last W
     if match_lookup:  # repeated figures, so the lookup finds long matches in the window
         prompts = [np.tile(rng.integers(3, 359, size=6), 20)[:k] for k in (0, 7, 100)]
+    if note_lookup:  # three pitches and a few other ids: note runs agree often, and variously
+        ids = vocab.NOTE_ON_FIRST_ID + np.array([60, 62, 64, 0, 0, 0]) + [0, 0, 0, 140, 256, 300]
+        prompts = [rng.choice(ids, size=k) for k in (0, 7, 100)]
     outs, logits, plan = sample_with_logits(
         model,
         prompts,
