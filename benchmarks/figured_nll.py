@@ -1,7 +1,8 @@
 """Teacher-forced NLL of the figured primes' own continuation, by token kind.
 
 Each figure of ``benchmarks/continuing.py`` is written for 40 s instead of 20; the model scores
-every token of that piece (one full forward), and this reports the mean NLL over the second 20 s,
+every token of that piece (one full forward), and this reports the mean NLL over the second 20 s
+(its last M tokens where it is longer),
 split into NOTE_ON, NOTE_OFF, TIME_SHIFT and VELOCITY tokens. A model that carries a figure
 forward predicts the NOTE_ONs of its repetition almost surely; the "-human" figures (timing and
 loudness jittered) show whether the prediction survives a human performance.
@@ -43,7 +44,8 @@ def figured_pieces(seconds: float = 2 * continuing.PRIME_S) -> list[dict]:
 
 
 def second_half_nll(model, ids: np.ndarray) -> dict[str, float]:
-    """Mean NLL per token kind over the tokens after the piece's middle (by token count)."""
+    """Mean NLL per token kind over the tokens after the piece's middle (by token count; at most
+    the last M of them, the positions the latents predict)."""
     import jax
     import jax.numpy as jnp
 
@@ -54,13 +56,14 @@ def second_half_nll(model, ids: np.ndarray) -> dict[str, float]:
         ids = np.concatenate([[SOS_ID], ids])
     n, m = int(model.config.max_len), int(model.config.num_latents)
     length = ids.size - 1
-    if length > m:
-        raise ValueError(f"a figured piece of {length} tokens needs at least that many latents")
+    if length > n:
+        raise ValueError(f"a figured piece of {length} tokens is longer than the context {n}")
     inputs = np.full((1, n), PAD_ID, np.int32)
     inputs[0, n - length :] = ids[:-1]
     logp = np.asarray(jax.nn.log_softmax(model(jnp.asarray(inputs)), axis=-1))[0]  # [M, V]
-    targets = ids[1:][length // 2 :]
-    rows = np.arange(m - length + length // 2, m)
+    scored = min(m, length - length // 2)  # the second half's last tokens the latents reach
+    targets = ids[1:][length - scored :]
+    rows = np.arange(m - scored, m)
     nll = -logp[rows, targets]
     out = {"all": float(nll.mean())}
     for kind, (lo, hi) in KINDS.items():
