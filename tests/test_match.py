@@ -74,29 +74,42 @@ def test_coarse_view_table():
     assert table[shift + 100] == table[shift + 98]  # long shifts share wide buckets
 
 
-def test_match_lookup_is_causal_and_starts_as_the_model_was():
-    """Changing the tokens after a latent's position never changes its logits (the lookup has no
-    gradient to check causality with), and zero-initialised embeddings change nothing."""
-    cfg = dataclasses.replace(get_config("tiny"), match_lookup=6)
+def _grown_and_base(**lookup):
+    """A tiny model with ``lookup`` added and the same model without it (same seed, the same
+    random logits map), and a repetitive token row; the zero-initialised addition changes
+    nothing yet."""
+    cfg = dataclasses.replace(get_config("tiny"), **lookup)
     model = PerceiverAR(cfg, rngs=nnx.Rngs(0))
-    base = PerceiverAR(dataclasses.replace(cfg, match_lookup=0), rngs=nnx.Rngs(0))
+    base = PerceiverAR(dataclasses.replace(cfg, **{k: 0 for k in lookup}), rngs=nnx.Rngs(0))
     rng = np.random.default_rng(1)
     tokens = np.tile(rng.integers(3, 359, size=7), 10)[None, : cfg.max_len].astype(np.int32)
     kernel = model.logits.kernel
     kernel[...] = 0.3 * jax.random.normal(jax.random.key(1), kernel.shape)
     base.logits.kernel[...] = kernel[...]
     np.testing.assert_array_equal(np.asarray(model(tokens)), np.asarray(base(tokens)))
-    for table in (model.match_follow.embedding, model.match_len.embedding):
-        table[...] = jax.random.normal(jax.random.key(2), table.shape)
-    model.match_bonus[...] = jax.random.normal(jax.random.key(3), model.match_bonus.shape)
-    logits = np.asarray(model(tokens))
-    assert not np.allclose(logits, np.asarray(base(tokens)), atol=1e-3)  # the lookup is used
+    return cfg, model, base, tokens, rng
+
+
+def _assert_causal(cfg, model, tokens, logits, rng) -> None:
+    """Changing the tokens after a latent's position leaves that latent's logits as they were."""
     n, m = cfg.max_len, cfg.num_latents
     for i in (0, 5, m - 2):
         p = n - m + i
         changed = tokens.copy()
         changed[0, p + 1 :] = rng.integers(3, 359, size=n - p - 1)
         np.testing.assert_allclose(np.asarray(model(changed))[0, i], logits[0, i], atol=1e-5)
+
+
+def test_match_lookup_is_causal_and_starts_as_the_model_was():
+    """Changing the tokens after a latent's position never changes its logits (the lookup has no
+    gradient to check causality with), and zero-initialised embeddings change nothing."""
+    cfg, model, base, tokens, rng = _grown_and_base(match_lookup=6)
+    for table in (model.match_follow.embedding, model.match_len.embedding):
+        table[...] = jax.random.normal(jax.random.key(2), table.shape)
+    model.match_bonus[...] = jax.random.normal(jax.random.key(3), model.match_bonus.shape)
+    logits = np.asarray(model(tokens))
+    assert not np.allclose(logits, np.asarray(base(tokens)), atol=1e-3)  # the lookup is used
+    _assert_causal(cfg, model, tokens, logits, rng)
 
 
 def test_advancing_ring_lengths_equals_recomputing_them():
@@ -221,15 +234,7 @@ def test_note_lookup_ring_equals_window():
 
 
 def test_note_lookup_is_causal_keeps_the_note_on_total_and_starts_as_the_model_was():
-    cfg = dataclasses.replace(get_config("tiny"), note_lookup=6)
-    model = PerceiverAR(cfg, rngs=nnx.Rngs(0))
-    base = PerceiverAR(dataclasses.replace(cfg, note_lookup=0), rngs=nnx.Rngs(0))
-    rng = np.random.default_rng(1)
-    tokens = np.tile(rng.integers(3, 359, size=7), 10)[None, : cfg.max_len].astype(np.int32)
-    kernel = model.logits.kernel
-    kernel[...] = 0.3 * jax.random.normal(jax.random.key(1), kernel.shape)
-    base.logits.kernel[...] = kernel[...]
-    np.testing.assert_array_equal(np.asarray(model(tokens)), np.asarray(base(tokens)))
+    cfg, model, base, tokens, rng = _grown_and_base(note_lookup=6)
     model.match_note_bonus[...] = jnp.full(model.match_note_bonus.shape, 0.25)  # 4 nats
     logits = np.asarray(model(tokens))
     plain = np.asarray(base(tokens))
@@ -244,9 +249,4 @@ def test_note_lookup_is_causal_keeps_the_note_on_total_and_starts_as_the_model_w
     for table in (model.match_note_follow.embedding, model.match_note_len.embedding):
         table[...] = jax.random.normal(jax.random.key(2), table.shape)
     logits = np.asarray(model(tokens))
-    n, m = cfg.max_len, cfg.num_latents
-    for i in (0, 5, m - 2):
-        p = n - m + i
-        changed = tokens.copy()
-        changed[0, p + 1 :] = rng.integers(3, 359, size=n - p - 1)
-        np.testing.assert_allclose(np.asarray(model(changed))[0, i], logits[0, i], atol=1e-5)
+    _assert_causal(cfg, model, tokens, logits, rng)

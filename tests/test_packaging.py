@@ -61,20 +61,21 @@ def _copy_tracked(dst: pathlib.Path) -> None:
             shutil.copy2(src, dst / rel)
 
 
+def _pip(python, *args, what: str, env=None, timeout: int) -> None:
+    """``python -m pip ARGS -q``; skips the test when no package index answers."""
+    cmd = [str(python), "-m", "pip", *map(str, args), "-q"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    if proc.returncode != 0 and any(e in proc.stderr for e in NETWORK_ERRORS):
+        pytest.skip(f"cannot {what}: no package index ({proc.stderr.strip()[-200:]})")
+    assert proc.returncode == 0, proc.stderr
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> pathlib.Path:
     src = tmp_path_factory.mktemp("src")
     _copy_tracked(src)
     out = tmp_path_factory.mktemp("wheel")
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "-q", "-w", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if proc.returncode != 0 and any(e in proc.stderr for e in NETWORK_ERRORS):
-        pytest.skip(f"cannot build the wheel: no package index ({proc.stderr.strip()[-200:]})")
-    assert proc.returncode == 0, proc.stderr
+    _pip(sys.executable, "wheel", src, "--no-deps", "-w", out, what="build the wheel", timeout=600)
     (path,) = out.glob("perceiver_midi-*.whl")
     return path
 
@@ -118,16 +119,7 @@ def test_wheel_installs_in_a_fresh_venv_and_continues_a_piece(wheel, tmp_path_fa
     env = _clean_env()
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=env, timeout=300)
     python, cli = venv / "bin" / "python", venv / "bin" / "perceiver-midi"
-    proc = subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", str(wheel)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=1200,
-    )
-    if proc.returncode != 0 and any(e in proc.stderr for e in NETWORK_ERRORS):
-        pytest.skip(f"cannot install the dependencies: no package index ({proc.stderr[-200:]})")
-    assert proc.returncode == 0, proc.stderr
+    _pip(python, "install", wheel, what="install the dependencies", env=env, timeout=1200)
 
     def run(*cmd, timeout=600):
         return subprocess.run(
