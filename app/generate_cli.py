@@ -1,4 +1,4 @@
-"""CLI subcommands: ``continue``, ``generate``, ``render`` and ``batch``.
+"""CLI subcommands: ``continue``, ``generate``, ``infill``, ``render`` and ``batch``.
 
 Registered by ``app.cli.build_parser`` through :func:`add_commands`. All of them go through
 :mod:`app.pipeline`; user mistakes raise :class:`app.errors.UserError` (one line, exit 2), and
@@ -48,27 +48,31 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _add_sampling(p: argparse.ArgumentParser, *, batch: bool = False) -> None:
+def _add_sampling(p: argparse.ArgumentParser, *, batch: bool = False, infill: bool = False):
+    """The sampling options and musical controls (``infill``: without the budgets and EOS, which
+    the gap decides)."""
     g = p.add_argument_group("sampling")
-    g.add_argument(
-        "--seconds",
-        type=float,
-        metavar="S",
-        help=f"music time to add per continuation (default {DEFAULT_SECONDS:g}, at most "
-        f"{MAX_SECONDS:g})",
-    )
-    g.add_argument(
-        "--tokens",
-        type=_positive_int,
-        metavar="N",
-        help=f"token budget instead of --seconds (at most {MAX_TOKENS:,})",
-    )
+    if not infill:
+        g.add_argument(
+            "--seconds",
+            type=float,
+            metavar="S",
+            help=f"music time to add per continuation (default {DEFAULT_SECONDS:g}, at most "
+            f"{MAX_SECONDS:g})",
+        )
+        g.add_argument(
+            "--tokens",
+            type=_positive_int,
+            metavar="N",
+            help=f"token budget instead of --seconds (at most {MAX_TOKENS:,})",
+        )
+    what = "new middles" if infill else "continuations per prime"
     g.add_argument(
         "--variations",
         type=_positive_int,
         metavar="N",
         default=1,
-        help=f"continuations per prime, sampled as one batch (default 1, at most {MAX_VARIATIONS})",
+        help=f"{what}, sampled as one batch (default 1, at most {MAX_VARIATIONS})",
     )
     g.add_argument(
         "--temperature", type=float, default=1.0, metavar="T", help="0 = greedy (default 1.0)"
@@ -95,9 +99,10 @@ def _add_sampling(p: argparse.ArgumentParser, *, batch: bool = False) -> None:
         metavar="M",
         help="latents used while sampling (test-time compute; default: the model's)",
     )
-    g.add_argument(
-        "--ignore-eos", action="store_true", help="never stop early at EOS: fill the budget"
-    )
+    if not infill:
+        g.add_argument(
+            "--ignore-eos", action="store_true", help="never stop early at EOS: fill the budget"
+        )
     g.add_argument(
         "--max-note-seconds",
         type=float,
@@ -105,8 +110,9 @@ def _add_sampling(p: argparse.ArgumentParser, *, batch: bool = False) -> None:
         help="longest note: a note sounding S seconds is ended before time moves on "
         f"(default {DEFAULT_MAX_NOTE_SECONDS:g}; 0 = no limit; at most {MAX_NOTE_SECONDS:g})",
     )
+    default = "maestro-cpu-infill" if infill else "maestro-cpu"
     g.add_argument(
-        "--checkpoint", metavar="DIR", help="model checkpoint (default: checkpoints/maestro-cpu)"
+        "--checkpoint", metavar="DIR", help=f"model checkpoint (default: the shipped {default})"
     )
     c = p.add_argument_group("musical controls (held on every generated note; default: off)")
     c.add_argument(
@@ -191,11 +197,11 @@ def settings_from_args(args: argparse.Namespace, *, window: bool = True):
     """Settings from parsed options; contradictory options are a UserError."""
     from perceiver_midi.app.pipeline import Settings, Window
 
-    if args.seconds is not None and args.tokens is not None:
+    seconds, tokens = getattr(args, "seconds", None), getattr(args, "tokens", None)
+    if seconds is not None and tokens is not None:
         raise UserError("use --seconds or --tokens, not both")
-    seconds = args.seconds
-    if seconds is None and args.tokens is None:
-        seconds = DEFAULT_SECONDS
+    if seconds is None and tokens is None:
+        seconds = DEFAULT_SECONDS  # (infill: replaced by the gap's length)
     win = Window.last_seconds(DEFAULT_PRIME_SECONDS)
     if window:
         if args.prime_seconds is not None and args.prime_range is not None:
@@ -208,7 +214,7 @@ def settings_from_args(args: argparse.Namespace, *, window: bool = True):
             win = Window.last_tokens(args.prime_tokens)
     return Settings(
         seconds=seconds,
-        tokens=args.tokens,
+        tokens=tokens,
         variations=args.variations,
         temperature=args.temperature,
         top_k=args.top_k,
@@ -216,7 +222,7 @@ def settings_from_args(args: argparse.Namespace, *, window: bool = True):
         seed=args.seed,
         latents=args.latents,
         window=win,
-        stop_at_eos=not args.ignore_eos,
+        stop_at_eos=not getattr(args, "ignore_eos", False),
         **({} if args.max_note_seconds is None else {"max_note_seconds": args.max_note_seconds}),
         pitch_range=args.pitch_range,
         key=args.key,
@@ -244,9 +250,13 @@ def output_options_from_args(args: argparse.Namespace):
     )
 
 
-def load_model_or_exit(checkpoint: str | None):
-    from perceiver_midi.model.checkpoint import CheckpointError, load_model
+def load_model_or_exit(checkpoint: str | None, task: str = "continue"):
+    from perceiver_midi.model.checkpoint import CheckpointError, default_checkpoint, load_model
 
+    if checkpoint is None and task != "continue":
+        checkpoint = default_checkpoint(task)
+        if checkpoint is None:
+            raise UserError(f"no shipped {task} checkpoint; pass --checkpoint DIR")
     try:
         return load_model(checkpoint)
     except CheckpointError as exc:
@@ -395,6 +405,46 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
+# infill
+# ----------------------------------------------------------------------------------------------
+
+
+def cmd_infill(args: argparse.Namespace) -> int:
+    from perceiver_midi.app.infill import Gap, infill_piece, plan_gap, write_infill
+    from perceiver_midi.app.pipeline import Window, cut_prime, ensure_out_dir
+
+    piece_path = pathlib.Path(args.piece)
+    if not piece_path.exists():
+        raise UserError(f"{piece_path}: no such file")
+    if piece_path.is_dir():
+        raise UserError(f"{piece_path}: is a directory, not a MIDI file")
+    gap = Gap.parse(args.range)
+    settings = settings_from_args(args, window=False)
+    options = output_options_from_args(args)
+    piece = cut_prime(str(piece_path), Window.whole()).window  # fail fast, before the model
+    out_dir = ensure_out_dir(args.out)
+    model = load_model_or_exit(args.checkpoint, "infill")
+    plan_gap(model, piece, gap, settings, str(piece_path))  # a bad range: one line, no work
+    filled = infill_piece(model, piece, gap, settings, name=str(piece_path))
+    f0 = filled[0]
+    print(
+        f"infill {piece_path}: {f0.start:.2f}..{f0.end:.2f} s regenerated "
+        f"(asked {gap.describe()}); seeds {f0.seed}..{filled[-1].seed}; sampled in "
+        f"{f0.sample_seconds:.1f} s"
+    )
+    for f in filled:
+        paths = write_infill(f, out_dir, piece_path.stem, options)
+        print("  " + ", ".join(str(p) for p in paths.values()))
+        if f.stop == "tokens":
+            print(
+                f"note: variation {f.variation} used its whole token budget before the gap's "
+                "end; the rest of the gap is silent",
+                file=sys.stderr,
+            )
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
 # render
 # ----------------------------------------------------------------------------------------------
 
@@ -474,7 +524,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub) -> None:
-    """Adds ``continue``, ``generate``, ``render`` and ``batch`` to ``perceiver-midi``."""
+    """Adds ``continue``, ``generate``, ``infill``, ``render`` and ``batch`` to
+    ``perceiver-midi``."""
     p = sub.add_parser(
         "continue",
         help="continue a MIDI file: MIDI (+ audio) files",
@@ -496,6 +547,25 @@ def add_commands(sub) -> None:
     _add_output(p, out_default=".", full=False)
     p.add_argument("--name", default="generated", help="file name stem (default: generated)")
     p.set_defaults(func=cmd_generate)
+    _one_line_errors(p)
+
+    p = sub.add_parser(
+        "infill",
+        help="regenerate a span inside a MIDI file, with both sides in view",
+        description="Regenerate START..END seconds of PIECE.mid; writes, per variation, "
+        "DIR/<stem>_infill_v1.mid (the whole piece with the span new) and "
+        "DIR/<stem>_infill_v1_middle.mid (the new span alone), with audio.",
+    )
+    p.add_argument("piece", metavar="PIECE.mid")
+    p.add_argument(
+        "--range",
+        required=True,
+        metavar="START:END",
+        help="the span to regenerate, in seconds (e.g. 30:38; at most 12 s)",
+    )
+    _add_sampling(p, infill=True)
+    _add_output(p, out_default=".", full=False)
+    p.set_defaults(func=cmd_infill)
     _one_line_errors(p)
 
     p = sub.add_parser(

@@ -22,6 +22,7 @@ import tempfile
 import warnings
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from perceiver_midi.model.config import Config
@@ -32,6 +33,7 @@ from perceiver_midi.model.perceiver_ar import PerceiverAR
 # (which holds the default model alone). Found by import, never by a path relative to a clone.
 CHECKPOINTS_DIR = pathlib.Path(str(importlib.resources.files("perceiver_midi.checkpoints")))
 DEFAULT_NAME = "maestro-cpu"
+INFILL_NAME = "maestro-cpu-infill"  # the shipped model trained to infill (Config.infill)
 
 
 # What a checkpoint folder holds (``save_model`` writes config.json and params/; ``perceiver-midi
@@ -67,9 +69,18 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message is one line."""
 
 
-def default_checkpoint() -> pathlib.Path | None:
-    """The shipped checkpoint the CLI and app use when none is given (None if absent)."""
-    path = pathlib.Path(os.environ.get("PERCEIVER_MIDI_CHECKPOINT", CHECKPOINTS_DIR / DEFAULT_NAME))
+def default_checkpoint(task: str = "continue") -> pathlib.Path | None:
+    """The shipped checkpoint the CLI and app use when none is given (None if absent): for
+    ``task="infill"`` the infilling model (``PERCEIVER_MIDI_INFILL_CHECKPOINT`` overrides it),
+    else the default one (``PERCEIVER_MIDI_CHECKPOINT``)."""
+    if task not in ("continue", "infill"):
+        raise ValueError(f"task must be 'continue' or 'infill', got {task!r}")
+    env, name = (
+        ("PERCEIVER_MIDI_INFILL_CHECKPOINT", INFILL_NAME)
+        if task == "infill"
+        else ("PERCEIVER_MIDI_CHECKPOINT", DEFAULT_NAME)
+    )
+    path = pathlib.Path(os.environ.get(env, CHECKPOINTS_DIR / name))
     return path if (path / "config.json").exists() else None
 
 
@@ -199,12 +210,37 @@ def is_additive(name: str) -> bool:
     return name.startswith(ADDITIVE_PARAMS)
 
 
+# Parameters a pretrained checkpoint may hold with fewer rows: the input embedding gains the
+# infilling sentinels' rows (``Config.infill``); the rows it had keep their values.
+GROWN_ROWS = ("embed.embedding",)
+
+
+def grows(name: str, found: tuple, expected: tuple) -> bool:
+    """True when parameter ``name`` of shape ``found`` may grow to ``expected`` (GROWN_ROWS)."""
+    return (
+        name in GROWN_ROWS
+        and len(found) == len(expected) == 2
+        and found[0] < expected[0]
+        and found[1] == expected[1]
+    )
+
+
+def grow_params(pretrained, model) -> None:
+    """Gives ``pretrained`` (an nnx param state) the rows of ``model``'s GROWN_ROWS it lacks,
+    from ``model``'s own initialisation: the new ids start small and random, the old unchanged."""
+    old = pretrained["embed"]["embedding"]
+    rows, new = old[...].shape[0], model.embed.embedding[...]
+    if rows < new.shape[0]:
+        old.set_value(jnp.concatenate([old[...], new[rows:]], axis=0))
+
+
 def params_mismatch(
     found: dict, expected: dict, *, limit: int = 3, allow_additions: bool = False
 ) -> str:
     """'' when ``found`` (the checkpoint's param specs) fits ``expected`` (the model's), else the
     first ``limit`` differences in one line: shapes, dtypes, missing and extra parameters.
-    ``allow_additions``: the model may have ``ADDITIVE_PARAMS`` the checkpoint lacks."""
+    ``allow_additions``: the model may have ``ADDITIVE_PARAMS`` the checkpoint lacks, and more
+    rows of ``GROWN_ROWS``."""
     problems = []
     for name in sorted(found.keys() | expected.keys()):
         if name not in found and allow_additions and is_additive(name):
@@ -215,7 +251,9 @@ def params_mismatch(
         elif name not in expected:
             shape, dtype = found[name]
             problems.append(f"{name} {shape} {dtype} is in the checkpoint but not in the model")
-        elif found[name][0] != expected[name][0]:
+        elif found[name][0] != expected[name][0] and not (
+            allow_additions and grows(name, found[name][0], expected[name][0])
+        ):
             problems.append(
                 f"{name} has shape {found[name][0]} in the checkpoint, "
                 f"the model expects {expected[name][0]}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from perceiver_midi.model.vocab import VOCAB_SIZE
+from perceiver_midi.model.vocab import NUM_SENTINELS, VOCAB_SIZE
 
 NOISE_EVENTS = (
     "all",
@@ -65,6 +65,9 @@ class Config:
         a figure replayed with human timing is still found; the pitch that followed gets a
         logit bonus by match length that moves probability among the NOTE_ONs only (their
         total, and so the timing, stays the model's), plus zero-initialised embeddings.
+      infill: the input embedding also holds the infilling sentinels (``vocab.FIM_*``,
+        ``model/infill.py``), so a prompt can show what comes after a gap before what comes
+        before it; the logits stay ``vocab_size`` wide (a sentinel is never predicted).
       note_state: add to every latent's initial state a (zero-initialised) linear map of the
         performance state at its position: which pitches sound and for how long
         (``model/note_state.py``).
@@ -95,6 +98,7 @@ class Config:
     latent_smear: int = 0
     match_lookup: int = 0
     note_lookup: int = 0
+    infill: bool = False
     dtype: str = "float32"
 
     def __post_init__(self):
@@ -129,6 +133,11 @@ class Config:
             raise ValueError(
                 f"input_noise_events must be one of {NOISE_EVENTS}, got {self.input_noise_events!r}"
             )
+
+    @property
+    def input_vocab_size(self) -> int:
+        """Rows of the input embedding: the vocabulary, plus the sentinels with ``infill``."""
+        return self.vocab_size + (NUM_SENTINELS if self.infill else 0)
 
     @property
     def embed_dim(self) -> int:

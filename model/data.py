@@ -11,6 +11,7 @@ import dataclasses
 
 import numpy as np
 
+from perceiver_midi.model import infill
 from perceiver_midi.model.vocab import (
     PAD_ID,
     SOS_ID,
@@ -64,6 +65,29 @@ class Repeats:
 
 
 NO_REPEATS = Repeats()
+
+
+@dataclasses.dataclass(frozen=True)
+class Infill:
+    """Crops that teach infilling (``model/infill.py``): a ``share`` of the rows puts a gap of
+    ``min_gap_steps``..``max_gap_steps`` (10 ms steps) where a plain crop would end, shows up to
+    ``infill.MAX_SUFFIX_TOKENS`` tokens of what follows the gap first, then the part before it,
+    and ends at a random point of the real middle (so every middle position is a target alike).
+    Needs a model with ``Config.infill``."""
+
+    share: float = 0.0
+    min_gap_steps: int = 100
+    max_gap_steps: int = 1200
+    post_tokens: int = 4000  # raw tokens read after the gap's start (gap + suffix)
+
+    def __post_init__(self):
+        if not 0.0 <= self.share <= 1.0:
+            raise ValueError(f"infill share must be in [0, 1], got {self.share}")
+        if not 1 <= self.min_gap_steps <= self.max_gap_steps:
+            raise ValueError("infill needs 1 <= min_gap_steps <= max_gap_steps")
+
+
+NO_INFILL = Infill()
 
 _TS_LAST_ID = VELOCITY_FIRST_ID - 1
 
@@ -119,6 +143,7 @@ class TrainBatches:
         seed: int,
         augmentation: Augmentation = Augmentation(),
         repeats: Repeats = NO_REPEATS,
+        infill: Infill = NO_INFILL,
     ):
         if len(split) == 0:
             raise ValueError("the training split has no pieces")
@@ -129,6 +154,7 @@ class TrainBatches:
         self.seed = seed
         self.aug = augmentation
         self.repeats = repeats
+        self.infill = infill
         lengths = np.diff(split.offsets).astype(np.float64) + 1  # + SOS
         self.piece_p = lengths / lengths.sum()  # every token equally likely to be a target
 
@@ -137,7 +163,7 @@ class TrainBatches:
         piece = self.split.piece(k)
         length = piece.size + 1  # with SOS
         # The crop ends at `end` (exclusive) in [SOS] + piece; at least num_targets + 1 tokens
-        # (or the whole piece when it is shorter).
+        # (or the whole piece when it is shorter). An infilling crop's gap starts there.
         lo = min(self.num_targets + 1, length)
         end = int(rng.integers(lo, length + 1))
         semitones = (
@@ -146,21 +172,44 @@ class TrainBatches:
             else 0
         )
         stretch = float(rng.uniform(self.aug.min_stretch, self.aug.max_stretch))
+        fim = self.infill.share > 0 and rng.random() < self.infill.share
         # Take a little more than needed before augmenting: stretching and dropped notes change
         # the length; the crop is cut to seq_len afterwards, keeping its end.
         raw = int(self.seq_len * max(1.0, 1.0 / self.aug.min_stretch) * 1.05) + 16
         start = max(0, end - raw)
-        body = np.asarray(piece[max(0, start - 1) : end - 1], np.int32)
+        after = self.infill.post_tokens if fim else 0
+        body = np.asarray(piece[max(0, start - 1) : end - 1 + after], np.int32)
         if start == 0:
             body = np.concatenate([[SOS_ID], body]).astype(np.int32)
+        gap_start = int(infill.time_before(body)[end - start]) if fim else 0
         if self.aug.enabled:
             body = augment(body, semitones, stretch)
-        body = body[-self.seq_len :]
-        if self.repeats.share > 0 and rng.random() < self.repeats.share:
+            gap_start = int(np.floor(gap_start * stretch + 0.5))
+        if fim:
+            body = self._infill_crop(body, gap_start, rng)
+        else:
+            body = body[-self.seq_len :]
+        if not fim and self.repeats.share > 0 and rng.random() < self.repeats.share:
             body = replay(body, rng, self.repeats)
         out = np.full(self.seq_len, PAD_ID, np.int32)
         out[self.seq_len - body.size :] = body
         return out
+
+    def _infill_crop(self, body: np.ndarray, gap_start: int, rng: np.random.Generator):
+        """An infilling row from ``body`` with its gap starting at music time ``gap_start``:
+        the prompt, then the real middle up to a random point; the plain crop ending at the
+        gap's start when the piece has no music after it."""
+        steps = int(rng.integers(self.infill.min_gap_steps, self.infill.max_gap_steps + 1))
+        a, b = infill.span(body, gap_start, gap_start + steps)
+        steps = infill.gap_steps(body, a, b)
+        if a >= body.size or steps < 1:
+            return body[:a][-self.seq_len :]
+        suffix = body[b : b + int(rng.integers(0, infill.MAX_SUFFIX_TOKENS + 1))]
+        room = self.seq_len - len(infill.gap_shift_ids(steps)) - infill.HEADER_TOKENS - 1
+        e = int(rng.integers(a + 1, b + 1))
+        e = min(e, a + room // 2)  # a middle never crowds the part before it out of view
+        head = infill.prompt(body[:a], suffix, steps, self.seq_len - (e - a))
+        return np.concatenate([head, body[a:e]]).astype(np.int32)
 
     def batch(self, step: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, step])

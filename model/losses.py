@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from perceiver_midi.model.vocab import PAD_ID
+from perceiver_midi.model.vocab import PAD_ID, VOCAB_SIZE
 
 
 def cross_entropy_with_z_loss(
@@ -28,6 +28,7 @@ def cross_entropy_with_z_loss(
     if weights_BxM is not None:
         valid_BxM = valid_BxM & (weights_BxM > 0)
     weights_BxM = valid_BxM.astype(jnp.float32)
+    targets_BxM = jnp.where(valid_BxM, targets_BxM, PAD_ID)  # in range: no NaN times 0
     log_z_BxM = jax.nn.logsumexp(logits_BxMxV, axis=-1)
     target_logit_BxM = jnp.take_along_axis(logits_BxMxV, targets_BxM[..., None], axis=-1)[..., 0]
     nll_BxM = log_z_BxM - target_logit_BxM
@@ -42,11 +43,16 @@ def cross_entropy_with_z_loss(
 
 def split_batch(tokens_BxT: jax.Array, num_latents: int):
     """``tokens[B, N+1]`` (left-padded) -> inputs ``[B, N]``, the latents' targets ``[B, M]`` and
-    their weights ``[B, M]`` (1 where both the target and the latent's own input are not PAD)."""
+    their weights ``[B, M]`` (1 where both the target and the latent's own input are not PAD, and
+    the target is not an infilling sentinel)."""
     inputs_BxN = tokens_BxT[:, :-1]
     m = min(num_latents, inputs_BxN.shape[1])
     targets_BxM = tokens_BxT[:, -m:]
-    weights_BxM = ((targets_BxM != PAD_ID) & (inputs_BxN[:, -m:] != PAD_ID)).astype(jnp.float32)
+    weights_BxM = (
+        (targets_BxM != PAD_ID)
+        & (targets_BxM < VOCAB_SIZE)  # an infilling sentinel is read, never predicted
+        & (inputs_BxN[:, -m:] != PAD_ID)
+    ).astype(jnp.float32)
     return inputs_BxN, targets_BxM, weights_BxM
 
 

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from perceiver_midi.model.vocab import (
+    INPUT_VOCAB_SIZE,
     NOTE_ON_FIRST_ID,
     NUM_PITCHES,
     PAD_ID,
@@ -46,13 +47,13 @@ SHIFT_BUCKET_RATIO = 1.4
 
 
 def coarse_table() -> np.ndarray:
-    """int32 [V]: the coarse class of every id; 0 for PAD (never matches)."""
-    table = np.arange(VOCAB_SIZE, dtype=np.int32)  # notes, SOS, EOS: themselves
+    """int32 [V + sentinels]: the coarse class of every id; 0 for PAD (never matches)."""
+    table = np.arange(INPUT_VOCAB_SIZE, dtype=np.int32)  # notes, SOS, EOS, sentinels: themselves
     table[PAD_ID] = 0
     steps = np.arange(1, TIME_SHIFT_LAST_ID - TIME_SHIFT_FIRST_ID + 2)
     buckets = np.floor(np.log(steps) / np.log(SHIFT_BUCKET_RATIO) + 1e-9).astype(np.int32)
     table[TIME_SHIFT_FIRST_ID : TIME_SHIFT_LAST_ID + 1] = TIME_SHIFT_FIRST_ID + buckets
-    table[VELOCITY_FIRST_ID:] = VELOCITY_FIRST_ID
+    table[VELOCITY_FIRST_ID:VOCAB_SIZE] = VELOCITY_FIRST_ID
     assert table[NOTE_ON_FIRST_ID] == NOTE_ON_FIRST_ID
     return table
 

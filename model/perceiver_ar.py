@@ -31,6 +31,8 @@ from flax import nnx
 from perceiver_midi.model import match, note_state
 from perceiver_midi.model.config import NOISE_EVENTS, Config
 from perceiver_midi.model.vocab import (
+    FIM_GAP_ID,
+    FIM_SUFFIX_ID,
     NOTE_OFF_FIRST_ID,
     NOTE_ON_FIRST_ID,
     NUM_PITCHES,
@@ -38,6 +40,7 @@ from perceiver_midi.model.vocab import (
     PAD_ID,
     TIME_SHIFT_FIRST_ID,
     VELOCITY_FIRST_ID,
+    VOCAB_SIZE,
 )
 
 _NEG_INF = -1e30  # finite "minus infinity" for masked scores (a fully masked row stays finite)
@@ -147,14 +150,15 @@ RESERVED_KIND, NOTE_ON_KIND, NOTE_OFF_KIND, TIME_SHIFT_KIND, VELOCITY_KIND = ran
 
 
 def event_kind(tokens):
-    """Each token's kind: RESERVED_KIND (PAD/EOS/SOS), NOTE_ON_KIND, NOTE_OFF_KIND,
-    TIME_SHIFT_KIND or VELOCITY_KIND (0-4, in id order)."""
-    return (
+    """Each token's kind: RESERVED_KIND (PAD/EOS/SOS and the infilling sentinels),
+    NOTE_ON_KIND, NOTE_OFF_KIND, TIME_SHIFT_KIND or VELOCITY_KIND (0-4, in id order)."""
+    kind = (
         (tokens >= NUM_RESERVED).astype(jnp.int32)
         + (tokens >= NOTE_OFF_FIRST_ID)
         + (tokens >= TIME_SHIFT_FIRST_ID)
         + (tokens >= VELOCITY_FIRST_ID)
     )
+    return jnp.where(tokens >= VOCAB_SIZE, RESERVED_KIND, kind)  # infilling sentinels
 
 
 def noise_inputs(
@@ -179,7 +183,12 @@ def noise_inputs(
         raise ValueError(f"events must be one of {NOISE_EVENTS}, got {events!r}")
     k_mask, k_draw = jax.random.split(rng)
     b, n = tokens_BxL.shape
-    hit_BxL = ~keep_mask(k_mask, rate, (b, n))
+    # An infilling prompt's gap length (the TIME_SHIFTs between GAP and SUFFIX) is a fact, not
+    # music: it stays as written.
+    header_BxL = jnp.cumsum(tokens_BxL == FIM_GAP_ID, axis=1) > jnp.cumsum(
+        tokens_BxL == FIM_SUFFIX_ID, axis=1
+    )
+    hit_BxL = ~keep_mask(k_mask, rate, (b, n)) & ~header_BxL
     kind_BxL = event_kind(tokens_BxL)
     u_BxL = jax.random.uniform(k_draw, (b, n))
     if events in ("compress", "compress_far"):
@@ -390,7 +399,7 @@ class PerceiverAR(nnx.Module):
     def __init__(self, config: Config, *, rngs: nnx.Rngs):
         self.config = config
         dtype = jnp.dtype(config.dtype)
-        self.embed = nnx.Embed(config.vocab_size, config.embed_dim, dtype=dtype, rngs=rngs)
+        self.embed = nnx.Embed(config.input_vocab_size, config.embed_dim, dtype=dtype, rngs=rngs)
         self.cross = CrossAttendBlock(config, dtype, rngs=rngs)
         self.layers = nnx.List(
             [SelfAttendBlock(config, dtype, rngs=rngs) for _ in range(config.num_layers)]
@@ -468,8 +477,9 @@ class PerceiverAR(nnx.Module):
     def _match_term(self, follow: jax.Array, length: jax.Array) -> jax.Array:
         """What a match lookup adds to a latent: the followed token (when there is a match) and
         the match length."""
-        found = (length > 0)[..., None].astype(self.match_follow.embedding.dtype)
-        return self.match_follow(follow) * found + self.match_len(length)
+        ok = (length > 0) & (follow < self.config.vocab_size)  # a sentinel is never followed
+        found = ok[..., None].astype(self.match_follow.embedding.dtype)
+        return self.match_follow(jnp.where(ok, follow, 0)) * found + self.match_len(length)
 
     # -- full forward -------------------------------------------------------------------------
 

@@ -61,6 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from perceiver_midi.model import infill
 from perceiver_midi.model.vocab import (
     DEFAULT_VELOCITY,
     EOS_ID,
@@ -608,12 +609,15 @@ def _generate(
     if not 0 <= headroom <= mc - 1:
         raise ValueError(f"refill_headroom must be in [0, num_latents - 1], got {headroom}")
     window = cfg.max_len - headroom
-    windows = [_prompt_window_ids(p, i, cfg.vocab_size, window) for i, p in enumerate(prompt_list)]
+    windows = [
+        _prompt_window_ids(p, i, cfg.input_vocab_size, window) for i, p in enumerate(prompt_list)
+    ]
     sounding = np.zeros((_next_pow2(n_prompts), NUM_PITCHES), np.int32)
     onsets = np.zeros((*sounding.shape, ONSET_SLOTS), np.int32)
     head = np.zeros_like(sounding)
     velocity = np.full(sounding.shape[0], DEFAULT_VELOCITY, np.int32)
     for i, p in enumerate(prompt_list):  # the whole prompt: a note may outlast the window
+        p = infill.music_before_middle(p)  # an infilling prompt: the part before the gap
         sounding[i] = sounding_pitches(p)
         velocity[i] = current_velocity(p)
         if max_note_seconds is not None:  # without a limit the onsets change no token

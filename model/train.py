@@ -38,6 +38,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from perceiver_midi.model.checkpoint import (
     default_checkpoint,
+    grow_params,
     is_additive,
     load_model,
     param_name,
@@ -46,7 +47,13 @@ from perceiver_midi.model.checkpoint import (
     save_model,
 )
 from perceiver_midi.model.config import Config, get_config
-from perceiver_midi.model.data import NO_AUGMENTATION, Augmentation, Repeats, TrainBatches
+from perceiver_midi.model.data import (
+    NO_AUGMENTATION,
+    Augmentation,
+    Infill,
+    Repeats,
+    TrainBatches,
+)
 from perceiver_midi.model.perceiver_ar import PerceiverAR
 from perceiver_midi.model.train_step import train_step
 from perceiver_midi.tokenizer.dataset import TokenSplit, load_split
@@ -71,6 +78,7 @@ class TrainConfig:
     augment: bool = True
     repeat_share: float = 0.0  # crops ending in a replay of their own earlier passage (Repeats)
     repeat_max_back: int = 1500  # how far back the first playing may start, in tokens
+    infill_share: float = 0.0  # infilling crops (data.Infill; the model needs Config.infill)
     addition_lr_scale: float = 1.0  # rate multiplier of the zero-initialised additions
     log_every: int = 10
     eval_every: int = 500
@@ -80,6 +88,8 @@ class TrainConfig:
     init_from: str | None = None  # params for a new work dir: a folder, "none", None = shipped
 
     def __post_init__(self):
+        if self.infill_share > 0 and not dict(self.model_overrides).get("infill", False):
+            raise ValueError("infill_share needs a model with infill (--set infill=True)")
         if self.schedule not in ("wsd", "cosine"):
             raise ValueError(f"schedule must be 'wsd' or 'cosine', got {self.schedule!r}")
         if self.decay_shape not in ("1-sqrt", "linear"):
@@ -299,6 +309,7 @@ def build(tc: TrainConfig, workdir: pathlib.Path):
                 allow_additions=True,
             )
             if not mismatch:  # settings that shape no parameter (latents, dropout) may differ
+                grow_params(pretrained, model)
                 nnx.update(model, pretrained)
                 source = f"initialised from {init}"
             elif explicit:
@@ -345,6 +356,7 @@ def train(
         seed=tc.seed,
         augmentation=Augmentation() if tc.augment else NO_AUGMENTATION,
         repeats=Repeats(share=tc.repeat_share, max_back=tc.repeat_max_back),
+        infill=Infill(share=tc.infill_share),
     )
     print(
         f"{source} at step {step}; {config.max_len} context, {config.num_latents} latents, "

@@ -26,3 +26,14 @@ VELOCITY_FIRST_ID = 359
 NUM_VELOCITY_BINS = 32
 VELOCITY_BIN_SIZE = 4
 DEFAULT_VELOCITY = 100  # of NOTE_ONs before any VELOCITY (note-seq's default)
+
+# Infilling sentinels (``Config.infill``; ``model/infill.py``): input-only ids after the 391 of the
+# vocabulary. The model reads them and never predicts them (its logits stay VOCAB_SIZE wide).
+# A prompt is [SOS, GAP, <gap length as TIME_SHIFTs>, SUFFIX, <after the gap>, PREFIX,
+# <before the gap>, MIDDLE] and the model writes the middle.
+FIM_GAP_ID = 391
+FIM_SUFFIX_ID = 392
+FIM_PREFIX_ID = 393
+FIM_MIDDLE_ID = 394
+NUM_SENTINELS = 4
+INPUT_VOCAB_SIZE = VOCAB_SIZE + NUM_SENTINELS  # ids a model with ``infill`` embeds

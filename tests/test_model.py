@@ -9,7 +9,7 @@ import optax
 import pytest
 from flax import nnx
 
-from perceiver_midi.model import vocab
+from perceiver_midi.model import infill, vocab
 from perceiver_midi.model.config import PRESETS, Config, get_config
 from perceiver_midi.model.losses import cross_entropy_with_z_loss, loss_fn
 from perceiver_midi.model.perceiver_ar import (
@@ -312,22 +312,23 @@ def test_training_mode_requires_rng():
 
 
 @pytest.mark.parametrize(
-    "num_latents, note_state, smear, latent_smear, match_lookup, note_lookup",
+    "num_latents, note_state, smear, latent_smear, match_lookup, note_lookup, fim",
     [
-        (None, False, 0, 0, 0, 0),
-        (10, False, 0, 0, 0, 0),
-        (None, True, 0, 0, 0, 0),
-        (None, False, 3, 0, 0, 0),
-        (10, False, 2, 0, 0, 0),
-        (10, False, 3, 2, 0, 0),
-        (None, False, 0, 0, 4, 0),
-        (10, False, 3, 2, 6, 0),
-        (None, False, 0, 0, 0, 5),
-        (10, False, 3, 2, 6, 4),
+        (None, False, 0, 0, 0, 0, False),
+        (10, False, 0, 0, 0, 0, False),
+        (None, True, 0, 0, 0, 0, False),
+        (None, False, 3, 0, 0, 0, False),
+        (10, False, 2, 0, 0, 0, False),
+        (10, False, 3, 2, 0, 0, False),
+        (None, False, 0, 0, 4, 0, False),
+        (10, False, 3, 2, 6, 0, False),
+        (None, False, 0, 0, 0, 5, False),
+        (10, False, 3, 2, 6, 4, False),
+        (10, False, 3, 2, 6, 4, True),
     ],
 )
 def test_cached_step_logits_equal_full_forward(
-    num_latents, note_state, smear, latent_smear, match_lookup, note_lookup
+    num_latents, note_state, smear, latent_smear, match_lookup, note_lookup, fim
 ):
     """Every decoding step (fills, steps, resets, sliding window) against a full forward."""
     cfg = dataclasses.replace(
@@ -337,6 +338,7 @@ def test_cached_step_logits_equal_full_forward(
         latent_smear=latent_smear,
         match_lookup=match_lookup,
         note_lookup=note_lookup,
+        infill=fim,
     )
     model = make_model(cfg, seed=3)
     rng = np.random.default_rng(0)
@@ -347,6 +349,8 @@ def test_cached_step_logits_equal_full_forward(
     if note_lookup:  # three pitches and a few other ids: note runs agree often, and variously
         ids = vocab.NOTE_ON_FIRST_ID + np.array([60, 62, 64, 0, 0, 0]) + [0, 0, 0, 140, 256, 300]
         prompts = [rng.choice(ids, size=k) for k in (0, 7, 100)]
+    if fim:  # infilling prompts: the sentinels and the gap's length before the notes
+        prompts = [infill.prompt(p[: len(p) // 2], p[len(p) // 2 :], 130, 40) for p in prompts]
     outs, logits, plan = sample_with_logits(
         model,
         prompts,
@@ -365,7 +369,7 @@ def test_cached_step_logits_equal_full_forward(
     columns = []
     for prompt, out in zip(prompts, outs, strict=True):
         assert len(out) == 40
-        prefix = np.concatenate([[vocab.SOS_ID], prompt])[-w:]
+        prefix = (prompt if fim else np.concatenate([[vocab.SOS_ID], prompt]))[-w:]
         columns.append(np.concatenate([np.zeros(n + w - len(prefix), np.int64), prefix, out]))
     columns = np.stack(columns)  # [P, N + W + 40]: N PADs of margin, the window, the new ids
     max_err = 0.0

@@ -1,0 +1,84 @@
+"""Infilling prompts: regenerate a span [A, B) of a piece with both sides in view (numpy; no JAX).
+
+One layout serves the training crops (``model/data.py``) and the app (``app/infill.py``), after
+Bavarian et al. 2022 ("Efficient Training of Language Models to Fill in the Middle", SPM order)::
+
+    [SOS, GAP, <the gap's length as TIME_SHIFTs>, SUFFIX, <tokens from B on>,
+     PREFIX, <tokens before A>, MIDDLE] -> the model writes the middle
+
+The part before the gap comes last, so the middle continues it exactly as a continuation would;
+the part after the gap and the gap's music time come first, where every latent can read them.
+
+Edges are token positions. Each token's event happens at the sum of the TIME_SHIFTs before it
+(``time_before``); the gap starts at the first token whose time is >= A and ends at the first
+whose time is >= B (``span``), so both edges fall just after a TIME_SHIFT and the middle's own
+TIME_SHIFTs add up to the gap's length exactly. Notes that sound across A are closed by the
+middle (their NOTE_OFFs are the middle's); notes of the part after B keep their onsets, and a
+NOTE_OFF there whose NOTE_ON was in the gap is just context.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from perceiver_midi.model.vocab import (
+    FIM_GAP_ID,
+    FIM_MIDDLE_ID,
+    FIM_PREFIX_ID,
+    FIM_SUFFIX_ID,
+    SOS_ID,
+)
+from perceiver_midi.tokenizer.windows import shift_steps, shift_tokens
+
+MAX_SUFFIX_TOKENS = 1024  # of the part after the gap, the prompt keeps this many at most
+HEADER_TOKENS = 4  # SOS, GAP, SUFFIX, PREFIX (+ MIDDLE) around the gap's TIME_SHIFTs
+
+
+def time_before(ids: np.ndarray) -> np.ndarray:
+    """int64 [n + 1]: the music time (10 ms steps) at each token, and at the end."""
+    return np.concatenate([[0], np.cumsum(shift_steps(ids))])
+
+
+def span(ids: np.ndarray, start_step: int, end_step: int) -> tuple[int, int]:
+    """Token positions (a, b) of the gap [start_step, end_step): the first token at or after
+    each time (``len(ids)`` when none is)."""
+    times = time_before(ids)[:-1]
+    a = int(np.searchsorted(times, start_step, side="left"))
+    b = int(np.searchsorted(times, end_step, side="left"))
+    return a, max(a, b)
+
+
+def gap_steps(ids: np.ndarray, a: int, b: int) -> int:
+    """The music time of tokens ``ids[a:b]`` (the gap's exact length), in 10 ms steps."""
+    return int(shift_steps(np.asarray(ids)[a:b]).sum())
+
+
+def gap_shift_ids(steps: int) -> list[int]:
+    """A length as TIME_SHIFT ids, as the encoder writes a pause: full seconds, then the rest."""
+    if steps < 1:
+        raise ValueError(f"a gap must last at least 10 ms, got {steps} steps")
+    return shift_tokens(int(steps))
+
+
+def prompt(prefix: np.ndarray, suffix: np.ndarray, steps: int, max_len: int) -> np.ndarray:
+    """The infilling prompt of at most ``max_len`` tokens: ``suffix`` cut to its first
+    ``MAX_SUFFIX_TOKENS`` (and to half the room), ``prefix`` to its last tokens (what is left)."""
+    shifts = gap_shift_ids(steps)
+    head = [SOS_ID, FIM_GAP_ID, *shifts, FIM_SUFFIX_ID]
+    room = max_len - len(head) - 2  # PREFIX, MIDDLE
+    if room < 0:
+        raise ValueError(f"an infilling prompt needs more than {max_len} tokens")
+    suffix = np.asarray(suffix, np.int32)[: min(MAX_SUFFIX_TOKENS, room // 2)]
+    room -= suffix.size
+    prefix = np.asarray(prefix, np.int32)
+    prefix = prefix[prefix.size - room :] if room < prefix.size else prefix
+    return np.concatenate([head, suffix, [FIM_PREFIX_ID], prefix, [FIM_MIDDLE_ID]]).astype(np.int32)
+
+
+def music_before_middle(ids: np.ndarray) -> np.ndarray:
+    """The tokens of ``ids`` that the middle continues: after the last PREFIX sentinel (all of
+    ``ids`` for a plain prompt). The sampler's running state (sounding notes, velocity) starts
+    from these, not from the part after the gap."""
+    ids = np.asarray(ids)
+    where = np.nonzero(ids == FIM_PREFIX_ID)[0]
+    return ids[where[-1] + 1 :] if where.size else ids

@@ -1,0 +1,234 @@
+"""Infilling: the prompt layout (tables of ids), training crops, sentinels in the model and loss."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from perceiver_midi.model import infill
+from perceiver_midi.model.checkpoint import grow_params, param_specs, params_mismatch
+from perceiver_midi.model.config import get_config
+from perceiver_midi.model.data import NO_AUGMENTATION, Infill, TrainBatches
+from perceiver_midi.model.losses import loss_fn
+from perceiver_midi.model.match import coarse
+from perceiver_midi.model.perceiver_ar import (
+    RESERVED_KIND,
+    PerceiverAR,
+    event_kind,
+    noise_inputs,
+)
+from perceiver_midi.model.vocab import (
+    FIM_GAP_ID,
+    FIM_MIDDLE_ID,
+    FIM_PREFIX_ID,
+    FIM_SUFFIX_ID,
+    INPUT_VOCAB_SIZE,
+    PAD_ID,
+    SOS_ID,
+    VOCAB_SIZE,
+)
+from perceiver_midi.tokenizer.dataset import TokenSplit
+
+ON, OFF, TS, VEL = 3, 131, 259, 359  # first ids of each kind
+GAP, SUF, PRE, MID = FIM_GAP_ID, FIM_SUFFIX_ID, FIM_PREFIX_ID, FIM_MIDDLE_ID
+
+
+def ts(steps):
+    return TS + steps - 1
+
+
+# A tiny piece: times (10 ms steps) of each token's event in the comment.
+PIECE = np.array(
+    [
+        VEL + 20,  # 0
+        ON + 60,  # 0
+        ts(50),  # 0 -> 50
+        ON + 64,  # 50
+        ts(100),  # 50 -> 150
+        OFF + 60,  # 150
+        ON + 67,  # 150
+        ts(30),  # 150 -> 180
+        OFF + 64,  # 180
+        OFF + 67,  # 180
+        ts(20),  # 180 -> 200
+        ON + 72,  # 200
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    "start, end, a, b, steps",
+    [
+        (0, 50, 0, 3, 50),  # from the first event
+        (10, 60, 3, 5, 100),  # each edge moves to the next event
+        (50, 150, 3, 5, 100),  # edges on events stay
+        (150, 200, 5, 11, 50),
+        (160, 300, 8, 12, 20),  # past the end: the gap ends with the piece
+        (190, 195, 11, 11, 0),  # no event inside: empty
+    ],
+)
+def test_span_table(start, end, a, b, steps):
+    assert infill.span(PIECE, start, end) == (a, b)
+    assert infill.gap_steps(PIECE, a, b) == steps
+    np.testing.assert_array_equal(infill.time_before(PIECE)[[0, 3, 5, 12]], [0, 50, 150, 200])
+
+
+@pytest.mark.parametrize(
+    "steps, ids",
+    [(1, [ts(1)]), (100, [ts(100)]), (250, [ts(100), ts(100), ts(50)]), (300, [ts(100)] * 3)],
+)
+def test_gap_shift_ids_table(steps, ids):
+    assert infill.gap_shift_ids(steps) == ids
+    with pytest.raises(ValueError, match="at least 10 ms"):
+        infill.gap_shift_ids(0)
+
+
+def test_prompt_layout_and_truncation():
+    prefix, suffix = np.arange(10, 20), np.arange(30, 40)
+    p = infill.prompt(prefix, suffix, 150, 100)
+    expect = [SOS_ID, GAP, ts(100), ts(50), SUF, *range(30, 40), PRE, *range(10, 20), MID]
+    assert p.tolist() == expect
+    # 14 tokens: the header (5), PREFIX, MIDDLE and 7 more: the suffix gets half of them
+    assert infill.prompt(prefix, suffix, 150, 14).tolist() == [
+        SOS_ID, GAP, ts(100), ts(50), SUF, 30, 31, 32, PRE, 16, 17, 18, 19, MID
+    ]  # fmt: skip
+    # the suffix keeps its start, the prefix its end
+    p = infill.prompt(prefix, suffix[:2], 150, 14)
+    assert p.tolist() == [SOS_ID, GAP, ts(100), ts(50), SUF, 30, 31, PRE, 15, 16, 17, 18, 19, MID]
+    with pytest.raises(ValueError, match="more than 5"):
+        infill.prompt(prefix, suffix, 150, 5)
+    long_suffix = np.full(infill.MAX_SUFFIX_TOKENS + 50, 40)
+    p = infill.prompt(prefix, long_suffix, 150, 5000)
+    assert np.sum(p == 40) == infill.MAX_SUFFIX_TOKENS
+
+
+def test_music_before_middle():
+    p = infill.prompt(np.array([ON + 60]), np.array([ON + 70]), 50, 100)
+    assert infill.music_before_middle(p).tolist() == [ON + 60, MID]
+    assert infill.music_before_middle(np.array([ON + 1, ON + 2])).tolist() == [ON + 1, ON + 2]
+
+
+def _split(pieces):
+    offsets = np.concatenate([[0], np.cumsum([len(p) for p in pieces])])
+    return TokenSplit(tokens=np.concatenate(pieces), offsets=offsets, pieces=[{}] * len(pieces))
+
+
+def _piece(rng, n_events):
+    """A random performance: NOTE_ON/OFF pairs and TIME_SHIFTs."""
+    out = []
+    for _ in range(n_events):
+        p = int(rng.integers(40, 90))
+        out += [ON + p, ts(int(rng.integers(1, 60))), OFF + p, ts(int(rng.integers(1, 30)))]
+    return np.array(out, np.int32)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_infill_crops_are_the_piece_rearranged(seed):
+    """Without augmentation, an infilling row is [SOS GAP shifts SUF suffix PRE prefix MID
+    middle] where prefix + middle is a run of [SOS] + piece, the suffix follows the real gap's
+    end there, and the shifts add up to the gap's music time."""
+    rng = np.random.default_rng(seed)
+    piece = _piece(rng, 400)
+    seq = np.concatenate([[SOS_ID], piece])
+    batches = TrainBatches(
+        _split([piece]),
+        seq_len=300,
+        num_targets=40,
+        batch_size=6,
+        seed=seed,
+        augmentation=NO_AUGMENTATION,
+        infill=Infill(share=1.0, min_gap_steps=50, max_gap_steps=300, post_tokens=800),
+    )
+    seen = 0
+    for row in batches.batch(0):
+        row = row[row != PAD_ID]
+        assert len(row) <= 300
+        if GAP not in row:  # the gap fell after the piece's end: a plain crop
+            assert not np.isin(row, [SUF, PRE, MID]).any()
+            continue
+        seen += 1
+        assert row[:2].tolist() == [SOS_ID, GAP]
+        (s,), (p,), (m,) = (np.nonzero(row == x)[0] for x in (SUF, PRE, MID))
+        assert 2 < s < p < m
+        steps = infill.shift_steps(row[2:s]).sum()
+        suffix, prefix, middle = row[s + 1 : p], row[p + 1 : m], row[m + 1 :]
+        run = np.concatenate([prefix, middle])
+        starts = [i for i in range(len(seq) - len(run) + 1) if (seq[i : i + len(run)] == run).all()]
+        assert starts, "prefix + middle is not a run of the piece"
+        a = starts[0] + len(prefix)
+        assert seq[a - 1] >= TS  # the gap starts just after a TIME_SHIFT
+        a2, b = infill.span(seq, infill.time_before(seq)[a], infill.time_before(seq)[a] + steps)
+        assert a2 == a and infill.gap_steps(seq, a, b) == steps
+        assert len(middle) <= b - a
+        np.testing.assert_array_equal(suffix, seq[b : b + len(suffix)])
+    assert seen >= 3
+
+
+def test_infill_share_zero_changes_no_batch():
+    rng = np.random.default_rng(0)
+    split = _split([_piece(rng, 300)])
+    kw = dict(seq_len=200, num_targets=40, batch_size=4, seed=1)
+    np.testing.assert_array_equal(
+        TrainBatches(split, **kw).batch(3), TrainBatches(split, infill=Infill(), **kw).batch(3)
+    )
+
+
+def test_sentinels_are_reserved_and_their_own_class():
+    ids = jnp.arange(VOCAB_SIZE - 2, INPUT_VOCAB_SIZE)
+    kinds = np.asarray(event_kind(ids))
+    assert kinds[:2].tolist() == [4, 4] and (kinds[2:] == RESERVED_KIND).all()
+    assert np.asarray(coarse(ids))[2:].tolist() == [GAP, SUF, PRE, MID]
+
+
+def test_noise_never_touches_the_gap_length():
+    head = infill.prompt(np.full(30, ts(40)), np.full(30, ts(40)), 1234, 200)
+    tokens = jnp.asarray(np.tile(head, (4, 1)))
+    noised = np.asarray(noise_inputs(jax.random.key(0), tokens, 0.99, "compress"))
+    s = int(np.nonzero(head == SUF)[0][0])
+    np.testing.assert_array_equal(noised[:, :s], np.asarray(tokens)[:, :s])
+    assert (noised[:, s:] != np.asarray(tokens)[:, s:]).any()  # the music after it is noised
+
+
+def test_loss_never_targets_a_sentinel():
+    cfg = get_config("tiny", infill=True)
+    model = PerceiverAR(cfg, rngs=nnx.Rngs(0))
+    model.logits.kernel[...] = 0.3 * jax.random.normal(jax.random.key(1), model.logits.kernel.shape)
+    row = infill.prompt(np.arange(10, 40), np.arange(50, 70), 120, 64)
+    row = np.concatenate([np.full(65 - len(row) - 5, PAD_ID), row, [ON + 1, ON + 2, ts(3)]])
+    tokens = jnp.asarray(row[None].astype(np.int32))
+    _, metrics = loss_fn(model, tokens)
+    as_pad = jnp.where(tokens >= VOCAB_SIZE, PAD_ID, tokens)
+    n_targets = int(np.sum((row[-cfg.num_latents :] != PAD_ID) & (row[-cfg.num_latents :] < 391)))
+    assert int(metrics["num_tokens"]) == n_targets
+    assert np.isfinite(float(metrics["nll"]))
+    # the same targets as with the sentinel targets made PAD (the inputs keep the sentinels)
+    logits = model(tokens[:, :-1])
+    tgt = np.asarray(as_pad[0, -cfg.num_latents :])
+    lp = jax.nn.log_softmax(logits[0])
+    keep = tgt != PAD_ID
+    want = -float(jnp.take_along_axis(lp, jnp.asarray(tgt)[:, None], axis=-1)[keep[:, None]].mean())
+    np.testing.assert_allclose(float(metrics["nll"]), want, rtol=1e-5)
+
+
+def test_a_model_grown_for_infill_computes_the_same_on_plain_music():
+    base_cfg = get_config("tiny", match_lookup=4)
+    base = PerceiverAR(base_cfg, rngs=nnx.Rngs(0))
+    base.logits.kernel[...] = 0.3 * jax.random.normal(jax.random.key(1), base.logits.kernel.shape)
+    grown = PerceiverAR(dataclasses.replace(base_cfg, infill=True), rngs=nnx.Rngs(5))
+    found = nnx.state(base, nnx.Param)
+    specs = param_specs(found), param_specs(nnx.state(grown, nnx.Param))
+    assert "embed.embedding" in params_mismatch(*specs)
+    assert params_mismatch(*specs, allow_additions=True) == ""
+    new_rows = np.asarray(grown.embed.embedding[...][VOCAB_SIZE:])
+    grow_params(found, grown)
+    nnx.update(grown, found)
+    np.testing.assert_array_equal(np.asarray(grown.embed.embedding[...][VOCAB_SIZE:]), new_rows)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(3, VOCAB_SIZE, (2, 64)), jnp.int32)
+    np.testing.assert_array_equal(np.asarray(grown(tokens)), np.asarray(base(tokens)))
+    # a sentinel in the input changes the output, and nothing is NaN
+    with_fim = tokens.at[:, 5].set(SUF).at[:, 9].set(PRE)
+    out = np.asarray(grown(with_fim))
+    assert np.isfinite(out).all() and not np.allclose(out, np.asarray(base(tokens)))

@@ -1,0 +1,176 @@
+"""Infilling from the user's side: ranges, the piece outside the gap kept, the joins, the CLI."""
+
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pretty_midi
+import pytest
+
+from perceiver_midi.app.errors import UserError
+from perceiver_midi.app.infill import Gap, infill_piece, plan_gap, write_infill
+from perceiver_midi.app.pipeline import OutputOptions, Settings
+from perceiver_midi.tokenizer import encode
+from perceiver_midi.tokenizer.decode import decode_notes
+
+
+@pytest.fixture(scope="module")
+def tiny_infill_checkpoint(tmp_path_factory) -> pathlib.Path:
+    """A tiny random Perceiver AR with infilling sentinels (random logits: every id matters)."""
+    import jax
+    from flax import nnx
+
+    from perceiver_midi.model.checkpoint import save_model
+    from perceiver_midi.model.config import get_config
+    from perceiver_midi.model.perceiver_ar import PerceiverAR
+
+    model = PerceiverAR(get_config("tiny", infill=True), rngs=nnx.Rngs(0))
+    kernel = model.logits.kernel
+    kernel[...] = 0.5 * jax.random.normal(jax.random.key(1), kernel.shape)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny-infill"
+    save_model(model, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_infill(tiny_infill_checkpoint):
+    from perceiver_midi.model.checkpoint import load_model
+
+    return load_model(tiny_infill_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def piece(tmp_path_factory) -> pathlib.Path:
+    """8 s: a note every 0.5 s, 0.8 s long (so notes sound across any edge), and a long one."""
+    pm = pretty_midi.PrettyMIDI(resolution=500, initial_tempo=120)
+    piano = pretty_midi.Instrument(program=0)
+    for k in range(16):
+        piano.notes.append(pretty_midi.Note(60 + k % 5, 60 + (k * 7) % 12, 0.5 * k, 0.5 * k + 0.8))
+    piano.notes.append(pretty_midi.Note(90, 40, 1.0, 7.5))  # across the whole gap
+    pm.instruments.append(piano)
+    path = tmp_path_factory.mktemp("pieces") / "piece.mid"
+    pm.write(str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("30", "START:END"),
+        ("a:b", "START:END"),
+        ("3:", "START:END"),
+        ("8:3", "must be after its start"),
+        ("0:20", "at most 12 s"),
+        ("-1:3", "infill range start must be in"),
+        ("1:nan", "finite"),
+    ],
+)
+def test_bad_ranges_are_one_line(text, message):
+    with pytest.raises(UserError, match=message) as info:
+        Gap.parse(text)
+    assert "\n" not in str(info.value)
+
+
+def test_range_outside_the_piece_and_a_model_that_cannot_infill(piece, tiny_infill, tiny_model):
+    ids = encode(str(piece))
+    with pytest.raises(UserError, match="after the piece's end"):
+        plan_gap(tiny_infill, ids, Gap(9, 10), Settings())
+    with pytest.raises(UserError, match="not trained to infill"):
+        plan_gap(tiny_model, ids, Gap(1, 2), Settings())
+
+
+def _key(n):
+    return (n.pitch, round(n.start, 3), round(n.end, 3), n.velocity)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_outside_the_gap_the_piece_is_kept_and_the_middle_is_closed(piece, tiny_infill, seed):
+    original = decode_notes(encode(str(piece)))
+    filled = infill_piece(tiny_infill, str(piece), Gap(2.35, 5.0), Settings(variations=2, seed=seed))
+    assert [f.seed for f in filled] == [seed, seed + 1]
+    for f in filled:
+        assert (f.start, f.end) == (2.5, 5.0)  # the first events at or after 2.35 and 5.0
+        notes = f.notes()
+        before = {_key(n) for n in original if n.end <= f.start}
+        after = {_key(n) for n in original if n.start >= f.end}
+        got = {_key(n) for n in notes}
+        assert before <= got and after <= got  # the outer parts, note for note
+        # everything else starts before the gap's end and ends by it (nothing hangs over)
+        for n in notes:
+            if _key(n) not in before | after:
+                assert n.start < f.end and n.end <= f.end + 1e-9, n
+        # notes sounding across the gap's start begin where they did
+        across = [n for n in original if n.start < f.start < n.end]
+        assert across
+        for n in across:
+            assert any(m.pitch == n.pitch and abs(m.start - n.start) < 1e-6 for m in notes)
+        assert f.stop in ("seconds", "tokens")
+        middle = f.middle_notes()
+        assert all(0 <= n.start and n.end <= f.end - f.start + 1e-9 for n in middle)
+
+
+def test_same_seed_same_files_and_controls_hold(piece, tiny_infill, tmp_path):
+    settings = Settings(variations=4, seed=5, pitch_range="70:90", max_polyphony=8)
+    filled = infill_piece(tiny_infill, str(piece), Gap(1, 4), settings)
+    a = filled[0]
+    b = infill_piece(tiny_infill, str(piece), Gap(1, 4), settings.replace(variations=1))[0]
+    np.testing.assert_array_equal(a.middle, b.middle)
+    opts = OutputOptions(audio="none")
+    pa = write_infill(a, tmp_path / "a", "p", opts)
+    pb = write_infill(b, tmp_path / "b", "p", opts)
+    for kind in pa:
+        assert pa[kind].read_bytes() == pb[kind].read_bytes()
+    assert sorted(p.name for p in pa.values()) == ["p_infill_v1.mid", "p_infill_v1_middle.mid"]
+    middles = np.concatenate([f.middle for f in filled])
+    new_ons = middles[(middles >= 3) & (middles < 131)] - 3
+    assert new_ons.size and new_ons.min() >= 70 and new_ons.max() <= 90
+
+
+def test_context_preview_is_the_stretch_around_the_middle(piece, tiny_infill):
+    f = infill_piece(tiny_infill, str(piece), Gap(3, 5), Settings(seed=1))[0]
+    pm = f.context_midi(1.0)
+    notes = pm.instruments[0].notes
+    assert notes and min(n.start for n in notes) >= 0
+    assert max(n.end for n in notes) <= f.end - f.start + 2.0 + 1e-6
+
+
+def _cli(*args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "perceiver_midi.app.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+    )
+
+
+def test_cli_infill_writes_piece_and_middle_and_refuses_bad_ranges(
+    piece, tiny_infill_checkpoint, tmp_path
+):
+    out = tmp_path / "out"
+    ok = _cli(
+        "infill", str(piece), "--range", "2:4.5", "--variations", "2", "--seed", "3",
+        "--checkpoint", str(tiny_infill_checkpoint), "--out", str(out), "--audio", "wav",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [
+        "piece_infill_v1.mid", "piece_infill_v1.wav", "piece_infill_v1_middle.mid",
+        "piece_infill_v1_middle.wav", "piece_infill_v2.mid", "piece_infill_v2.wav",
+        "piece_infill_v2_middle.mid", "piece_infill_v2_middle.wav",
+    ]  # fmt: skip
+    assert "2.00..4.50 s regenerated" in ok.stdout
+    for bad, message in [
+        ("9:10", "after the piece's end"),
+        ("4:2", "must be after its start"),
+        ("0:30", "at most 12 s"),
+    ]:
+        r = _cli(
+            "infill", str(piece), "--range", bad, "--checkpoint", str(tiny_infill_checkpoint),
+            "--out", str(tmp_path / "bad"), cwd=tmp_path,
+        )  # fmt: skip
+        assert r.returncode == 2 and message in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not any((tmp_path / "bad").glob("*.mid"))
