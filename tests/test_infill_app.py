@@ -87,7 +87,9 @@ def _key(n):
 @pytest.mark.parametrize("seed", [0, 3])
 def test_outside_the_gap_the_piece_is_kept_and_the_middle_is_closed(piece, tiny_infill, seed):
     original = decode_notes(encode(str(piece)))
-    filled = infill_piece(tiny_infill, str(piece), Gap(2.35, 5.0), Settings(variations=2, seed=seed))
+    filled = infill_piece(
+        tiny_infill, str(piece), Gap(2.35, 5.0), Settings(variations=2, seed=seed)
+    )
     assert [f.seed for f in filled] == [seed, seed + 1]
     for f in filled:
         assert (f.start, f.end) == (2.5, 5.0)  # the first events at or after 2.35 and 5.0
