@@ -100,7 +100,8 @@ def run_batch(
     rejected: list[dict] = []  # listing rows that cannot be used: failed.jsonl, the rest go on
     primes = load_primes(source, defaults, base_seed, rejected)
     out = ensure_out_dir(out_dir)
-    ckpt_dir = checkpoint if checkpoint is not None else default_checkpoint()
+    task = "infill" if any(p.gap is not None for p in primes) else "continue"
+    ckpt_dir = checkpoint if checkpoint is not None else default_checkpoint(task)
     try:
         model = load_model(ckpt_dir)
     except CheckpointError as exc:
@@ -130,6 +131,7 @@ def run_batch(
             "window": it.prime.settings.window.to_dict(),
             "settings": {
                 **it.prime.settings.to_dict(),
+                **({} if it.prime.gap is None else {"infill_range": it.prime.gap.describe()}),
                 "full": options.full,
                 "audio": options.audio,
                 "sample_rate": options.sample_rate if options.audio != "none" else None,
@@ -137,9 +139,10 @@ def run_batch(
                 "synth": options.synth,
             },
             "checkpoint": ckpt,
-            "outputs": options.file_names(it.prime.stem, it.variation),
+            "outputs": it.file_names(options),
             **{k: info[k] for k in ("prime_tokens", "prime_seconds", "prime_cut")},
             **{k: info[k] for k in ("music_seconds", "tokens", "stop")},
+            **({} if it.prime.gap is None else {"infill": info["infill"]}),
         }
 
     with _locked(out):
@@ -169,7 +172,7 @@ def run_batch(
                         _write_failed(out, failed_lines)
                         continue
                     # Files first (each renamed into place complete), then one manifest line.
-                    write_files(out, options.file_names(it.prime.stem, it.variation), res["files"])
+                    write_files(out, it.file_names(options), res["files"])
                     _append_line(fd, record(it, res["info"]))
                     summary.done += 1
                     summary.tokens += res["info"]["tokens"]

@@ -36,7 +36,7 @@ def run_group(
     """Samples one group and encodes its files. Returns per item (group order) a dict with
     ``id``, and either ``error`` or ``files`` ({kind: bytes}) and ``info`` (numbers for the
     manifest)."""
-    from perceiver_midi.app.pipeline import cut_prime
+    from perceiver_midi.app.pipeline import Window, cut_prime
 
     windows: dict[str, object] = {}  # identity -> PrimeCut, or the reason it failed
     for it in group:
@@ -48,7 +48,8 @@ def run_group(
             windows[p.identity] = data
             continue
         try:
-            windows[p.identity] = cut_prime(data, p.settings.window, name=p.identity)
+            window = Window.whole() if p.gap is not None else p.settings.window  # infill: all
+            windows[p.identity] = cut_prime(data, window, name=p.identity)
         except UserError as exc:
             windows[p.identity] = str(exc)
     results: dict[str, dict] = {}
@@ -56,6 +57,10 @@ def run_group(
     for it in group:
         if isinstance(windows[it.prime.identity], str):
             results[it.id] = {"id": it.id, "error": windows[it.prime.identity]}
+    fills = [it for it in ok if it.prime.gap is not None]
+    ok = [it for it in ok if it.prime.gap is None]
+    for it, res in zip(fills, _infill_group(model, fills, windows, options), strict=True):
+        results[it.id] = res
     conts = []
     if ok:
         try:
@@ -92,3 +97,38 @@ def run_group(
                 "elapsed": c.sample_seconds,
             }
     return [results[it.id] for it in group]
+
+
+def _infill_group(model, items: list[Item], pieces: dict, options: OutputOptions) -> list[dict]:
+    """Infill items (``infill_range`` rows), one sampler call per prime: per item the same
+    dict as ``run_group``'s."""
+    from perceiver_midi.app.infill import infill_bytes, infill_items
+
+    out: dict[str, dict] = {}
+    by_prime: dict[str, list[Item]] = {}
+    for it in items:
+        by_prime.setdefault(it.prime.identity, []).append(it)
+    for identity, same in by_prime.items():
+        p = same[0].prime
+        try:
+            filled = infill_items(
+                model, pieces[identity].head, p.gap, p.settings, [it.seed for it in same],
+                [it.variation for it in same], label=identity,
+            )  # fmt: skip
+        except UserError as exc:
+            for it in same:
+                out[it.id] = {"id": it.id, "error": f"{identity}: {exc}"}
+            continue
+        for it, f in zip(same, filled, strict=True):
+            info = {
+                "prime_tokens": int(f.piece.size),
+                "prime_seconds": round(float(f.piece_seconds), 2),
+                "prime_cut": False,
+                "music_seconds": round(f.end - f.start, 2),
+                "tokens": f.tokens,
+                "stop": f.stop,
+                "infill": {"start": f.start, "end": f.end},
+            }
+            files = infill_bytes(f, options)
+            out[it.id] = {"id": it.id, "files": files, "info": info, "elapsed": f.sample_seconds}
+    return [out[it.id] for it in items]

@@ -23,7 +23,9 @@ MANIFEST = "manifest.jsonl"
 FAILED = "failed.jsonl"
 LOCK = ".batch.lock"
 # The numbers a manifest record takes from the sampling (see app.batch_group.run_group).
-_INFO_KEYS = ("prime_tokens", "prime_seconds", "prime_cut", "music_seconds", "tokens", "stop")
+_INFO_KEYS = (
+    "prime_tokens", "prime_seconds", "prime_cut", "music_seconds", "tokens", "stop", "infill",
+)  # fmt: skip
 
 
 def checkpoint_fingerprint(directory: str | os.PathLike) -> str:
@@ -83,8 +85,7 @@ def _batch_file_names(items: Iterable[Item], listed: Iterable[dict]) -> set[str]
     names = {MANIFEST, FAILED}
     for it in items:
         for audio in AUDIO_CHOICES:
-            options = OutputOptions(audio=audio)
-            names.update(options.file_names(it.prime.stem, it.variation).values())
+            names.update(it.file_names(OutputOptions(audio=audio)).values())
     for rec in listed:
         outputs = rec["outputs"] if isinstance(rec["outputs"], dict) else {}
         names.update(str(rel) for rel in outputs.values())

@@ -4,7 +4,8 @@ sampling groups.
 A prime's identity is its path relative to the folder, or a listing row's ``id`` (else the path as
 written); a row may give per-prime settings (``ROW_KEYS``). An item is (prime, variation); its
 seed is ``prime_seed(base_seed, identity) + variation - 1``. Items with equal sampler settings are
-grouped, ``batch_size`` at most per group, in plan order. See :mod:`app.batch` for the whole run.
+grouped, ``batch_size`` at most per group, in plan order (an infill row's items: per prime). See
+:mod:`app.batch` for the whole run.
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from perceiver_midi.app.errors import UserError
-from perceiver_midi.app.pipeline import MIDI_SUFFIXES, Settings, Window, output_stem
+from perceiver_midi.app.infill import Gap, infill_file_names
+from perceiver_midi.app.pipeline import (
+    MIDI_SUFFIXES,
+    OutputOptions,
+    Settings,
+    Window,
+    output_stem,
+)
 
 # Per-prime settings a CSV/JSONL row may give (empty cells mean "the command-line value").
 ROW_KEYS = (
@@ -42,6 +50,7 @@ ROW_KEYS = (
     "prime_seconds",
     "prime_tokens",
     "prime_range",
+    "infill_range",
 )
 
 
@@ -66,6 +75,7 @@ class Prime:
     path: str  # the file to read
     stem: str  # output stem relative to DIR
     settings: Settings  # per-prime settings; settings.seed is the prime's seed
+    gap: Gap | None = None  # an infill_range row: regenerate this span instead of continuing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +90,12 @@ class Item:
     @property
     def seed(self) -> int:
         return self.prime.settings.seed + self.variation - 1
+
+    def file_names(self, options: OutputOptions) -> dict[str, str]:
+        """The files this item writes (relative to DIR): a continuation's, or an infill's."""
+        if self.prime.gap is not None:
+            return infill_file_names(self.prime.stem, self.variation, options)
+        return options.file_names(self.prime.stem, self.variation)
 
 
 def prime_seed(base_seed: int, identity: str) -> int:
@@ -177,10 +193,18 @@ def _listing_prime(source: pathlib.Path, where: str, row: dict, defaults: Settin
         settings = settings.replace(seed=seed)
     except UserError as exc:
         raise UserError(f"{where}: {exc}") from None
+    gap = row.get("infill_range")
+    if gap is not None and str(gap).strip():
+        try:
+            gap = Gap.parse(str(gap))
+        except UserError as exc:
+            raise UserError(f"{where}: {exc}") from None
+    else:
+        gap = None
     path = pathlib.Path(prime)
     if not path.is_absolute():
         path = source.parent / path
-    return Prime(identity, str(path), output_stem(identity), settings)
+    return Prime(identity, str(path), output_stem(identity), settings, gap)
 
 
 def load_primes(
@@ -253,7 +277,8 @@ def group_items(items: list[Item], batch_size: int) -> list[list[Item]]:
     """Consecutive runs of items with equal sampler settings, ``batch_size`` at most each."""
     by_key: dict[tuple, list[Item]] = collections.defaultdict(list)
     for it in items:  # dict keeps first-seen key order: groups follow the plan order
-        by_key[it.prime.settings.sampler_key()].append(it)
+        own = it.prime.identity if it.prime.gap is not None else None  # an infill: its prime's
+        by_key[(it.prime.settings.sampler_key(), own)].append(it)
     groups = []
     for same in by_key.values():
         groups.extend(same[i : i + batch_size] for i in range(0, len(same), batch_size))

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -118,6 +118,10 @@ class Infilled:
         return float(layout.time_before(self.piece)[self.b]) / C.STEPS_PER_SECOND
 
     @property
+    def piece_seconds(self) -> float:
+        return float(layout.time_before(self.piece)[-1]) / C.STEPS_PER_SECOND
+
+    @property
     def tokens(self) -> int:
         return int(self.middle.size)
 
@@ -206,11 +210,31 @@ def infill_piece(
 
     label = name or (source if isinstance(source, str) else "piece")
     piece = cut_prime(source, Window.whole(), name=name).window
-    a, b, steps, prompt, gap_settings = plan_gap(model, piece, gap, settings, label)
     n = int(settings.variations)
+    return infill_items(
+        model, piece, gap, settings, variation_seeds(settings.seed, n), range(1, n + 1),
+        label=label, callback=callback,
+    )  # fmt: skip
+
+
+def infill_items(
+    model,
+    piece: np.ndarray,
+    gap: Gap,
+    settings: Settings,
+    seeds: Sequence[int],
+    variations: Sequence[int],
+    *,
+    label: str = "piece",
+    callback: Callable[[Any], Any] | None = None,
+) -> list[Infilled]:
+    """New middles for ``gap`` of ``piece`` (ids), one per seed, in one sampler call (the batch
+    generator's items; ``variations`` label them)."""
+    a, b, steps, prompt, gap_settings = plan_gap(model, piece, gap, settings, label)
     conts = sample_continuations(
-        model, [prompt] * n, variation_seeds(settings.seed, n), gap_settings, callback=callback
-    )
+        model, [prompt] * len(seeds), list(seeds), gap_settings, callback=callback,
+        variations=list(variations),
+    )  # fmt: skip
     out = []
     for c in conts:
         middle = _close_at_gap_end(piece[:a], c.ids, steps)

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from perceiver_midi.model import match, note_state
+from perceiver_midi.model import gap_clock, match, note_state
 from perceiver_midi.model.config import NOISE_EVENTS, Config
 from perceiver_midi.model.vocab import (
     FIM_GAP_ID,
@@ -391,6 +391,7 @@ class DecodeCache(NamedTuple):
     recent: jax.Array  # [B, S] int32: tokens of the S newest columns (PAD before the first)
     toks: jax.Array  # [B, C] int32: token ids, a ring like the cross-attention's ([B, 0]: unused)
     mlen: jax.Array  # [B, C] int32: each slot's match length against the newest column (match.py)
+    clock: gap_clock.GapClock  # after the newest column, counted from column ``lo``
 
 
 class PerceiverAR(nnx.Module):
@@ -441,6 +442,14 @@ class PerceiverAR(nnx.Module):
                 config.note_lookup + 1, config.d_model, embedding_init=zeros, dtype=dtype, rngs=rngs
             )
             self.match_note_bonus = nnx.Param(jnp.zeros((config.note_lookup + 1,), jnp.float32))
+        if config.gap_clock:  # zero-initialised, as note_in
+            self.gap_clock = nnx.Embed(
+                gap_clock.NUM_BUCKETS,
+                config.d_model,
+                embedding_init=nnx.initializers.zeros_init(),
+                dtype=dtype,
+                rngs=rngs,
+            )
         self.final_norm = nnx.LayerNorm(config.d_model, dtype=dtype, rngs=rngs)
         self.logits = nnx.Linear(
             config.d_model,
@@ -534,6 +543,8 @@ class PerceiverAR(nnx.Module):
         if c.note_lookup:
             found_notes = match.note_lookup(tokens_BxL, m, c.note_lookup)
             z_BxMxD = z_BxMxD + self._note_term(*found_notes)
+        if c.gap_clock:
+            z_BxMxD = z_BxMxD + self.gap_clock(gap_clock.buckets(tokens_BxL, m)[0])
         prev = (
             preceding(self.cross.normed(emb_BxLxE), valid_BxL, c.cross_smear)
             if c.cross_smear
@@ -590,6 +601,7 @@ class PerceiverAR(nnx.Module):
             jnp.full((batch_size, c.cross_smear), PAD_ID, jnp.int32),
             jnp.full((batch_size, cross_capacity if self._keeps_ring else 0), PAD_ID, jnp.int32),
             jnp.zeros((batch_size, cross_capacity if c.match_lookup else 0), jnp.int32),
+            gap_clock.empty(batch_size),
         )
 
     def _write_inputs(self, cache: DecodeCache, tokens_BxT: jax.Array) -> DecodeCache:
@@ -708,6 +720,10 @@ class PerceiverAR(nnx.Module):
         if self.config.note_lookup:
             found_notes = match.note_lookup(tokens_BxW, f, self.config.note_lookup)
             z_BxFxD = z_BxFxD + self._note_term(*found_notes)
+        if self.config.gap_clock:
+            clock_BxF, clock = gap_clock.buckets(tokens_BxW, f)
+            z_BxFxD = z_BxFxD + self.gap_clock(clock_BxF)
+            cache = cache._replace(clock=clock)
         prev = None
         if self.config.cross_smear:
             normed_BxWxE = self.cross.normed(self.embed(tokens_BxW))
@@ -781,6 +797,11 @@ class PerceiverAR(nnx.Module):
                 cache.toks, self._ring_columns(cache)[1], cache.cur, self.config.note_lookup
             )
             z_Bx1xD = z_Bx1xD + self._note_term(note_B, note_len_B)[:, None]
+        if self.config.gap_clock:
+            clock = gap_clock.advance(cache.clock, token_B)
+            cache = cache._replace(clock=clock)
+            bucket_B = gap_clock.bucket(clock.middle, clock.length, clock.elapsed)
+            z_Bx1xD = z_Bx1xD + self.gap_clock(bucket_B)[:, None]
         q_BxHx1xK = self.cross.queries(z_Bx1xD, pos_Bx1, prev)
         b, hc = q_BxHx1xK.shape[:2]
         mask_BxHx1xC = jnp.broadcast_to(

@@ -232,3 +232,69 @@ def test_a_model_grown_for_infill_computes_the_same_on_plain_music():
     with_fim = tokens.at[:, 5].set(SUF).at[:, 9].set(PRE)
     out = np.asarray(grown(with_fim))
     assert np.isfinite(out).all() and not np.allclose(out, np.asarray(base(tokens)))
+
+
+def test_infill_benchmark_scores_every_middle_token_once():
+    from benchmarks.infill import middle_nll, pick_gaps, summarise
+
+    cfg = get_config("tiny", infill=True)
+    model = PerceiverAR(cfg, rngs=nnx.Rngs(0))
+    model.logits.kernel[...] = 0.3 * jax.random.normal(jax.random.key(1), model.logits.kernel.shape)
+    rng = np.random.default_rng(0)
+    split = _split([_piece(rng, 60), _piece(rng, 400), _piece(rng, 400)])  # the first: too short
+    gaps = pick_gaps(split, 1.0, 3, seed=0)
+    assert len(gaps) == 3 and all(g["piece"] > 0 for g in gaps)
+    rows = middle_nll(model, gaps, batch=2)
+    n = cfg.max_len
+    for g, r in zip(gaps, rows, strict=True):
+        assert r["tokens"] == g["b"] - g["a"] == r["both"].size == r["before"].size
+        assert np.isfinite(r["both"]).all() and (r["both"] > 0).all()
+        # oracle: before-only, the middle's tokens are scored M at a time, each window a plain
+        # forward over the N tokens before its last target
+        seq, a, b, m = g["seq"], g["a"], g["b"], cfg.num_latents
+        t1 = min(a + m, b)
+        logp = jax.nn.log_softmax(model(jnp.asarray(seq[None, t1 - 1 - n : t1 - 1]))[0])
+        want = [-float(logp[t - (t1 - m), seq[t]]) for t in range(a, t1)]
+        np.testing.assert_allclose(r["before"][: t1 - a], want, rtol=1e-4)
+        assert r["to_join"][0] == r["seconds"] and r["to_join"][-1] > 0
+    s = summarise(rows)
+    assert s["tokens"] == sum(r["tokens"] for r in rows)
+    assert s["gain"] == pytest.approx(s["nll_before_only"] - s["nll_both_sides"])
+
+
+def test_gap_clock_table_and_running_state_equal_the_full_count():
+    from perceiver_midi.model import gap_clock
+
+    # gap 250 steps (2.5 s); the middle plays 100, 100, 40 and 10 steps
+    p = infill.prompt(np.array([ON + 60, ts(30)]), np.array([ON + 62, ts(5)]), 250, 100)
+    middle = [ON + 64, ts(100), ts(100), OFF + 64, ts(40), ts(10)]
+    seq = np.concatenate([p, middle])
+    got, last = gap_clock.buckets(jnp.asarray(seq[None]), len(middle) + 2)
+    # the prefix's last token (outside), MIDDLE (2.5 s left), then after each middle token
+    assert np.asarray(got)[0].tolist() == [0, 7, 7, 6, 4, 4, 2, 1]
+    state = gap_clock.empty(1)
+    running = []
+    for tok in seq:
+        state = gap_clock.advance(state, jnp.asarray([tok]))
+        running.append(int(gap_clock.bucket(state.middle, state.length, state.elapsed)[0]))
+    assert running[-len(middle) - 2 :] == np.asarray(got)[0].tolist()
+    assert set(running[: len(p) - 1]) == {0}
+    assert all(np.asarray(a)[0] == np.asarray(b) for a, b in zip(last, state, strict=True))
+
+
+def test_a_model_grown_with_the_gap_clock_starts_unchanged():
+    base_cfg = get_config("tiny", infill=True)
+    base = PerceiverAR(base_cfg, rngs=nnx.Rngs(0))
+    base.logits.kernel[...] = 0.3 * jax.random.normal(jax.random.key(1), base.logits.kernel.shape)
+    grown = PerceiverAR(dataclasses.replace(base_cfg, gap_clock=True), rngs=nnx.Rngs(5))
+    found = nnx.state(base, nnx.Param)
+    specs = param_specs(found), param_specs(nnx.state(grown, nnx.Param))
+    assert params_mismatch(*specs, allow_additions=True) == ""
+    nnx.update(grown, found)
+    row = infill.prompt(np.arange(10, 40), np.arange(50, 70), 120, 60)
+    tokens = jnp.asarray(np.concatenate([row, [ON + 1, ts(30), ON + 2, ts(3)]])[None, -64:])
+    np.testing.assert_array_equal(np.asarray(grown(tokens)), np.asarray(base(tokens)))
+    grown.gap_clock.embedding[...] = jnp.ones_like(grown.gap_clock.embedding[...])
+    assert not np.allclose(np.asarray(grown(tokens)), np.asarray(base(tokens)))
+    with pytest.raises(ValueError, match="gap_clock needs infill"):
+        get_config("tiny", gap_clock=True)

@@ -176,3 +176,45 @@ def test_cli_infill_writes_piece_and_middle_and_refuses_bad_ranges(
         assert r.returncode == 2 and message in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not any((tmp_path / "bad").glob("*.mid"))
+
+
+def test_batch_rows_with_an_infill_range_match_the_cli(piece, tiny_infill_checkpoint, tmp_path):
+    import json
+
+    from perceiver_midi.app.cli import main
+
+    listing = tmp_path / "list.csv"
+    listing.write_text(
+        "prime,id,seed,variations,infill_range\n"
+        f"{piece},fill,7,2,2:4.5\n"
+        f"{piece},cont,7,1,\n"
+        f"{piece},late,7,1,9:10\n"
+        f"{piece},long,7,1,0:30\n"
+    )
+    out = tmp_path / "batch"
+    args = ["batch", listing, "--out", out, "--checkpoint", tiny_infill_checkpoint,
+            "--seconds", 2, "--audio", "none"]  # fmt: skip
+    assert main([str(a) for a in args]) == 0
+    recs = {r["id"]: r for r in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
+    assert sorted(recs) == ["cont#v1", "fill#v1", "fill#v2"]
+    fill = recs["fill#v2"]
+    assert fill["seed"] == 8 and fill["infill"] == {"start": 2.0, "end": 4.5}
+    assert fill["settings"]["infill_range"] == "2:4.5"
+    assert fill["outputs"] == {
+        "midi": "fill_infill_v2.mid", "middle_midi": "fill_infill_v2_middle.mid"
+    }  # fmt: skip
+    assert recs["cont#v1"]["outputs"] == {"midi": "cont_v1.mid"}
+    failed = (out / "failed.jsonl").read_text()
+    assert "after the piece's end" in failed and "at most 12 s" in failed
+    # the same request and seed through the CLI: the same files
+    cli = tmp_path / "cli"
+    assert main([
+        "infill", str(piece), "--range", "2:4.5", "--variations", "2", "--seed", "7",
+        "--checkpoint", str(tiny_infill_checkpoint), "--out", str(cli), "--audio", "none",
+    ]) == 0  # fmt: skip
+    for v in (1, 2):
+        for name in (f"piece_infill_v{v}.mid", f"piece_infill_v{v}_middle.mid"):
+            assert (cli / name).read_bytes() == (out / name.replace("piece", "fill")).read_bytes()
+    # a second run finds everything done
+    assert main([str(a) for a in args]) == 0
+    assert len((out / "manifest.jsonl").read_text().splitlines()) == 3

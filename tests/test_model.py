@@ -49,6 +49,9 @@ def make_model(cfg: Config = TINY, seed: int = 0) -> PerceiverAR:
             table[...] = 0.5 * jax.random.normal(jax.random.key(seed + 20 + j), table.shape)
         bonus = model.match_bonus
         bonus[...] = 2.0 * jax.random.normal(jax.random.key(seed + 30), bonus.shape)
+    if cfg.gap_clock:
+        table = model.gap_clock.embedding
+        table[...] = 0.5 * jax.random.normal(jax.random.key(seed + 60), table.shape)
     if cfg.note_lookup:
         tables = (model.match_note_follow.embedding, model.match_note_len.embedding)
         for j, table in enumerate(tables):
@@ -339,6 +342,7 @@ def test_cached_step_logits_equal_full_forward(
         match_lookup=match_lookup,
         note_lookup=note_lookup,
         infill=fim,
+        gap_clock=fim,
     )
     model = make_model(cfg, seed=3)
     rng = np.random.default_rng(0)

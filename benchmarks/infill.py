@@ -1,0 +1,198 @@
+"""Infilling NLL: does the part after a gap help the model write the gap? (teacher-forced)
+
+    python -m benchmarks.infill [--checkpoint DIR] [--split test] [--gaps 2 5 10] [--per-gap 32]
+
+For each gap length (seconds), ``--per-gap`` real middles of the split: a piece drawn at random
+(seeded), the gap's start uniform over [10 s, end - gap - 2 s], both edges moved to the piece's
+events as the app does (``model/infill.py: span``). Each middle is scored twice by the same model,
+every middle token once:
+
+* **both sides**: the infilling prompt (the gap's length, up to ``MAX_SUFFIX_TOKENS`` of the part
+  after it, then the part before it; ``infill.prompt`` with the room the middle leaves) and the
+  middle, as ``perceiver-midi infill`` samples it;
+* **before only**: the part before the gap and the middle, the plain continuation, with all the
+  context the model takes.
+
+Reported per gap and overall: mean NLL (nats/token) of the middle tokens in both arms and their
+difference, also over the tokens in the last second before the join (where the part after the
+gap should help most) and by position in the gap (quarters). Bars of the issue: both sides at
+least 0.05 lower overall and 0.15 lower over the last second.
+
+Writes ``benchmarks/results/infill.json``. Needs the prepared MAESTRO tokens (``--data``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+if not __package__:  # a script run (not python -m benchmarks.x): benchmarks.* need the repo root
+    sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "benchmarks" / "results" / "infill.json"
+MIN_START_S = 10.0  # the part before a gap has at least this much music
+MIN_AFTER_S = 2.0  # and the part after it
+LAST_S = 1.0  # "near the join": middle tokens this close to the gap's end
+QUARTERS = 4
+
+
+def pick_gaps(split, gap_s: float, count: int, seed: int) -> list[dict]:
+    """``count`` gaps of ``gap_s`` seconds in random pieces of ``split`` (token positions in
+    [SOS] + piece; pieces too short for one are redrawn)."""
+    from perceiver_midi.model import infill
+    from perceiver_midi.model.vocab import SOS_ID
+
+    rng = np.random.default_rng([seed, int(gap_s * 100)])
+    out, tries = [], 0
+    while len(out) < count and tries < 100 * count:
+        tries += 1
+        k = int(rng.integers(len(split)))
+        seq = np.concatenate([[SOS_ID], np.asarray(split.piece(k))]).astype(np.int32)
+        total = infill.time_before(seq)[-1] / 100
+        hi = total - gap_s - MIN_AFTER_S
+        if hi <= MIN_START_S:
+            continue
+        start = float(rng.uniform(MIN_START_S, hi))
+        a, b = infill.span(seq, round(start * 100), round((start + gap_s) * 100))
+        if b <= a or b >= seq.size:
+            continue
+        out.append({"piece": k, "seq": seq, "a": a, "b": b})
+    return out
+
+
+def _score_windows(seq: np.ndarray, score_from: int, n: int, m: int):
+    """Windows scoring ``seq[score_from:]``, each target with the last N tokens before it:
+    (inputs [W, N], targets [W, M], mask [W, M], target index [W, M])."""
+    rows = []
+    t0 = score_from
+    while t0 < seq.size:
+        t1 = min(t0 + m, seq.size)  # targets seq[t0:t1], predicted from inputs seq[:t1 - 1]
+        inp = seq[max(0, t1 - 1 - n) : t1 - 1]
+        x = np.zeros(n, np.int32)
+        x[n - inp.size :] = inp
+        idx = np.arange(t1 - m, t1)
+        y = np.where(idx >= 0, seq[np.maximum(idx, 0)], 0)
+        rows.append((x, y, idx >= t0, idx))
+        t0 = t1
+    return [np.stack(c) for c in zip(*rows, strict=True)]
+
+
+def middle_nll(model, gaps: list[dict], batch: int = 4) -> list[dict]:
+    """Per gap: the NLL of every middle token in both arms and its time before the join."""
+    import jax
+    import jax.numpy as jnp
+
+    from perceiver_midi.model import infill
+
+    n, m = int(model.config.max_len), int(model.config.num_latents)
+    forward = jax.jit(lambda t: jax.nn.log_softmax(model(t), axis=-1))
+
+    def nll_of(seq, score_from):
+        x, y, mask, idx = _score_windows(seq, score_from, n, m)
+        out = np.zeros(seq.size)
+        for i in range(0, len(x), batch):
+            xb = np.zeros((batch, n), np.int32)
+            xb[: len(x[i : i + batch])] = x[i : i + batch]
+            logp = np.asarray(forward(jnp.asarray(xb)))[: len(x[i : i + batch])]
+            for j in range(logp.shape[0]):
+                keep = mask[i + j]
+                tgt = np.minimum(y[i + j], logp.shape[-1] - 1)[:, None]  # a masked sentinel
+                tok_lp = np.take_along_axis(logp[j], tgt, axis=-1)[:, 0]
+                out[idx[i + j][keep]] = -tok_lp[keep]
+        return out[score_from:]
+
+    rows = []
+    for g in gaps:
+        seq, a, b = g["seq"], g["a"], g["b"]
+        middle = seq[a:b]
+        steps = infill.gap_steps(seq, a, b)
+        prompt = infill.prompt(seq[:a], seq[b:], steps, n + 1 - middle.size)
+        both = nll_of(np.concatenate([prompt, middle]).astype(np.int32), prompt.size)
+        before = nll_of(seq[:b], a)
+        times = infill.time_before(seq)
+        to_join = (times[b] - times[a:b]) / 100.0
+        pos = (times[a:b] - times[a]) / max(1, steps)
+        rows.append(
+            {"piece": g["piece"], "tokens": int(middle.size), "seconds": steps / 100,
+             "both": both, "before": before, "to_join": to_join, "position": pos}
+        )  # fmt: skip
+    return rows
+
+
+def summarise(rows: list[dict]) -> dict:
+    both = np.concatenate([r["both"] for r in rows])
+    before = np.concatenate([r["before"] for r in rows])
+    to_join = np.concatenate([r["to_join"] for r in rows])
+    pos = np.concatenate([r["position"] for r in rows])
+    near = to_join <= LAST_S
+    out = {
+        "middles": len(rows),
+        "tokens": int(both.size),
+        "nll_both_sides": float(both.mean()),
+        "nll_before_only": float(before.mean()),
+        "gain": float(before.mean() - both.mean()),
+        "last_second_tokens": int(near.sum()),
+        "last_second_both_sides": float(both[near].mean()),
+        "last_second_before_only": float(before[near].mean()),
+        "last_second_gain": float(before[near].mean() - both[near].mean()),
+    }
+    q = np.minimum((pos * QUARTERS).astype(int), QUARTERS - 1)
+    out["gain_by_quarter"] = [
+        float(before[q == i].mean() - both[q == i].mean()) if np.any(q == i) else None
+        for i in range(QUARTERS)
+    ]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", help="an infilling checkpoint (default: the shipped one)")
+    p.add_argument("--data", default=str(ROOT / "work" / "data"), help="prepare-data folder")
+    p.add_argument("--split", default="test", choices=["validation", "test"])
+    p.add_argument("--gaps", type=float, nargs="+", default=[2.0, 5.0, 10.0], help="seconds")
+    p.add_argument("--per-gap", type=int, default=32, help="middles per gap length")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(RESULTS))
+    args = p.parse_args(argv)
+
+    from benchmarks.env import environment, training_beside, write_json
+    from perceiver_midi.model.checkpoint import default_checkpoint, load_model
+    from perceiver_midi.tokenizer.dataset import load_split
+
+    ckpt = args.checkpoint or str(default_checkpoint("infill"))
+    model = load_model(ckpt)
+    if not model.config.infill:
+        print(f"error: {ckpt} was not trained to infill", file=sys.stderr)
+        return 2
+    split = load_split(args.data, args.split)
+    t0 = time.perf_counter()
+    result = {"checkpoint": ckpt, "split": args.split, "seed": args.seed, "gaps": {}}
+    all_rows = []
+    for gap_s in args.gaps:
+        rows = middle_nll(model, pick_gaps(split, gap_s, args.per_gap, args.seed))
+        all_rows += rows
+        result["gaps"][f"{gap_s:g}"] = summarise(rows)
+        print(json.dumps({f"gap {gap_s:g} s": result["gaps"][f"{gap_s:g}"]}), flush=True)
+    result["overall"] = summarise(all_rows)
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    result["training_beside"] = training_beside()
+    result["environment"] = environment()
+    print(json.dumps({"overall": result["overall"]}), flush=True)
+    print(
+        f"infill NLL ({args.split}, {len(all_rows)} middles): both sides "
+        f"{result['overall']['nll_both_sides']:.4f}, before only "
+        f"{result['overall']['nll_before_only']:.4f} (gain {result['overall']['gain']:.4f}; "
+        f"last second: gain {result['overall']['last_second_gain']:.4f})"
+    )
+    write_json(args.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

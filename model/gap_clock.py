@@ -1,0 +1,90 @@
+"""The gap clock: how much of an infilling gap's music time is left at each position.
+
+An infilling prompt (``model/infill.py``) states the gap's length as TIME_SHIFTs between GAP and
+SUFFIX; the middle starts after MIDDLE. Summing the middle's TIME_SHIFTs and comparing them with
+that length is the kind of counting attention does badly, and the model needs it most at the
+end, where the middle must meet the part after the gap. With ``Config.infill`` every latent's
+initial state also gets a zero-initialised embedding of the time left at its position:
+
+  * bucket 0: not inside a middle (plain music, the prompt);
+  * bucket 1: the gap's time is used up (the next event belongs after the join);
+  * buckets 2-9: time left in (0, 0.1], (0.1, 0.25], (0.25, 0.5], (0.5, 1], (1, 2], (2, 4],
+    (4, 8] and over 8 seconds.
+
+An exact function of earlier ids (no new information): the model stays an autoregressive model
+of the same tokens, and cached decoding (``advance``) equals the full forward (``buckets``)
+counted over the same window, as ``note_state`` does.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from perceiver_midi.model.vocab import (
+    FIM_GAP_ID,
+    FIM_MIDDLE_ID,
+    FIM_SUFFIX_ID,
+    TIME_SHIFT_FIRST_ID,
+    TIME_SHIFT_LAST_ID,
+)
+
+EDGES = (10, 25, 50, 100, 200, 400, 800)  # 10 ms steps left: the bucket boundaries above 0
+NUM_BUCKETS = len(EDGES) + 3  # outside, used up, then one per interval
+
+
+class GapClock(NamedTuple):
+    """Running state after a token (a pytree, carried by the decoding cache)."""
+
+    header: jax.Array  # [B] bool: between GAP and SUFFIX (the gap's length is being stated)
+    length: jax.Array  # [B] int32: the gap's length so far (10 ms steps)
+    middle: jax.Array  # [B] bool: at or after MIDDLE
+    elapsed: jax.Array  # [B] int32: music time since MIDDLE
+
+
+def empty(batch_size: int) -> GapClock:
+    no, zero = jnp.zeros((batch_size,), bool), jnp.zeros((batch_size,), jnp.int32)
+    return GapClock(no, zero, no, zero)
+
+
+def _steps(tokens):
+    is_shift = (tokens >= TIME_SHIFT_FIRST_ID) & (tokens <= TIME_SHIFT_LAST_ID)
+    return jnp.where(is_shift, tokens - TIME_SHIFT_FIRST_ID + 1, 0).astype(jnp.int32)
+
+
+def bucket(middle: jax.Array, length: jax.Array, elapsed: jax.Array) -> jax.Array:
+    """int32 bucket (0..NUM_BUCKETS-1) of the time left, elementwise."""
+    left = length - elapsed
+    above = sum((left > e).astype(jnp.int32) for e in EDGES)
+    return jnp.where(middle, 1 + (left > 0).astype(jnp.int32) + above, 0)
+
+
+def advance(state: GapClock, token_B: jax.Array) -> GapClock:
+    """The state after one more token per sequence."""
+    header = jnp.where(
+        token_B == FIM_GAP_ID, True, jnp.where(token_B == FIM_SUFFIX_ID, False, state.header)
+    )
+    middle = state.middle | (token_B == FIM_MIDDLE_ID)
+    steps = _steps(token_B)
+    return GapClock(
+        header=header,
+        length=state.length + steps * header,
+        middle=middle,
+        elapsed=state.elapsed + steps * middle,
+    )
+
+
+def buckets(tokens_BxL: jax.Array, m: int) -> tuple[jax.Array, GapClock]:
+    """Buckets ``[B, m]`` of the last ``m`` positions (counting tokens ``0..t`` of the input),
+    and the state after the last token."""
+    steps = _steps(tokens_BxL)
+    header = jnp.cumsum(tokens_BxL == FIM_GAP_ID, axis=1) > jnp.cumsum(
+        tokens_BxL == FIM_SUFFIX_ID, axis=1
+    )
+    middle = jnp.cumsum(tokens_BxL == FIM_MIDDLE_ID, axis=1) > 0
+    length = jnp.cumsum(steps * header, axis=1, dtype=jnp.int32)
+    elapsed = jnp.cumsum(steps * middle, axis=1, dtype=jnp.int32)
+    last = GapClock(header[:, -1], length[:, -1], middle[:, -1], elapsed[:, -1])
+    return bucket(middle, length, elapsed)[:, -m:], last
