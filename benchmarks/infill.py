@@ -18,6 +18,13 @@ difference, also over the tokens in the last second before the join (where the p
 gap should help most) and by position in the gap (quarters). Bars of the issue: both sides at
 least 0.05 lower overall and 0.15 lower over the last second.
 
+``--sample K`` also plays: K gaps of ``--sample-gap`` seconds (default 5) are regenerated
+free-running through ``app.infill.infill_items`` (the shipped sampler defaults, one seed each), and
+the generated middles are compared with the real ones as music: mean polyphony and notes/s
+(ratios of the means; the bar is +-30%), notes left sounding across the gap's end (by
+construction none), and piano rolls of the first few (``--rolls``: 3 s of context each side,
+real middle above, generated below).
+
 Writes ``benchmarks/results/infill.json``. Needs the prepared MAESTRO tokens (``--data``).
 """
 
@@ -150,6 +157,97 @@ def summarise(rows: list[dict]) -> dict:
     return out
 
 
+ROLL_CONTEXT_S = 3.0
+ROLL_COUNT = 4
+
+
+def _middle_notes(notes: np.ndarray, start: float, end: float) -> np.ndarray:
+    """Notes that start inside [start, end), clipped to it, on the gap's clock."""
+    inside = notes[(notes[:, 2] >= start - 1e-9) & (notes[:, 2] < end - 1e-9)].copy()
+    inside[:, 3] = np.minimum(inside[:, 3], end)
+    inside[:, 2:4] -= start
+    return inside
+
+
+def play_middles(model, gaps: list[dict], seed: int) -> dict:
+    """Regenerates each gap once (free-running) and compares the middles with the real ones."""
+    from benchmarks.quality import mean_polyphony, notes_of
+    from perceiver_midi.app.infill import Gap, infill_items
+    from perceiver_midi.app.pipeline import Settings
+    from perceiver_midi.model import infill
+
+    rows, rolls = [], []
+    for i, g in enumerate(gaps):
+        piece = g["seq"][1:]  # no SOS: as the app reads a file
+        times = infill.time_before(piece) / 100
+        a, b = g["a"] - 1, g["b"] - 1
+        start, end = float(times[a]), float(times[b])
+        f = infill_items(model, piece, Gap(start, end), Settings(seed=seed + i), [seed + i], [1])[0]
+        real_all, gen_all = (
+            notes_of(piece),
+            np.asarray(
+                [(n.pitch, n.velocity, n.start, n.end) for n in f.notes()], np.float64
+            ).reshape(-1, 4),
+        )
+        real, gen = _middle_notes(real_all, start, end), _middle_notes(gen_all, start, end)
+        seconds = end - start
+        over = gen_all[(gen_all[:, 2] < end - 1e-9) & (gen_all[:, 3] > end + 1e-9)]
+        rows.append(
+            {"seconds": seconds, "stop": f.stop,
+             "polyphony": (mean_polyphony(real, seconds), mean_polyphony(gen, seconds)),
+             "density": (len(real) / seconds, len(gen) / seconds),
+             "sounding_across_end": int(len(over))}
+        )  # fmt: skip
+        if len(rolls) < ROLL_COUNT:
+            rolls.append((g["piece"], start, end, real_all, gen_all))
+    poly = np.asarray([r["polyphony"] for r in rows])
+    dens = np.asarray([r["density"] for r in rows])
+    return {
+        "middles": len(rows),
+        "polyphony_real": float(poly[:, 0].mean()),
+        "polyphony_generated": float(poly[:, 1].mean()),
+        "polyphony_ratio": float(poly[:, 1].mean() / max(1e-9, poly[:, 0].mean())),
+        "density_real": float(dens[:, 0].mean()),
+        "density_generated": float(dens[:, 1].mean()),
+        "density_ratio": float(dens[:, 1].mean() / max(1e-9, dens[:, 0].mean())),
+        "sounding_across_end": int(sum(r["sounding_across_end"] for r in rows)),
+        "filled_to_the_end": int(sum(r["stop"] == "seconds" for r in rows)),
+        "_rolls": rolls,
+    }
+
+
+def draw_rolls(path: pathlib.Path, rolls: list) -> None:
+    """Per infill: the real piece around the gap (above) and the regenerated one (below)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2 * len(rolls), 1, figsize=(10, 1.4 * 2 * len(rolls)), squeeze=False)
+    for k, (piece, start, end, real, gen) in enumerate(rolls):
+        lo, hi = start - ROLL_CONTEXT_S, end + ROLL_CONTEXT_S
+        for j, (notes, label) in enumerate(((real, "real"), (gen, "infilled"))):
+            ax = axes[2 * k + j, 0]
+            for pitch, _vel, a, b in notes:
+                if b <= lo or a >= hi:
+                    continue
+                inside = start - 1e-9 <= a < end - 1e-9
+                color = ("tab:blue" if j == 0 else "tab:orange") if inside else "0.55"
+                ax.plot([max(a, lo), min(b, hi)], [pitch, pitch], color=color, lw=2)
+            for t in (start, end):
+                ax.axvline(t, color="k", lw=0.6, ls="--")
+            ax.set_xlim(lo, hi)
+            ax.set_ylabel(f"{piece}\n{label}", rotation=0, ha="right", fontsize=7)
+            ax.tick_params(labelsize=6)
+    axes[-1, 0].set_xlabel("seconds of the piece (the gap between the dashed lines)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    tmp.replace(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", help="an infilling checkpoint (default: the shipped one)")
@@ -158,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gaps", type=float, nargs="+", default=[2.0, 5.0, 10.0], help="seconds")
     p.add_argument("--per-gap", type=int, default=32, help="middles per gap length")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sample", type=int, default=0, help="also regenerate this many gaps")
+    p.add_argument("--sample-gap", type=float, default=5.0, help="their length (seconds)")
+    p.add_argument("--rolls", help="piano rolls of the first regenerated gaps (PNG)")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
 
@@ -180,6 +281,15 @@ def main(argv: list[str] | None = None) -> int:
         result["gaps"][f"{gap_s:g}"] = summarise(rows)
         print(json.dumps({f"gap {gap_s:g} s": result["gaps"][f"{gap_s:g}"]}), flush=True)
     result["overall"] = summarise(all_rows)
+    if args.sample:
+        played = play_middles(
+            model, pick_gaps(split, args.sample_gap, args.sample, args.seed + 1), args.seed
+        )
+        rolls = played.pop("_rolls")
+        result["played"] = {"gap_seconds": args.sample_gap, **played}
+        print(json.dumps({"played": result["played"]}), flush=True)
+        if args.rolls:
+            draw_rolls(pathlib.Path(args.rolls), rolls)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     result["training_beside"] = training_beside()
     result["environment"] = environment()
