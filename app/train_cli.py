@@ -17,9 +17,12 @@ from perceiver_midi.app.errors import (
     positive_int,
 )
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-DEFAULT_MAESTRO = REPO_ROOT.parent / "shared/data/maestro-v3.0.0"
-DEFAULT_DATA = REPO_ROOT / "work/data"
+# Relative to the folder the command runs in (a clone's root in the README), never to where the
+# package is installed: a pip-installed perceiver-midi must not write into site-packages.
+DEFAULT_MAESTRO = pathlib.Path(
+    os.environ.get("PERCEIVER_MIDI_MAESTRO", "../shared/data/maestro-v3.0.0")
+)
+DEFAULT_DATA = pathlib.Path("work/data")
 
 
 def _parse_overrides(pairs: list[str]) -> dict:

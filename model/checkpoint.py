@@ -199,7 +199,7 @@ def param_specs(tree) -> dict[str, tuple[tuple[int, ...], str]]:
 
 # Parameters a pretrained checkpoint may lack when it initialises training: zero-initialised
 # additions that leave the model's function unchanged (``Config.note_state``).
-ADDITIVE_PARAMS = ("note_in.", "cross.k_smear", "cross.q_smear", "match_", "gap_clock.", "layers.")
+ADDITIVE_PARAMS = ("note_in.", "cross.k_smear", "cross.q_smear", "match_", "gap_", "layers.")
 
 
 def is_additive(name: str) -> bool:

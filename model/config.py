@@ -71,6 +71,8 @@ class Config:
       gap_clock: with ``infill``, every latent's initial state also gets a (zero-initialised)
         embedding of how much of the gap's music time is left at its position
         (``model/gap_clock.py``), so the middle knows when it must meet the part after the gap.
+      gap_join: with ``infill``, the latents of a middle also get a (zero-initialised) linear
+        map of the pitches the part after the gap starts in its first second.
       note_state: add to every latent's initial state a (zero-initialised) linear map of the
         performance state at its position: which pitches sound and for how long
         (``model/note_state.py``).
@@ -103,6 +105,7 @@ class Config:
     note_lookup: int = 0
     infill: bool = False
     gap_clock: bool = False
+    gap_join: bool = False
     dtype: str = "float32"
 
     def __post_init__(self):
@@ -127,8 +130,8 @@ class Config:
             raise ValueError(f"match_lookup must be in [0, 32], got {self.match_lookup}")
         if not 0 <= self.note_lookup <= 32:
             raise ValueError(f"note_lookup must be in [0, 32], got {self.note_lookup}")
-        if self.gap_clock and not self.infill:
-            raise ValueError("gap_clock needs infill")
+        if (self.gap_clock or self.gap_join) and not self.infill:
+            raise ValueError("gap_clock and gap_join need infill")
         if self.activation not in ("sq_relu", "gelu", "relu"):
             raise ValueError(f"unknown activation {self.activation!r}")
         if not 0.0 <= self.cross_attend_dropout < 1.0 or not 0.0 <= self.dropout < 1.0:

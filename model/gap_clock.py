@@ -11,9 +11,14 @@ initial state also gets a zero-initialised embedding of the time left at its pos
   * buckets 2-9: time left in (0, 0.1], (0.1, 0.25], (0.25, 0.5], (0.5, 1], (1, 2], (2, 4],
     (4, 8] and over 8 seconds.
 
-An exact function of earlier ids (no new information): the model stays an autoregressive model
-of the same tokens, and cached decoding (``advance``) equals the full forward (``buckets``)
-counted over the same window, as ``note_state`` does.
+With ``Config.gap_join`` the latents of a middle also get a (zero-initialised) linear map of the
+pitches the part after the gap starts in its first second (``JOIN_STEPS``; a 128-wide multi-hot,
+the same for the whole middle): what the middle must lead into, read exactly rather than found by
+the one cross-attention among thousands of inputs.
+
+Exact functions of earlier ids (no new information): the model stays an autoregressive model of
+the same tokens, and cached decoding (``advance``) equals the full forward (``buckets``,
+``join_pitches``) counted over the same window, as ``note_state`` does.
 """
 
 from __future__ import annotations
@@ -26,13 +31,17 @@ import jax.numpy as jnp
 from perceiver_midi.model.vocab import (
     FIM_GAP_ID,
     FIM_MIDDLE_ID,
+    FIM_PREFIX_ID,
     FIM_SUFFIX_ID,
+    NOTE_ON_FIRST_ID,
+    NUM_PITCHES,
     TIME_SHIFT_FIRST_ID,
     TIME_SHIFT_LAST_ID,
 )
 
 EDGES = (10, 25, 50, 100, 200, 400, 800)  # 10 ms steps left: the bucket boundaries above 0
 NUM_BUCKETS = len(EDGES) + 3  # outside, used up, then one per interval
+JOIN_STEPS = 100  # the part after the gap: the pitches it starts in its first second
 
 
 class GapClock(NamedTuple):
@@ -42,11 +51,14 @@ class GapClock(NamedTuple):
     length: jax.Array  # [B] int32: the gap's length so far (10 ms steps)
     middle: jax.Array  # [B] bool: at or after MIDDLE
     elapsed: jax.Array  # [B] int32: music time since MIDDLE
+    suffix: jax.Array  # [B] bool: between SUFFIX and PREFIX (the part after the gap)
+    since: jax.Array  # [B] int32: music time since SUFFIX
+    join: jax.Array  # [B, P] bool: pitches started in the part after the gap's first second
 
 
 def empty(batch_size: int) -> GapClock:
     no, zero = jnp.zeros((batch_size,), bool), jnp.zeros((batch_size,), jnp.int32)
-    return GapClock(no, zero, no, zero)
+    return GapClock(no, zero, no, zero, no, zero, jnp.zeros((batch_size, NUM_PITCHES), bool))
 
 
 def _steps(tokens):
@@ -67,12 +79,20 @@ def advance(state: GapClock, token_B: jax.Array) -> GapClock:
         token_B == FIM_GAP_ID, True, jnp.where(token_B == FIM_SUFFIX_ID, False, state.header)
     )
     middle = state.middle | (token_B == FIM_MIDDLE_ID)
+    suffix = jnp.where(
+        token_B == FIM_SUFFIX_ID, True, jnp.where(token_B == FIM_PREFIX_ID, False, state.suffix)
+    )
     steps = _steps(token_B)
+    early = suffix & (state.since < JOIN_STEPS)  # a NOTE_ON happens at the time before it
+    on_BxP = token_B[:, None] - NOTE_ON_FIRST_ID == jnp.arange(NUM_PITCHES)
     return GapClock(
         header=header,
         length=state.length + steps * header,
         middle=middle,
         elapsed=state.elapsed + steps * middle,
+        suffix=suffix,
+        since=state.since + steps * suffix,
+        join=state.join | (on_BxP & early[:, None]),
     )
 
 
@@ -86,5 +106,21 @@ def buckets(tokens_BxL: jax.Array, m: int) -> tuple[jax.Array, GapClock]:
     middle = jnp.cumsum(tokens_BxL == FIM_MIDDLE_ID, axis=1) > 0
     length = jnp.cumsum(steps * header, axis=1, dtype=jnp.int32)
     elapsed = jnp.cumsum(steps * middle, axis=1, dtype=jnp.int32)
-    last = GapClock(header[:, -1], length[:, -1], middle[:, -1], elapsed[:, -1])
+    suffix = jnp.cumsum(tokens_BxL == FIM_SUFFIX_ID, axis=1) > jnp.cumsum(
+        tokens_BxL == FIM_PREFIX_ID, axis=1
+    )
+    since = jnp.cumsum(steps * suffix, axis=1, dtype=jnp.int32)
+    early = suffix & (since - steps * suffix < JOIN_STEPS)  # the time before the token
+    on_BxLxP = tokens_BxL[..., None] - NOTE_ON_FIRST_ID == jnp.arange(NUM_PITCHES)
+    join = jnp.any(on_BxLxP & early[..., None], axis=1)  # the prompt precedes every latent
+    last = GapClock(
+        header[:, -1], length[:, -1], middle[:, -1], elapsed[:, -1], suffix[:, -1], since[:, -1],
+        join,
+    )  # fmt: skip
     return bucket(middle, length, elapsed)[:, -m:], last
+
+
+def join_features(join_BxP: jax.Array, middle_BxM: jax.Array) -> jax.Array:
+    """float32 ``[B, M, P]``: the join's pitches at the latents inside a middle, else 0 (every
+    token of the part after the gap comes before MIDDLE, so a middle's latent has seen them)."""
+    return (join_BxP[:, None, :] & middle_BxM[..., None]).astype(jnp.float32)

@@ -450,6 +450,15 @@ class PerceiverAR(nnx.Module):
                 dtype=dtype,
                 rngs=rngs,
             )
+        if config.gap_join:  # zero-initialised, as note_in
+            self.gap_join = nnx.Linear(
+                NUM_PITCHES,
+                config.d_model,
+                use_bias=False,
+                kernel_init=nnx.initializers.zeros_init(),
+                dtype=dtype,
+                rngs=rngs,
+            )
         self.final_norm = nnx.LayerNorm(config.d_model, dtype=dtype, rngs=rngs)
         self.logits = nnx.Linear(
             config.d_model,
@@ -489,6 +498,15 @@ class PerceiverAR(nnx.Module):
         ok = (length > 0) & (follow < self.config.vocab_size)  # a sentinel is never followed
         found = ok[..., None].astype(self.match_follow.embedding.dtype)
         return self.match_follow(jnp.where(ok, follow, 0)) * found + self.match_len(length)
+
+    def _gap_terms(self, bucket_BxM: jax.Array, join_BxP: jax.Array) -> jax.Array:
+        """What the gap clock and the join's pitches add to latents (``model/gap_clock.py``)."""
+        out = 0.0
+        if self.config.gap_clock:
+            out = out + self.gap_clock(bucket_BxM)
+        if self.config.gap_join:
+            out = out + self.gap_join(gap_clock.join_features(join_BxP, bucket_BxM > 0))
+        return out
 
     # -- full forward -------------------------------------------------------------------------
 
@@ -543,8 +561,9 @@ class PerceiverAR(nnx.Module):
         if c.note_lookup:
             found_notes = match.note_lookup(tokens_BxL, m, c.note_lookup)
             z_BxMxD = z_BxMxD + self._note_term(*found_notes)
-        if c.gap_clock:
-            z_BxMxD = z_BxMxD + self.gap_clock(gap_clock.buckets(tokens_BxL, m)[0])
+        if c.gap_clock or c.gap_join:
+            clock_BxM, clock = gap_clock.buckets(tokens_BxL, m)
+            z_BxMxD = z_BxMxD + self._gap_terms(clock_BxM, clock.join)
         prev = (
             preceding(self.cross.normed(emb_BxLxE), valid_BxL, c.cross_smear)
             if c.cross_smear
@@ -720,9 +739,9 @@ class PerceiverAR(nnx.Module):
         if self.config.note_lookup:
             found_notes = match.note_lookup(tokens_BxW, f, self.config.note_lookup)
             z_BxFxD = z_BxFxD + self._note_term(*found_notes)
-        if self.config.gap_clock:
+        if self.config.gap_clock or self.config.gap_join:
             clock_BxF, clock = gap_clock.buckets(tokens_BxW, f)
-            z_BxFxD = z_BxFxD + self.gap_clock(clock_BxF)
+            z_BxFxD = z_BxFxD + self._gap_terms(clock_BxF, clock.join)
             cache = cache._replace(clock=clock)
         prev = None
         if self.config.cross_smear:
@@ -797,11 +816,11 @@ class PerceiverAR(nnx.Module):
                 cache.toks, self._ring_columns(cache)[1], cache.cur, self.config.note_lookup
             )
             z_Bx1xD = z_Bx1xD + self._note_term(note_B, note_len_B)[:, None]
-        if self.config.gap_clock:
+        if self.config.gap_clock or self.config.gap_join:
             clock = gap_clock.advance(cache.clock, token_B)
             cache = cache._replace(clock=clock)
-            bucket_B = gap_clock.bucket(clock.middle, clock.length, clock.elapsed)
-            z_Bx1xD = z_Bx1xD + self.gap_clock(bucket_B)[:, None]
+            bucket_Bx1 = gap_clock.bucket(clock.middle, clock.length, clock.elapsed)[:, None]
+            z_Bx1xD = z_Bx1xD + self._gap_terms(bucket_Bx1, clock.join)
         q_BxHx1xK = self.cross.queries(z_Bx1xD, pos_Bx1, prev)
         b, hc = q_BxHx1xK.shape[:2]
         mask_BxHx1xC = jnp.broadcast_to(

@@ -279,7 +279,25 @@ def test_gap_clock_table_and_running_state_equal_the_full_count():
         running.append(int(gap_clock.bucket(state.middle, state.length, state.elapsed)[0]))
     assert running[-len(middle) - 2 :] == np.asarray(got)[0].tolist()
     assert set(running[: len(p) - 1]) == {0}
-    assert all(np.asarray(a)[0] == np.asarray(b) for a, b in zip(last, state, strict=True))
+    for a, b in zip(last, state, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_join_pitches_are_the_first_second_after_the_gap():
+    from perceiver_midi.model import gap_clock
+
+    suffix = [ON + 50, ts(60), ON + 52, OFF + 50, ts(40), ON + 55, ts(1), ON + 57]  # 55 at 1 s
+    p = infill.prompt(np.array([ON + 60, ts(30)]), np.array(suffix), 250, 100)
+    seq = np.concatenate([p, [ON + 64, ts(20)]])
+    _, last = gap_clock.buckets(jnp.asarray(seq[None]), 3)
+    assert np.nonzero(np.asarray(last.join)[0])[0].tolist() == [50, 52]
+    state = gap_clock.empty(1)
+    for tok in seq:
+        state = gap_clock.advance(state, jnp.asarray([tok]))
+    np.testing.assert_array_equal(np.asarray(state.join), np.asarray(last.join))
+    # only the middle's latents see them
+    feats = gap_clock.join_features(last.join, jnp.asarray([[False, True, True]]))
+    assert np.asarray(feats)[0].sum(axis=-1).tolist() == [0.0, 2.0, 2.0]
 
 
 def test_a_model_grown_with_the_gap_clock_starts_unchanged():
@@ -296,5 +314,31 @@ def test_a_model_grown_with_the_gap_clock_starts_unchanged():
     np.testing.assert_array_equal(np.asarray(grown(tokens)), np.asarray(base(tokens)))
     grown.gap_clock.embedding[...] = jnp.ones_like(grown.gap_clock.embedding[...])
     assert not np.allclose(np.asarray(grown(tokens)), np.asarray(base(tokens)))
-    with pytest.raises(ValueError, match="gap_clock needs infill"):
+    with pytest.raises(ValueError, match="gap_clock and gap_join need infill"):
         get_config("tiny", gap_clock=True)
+
+
+def test_clock_and_join_are_causal():
+    """Changing the tokens after a latent's position leaves its logits as they were, also where
+    the latents run from the part before the gap into the middle."""
+    cfg = get_config("tiny", infill=True, gap_clock=True, gap_join=True)
+    model = PerceiverAR(cfg, rngs=nnx.Rngs(0))
+    for w in (model.logits.kernel, model.gap_clock.embedding, model.gap_join.kernel):
+        w[...] = 0.5 * jax.random.normal(jax.random.key(w.shape[0]), w.shape)
+    rng = np.random.default_rng(0)
+    suffix = np.array([ON + 50, ts(30), ON + 52, ts(80)])
+    head = infill.prompt(rng.integers(3, 359, size=80), suffix, 150, cfg.max_len - 8)
+    tokens = np.concatenate([head, [ON + 60, ts(40), ON + 62, ts(20), OFF + 60, ts(50), 0, 0]])
+    tokens = tokens[None, : cfg.max_len].astype(np.int32)
+    tokens[0, -2:] = [ON + 64, ts(10)]
+    logits = np.asarray(model(jnp.asarray(tokens)))
+    n, m = cfg.max_len, cfg.num_latents
+    mid = int(np.nonzero(tokens[0] == MID)[0][0])
+    assert n - m < mid < n - 2  # latents before and after MIDDLE
+    for p in (mid - 1, mid, mid + 3, n - 2):
+        changed = tokens.copy()
+        changed[0, p + 1 :] = rng.integers(3, 359, size=n - p - 1)
+        np.testing.assert_allclose(
+            np.asarray(model(jnp.asarray(changed)))[0, p - (n - m)], logits[0, p - (n - m)],
+            atol=1e-5,
+        )  # fmt: skip

@@ -52,6 +52,9 @@ def make_model(cfg: Config = TINY, seed: int = 0) -> PerceiverAR:
     if cfg.gap_clock:
         table = model.gap_clock.embedding
         table[...] = 0.5 * jax.random.normal(jax.random.key(seed + 60), table.shape)
+    if cfg.gap_join:
+        k = model.gap_join.kernel
+        k[...] = 0.5 * jax.random.normal(jax.random.key(seed + 61), k.shape)
     if cfg.note_lookup:
         tables = (model.match_note_follow.embedding, model.match_note_len.embedding)
         for j, table in enumerate(tables):
@@ -343,6 +346,7 @@ def test_cached_step_logits_equal_full_forward(
         note_lookup=note_lookup,
         infill=fim,
         gap_clock=fim,
+        gap_join=fim,
     )
     model = make_model(cfg, seed=3)
     rng = np.random.default_rng(0)
