@@ -80,6 +80,7 @@ class TrainConfig:
     repeat_max_back: int = 1500  # how far back the first playing may start, in tokens
     infill_share: float = 0.0  # infilling crops (data.Infill; the model needs Config.infill)
     addition_lr_scale: float = 1.0  # rate multiplier of the zero-initialised additions
+    infill_lr_scale: float = 1.0  # rate multiplier of the gap clock and join maps (gap_*)
     log_every: int = 10
     eval_every: int = 500
     eval_pieces: int = 24  # validation subset: this many pieces ...
@@ -143,6 +144,15 @@ def addition_mask(params):
     return jax.tree_util.tree_map_with_path(lambda path, _: is_additive(param_name(path)), params)
 
 
+def infill_mask(params):
+    """True for the gap clock's and the join's maps (``Config.gap_clock``, ``gap_join``): small
+    maps whose signal (the last notes before a join) is rare in a batch, so they learn slowly at
+    the rate that suits the rest."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: param_name(path).startswith("gap_"), params
+    )
+
+
 def make_optimizer(model: PerceiverAR, tc: TrainConfig) -> nnx.Optimizer:
     parts = [
         optax.clip_by_global_norm(tc.grad_clip),
@@ -156,6 +166,8 @@ def make_optimizer(model: PerceiverAR, tc: TrainConfig) -> nnx.Optimizer:
     ]
     if tc.addition_lr_scale != 1.0:
         parts.append(optax.masked(optax.scale(tc.addition_lr_scale), addition_mask))
+    if tc.infill_lr_scale != 1.0:
+        parts.append(optax.masked(optax.scale(tc.infill_lr_scale), infill_mask))
     return nnx.Optimizer(model, optax.chain(*parts), wrt=nnx.Param)
 
 

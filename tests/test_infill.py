@@ -342,3 +342,39 @@ def test_clock_and_join_are_causal():
             np.asarray(model(jnp.asarray(changed)))[0, p - (n - m)], logits[0, p - (n - m)],
             atol=1e-5,
         )  # fmt: skip
+
+
+def test_infill_lr_scale_moves_only_the_gap_maps_faster():
+    from perceiver_midi.model.checkpoint import param_name
+    from perceiver_midi.model.train import TrainConfig, infill_mask
+
+    cfg = get_config("tiny", infill=True, gap_clock=True, gap_join=True)
+    params = nnx.state(PerceiverAR(cfg, rngs=nnx.Rngs(0)), nnx.Param)
+    flat = jax.tree_util.tree_flatten_with_path(infill_mask(params))[0]
+    picked = sorted(param_name(p) for p, on in flat if on)
+    assert picked == ["gap_clock.embedding", "gap_join.kernel"]
+
+    def moved(scale):
+        from perceiver_midi.model.train import make_optimizer
+
+        model = PerceiverAR(cfg, rngs=nnx.Rngs(0))
+        tc = TrainConfig(
+            preset="tiny", learning_rate=1e-3, warmup_steps=0, infill_lr_scale=scale,
+            model_overrides=(("infill", True),),
+        )  # fmt: skip
+        opt = make_optimizer(model, tc)
+        before = {k: np.asarray(v) for k, v in _named(model).items()}
+        grads = jax.tree.map(jnp.ones_like, nnx.state(model, nnx.Param))
+        opt.update(model, grads)
+        return {k: np.abs(np.asarray(v) - before[k]).max() for k, v in _named(model).items()}
+
+    one, twenty = moved(1.0), moved(20.0)
+    assert twenty["gap_join.kernel"] == pytest.approx(20 * one["gap_join.kernel"], rel=1e-3)
+    assert twenty["embed.embedding"] == pytest.approx(one["embed.embedding"], rel=1e-6)
+
+
+def _named(model):
+    from perceiver_midi.model.checkpoint import param_name
+
+    flat = jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]
+    return {param_name(p): v for p, v in flat}
