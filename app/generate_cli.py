@@ -586,9 +586,12 @@ def add_commands(sub) -> None:
             "Continue every prime of PRIMES (a folder of MIDI files, or a CSV/JSONL listing with "
             "a 'prime' column, paths relative to the listing, and optional per-prime columns: id, "
             "seed, variations, seconds, tokens, temperature, top_k, top_p, latents, "
-            "max_note_seconds, prime_seconds, prime_tokens, prime_range) into DIR, with one line "
-            "per output in DIR/manifest.jsonl and failures in DIR/failed.jsonl. Item seeds derive "
-            "from --seed and the prime's identity. Re-running skips finished items."
+            "max_note_seconds, pitch_range, key, velocity_range, max_polyphony, prime_seconds, "
+            "prime_tokens, prime_range, infill_range) into DIR, with one line per output in "
+            "DIR/manifest.jsonl and failures in DIR/failed.jsonl. A row with an infill_range "
+            "(START:END seconds) regenerates that span instead (as `infill`; the run then uses "
+            "the infilling model unless --checkpoint names one). Item seeds derive from --seed "
+            "and the prime's identity. Re-running skips finished items."
         ),
     )
     p.add_argument("primes", metavar="PRIMES")

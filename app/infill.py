@@ -203,9 +203,11 @@ def infill_piece(
     *,
     name: str | None = None,
     callback: Callable[[Any], Any] | None = None,
+    length_bucket: int = 0,
 ) -> list[Infilled]:
     """``settings.variations`` new middles for ``gap`` of ``source`` (a MIDI path, bytes,
-    PrettyMIDI, NoteSequence or id array), sampled as one batch."""
+    PrettyMIDI, NoteSequence or id array), sampled as one batch (``length_bucket``: the
+    sampler's; the notes do not depend on it)."""
     from perceiver_midi.app.pipeline import Window
 
     label = name or (source if isinstance(source, str) else "piece")
@@ -213,7 +215,7 @@ def infill_piece(
     n = int(settings.variations)
     return infill_items(
         model, piece, gap, settings, variation_seeds(settings.seed, n), range(1, n + 1),
-        label=label, callback=callback,
+        label=label, callback=callback, length_bucket=length_bucket,
     )  # fmt: skip
 
 
@@ -227,13 +229,14 @@ def infill_items(
     *,
     label: str = "piece",
     callback: Callable[[Any], Any] | None = None,
+    length_bucket: int = 0,
 ) -> list[Infilled]:
     """New middles for ``gap`` of ``piece`` (ids), one per seed, in one sampler call (the batch
     generator's items; ``variations`` label them)."""
     a, b, steps, prompt, gap_settings = plan_gap(model, piece, gap, settings, label)
     conts = sample_continuations(
         model, [prompt] * len(seeds), list(seeds), gap_settings, callback=callback,
-        variations=list(variations),
+        variations=list(variations), length_bucket=length_bucket,
     )  # fmt: skip
     out = []
     for c in conts:

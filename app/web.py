@@ -1,6 +1,7 @@
 """The Gradio web app: ``perceiver-midi app`` (or ``python -m perceiver_midi.app``).
 
     perceiver-midi app --checkpoint checkpoints/maestro-cpu --port 7860
+    perceiver-midi app --infill-checkpoint checkpoints/maestro-cpu-infill   # its default
 
 The page, in the order a composer works:
   1. Prime: upload a MIDI file, choose a shipped example, or start from nothing; or play it
@@ -9,6 +10,12 @@ The page, in the order a composer works:
      the exchange grows as one piece). Its piano roll (the prime window in colour), a player for
      the window and the piece as MIDI; two sliders choose the window (start and end, in
      seconds; default: the last 20 s); Undo goes back one prime.
+     Regenerate a span (an accordion under it): two sliders choose a span of the piece (at most
+     12 s, hatched on its roll), Regenerate span writes 1-4 new versions of it with the model
+     hearing both sides (the infilling model: ``--infill-checkpoint``; without one the mode says
+     so in one line and the rest works), each heard in place (3 s before, the new span, 3 s
+     after), with its piano roll, the whole piece and the span alone as MIDI, and "Keep this"
+     (the piece becomes that version; Undo steps back). It uses the controls of 2.
   2. Controls: continuation length, variations (1-4), temperature, top-p, top-k, seed with a
      "random" toggle; Advanced: latents (test-time compute) and prime tokens.
   3. Generate / Stop, with a status line (music seconds and tokens so far while sampling).
@@ -16,11 +23,13 @@ The page, in the order a composer works:
      (prime grey, continuation coloured, a dashed line at the seam), the MIDI files (the
      continuation alone, and the piece so far + the continuation), and "Continue from this".
 
-The named API endpoint ``/continue`` (see README) takes a prime MIDI file and the settings and
-returns the audio and MIDI files of each variation. The handlers live in ``app/web_core.py``
-(plain Python, tested without a browser); this module only lays out the page and adapts values.
-One model per process, loaded and compiled before the server starts; per-session state in
-``gr.State``; Gradio's queue bounds how many requests use the model at once.
+The named API endpoints (see README): ``/continue`` takes a prime MIDI file and the settings and
+returns the audio and MIDI files of each variation; ``/infill`` takes a MIDI file, a span (start,
+end) and the settings and returns each variation's audio in place and its MIDI files (the whole
+piece, the span alone). The handlers live in ``app/web_core.py`` (plain Python, tested without a
+browser); this module only lays out the page and adapts values. One model per process (and the
+infilling model, when it is another), loaded and compiled before the server starts; per-session
+state in ``gr.State``; Gradio's queue bounds how many requests use the models at once.
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ from perceiver_midi.app.web_core import (
     DEFAULT_TOP_P,
     MAX_SECONDS,
     MAX_VARIATIONS,
+    NO_INFILL_MODEL,
     Composer,
     Done,
     GenerateRequest,
@@ -111,6 +121,10 @@ def _continue_from(composer: Composer, k: int, s: Session):
     return composer.continue_from(s, k)
 
 
+def _keep_span(composer: Composer, k: int, s: Session):
+    return composer.keep_span(s, k)
+
+
 def build_app(
     model,
     *,
@@ -121,7 +135,10 @@ def build_app(
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a server
     import gradio as gr
 
+    from perceiver_midi.app.infill import CONTEXT_SECONDS, MAX_GAP_SECONDS
+
     composer = composer or Composer(model, max_upload_bytes=max_upload_bytes)
+    can_infill = composer.infill_model is not None
     examples = list_examples(composer.examples_dir)
     n_lat = composer.num_latents
 
@@ -188,6 +205,61 @@ def build_app(
             win_end = gr.Slider(
                 0, 1, value=1, step=0.01, label="Prime window end (s)", interactive=False
             )
+        with gr.Accordion("Regenerate a span of the piece", open=False,
+                          elem_id="span-panel") as span_panel:  # fmt: skip
+            gr.Markdown(
+                f"Choose up to {MAX_GAP_SECONDS:g} s of the piece with the two sliders (hatched "
+                "on its roll), then Regenerate span: the model writes it anew, hearing what comes "
+                f"before and after it. Each variation plays {CONTEXT_SECONDS:g} s before the "
+                f"span, the new span and {CONTEXT_SECONDS:g} s after; **Keep this** puts it in "
+                "the piece (Undo steps back). Temperature, top-p, top-k, seed, Advanced and "
+                "Controls are those of 2. Continue."
+                if can_infill
+                else f"**Not available:** {NO_INFILL_MODEL}. Everything else works.",
+                elem_id="span-note",
+            )
+            with gr.Row():
+                span_start = gr.Slider(0, 1, value=0, step=0.01, label="Span start (s)",
+                                       interactive=False, elem_id="span-start")  # fmt: skip
+                span_end = gr.Slider(0, 1, value=1, step=0.01, label="Span end (s)",
+                                     interactive=False, elem_id="span-end")  # fmt: skip
+                span_variations = gr.Slider(1, MAX_VARIATIONS, value=2, step=1, label="Variations",
+                                            elem_id="span-variations")  # fmt: skip
+            span_info = gr.Markdown("", elem_id="span-info")
+            span_btn = gr.Button("Regenerate span", variant="primary", interactive=can_infill,
+                                 elem_id="regenerate")  # fmt: skip
+            span_status = gr.Markdown("", elem_id="span-status")
+            span_slots = []
+            for row in range(0, MAX_VARIATIONS, 2):
+                with gr.Row():
+                    for k in range(row, min(row + 2, MAX_VARIATIONS)):
+                        with gr.Column(visible=False, elem_classes="result-card") as card:
+                            header = gr.Markdown(elem_id=f"span-{k + 1}-header")
+                            audio = gr.Audio(
+                                label=f"In place: {CONTEXT_SECONDS:g} s before, the new span, "
+                                f"{CONTEXT_SECONDS:g} s after",
+                                type="filepath",
+                                interactive=False,
+                                elem_id=f"span-{k + 1}-audio",
+                            )
+                            roll = gr.Image(
+                                label="Piano roll (the new span coloured)",
+                                type="filepath",
+                                interactive=False,
+                                height=220,
+                                elem_id=f"span-{k + 1}-roll",
+                            )
+                            files = gr.File(
+                                label="MIDI: the whole piece with this span, and the span alone "
+                                "(_middle)",
+                                file_count="multiple",
+                                interactive=False,
+                                elem_id=f"span-{k + 1}-files",
+                            )
+                            keep_btn = gr.Button(
+                                "Keep this", size="sm", elem_id=f"span-{k + 1}-keep"
+                            )
+                        span_slots.append((card, header, audio, roll, files, keep_btn))
 
         # 2. Controls ---------------------------------------------------------------------------
         gr.Markdown("## 2. Continue")
@@ -320,23 +392,32 @@ def build_app(
             api_midi = gr.File(label="midi", file_count="multiple")
             api_info = gr.JSON(label="info")
             api_btn = gr.Button("continue")
+            api_piece = gr.File(label="piece", type="filepath")  # /infill's own inputs
+            api_start = gr.Number(value=None, label="start")
+            api_end = gr.Number(value=None, label="end")
+            api_infill_btn = gr.Button("infill")
 
         # Wiring ---------------------------------------------------------------------------------
         # UI handlers never raise for a user mistake: the message goes to a toast and to the
         # prime's status line, the page keeps what it showed, and the upload box is emptied for
         # the next file. (Raising would also flag every output component with "Error".)
         prime_outputs = [prime_info, prime_roll, prime_audio, win_start, win_end, undo_btn,
-                         prime_midi]  # fmt: skip
+                         prime_midi, span_start, span_end]  # fmt: skip
         with_state = [session, *prime_outputs, upload]
 
         def prime_updates(view):
             if view.empty:
                 start = gr.update(minimum=0, maximum=1, value=0, interactive=False)
                 end = gr.update(minimum=0, maximum=1, value=1, interactive=False)
+                spans = (start, end)
             else:
                 top = round(view.total, 2)
                 start = gr.update(minimum=0, maximum=top, value=view.window[0], interactive=True)
                 end = gr.update(minimum=0, maximum=top, value=view.window[1], interactive=True)
+                spans = tuple(
+                    gr.update(minimum=0, maximum=top, value=min(v, top), interactive=can_infill)
+                    for v in view.span
+                )
             return (
                 view.info,
                 str(view.roll),
@@ -345,6 +426,7 @@ def build_app(
                 end,
                 gr.update(interactive=view.can_undo),
                 str(view.midi) if view.midi else None,
+                *spans,
             )
 
         def tell(exc: Exception) -> str:
@@ -387,6 +469,72 @@ def build_app(
 
         def on_stop(s: Session):
             composer.stop(s)
+
+        def on_span(s: Session, win_start_v, win_end_v, *span):
+            """The span sliders moved (or the mode opened: ``span``; closed: no ``span``)."""
+            try:
+                roll, line = composer.show_span(s, span or None, (win_start_v, win_end_v))
+            except Exception as exc:
+                return gr.skip(), f"**Error:** {tell(exc)}"
+            return (str(roll) if roll else gr.skip()), line
+
+        span_outputs = [c for slot in span_slots for c in slot[:5]]
+
+        def on_regenerate(
+            s: Session,
+            start_v,
+            end_v,
+            variations_v,
+            temperature_v,
+            top_p_v,
+            top_k_v,
+            seed_v,
+            random_v,
+            latents_v,
+            max_note_v,
+            pitch_range_v,
+            key_v,
+            velocity_range_v,
+            max_polyphony_v,
+        ):
+            req = GenerateRequest(
+                variations=variations_v,
+                temperature=temperature_v,
+                top_p=top_p_v,
+                top_k=top_k_v,
+                seed=seed_v if seed_v is not None else 0,
+                random_seed=bool(random_v),
+                # The page's choices are the main model's: its own M means the infilling one's.
+                latents=None if latents_v == composer.num_latents else latents_v,
+                max_note_seconds=max_note_v,
+                pitch_range=pitch_range_v,
+                key=key_v,
+                velocity_range=velocity_range_v,
+                max_polyphony=max_polyphony_v,
+            )
+            skip = [gr.skip()] * len(span_outputs)
+            yield "Regenerating the span...", gr.skip(), gr.update(interactive=False), *skip
+            try:
+                done = composer.regenerate_span(s, req, start_v, end_v)
+            except Exception as exc:
+                yield f"**Error:** {tell(exc)}", gr.skip(), gr.update(interactive=True), *skip
+                return
+            n = len(done.results)
+            # The cards are shown (empty) first, then filled: a card made visible in the same
+            # update as its audio and image sometimes drops them in the browser (Gradio 6.31).
+            shown = []
+            for k in range(MAX_VARIATIONS):
+                shown += [gr.update(visible=k < n), gr.skip(), None, None, None]
+            yield gr.skip(), done.seed, gr.skip(), *shown
+            filled = []
+            for k in range(MAX_VARIATIONS):
+                if k < n:
+                    r = done.results[k]
+                    filled += [gr.skip(), r.header(), str(r.audio), str(r.roll),
+                               [str(r.midi), str(r.middle_midi)]]  # fmt: skip
+                else:
+                    filled += [gr.skip()] * 5
+            yield done.status, gr.skip(), gr.update(interactive=True), *filled
 
         on_take = prime_handler(composer.load_played)
 
@@ -537,6 +685,40 @@ def build_app(
                 max_polyphony=max_polyphony,
             )
 
+        @_user_errors
+        def on_api_infill(
+            piece,
+            start,
+            end,
+            variations=1,
+            seed=0,
+            temperature=1.0,
+            top_p=DEFAULT_TOP_P,
+            top_k=0,
+            latents=0,
+            max_note_seconds=DEFAULT_MAX_NOTE_SECONDS,
+            pitch_range="",
+            key="",
+            velocity_range="",
+            max_polyphony=DEFAULT_MAX_POLYPHONY,
+        ):
+            return composer.api_infill(
+                piece,
+                start=start,
+                end=end,
+                variations=variations,
+                seed=seed,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=top_k,
+                latents=latents,
+                max_note_seconds=max_note_seconds,
+                pitch_range=pitch_range,
+                key=key,
+                velocity_range=velocity_range,
+                max_polyphony=max_polyphony,
+            )
+
         # Prime handlers render audio and rolls: they share the model's CPU budget (its
         # concurrency group) with generation, so a burst of uploads cannot starve sampling.
         ui = {"api_visibility": "private", "show_progress": "minimal", "concurrency_id": "model"}
@@ -552,6 +734,15 @@ def build_app(
         for k, slot in enumerate(slots):
             on_continue = prime_handler(functools.partial(_continue_from, composer, k))
             slot[5].click(on_continue, [session], with_state, **ui)
+        span_view = [session, win_start, win_end, span_start, span_end]
+        for slider in (span_start, span_end):  # the last move wins, even during a redraw
+            slider.release(on_span, span_view, [prime_roll, span_info], trigger_mode="always_last",
+                           **ui)  # fmt: skip
+        span_panel.expand(on_span, span_view, [prime_roll, span_info], **ui)
+        span_panel.collapse(on_span, span_view[:3], [prime_roll, span_info], **ui)
+        for k, slot in enumerate(span_slots):
+            on_keep = prime_handler(functools.partial(_keep_span, composer, k))
+            slot[5].click(on_keep, [session], with_state, **ui)
         controls = [
             seconds,
             variations,
@@ -580,6 +771,12 @@ def build_app(
             show_progress="hidden",
             api_visibility="undocumented",
         )
+        span_controls = [span_start, span_end, span_variations, temperature, top_p, top_k, seed,
+                         random_seed, latents, max_note, pitch_range, key, velocity_range,
+                         max_polyphony]  # fmt: skip
+        span_btn.click(on_regenerate, [session, *span_controls],
+                       [span_status, seed, span_btn, *span_outputs], api_visibility="private",
+                       concurrency_id="model", show_progress="hidden")  # fmt: skip
         keyboard.submit(on_played, [session], with_state, **ui)
         # The answer is played by the page as soon as it arrives; the prime panel (roll, audio,
         # the piece's MIDI) is redrawn after, while it plays.
@@ -631,6 +828,39 @@ def build_app(
             ),
             concurrency_id="model",
         )
+        api_infill_btn.click(
+            on_api_infill,
+            [
+                api_piece,
+                api_start,
+                api_end,
+                api_variations,
+                api_seed,
+                api_temperature,
+                api_top_p,
+                api_top_k,
+                api_latents,
+                api_max_note,
+                api_pitch_range,
+                api_key,
+                api_velocity_range,
+                api_max_polyphony,
+            ],  # fmt: skip
+            [api_audio, api_midi, api_info],
+            api_name="infill",
+            api_description=(
+                "Regenerate the span start..end (seconds; at most "
+                f"{MAX_GAP_SECONDS:g} s) of a MIDI file with the infilling model, which hears "
+                "what comes before and after it (as `perceiver-midi infill --range START:END`). "
+                "Returns per variation the audio of the new span in place (WAV: "
+                f"{CONTEXT_SECONDS:g} s before it, the span, {CONTEXT_SECONDS:g} s after), the "
+                "MIDI files <stem>_infill_vN.mid (the whole piece with the new span) and "
+                "<stem>_infill_vN_middle.mid (the span alone), and a JSON summary (the edges "
+                "used: the piece's first events at or after start and end). Variation v uses "
+                "seed + v - 1; the sampling settings and musical controls are /continue's."
+            ),
+            concurrency_id="model",
+        )
         demo.load(prime_handler(composer.prime_view), [session], with_state,
                   api_visibility="private", show_progress="minimal")  # fmt: skip
     return demo
@@ -647,6 +877,13 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--share", action="store_true", help="also serve on a public gradio.live link")
     p.add_argument(
         "--checkpoint", metavar="DIR", help="model checkpoint (default: checkpoints/maestro-cpu)"
+    )
+    p.add_argument(
+        "--infill-checkpoint",
+        metavar="DIR",
+        help="the model of 'Regenerate a span' and /infill, trained to infill (default: the "
+        "--checkpoint model if it can infill, else checkpoints/maestro-cpu-infill when present; "
+        "'none': no infilling)",
     )
     p.add_argument(
         "--max-concurrency",
@@ -670,8 +907,38 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def _infill_model(choice: str | None, model):
+    """The infilling model: ``--infill-checkpoint DIR`` (UserError if it cannot be loaded or
+    cannot infill; 'none': None); by default ``model`` when it can infill, else the shipped
+    infilling model when present and loadable (else None: the mode says it is off)."""
+    from perceiver_midi.model.checkpoint import CheckpointError, default_checkpoint, load_model
+
+    if choice is not None and choice.strip().lower() == "none":
+        return None
+    if choice is None:
+        if getattr(model.config, "infill", False):
+            return model
+        shipped = default_checkpoint("infill")
+        if shipped is None:
+            return None
+        try:
+            return load_model(shipped)
+        except CheckpointError as exc:  # not asked for: the rest of the app still serves
+            _say(f"warning: the infilling model is off ({exc})")
+            return None
+    try:
+        infill = load_model(choice)
+    except CheckpointError as exc:
+        raise UserError(str(exc)) from None
+    if not getattr(infill.config, "infill", False):
+        raise UserError(
+            f"{choice}: this checkpoint was not trained to infill (--infill-checkpoint)"
+        )
+    return infill
+
+
 def cmd_app(args: argparse.Namespace) -> int:
-    """Loads the model once, warms the sampler, then serves until interrupted."""
+    """Loads the model(s) once, warms the samplers, then serves until interrupted."""
     from perceiver_midi.model.checkpoint import CheckpointError, load_model
 
     if not 1 <= args.max_concurrency <= MAX_CONCURRENCY:
@@ -688,8 +955,19 @@ def cmd_app(args: argparse.Namespace) -> int:
         model = load_model(args.checkpoint)
     except CheckpointError as exc:
         raise UserError(str(exc)) from None
-    _say(f"model loaded in {time.perf_counter() - t0:.1f} s; compiling the sampler...")
-    composer = Composer(model)
+    infill = _infill_model(args.infill_checkpoint, model)
+    which = (
+        "off (--infill-checkpoint DIR)"
+        if infill is None
+        else "the main model"
+        if infill is model
+        else "a second model"
+    )
+    _say(
+        f"model loaded in {time.perf_counter() - t0:.1f} s; infilling ('Regenerate a span'): "
+        f"{which}; compiling the sampler..."
+    )
+    composer = Composer(model, infill_model=infill)
     try:
         took = composer.warm_up(log=_say)
         _say(f"warm in {took:.1f} s")

@@ -1,7 +1,8 @@
 """The web app's handlers as plain Python: a :class:`Composer` (the model, loaded once per process)
 working on a per-browser-session :class:`app.web_session.Session` (kept in ``gr.State``; no shared
 mutable globals): loading primes, planning a request, sampling in a thread while progress is
-reported, rendering the results, the ``/continue`` API and the start-up warm-up.
+reported, rendering the results, regenerating a span of the piece (infilling, with a second model
+when the first cannot infill), the ``/continue`` and ``/infill`` APIs and the start-up warm-up.
 
 Every handler takes and returns plain values (dataclasses, paths, numbers) and raises
 :class:`app.errors.UserError` with a one-line message for anything the user can fix; ``app/web.py``
@@ -22,6 +23,11 @@ What each result holds:
   * ``<stem>_vN.mid``: the continuation alone (byte for byte what ``perceiver-midi continue``
     writes) and ``<stem>_vN_full.mid``: the piece up to the window's end followed by the
     continuation, which is exactly what "Continue from this" makes the new prime.
+
+"Regenerate a span" (:meth:`Composer.regenerate_span`) gives per variation the stretch around the
+new span (``app.infill.CONTEXT_SECONDS`` before it, the span, as long after) as audio and a piano
+roll, and the files of ``perceiver-midi infill`` (byte for byte): ``<stem>_infill_vN.mid`` (the
+whole piece with the new span: what "Keep this" makes the piece) and ``..._middle.mid``.
 """
 
 from __future__ import annotations
@@ -62,13 +68,18 @@ from perceiver_midi.app.web_session import (
     PrimeView,
     Result,
     Session,
+    SpanResult,
     list_examples,
     read_upload,
 )
 
 PROGRESS_EVERY_S = 0.25  # at most this often a progress update is sent to the page
 LIVE_ROLL_EVERY_S = 2.0  # ... and a piano roll of the music so far (drawing costs ~0.1 s of CPU)
-API_FILES_TTL_S = 3600.0  # /continue output folders older than this are removed
+API_FILES_TTL_S = 3600.0  # /continue and /infill output folders older than this are removed
+NO_INFILL_MODEL = (
+    "no infilling model is loaded: start the app with --infill-checkpoint DIR (a checkpoint "
+    "trained with --set infill=True)"
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -140,6 +151,15 @@ class Answer:
 
 
 @dataclasses.dataclass(frozen=True)
+class Regenerated:
+    """The variations of one "Regenerate span" request."""
+
+    results: tuple[SpanResult, ...]
+    seed: int
+    status: str
+
+
+@dataclasses.dataclass(frozen=True)
 class _Plan:
     prime: object  # app.pipeline.PrimeCut: the window the model is given and the piece's head
     settings: object  # app.pipeline.Settings
@@ -151,27 +171,45 @@ class _Plan:
 # ----------------------------------------------------------------------------------------------
 
 
+def _latent_choices(model) -> tuple[int, ...]:
+    """Test-time compute choices: the model's latents M, M/2 and M/4."""
+    m = int(model.config.num_latents)
+    return tuple(sorted({m, max(1, m // 2), max(1, m // 4)}, reverse=True))
+
+
 class Composer:
-    """The model and the handlers. Holds no per-user state: that is in :class:`Session`."""
+    """The models and the handlers. Holds no per-user state: that is in :class:`Session`.
+
+    ``infill_model`` regenerates spans (a model with ``config.infill``); by default ``model``
+    itself when it can infill, else none: "Regenerate a span" and ``/infill`` then say so."""
 
     def __init__(
         self,
         model,
         *,
+        infill_model=None,
         root: str | os.PathLike | None = None,
         examples_dir: str | os.PathLike = EXAMPLES_DIR,
         max_upload_bytes: int = MAX_UPLOAD_BYTES,
     ):
         self.model = model
+        if infill_model is None and getattr(model.config, "infill", False):
+            infill_model = model
+        if infill_model is not None and not getattr(infill_model.config, "infill", False):
+            raise UserError("the infilling model was not trained to infill (config.infill)")
+        self.infill_model = infill_model
         if root is None:
             root = tempfile.mkdtemp(prefix="perceiver-midi-web-")
         self.root = pathlib.Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.examples_dir = pathlib.Path(examples_dir)
         self.max_upload_bytes = int(max_upload_bytes)
-        m = int(model.config.num_latents)
         # Test-time compute choices: each is compiled at start (warm_up), any other is refused.
-        self.latent_choices = tuple(sorted({m, max(1, m // 2), max(1, m // 4)}, reverse=True))
+        self.latent_choices = _latent_choices(model)
+        self.infill_latent_choices = _latent_choices(infill_model) if infill_model else ()
+        # Every infill budget fits this sampler length (app.infill.plan_gap: at most half the
+        # sampler's view), so one length per shape is compiled at start.
+        self.infill_length_bucket = int(infill_model.config.max_len) // 2 if infill_model else 0
 
     # -- sessions ------------------------------------------------------------------------------
 
@@ -202,14 +240,63 @@ class Composer:
         if window is None:
             window = prime.default_window()
         w = self.window(prime, *window)
+        span = self._span(session)
         roll = media.prime_roll_png(
-            prime.ids, folder / f"{name}.png", window=window, answers=prime.answers
+            prime.ids, folder / f"{name}.png", window=window, answers=prime.answers, span=span
         )
         audio = self._window_audio(prime, w, folder / f"{name}.wav")
         (folder / name).mkdir()
         midi = write_midi(prime.ids, folder / name / f"{media.safe_stem(prime.name)}.mid")
         info = f"{prime.describe()} Window: {window[0]:.2f}..{window[1]:.2f} s."
-        return PrimeView(info, roll, audio, prime.seconds, window, False, session.can_undo, midi)
+        return PrimeView(info, roll, audio, prime.seconds, window, False, session.can_undo, midi,
+                         span or prime.default_span())  # fmt: skip
+
+    def _span(self, session: Session) -> tuple[float, float] | None:
+        """The session's span (None: not shown), moved to the piece's middle when the piece
+        does not hold it (a new, shorter piece; an inverted span is the sliders' and stays)."""
+        prime, span = session.prime, session.span
+        if span is not None and span[0] < span[1] and span[1] > prime.seconds + 0.005:
+            session.span = span = prime.default_span()
+        return span
+
+    def show_span(self, session: Session, span, window=None) -> tuple[pathlib.Path | None, str]:
+        """For "Regenerate a span": the piece's roll (prime ``window`` as the page shows it) with
+        ``span`` ((start, end) seconds; None: the mode is closed) shaded, and one line saying
+        what the span is, or what is wrong with it (said, not raised: the two sliders pass
+        through bad spans while they move)."""
+        with session.busy():
+            prime = session.prime
+            if span is None:
+                session.span = None
+            else:
+                session.span = (_as_float(span[0], "span start"), _as_float(span[1], "span end"))
+            if prime.empty:
+                return None, "Load a piece first (upload, pick or play one)." if span else ""
+            try:
+                self.window(prime, *window)
+            except (TypeError, UserError):
+                window = prime.default_window()
+            line = self._span_line(prime, session.span)  # before _span moves a bad span
+            path = session.folder() / f"{session.next_name('prime')}.png"
+            span = self._span(session)
+            roll = media.prime_roll_png(
+                prime.ids, path, window=tuple(window), answers=prime.answers, span=span
+            )
+            return roll, line
+
+    def _span_line(self, prime: Prime, span) -> str:
+        from perceiver_midi.app.infill import MAX_GAP_SECONDS, Gap
+
+        if span is None:
+            return ""
+        try:
+            gap = Gap(*span)
+        except UserError as exc:
+            return f"**Span:** {exc}."
+        return (
+            f"Span {gap.start:.2f}..{gap.end:.2f} s: {gap.end - gap.start:.2f} s (at most "
+            f"{MAX_GAP_SECONDS:g} s) of the {prime.seconds:.2f} s piece."
+        )
 
     def _window_audio(self, prime: Prime, window, path: pathlib.Path) -> pathlib.Path:
         from perceiver_midi.tokenizer import cut_last_seconds, music_seconds
@@ -357,20 +444,23 @@ class Composer:
 
     # -- generation ----------------------------------------------------------------------------
 
-    def _settings(self, req: GenerateRequest) -> dict:
-        """The pipeline Settings' fields from the request (checked; window apart)."""
+    def _settings(self, req: GenerateRequest, model=None) -> dict:
+        """The pipeline Settings' fields from the request (checked; window apart), for ``model``
+        (default: the main model)."""
         from perceiver_midi.app.pipeline import check_latents
 
+        model = model or self.model
+        latent_choices = _latent_choices(model)
         seconds = _as_float(req.seconds, "continuation length (seconds)", 0, MAX_SECONDS,
                             lo_open=True)  # fmt: skip
         variations = _as_int(req.variations, "variations", 1, MAX_VARIATIONS)
         latents = None if req.latents in (None, "", 0) else _as_int(req.latents, "latents")
-        if latents is not None and latents not in self.latent_choices:
-            choices = ", ".join(map(str, self.latent_choices))
+        if latents is not None and latents not in latent_choices:
+            choices = ", ".join(map(str, latent_choices))
             raise UserError(f"latents must be one of {choices} (0: the model's), got {latents}")
-        if latents == self.num_latents:
+        if latents == int(model.config.num_latents):
             latents = None  # the model's own
-        check_latents(self.model, latents)
+        check_latents(model, latents)
         max_note = None
         if req.max_note_seconds not in (None, ""):
             max_note = _as_float(req.max_note_seconds, "longest note (seconds; 0 = no limit)", 0,
@@ -568,6 +658,87 @@ class Composer:
         return Result(c, plan.base, head, audio, audio_seconds, music_seconds(lead), roll,
                       midi, full)  # fmt: skip
 
+    # -- regenerating a span (infilling) --------------------------------------------------------
+
+    def _infill_model_or_say(self):
+        if self.infill_model is None:
+            raise UserError(NO_INFILL_MODEL)
+        return self.infill_model
+
+    def _infill(self, piece: np.ndarray, gap, settings, *, label: str, callback=None) -> list:
+        """``app.infill.infill_piece`` of ``piece`` (ids): the same middles, sampled at the one
+        length compiled at start (``infill_length_bucket``; the notes do not depend on it)."""
+        from perceiver_midi.app.infill import infill_piece
+
+        return infill_piece(
+            self._infill_model_or_say(), piece, gap, settings, name=label, callback=callback,
+            length_bucket=self.infill_length_bucket,
+        )  # fmt: skip
+
+    def _render_span(self, f, base: Prime, folder: pathlib.Path) -> SpanResult:
+        from perceiver_midi.app.infill import CONTEXT_SECONDS, write_infill
+        from perceiver_midi.app.pipeline import OutputOptions
+        from perceiver_midi.tokenizer import midi_bytes
+
+        stem = media.safe_stem(base.name)
+        files = write_infill(f, folder, stem, OutputOptions(audio="none"))  # the CLI's files
+        context = f.context_midi()  # from CONTEXT_SECONDS before the span (or the piece's start)
+        lead = f.start - max(0.0, f.start - CONTEXT_SECONDS)
+        heard = folder / f"{stem}_infill_v{f.variation}_in_place"
+        audio, _ = media.write_midi_audio(midi_bytes(context), heard.with_suffix(".wav"))
+        notes = [n for inst in context.instruments for n in inst.notes]
+        roll = media.span_roll_png(notes, (lead, lead + f.end - f.start), heard.with_suffix(".png"))
+        return SpanResult(f, base, audio, roll, files["midi"], files["middle_midi"])
+
+    def regenerate_span(self, session: Session, req: GenerateRequest, start, end) -> Regenerated:
+        """The "Regenerate span" button: ``req.variations`` new versions of ``start..end``
+        (seconds) of the session's piece, with the request's sampling settings and controls (its
+        length, window and prime tokens do not apply), kept in ``session.spans`` for "Keep
+        this"."""
+        from perceiver_midi.app.infill import Gap
+        from perceiver_midi.app.pipeline import Settings
+
+        t0 = time.perf_counter()
+        model = self._infill_model_or_say()
+        if req.random_seed:
+            req = dataclasses.replace(req, seed=secrets.randbelow(2**31))
+        with session.busy():
+            base = session.prime
+            if base.empty:
+                raise UserError("there is no piece to regenerate a span of: upload, pick or "
+                                "play one first")  # fmt: skip
+            settings = Settings(**self._settings(req, model))
+            gap = Gap(start, end)
+            filled = self._infill(base.ids, gap, settings, label=base.name)
+            session.span = (gap.start, gap.end)
+            session.generation += 1
+            folder = session.folder() / f"span{session.generation:04d}"
+            results = tuple(self._render_span(f, base, folder) for f in filled)
+            session.spans = list(results)
+        f0, n = filled[0], len(filled)
+        status = (
+            f"Done: {f0.start:.2f}..{f0.end:.2f} s regenerated (asked {gap.describe()}), {n} "
+            f"variation{'s' if n > 1 else ''}, seeds {f0.seed}..{filled[-1].seed}; sampled in "
+            f"{f0.sample_seconds:.1f} s, ready after {time.perf_counter() - t0:.1f} s. "
+            "Keep one to put it in the piece (Undo steps back)."
+        )
+        return Regenerated(results, int(settings.seed), status)
+
+    def keep_span(self, session: Session, index: int) -> PrimeView:
+        """Variation ``index`` (0-based) of the last regenerated span becomes the piece: the
+        whole piece with that span, exactly as downloaded (``<stem>_infill_vN.mid``)."""
+        from perceiver_midi.tokenizer import encode
+
+        with session.busy():
+            if not 0 <= int(index) < len(session.spans):
+                raise UserError(f"there is no regenerated variation {int(index) + 1} to keep")
+            r = session.spans[int(index)]
+        f = r.infilled
+        prime = Prime(np.asarray(encode(r.midi), np.int32), r.base.name,
+                      f"{f.start:.2f}..{f.end:.2f} s regenerated", r.base.continued,
+                      r.base.answers)  # fmt: skip
+        return self._push(session, prime)
+
     # -- the /continue API ---------------------------------------------------------------------
 
     def api_continue(
@@ -636,6 +807,69 @@ class Composer:
         midi = [str(p) for r in results for p in (r.midi, r.full_midi)]
         return audio, midi, info
 
+    def api_infill(
+        self,
+        piece,
+        *,
+        start: float,
+        end: float,
+        variations: int = 1,
+        seed: int = 0,
+        temperature: float = 1.0,
+        top_p: float = DEFAULT_TOP_P,
+        top_k: int = 0,
+        latents: int = 0,
+        max_note_seconds: float = DEFAULT_MAX_NOTE_SECONDS,
+        pitch_range: str = "",
+        key: str = "",
+        velocity_range: str = "",
+        max_polyphony: int = DEFAULT_MAX_POLYPHONY,
+    ) -> tuple[list[str], list[str], dict]:
+        """One "Regenerate a span" request, no session: returns (audio paths, MIDI paths, info).
+        Per variation, the audio is the new span in place (``CONTEXT_SECONDS`` before it, the
+        span, as long after), the MIDI files ``<stem>_infill_vN.mid`` (the whole piece with the
+        new span) and ``<stem>_infill_vN_middle.mid`` (the span alone), those of
+        ``perceiver-midi infill --range START:END`` with the same seed and settings."""
+        from perceiver_midi.app.infill import CONTEXT_SECONDS, Gap
+        from perceiver_midi.app.pipeline import Settings
+
+        model = self._infill_model_or_say()
+        self._sweep_api_files()
+        base = read_upload(piece, max_bytes=self.max_upload_bytes)
+        gap = Gap(start, end)
+        req = GenerateRequest(variations=variations, temperature=temperature, top_p=top_p,
+                              top_k=top_k, seed=seed, latents=latents,
+                              max_note_seconds=max_note_seconds, pitch_range=pitch_range,
+                              key=key, velocity_range=velocity_range,
+                              max_polyphony=max_polyphony)  # fmt: skip
+        settings = Settings(**self._settings(req, model))
+        filled = self._infill(base.ids, gap, settings, label=base.name)
+        folder = Session(self.root / "api").folder()
+        results = [self._render_span(f, base, folder) for f in filled]
+        applied = settings.to_dict()
+        for unused in ("seconds", "tokens", "stop_at_eos"):  # the span decides these
+            applied.pop(unused)
+        info = {
+            "piece": base.name,
+            "range": gap.to_dict(),  # as asked; each variation says the edges used
+            "settings": applied,
+            "variations": [
+                {
+                    "variation": f.variation,
+                    "seed": f.seed,
+                    "start": f.start,
+                    "end": f.end,
+                    "tokens": f.tokens,
+                    "stop": f.stop,
+                    "audio_lead_in_seconds": f.start - max(0.0, f.start - CONTEXT_SECONDS),
+                }
+                for f in filled
+            ],
+        }
+        audio = [str(r.audio) for r in results]
+        midi = [str(p) for r in results for p in (r.midi, r.middle_midi)]
+        return audio, midi, info
+
     def _sweep_api_files(self) -> None:
         api = self.root / "api"
         if not api.is_dir():
@@ -653,8 +887,10 @@ class Composer:
     def warm_up(self, *, log=None) -> float:
         """Compiles the sampler for every shape a request can ask for (each batch bucket of
         1..MAX_VARIATIONS variations x each latents choice, at the one length every request
-        uses: ``WEB_LENGTH_BUCKET``; one chunk each, then stops) and loads the renderers, so no
-        request waits for a compilation. Returns the seconds it took."""
+        uses: ``WEB_LENGTH_BUCKET``; one chunk each, then stops), the same for the infilling
+        model (at ``infill_length_bucket``), and loads the renderers, so no request waits for a
+        compilation. Returns the seconds it took."""
+        from perceiver_midi.app.infill import Gap
         from perceiver_midi.app.pipeline import Settings, continue_prime
 
         t0 = time.perf_counter()
@@ -668,6 +904,17 @@ class Composer:
                                length_bucket=WEB_LENGTH_BUCKET)  # fmt: skip
                 if log:
                     log(f"  sampler compiled for {b} variation{'s' if b > 1 else ''}, "
+                        f"{latents} latents ({time.perf_counter() - t:.1f} s)")  # fmt: skip
+        piece = media.warm_up_ids()
+        for latents in self.infill_latent_choices:
+            for b in batches:
+                t = time.perf_counter()
+                own = latents == self.infill_model.config.num_latents
+                settings = Settings(variations=b, latents=None if own else latents)
+                self._infill(piece, Gap(0.0, 0.1), settings, label="warm-up",
+                             callback=lambda info: True)  # fmt: skip
+                if log:
+                    log(f"  infilling compiled for {b} variation{'s' if b > 1 else ''}, "
                         f"{latents} latents ({time.perf_counter() - t:.1f} s)")  # fmt: skip
         folder = self.root / f"warm-{uuid.uuid4().hex[:8]}"
         folder.mkdir(parents=True, exist_ok=True)

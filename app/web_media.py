@@ -44,10 +44,15 @@ def _write_bytes(path: pathlib.Path, data: bytes) -> pathlib.Path:
 def write_audio_file(ids: np.ndarray, path: str | os.PathLike) -> tuple[pathlib.Path, float]:
     """Token ids -> a 16-bit stereo WAV rendered with the bundled SoundFont (the pipeline's audio
     path, at midirenderer's own rate); returns (path, seconds of audio)."""
-    from perceiver_midi.app.pipeline import OutputOptions, audio_bytes
     from perceiver_midi.tokenizer import decode, midi_bytes
 
-    midi = midi_bytes(decode(np.asarray(ids, np.int32)))
+    return write_midi_audio(midi_bytes(decode(np.asarray(ids, np.int32))), path)
+
+
+def write_midi_audio(midi: bytes, path: str | os.PathLike) -> tuple[pathlib.Path, float]:
+    """MIDI file bytes -> the WAV of :func:`write_audio_file`; returns (path, seconds of audio)."""
+    from perceiver_midi.app.pipeline import OutputOptions, audio_bytes
+
     data, seconds = audio_bytes(midi, OutputOptions(audio="wav", sample_rate=SAMPLE_RATE))
     return _write_bytes(pathlib.Path(path), data), seconds
 
@@ -164,12 +169,14 @@ def prime_roll_png(
     *,
     window: tuple[float, float] | None = None,
     answers: tuple[tuple[float, float], ...] = (),
+    span: tuple[float, float] | None = None,
 ) -> pathlib.Path:
     """The whole prime piece; notes inside ``window`` (start, end seconds) in colour, the rest
     light grey, the window shaded. When the window is part of the piece, this overview is a
     strip at the top and the window is drawn large below it (a 20 s window of a 400 s piece
     stays readable). Notes that start inside one of the ``answers`` spans (seconds: what the
-    model played in call and response) are drawn in the continuation's colour."""
+    model played in call and response) are drawn in the continuation's colour. ``span`` (start,
+    end seconds: the span to regenerate) is hatched in the continuation's colour, on both."""
     from perceiver_midi.tokenizer import music_seconds
 
     fig, ax = _figure()
@@ -215,6 +222,7 @@ def prime_roll_png(
     for x in (w0, w1):
         ax.axvline(x, color=PRIME_COLOR, linewidth=1.2)
     ax.set_xlim(0, right)
+    _shade_span(ax, span, label=not zoom)
     if not zoom:
         _pitch_limits(ax, pitch)
         return _save(fig, path)
@@ -226,7 +234,44 @@ def prime_roll_png(
     big.set_xlabel("seconds (the prime window)", fontsize=8, labelpad=1)
     _draw_roll(big, layers(mine, theirs), max(w1, w0 + 1e-3), left=w0)
     big.set_xlim(w0, max(w1, w0 + 1e-3))
+    _shade_span(big, span, label=True)
     _pitch_limits(big, pitch[inside])
+    return _save(fig, path)
+
+
+def _shade_span(ax, span: tuple[float, float] | None, *, label: bool) -> None:
+    if span is None or not span[1] > span[0]:
+        return
+    ax.axvspan(*span, facecolor=CONT_COLOR, alpha=0.12, hatch="//", edgecolor=CONT_COLOR,
+               linewidth=0, zorder=3)  # fmt: skip
+    lo, hi = ax.get_xlim()
+    if label and lo <= span[0] < hi:
+        ax.text(span[0], 1.0, " span", transform=ax.get_xaxis_transform(), fontsize=8,
+                va="top", ha="left", color=CONT_COLOR, fontweight="bold")  # fmt: skip
+
+
+def span_roll_png(notes, middle: tuple[float, float], path: str | os.PathLike) -> pathlib.Path:
+    """A regenerated span heard in place: ``notes`` (objects with pitch, velocity, start and end
+    in seconds, e.g. a PrettyMIDI instrument's) greyed, those starting inside ``middle`` (start,
+    end seconds: the new span) coloured, dashed lines at its edges."""
+    fig, ax = _figure()
+    pitch, start, end, vel = (
+        np.asarray([getattr(n, k) for n in notes], np.float64)
+        for k in ("pitch", "start", "end", "velocity")
+    )
+    m0, m1 = middle
+    new = (start >= m0 - 1e-9) & (start < m1 - 1e-9)
+    old = ~new
+    right = max(m1, float(end.max()) if end.size else 0.0) * 1.005 + 1e-3
+    _draw_roll(ax, [(pitch[old], start[old], end[old], vel[old], GREY, 0.5),
+                    (pitch[new], start[new], end[new], vel[new], CONT_COLOR, 0.45)],
+               right)  # fmt: skip
+    for x in middle:
+        ax.axvline(x, color=LINE_COLOR, linewidth=1.5, linestyle="--")
+    ax.set_xlim(0, right)
+    ax.text(m0, 1.0, " new span ", transform=ax.get_xaxis_transform(), fontsize=8, va="top",
+            ha="left", color=LINE_COLOR)  # fmt: skip
+    _pitch_limits(ax, pitch)
     return _save(fig, path)
 
 
@@ -259,13 +304,18 @@ def result_roll_png(
     return _save(fig, path)
 
 
-def warm_up(folder: str | os.PathLike) -> None:
-    """Imports matplotlib and midirenderer and loads the SoundFont once (first-request latency)."""
+def warm_up_ids() -> np.ndarray:
+    """One note, 0.21 s long: what the warm-ups play."""
     from perceiver_midi.tokenizer import constants as C
 
+    return np.asarray([C.VELOCITY_FIRST_ID + 20, C.NOTE_ON_FIRST_ID + 60,
+                       C.TIME_SHIFT_FIRST_ID + 20, C.NOTE_OFF_FIRST_ID + 60], np.int32)  # fmt: skip
+
+
+def warm_up(folder: str | os.PathLike) -> None:
+    """Imports matplotlib and midirenderer and loads the SoundFont once (first-request latency)."""
     folder = pathlib.Path(folder)
-    ids = np.asarray([C.VELOCITY_FIRST_ID + 20, C.NOTE_ON_FIRST_ID + 60,
-                      C.TIME_SHIFT_FIRST_ID + 20, C.NOTE_OFF_FIRST_ID + 60], np.int32)  # fmt: skip
+    ids = warm_up_ids()
     result_roll_png(ids[:0], ids, folder / "warm.png")
     write_audio_file(ids, folder / "warm.wav")
     for p in ("warm.png", "warm.wav"):

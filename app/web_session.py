@@ -1,7 +1,8 @@
 """The web app's per-browser-session state and what feeds it: the :class:`Prime` (a whole piece
-used as prime), a rendered :class:`Result`, the :class:`Session` (kept in ``gr.State``: the prime
-history for "Undo", the last results, the stop flag, the session's lock and folder), the
-:class:`PrimeView` the Prime panel shows, reading an upload and listing the shipped examples.
+used as prime), a rendered :class:`Result` and :class:`SpanResult` (a regenerated span), the
+:class:`Session` (kept in ``gr.State``: the prime history for "Undo", the last results, the span
+being chosen, the stop flag, the session's lock and folder), the :class:`PrimeView` the Prime
+panel shows, reading an upload and listing the shipped examples.
 The handlers that use them are the :class:`app.web_core.Composer`'s.
 """
 
@@ -24,6 +25,7 @@ from perceiver_midi.app.pipeline import DEFAULT_PRIME_SECONDS
 MAX_UPLOAD_BYTES = 4 * 1024 * 1024  # the largest MAESTRO file is under 1 MiB
 SESSION_WAIT_S = 600.0  # a request waits this long for its session's previous one, then refuses
 EXAMPLES_DIR = pathlib.Path(__file__).resolve().parent.parent / "examples"
+DEFAULT_SPAN_SECONDS = 4.0  # "Regenerate a span" starts with this much of the piece's middle
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -53,6 +55,13 @@ class Prime:
     def default_window(self) -> tuple[float, float]:
         total = self.seconds
         return max(0.0, round(total - DEFAULT_PRIME_SECONDS, 2)), total
+
+    def default_span(self) -> tuple[float, float]:
+        """The span "Regenerate a span" offers first: ``DEFAULT_SPAN_SECONDS`` in the middle of
+        the piece (all of a shorter piece)."""
+        total = self.seconds
+        start = max(0.0, round((total - DEFAULT_SPAN_SECONDS) / 2, 2))
+        return start, min(round(total, 2), round(start + DEFAULT_SPAN_SECONDS, 2))
 
     def describe(self) -> str:
         if self.empty:
@@ -92,14 +101,39 @@ class Result:
         )
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class SpanResult:
+    """One regenerated span of a session's piece ("Regenerate a span")."""
+
+    infilled: object  # app.infill.Infilled
+    base: Prime  # the piece whose span was regenerated
+    audio: pathlib.Path  # the variation in place: 3 s before the span, the new span, 3 s after
+    roll: pathlib.Path  # the piano roll of that stretch, the new span coloured
+    midi: pathlib.Path  # the whole piece with the new span (what "Keep this" makes the piece)
+    middle_midi: pathlib.Path  # the new span alone
+
+    def header(self) -> str:
+        f = self.infilled
+        why = ""
+        if f.stop == "tokens":
+            why = ", token budget reached (the rest of the span is silent)"
+        return (
+            f"**Variation {f.variation}**: seed {f.seed}, {f.start:.2f}..{f.end:.2f} s "
+            f"regenerated, {f.tokens} tokens{why}"
+        )
+
+
 class Session:
     """Per-browser-session state (one per ``gr.State``): the prime history for "Undo", the
-    results of the last generation, a stop flag and a folder for this session's files."""
+    results of the last generation and of the last regenerated span, the span shown on the
+    piece's roll (None: none), a stop flag and a folder for this session's files."""
 
     def __init__(self, root: str | os.PathLike | None = None):
         self.root = pathlib.Path(root) if root is not None else None
         self.history: list[Prime] = [Prime.nothing()]
         self.results: list[Result] = []
+        self.spans: list[SpanResult] = []
+        self.span: tuple[float, float] | None = None  # shown while "Regenerate a span" is open
         self.stop = threading.Event()
         self._lock = threading.Lock()  # one request of this session at a time (see busy)
         self.generation = 0
@@ -111,6 +145,8 @@ class Session:
         new = Session(self.root)
         new.history = list(self.history)
         new.results = list(self.results)
+        new.spans = list(self.spans)
+        new.span = self.span
         return new
 
     @property
@@ -164,6 +200,7 @@ class PrimeView:
     empty: bool
     can_undo: bool
     midi: pathlib.Path | None = None  # the whole piece, to download (None: nothing)
+    span: tuple[float, float] | None = None  # the span sliders (shaded while the mode is open)
 
 
 def human_size(n: int) -> str:

@@ -39,6 +39,33 @@ def tiny_model(tiny_checkpoint):
 
 
 @pytest.fixture(scope="session")
+def tiny_infill_checkpoint(tmp_path_factory) -> pathlib.Path:
+    """A tiny random Perceiver AR with infilling sentinels (``config.infill``; random logits:
+    every id matters), saved with ``save_model`` (infilling tests, the web app's span mode)."""
+    import jax
+    from flax import nnx
+
+    from perceiver_midi.model.checkpoint import save_model
+    from perceiver_midi.model.config import get_config
+    from perceiver_midi.model.perceiver_ar import PerceiverAR
+
+    model = PerceiverAR(get_config("tiny", infill=True), rngs=nnx.Rngs(0))
+    kernel = model.logits.kernel
+    kernel[...] = 0.5 * jax.random.normal(jax.random.key(1), kernel.shape)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny-infill"
+    save_model(model, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_infill(tiny_infill_checkpoint):
+    """The tiny infilling checkpoint loaded (``load_model``'s cached object)."""
+    from perceiver_midi.model.checkpoint import load_model
+
+    return load_model(tiny_infill_checkpoint)
+
+
+@pytest.fixture(scope="session")
 def short_prime(tmp_path_factory) -> pathlib.Path:
     """A 2-second, 8-note piano MIDI file (about 30 tokens: it fits the tiny model's context)."""
     import pretty_midi

@@ -16,31 +16,6 @@ from perceiver_midi.tokenizer.decode import decode_notes
 
 
 @pytest.fixture(scope="module")
-def tiny_infill_checkpoint(tmp_path_factory) -> pathlib.Path:
-    """A tiny random Perceiver AR with infilling sentinels (random logits: every id matters)."""
-    import jax
-    from flax import nnx
-
-    from perceiver_midi.model.checkpoint import save_model
-    from perceiver_midi.model.config import get_config
-    from perceiver_midi.model.perceiver_ar import PerceiverAR
-
-    model = PerceiverAR(get_config("tiny", infill=True), rngs=nnx.Rngs(0))
-    kernel = model.logits.kernel
-    kernel[...] = 0.5 * jax.random.normal(jax.random.key(1), kernel.shape)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny-infill"
-    save_model(model, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny_infill(tiny_infill_checkpoint):
-    from perceiver_midi.model.checkpoint import load_model
-
-    return load_model(tiny_infill_checkpoint)
-
-
-@pytest.fixture(scope="module")
 def piece(tmp_path_factory) -> pathlib.Path:
     """8 s: a note every 0.5 s, 0.8 s long (so notes sound across any edge), and a long one."""
     pm = pretty_midi.PrettyMIDI(resolution=500, initial_tempo=120)

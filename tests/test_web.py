@@ -3,6 +3,7 @@ and a load check: 20 concurrent gradio_client requests to `/continue` on a runni
 
 import concurrent.futures
 import io
+import re
 import statistics
 import time
 
@@ -493,3 +494,265 @@ def test_one_request_at_a_time_per_session(composer, session, short_prime):
     undo.join(30)
     assert len(order) == 1 and order[0].empty  # undo ran after the generation
     assert session.results and session.results[0].base.name == "short"
+
+
+# ----------------------------------------------------------------------------------------------
+# Regenerate a span (infilling): handlers, the app command's infilling model, /infill
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def piece8(tmp_path_factory):
+    """8 s: a note every 0.5 s, 0.8 s long (notes sound across any edge)."""
+    notes = [(60 + (k * 7) % 12, 0.5 * k, 0.5 * k + 0.8) for k in range(16)]
+    return _midi_file(tmp_path_factory.mktemp("pieces") / "eight.mid", notes)
+
+
+@pytest.fixture(scope="module")
+def infill_composer(tiny_model, tiny_infill, tmp_path_factory):
+    c = Composer(tiny_model, infill_model=tiny_infill, root=tmp_path_factory.mktemp("web-infill"))
+    yield c
+    c.close()
+
+
+def _key(n):
+    return (n.pitch, round(n.start, 3), round(n.end, 3), n.velocity)
+
+
+def test_regenerate_a_span_keep_and_undo(infill_composer, tiny_infill, piece8):
+    from perceiver_midi.app.infill import Gap, infill_piece
+    from perceiver_midi.app.pipeline import Settings
+    from perceiver_midi.tokenizer import midi_bytes
+
+    composer = infill_composer
+    s = composer.new_session()
+    composer.load_upload(s, piece8)
+    uploaded = s.prime
+    done = composer.regenerate_span(s, GenerateRequest(variations=2, seed=5), 2.35, 5.0)
+    assert done.seed == 5 and "2.50..5.00 s regenerated (asked 2.35:5)" in done.status
+    # The page's files are those of `perceiver-midi infill` (app.infill) with the same seed.
+    expected = infill_piece(
+        tiny_infill, str(piece8), Gap(2.35, 5.0), Settings(variations=2, seed=5)
+    )
+    assert [r.infilled.seed for r in done.results] == [5, 6]
+    for r, f in zip(done.results, expected, strict=True):
+        assert r.midi.name == f"eight_infill_v{f.variation}.mid"
+        assert r.midi.read_bytes() == midi_bytes(f.midi())
+        assert r.middle_midi.read_bytes() == midi_bytes(f.middle_midi())
+        assert f"seed {f.seed}, 2.50..5.00 s regenerated" in r.header()
+        # Heard in place: 2.5 s before the span (the piece's start), the span, 3 s after.
+        audio, rate = soundfile.read(r.audio)
+        assert rate == 48000 and np.abs(audio).max() > 0
+        assert 5.0 <= len(audio) / rate <= 2.5 + 2.5 + 3.0 + 1.0 + 0.05
+        assert r.roll.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    view = composer.keep_span(s, 1)
+    kept, f = done.results[1], done.results[1].infilled
+    assert decode_notes(s.prime.ids) == decode_notes(encode(kept.midi))  # the download, exactly
+    assert "2.50..5.00 s regenerated" in view.info and view.can_undo and len(s.history) == 3
+    assert view.span == (2.35, 5.0)  # the span stays where it was regenerated
+    original, now = decode_notes(uploaded.ids), {_key(n) for n in decode_notes(s.prime.ids)}
+    outside = {_key(n) for n in original if n.end <= f.start or n.start >= f.end}
+    assert outside and outside <= now  # the piece outside the span, note for note
+    inside = [n for n in decode_notes(s.prime.ids) if f.start <= n.start < f.end]
+    assert all(n.end <= f.end + 1e-6 for n in inside)
+    view = composer.undo(s)
+    assert s.prime is uploaded and "(upload)" in view.info
+    with pytest.raises(UserError, match="no regenerated variation 3 to keep"):
+        composer.keep_span(s, 2)
+    s.close()
+
+
+def test_bad_spans_and_no_infilling_model_are_one_line(infill_composer, tiny_model, piece8):
+    from perceiver_midi.app.web_core import NO_INFILL_MODEL
+
+    composer = infill_composer
+    s = composer.new_session()
+    with pytest.raises(UserError, match="no piece to regenerate a span of"):
+        composer.regenerate_span(s, GenerateRequest(), 1, 2)
+    composer.load_upload(s, piece8)
+    bad = [
+        ((9, 10), "infill range starts at 9 s, at or after the piece's end"),
+        ((4, 2), r"infill range end \(2 s\) must be after its start"),
+        ((0, 20), "at most 12 s can be regenerated at once"),
+        ((None, 2), "infill range start must be a number"),
+        ((1, 2, dict(variations=5)), r"variations must be in \[1, 4\]"),
+        ((1, 2, dict(latents=5)), "latents must be one of 16, 8, 4"),
+    ]
+    for args, message in bad:
+        req = GenerateRequest(**(args[2] if len(args) > 2 else {}))
+        with pytest.raises(UserError, match=message) as err:
+            composer.regenerate_span(s, req, *args[:2])
+        assert "\n" not in str(err.value)
+        with pytest.raises(UserError, match=message):
+            composer.api_infill(str(piece8), start=args[0], end=args[1], **(args[2:] or [{}])[0])
+    assert s.spans == [] and len(s.history) == 2  # nothing changed
+    s.close()
+
+    plain = Composer(tiny_model, root=composer.root / "plain")  # cannot infill: no second model
+    assert plain.infill_model is None
+    with pytest.raises(UserError, match=re.escape(NO_INFILL_MODEL)):
+        plain.regenerate_span(plain.new_session(), GenerateRequest(), 1, 2)
+    with pytest.raises(UserError, match=re.escape(NO_INFILL_MODEL)):
+        plain.api_infill(str(piece8), start=1, end=2)
+    with pytest.raises(UserError, match="not trained to infill"):
+        Composer(tiny_model, infill_model=tiny_model)
+
+
+def test_the_span_is_shaded_on_the_piece_roll(infill_composer, piece8, short_prime):
+    composer = infill_composer
+    empty = composer.new_session()
+    roll, line = composer.show_span(empty, (1, 2), (0, 1))
+    assert roll is None and line == "Load a piece first (upload, pick or play one)."
+    empty.close()
+    s = composer.new_session()
+    view = composer.load_upload(s, piece8)
+    assert view.span == (2.15, 6.15) and s.span is None  # offered by the sliders, not shown
+    plain = view.roll.read_bytes()
+    roll, line = composer.show_span(s, (2.0, 6.0), (0, 8.3))
+    assert line == "Span 2.00..6.00 s: 4.00 s (at most 12 s) of the 8.30 s piece."
+    assert s.span == (2.0, 6.0) and roll.read_bytes() != plain
+    _, line = composer.show_span(s, (6.0, 2.0), (0, 8.3))  # said, not raised
+    assert line == r"**Span:** infill range end (2 s) must be after its start (6 s)."
+    _, line = composer.show_span(s, (0.0, 13.0), (0, 8.3))
+    assert "at most 12 s can be regenerated at once" in line
+    composer.show_span(s, (5.0, 8.0), (0, 8.3))
+    assert composer.set_window(s, 0, 8.3).span == (5.0, 8.0)  # window changes keep it shaded
+    view = composer.load_upload(s, short_prime)  # a 2 s piece cannot hold it: its middle
+    assert view.span == s.span == (0.0, round(view.total, 2))
+    roll, line = composer.show_span(s, None, (0, 1))  # the mode closed: nothing shaded
+    assert s.span is None and line == "" and roll.is_file()
+    s.close()
+
+
+def test_app_command_chooses_the_infilling_model(
+    tiny_checkpoint, tiny_infill_checkpoint, monkeypatch, capsys, tmp_path
+):
+    import gradio as gr
+
+    from perceiver_midi.app import web
+    from perceiver_midi.app.cli import main
+
+    seen = {}
+
+    def fake_launch(self, **kw):
+        seen["composer"] = self.composer
+        seen["blocks"] = {getattr(b, "elem_id", None): b for b in self.blocks.values()}
+        seen["endpoints"] = {fn.api_name for fn in self.fns.values()}
+        return None, "http://fake", None
+
+    monkeypatch.setattr(gr.Blocks, "launch", fake_launch)
+    monkeypatch.setattr(web.Composer, "warm_up", lambda self, log=None: 0.0)
+    monkeypatch.setenv("PERCEIVER_MIDI_INFILL_CHECKPOINT", str(tmp_path / "not-shipped"))
+    main_ckpt, infill_ckpt = str(tiny_checkpoint), str(tiny_infill_checkpoint)
+
+    # No infilling model anywhere: the mode says so, its button is off, the rest is there.
+    assert main(["app", "--checkpoint", main_ckpt]) == 0
+    assert seen["composer"].infill_model is None
+    assert "infilling ('Regenerate a span'): off" in capsys.readouterr().err
+    blocks = seen["blocks"]
+    assert "no infilling model is loaded" in blocks["span-note"].value
+    assert blocks["regenerate"].interactive is False and blocks["generate"].interactive is not False
+    assert {"continue", "infill"} <= seen["endpoints"]
+
+    # A second model; the shipped one by default; the main model when it can infill.
+    assert main(["app", "--checkpoint", main_ckpt, "--infill-checkpoint", infill_ckpt]) == 0
+    composer = seen["composer"]
+    assert composer.infill_model.config.infill and not composer.model.config.infill
+    assert seen["blocks"]["regenerate"].interactive is not False
+    monkeypatch.setenv("PERCEIVER_MIDI_INFILL_CHECKPOINT", infill_ckpt)
+    assert main(["app", "--checkpoint", main_ckpt]) == 0
+    assert seen["composer"].infill_model.config.infill
+    assert main(["app", "--checkpoint", main_ckpt, "--infill-checkpoint", "none"]) == 0
+    assert seen["composer"].infill_model is None
+    assert main(["app", "--checkpoint", infill_ckpt]) == 0
+    assert seen["composer"].infill_model is seen["composer"].model
+    assert "infilling ('Regenerate a span'): the main model" in capsys.readouterr().err
+
+    # Asked for and unusable: one line, exit status 2.
+    assert main(["app", "--checkpoint", main_ckpt, "--infill-checkpoint", main_ckpt]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err
+        == f"error: {main_ckpt}: this checkpoint was not trained to infill (--infill-checkpoint)\n"
+    )
+    assert main(["app", "--checkpoint", main_ckpt, "--infill-checkpoint", "/no/such"]) == 2
+    assert capsys.readouterr().err == "error: /no/such: no such checkpoint\n"
+
+
+@pytest.fixture(scope="module")
+def served_infill(tiny_model, tiny_infill, tmp_path_factory):
+    from perceiver_midi.app.web import build_app, serve
+
+    composer = Composer(tiny_model, infill_model=tiny_infill,
+                        root=tmp_path_factory.mktemp("served-infill"))  # fmt: skip
+    composer.warm_up()  # as `perceiver-midi app` does: the infilling model's shapes too
+    demo = build_app(tiny_model, composer=composer)
+    url = serve(demo, host="127.0.0.1", port=None, max_concurrency=2, block=False)
+    yield url
+    demo.close()
+    composer.close()
+
+
+def test_infill_endpoint_gives_the_files_of_app_infill_and_compiles_nothing(
+    served_infill, tiny_infill, piece8, tmp_path
+):
+    """/infill through gradio_client: the whole piece and the span alone per variation, byte for
+    byte what app.infill.infill_piece gives for the same request and seed; every shape was
+    compiled at start; a bad range is its one-line message."""
+    import jax
+    from gradio_client import Client, handle_file
+
+    from perceiver_midi.app.infill import Gap, infill_piece
+    from perceiver_midi.app.pipeline import Settings
+    from perceiver_midi.tokenizer import midi_bytes
+
+    client = Client(served_infill, verbose=False, download_files=str(tmp_path))
+    compiles = []
+
+    def listen(event, duration, **kw):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        audio, midi, info = client.predict(
+            handle_file(str(piece8)), start=2.35, end=5.0, variations=3, seed=7,
+            pitch_range="60:72", api_name="/infill",
+        )  # fmt: skip
+        _, quarter, _ = client.predict(handle_file(str(piece8)), start=6, end=7.9, latents=4,
+                                       temperature=0.8, api_name="/infill")  # fmt: skip
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert compiles == [], f"{len(compiles)} XLA compilations while serving /infill"
+
+    names = [p.rsplit("/", 1)[1] for p in midi]
+    assert names == [f"eight_infill_v{v}{part}.mid" for v in (1, 2, 3) for part in ("", "_middle")]
+    expected = infill_piece(tiny_infill, str(piece8), Gap(2.35, 5.0),
+                            Settings(variations=3, seed=7, pitch_range="60:72"))  # fmt: skip
+    for k, f in enumerate(expected):
+        assert open(midi[2 * k], "rb").read() == midi_bytes(f.midi())
+        assert open(midi[2 * k + 1], "rb").read() == midi_bytes(f.middle_midi())
+        assert info["variations"][k] == {
+            "variation": k + 1, "seed": 7 + k, "start": 2.5, "end": 5.0, "tokens": f.tokens,
+            "stop": f.stop, "audio_lead_in_seconds": 2.5,
+        }  # fmt: skip
+        assert soundfile.info(audio[k]).duration >= 5.0
+    assert (
+        info["range"] == {"start": 2.35, "end": 5.0} and info["settings"]["pitch_range"] == "60:72"
+    )
+    (f,) = infill_piece(tiny_infill, str(piece8), Gap(6, 7.9), Settings(latents=4, temperature=0.8))
+    assert open(quarter[0], "rb").read() == midi_bytes(f.midi())
+
+    for start, end, message in [(9, 10, "after the piece's end"), (0, 20, "at most 12 s")]:
+        with pytest.raises(Exception, match=message) as err:
+            client.predict(handle_file(str(piece8)), start=start, end=end, api_name="/infill")
+        assert "Traceback" not in str(err.value)
+
+
+def test_infill_endpoint_without_an_infilling_model_says_so(served, piece8):
+    from gradio_client import Client, handle_file
+
+    client = Client(served, verbose=False, download_files=False)
+    with pytest.raises(Exception, match="no infilling model is loaded"):
+        client.predict(handle_file(str(piece8)), start=1, end=2, api_name="/infill")

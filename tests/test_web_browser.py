@@ -4,10 +4,13 @@ Playwright's Python package (no browser download: ``scripts/install_browser.sh``
 
 A bad upload shows its message and changes nothing; an example upload, Generate, the result's
 audio (an <audio> with a non-zero duration) and MIDI download (fetched: a real MIDI file),
-"Continue from this", Undo. The page is saved as ``tests/artifacts/app.png``.
+"Continue from this", Undo. The page is saved as ``tests/artifacts/app.png``. Regenerate a span:
+the span chosen with its sliders, Regenerate, Keep this, the piece downloaded: outside the span
+its notes are the original's.
 
 Set PERCEIVER_MIDI_BROWSER_CHECKPOINT=DIR to drive the app with a real checkpoint (e.g. for the
-README screenshot); by default the tiny random test model is used.
+README screenshot), PERCEIVER_MIDI_BROWSER_INFILL_CHECKPOINT=DIR for the infilling model; by
+default the tiny random test models are used.
 """
 
 import os
@@ -66,13 +69,16 @@ def _chromium() -> pathlib.Path:
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory, tiny_checkpoint):
+def app_url(tmp_path_factory, tiny_checkpoint, tiny_infill_checkpoint):
     from perceiver_midi.app.web import build_app, serve
     from perceiver_midi.app.web_core import Composer
     from perceiver_midi.model.checkpoint import load_model
 
     model = load_model(os.environ.get("PERCEIVER_MIDI_BROWSER_CHECKPOINT") or tiny_checkpoint)
-    composer = Composer(model, root=tmp_path_factory.mktemp("browser-app"))
+    infill = load_model(
+        os.environ.get("PERCEIVER_MIDI_BROWSER_INFILL_CHECKPOINT") or tiny_infill_checkpoint
+    )
+    composer = Composer(model, infill_model=infill, root=tmp_path_factory.mktemp("browser-app"))
     composer.warm_up()  # every shape a request can ask for, as `perceiver-midi app` does
     demo = build_app(model, composer=composer)
     url = serve(demo, host="127.0.0.1", port=None, max_concurrency=2, block=False)
@@ -231,3 +237,71 @@ def test_a_control_set_in_the_page_holds_in_the_result(page, app_url, tmp_path):
     assert live and all(status.startswith("Sampling") for _, status in live), live
     final = page.eval_on_selector("#result-1-roll img", "img => img.src")
     assert final.endswith("bach_prelude_c_v1.png")  # the finished result's own roll replaced it
+
+
+def _set_slider(page, elem: str, value: float) -> None:
+    """Types ``value`` into the number box of the slider ``elem`` and leaves it (Tab): the
+    slider's release event."""
+    box = page.locator(f"{elem} input[type=number]").first
+    box.fill(f"{value:g}")
+    box.press("Tab")
+
+
+def test_regenerate_a_span_keep_it_and_download_the_piece(page, app_url, tmp_path):
+    """Regenerate a span: the span chosen with its sliders, Regenerate span, Keep this on
+    variation 2; the piece's MIDI, downloaded, keeps every note of the example outside the span
+    (pitch, start, end within 1 ms, velocity) and the new span ends by the span's end."""
+    from perceiver_midi.tokenizer import decode_notes, encode
+
+    page.goto(app_url, wait_until="load")
+    page.wait_for_selector("#generate")
+    _wait_text(page, "#prime-info", "Nothing")
+    page.set_input_files("#upload input[type=file]", str(EXAMPLE))
+    _wait_text(page, "#prime-info", "bach_prelude_c (upload)")
+    page.get_by_label("Random seed").uncheck()  # seed 0: the same notes every run
+    page.get_by_text("Regenerate a span of the piece").first.click()
+    _wait_text(page, "#span-info", "Span 25.42..29.42 s")  # opened: the piece's middle 4 s
+    _set_slider(page, "#span-start", 20)
+    _set_slider(page, "#span-end", 26.5)
+    _wait_text(page, "#span-info", "Span 20.00..26.50 s: 6.50 s")
+    page.wait_for_function(  # the piece's roll was redrawn with the span
+        "() => document.querySelector('#prime-roll img') !== null"
+    )
+    page.click("#regenerate")
+    _wait_text(page, "#span-status", "Done")
+    status = _text(page, "#span-status")
+    assert "2 variations, seeds 0..1" in status, status
+    header = _text(page, "#span-2-header")
+    start, end = map(float, re.search(r"([0-9.]+)\.\.([0-9.]+) s regenerated", header).groups())
+    assert 20 <= start < 20.5 and 26.5 <= end < 27, header  # the piece's events at or after
+    for k in (1, 2):
+        _wait_audio(page, f"#span-{k}-audio")
+        page.wait_for_selector(f"#span-{k}-roll img")
+    names = page.eval_on_selector_all(
+        "#span-2-files a[download]", "els => els.map(a => a.download)"
+    )
+    assert names == ["bach_prelude_c_infill_v2.mid", "bach_prelude_c_infill_v2_middle.mid"]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "app_span.png"), full_page=True)
+
+    page.click("#span-2-keep")
+    _wait_text(page, "#prime-info", f"{start:.2f}..{end:.2f} s regenerated")
+    href = page.eval_on_selector("#prime-midi a[download]", "a => a.href")
+    path = tmp_path / "piece.mid"
+    path.write_bytes(page.request.get(href).body())
+    kept = decode_notes(encode(path))
+    original = decode_notes(encode(EXAMPLE))
+
+    def key(n):
+        return (n.pitch, round(n.start, 3), round(n.end, 3), n.velocity)
+
+    def outside(notes):  # ended before the span's start, or started at or after its end
+        return sorted(key(n) for n in notes if n.end < start - 0.005 or n.start >= end - 0.005)
+
+    assert outside(original) and outside(kept) == outside(original)
+    inside = [n for n in kept if start <= n.start < end]
+    assert all(n.end <= end + 1e-3 for n in inside), inside
+    assert [key(n) for n in inside] != [key(n) for n in original if start <= n.start < end]
+
+    page.click("#undo")  # back to the example as uploaded
+    _wait_text(page, "#prime-info", "bach_prelude_c (upload)")
