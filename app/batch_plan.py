@@ -41,6 +41,7 @@ ROW_KEYS = (
     "temperature",
     "top_k",
     "top_p",
+    "min_p",
     "latents",
     "max_note_seconds",
     "pitch_range",
@@ -59,6 +60,7 @@ SETTING_COLUMNS = (
     "temperature",
     "top_k",
     "top_p",
+    "min_p",
     "latents",
     "variations",
     "max_note_seconds",
@@ -122,18 +124,9 @@ def _row_settings(row: dict[str, Any], defaults: Settings, where: str) -> Settin
         if (v := value(key)) is not None:
             changes[key] = v
     try:
-        windows = []  # prime_tokens alone: the last tokens; with another: at most that many
-        tokens = value("prime_tokens")
-        if (v := value("prime_seconds")) is not None:
-            windows.append(Window.last_seconds(v).at_most(tokens))
-        if (v := value("prime_range")) is not None:
-            windows.append(Window.parse_range(str(v)).at_most(tokens))
-        if len(windows) > 1:
-            raise UserError("give prime_seconds or prime_range, not both")
-        if not windows and tokens is not None:
-            windows.append(Window.last_tokens(tokens))
-        if windows:
-            changes["window"] = windows[0]
+        names = ("prime_seconds", "prime_tokens", "prime_range")
+        if any(value(k) is not None for k in names):  # else the command line's window
+            changes["window"] = Window.from_options(*(value(k) for k in names))
         return defaults.replace(**changes)
     except UserError as exc:
         raise UserError(f"{where}: {exc}") from None

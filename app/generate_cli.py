@@ -17,6 +17,7 @@ from perceiver_midi.app.errors import UserError
 from perceiver_midi.app.pipeline import (
     DEFAULT_MAX_NOTE_SECONDS,
     DEFAULT_MAX_POLYPHONY,
+    DEFAULT_MIN_P,
     DEFAULT_PRIME_SECONDS,
     DEFAULT_SECONDS,
     DEFAULT_TOP_P,
@@ -86,6 +87,13 @@ def _add_sampling(p: argparse.ArgumentParser, *, batch: bool = False, infill: bo
         default=DEFAULT_TOP_P,
         metavar="P",
         help=f"nucleus sampling (default {DEFAULT_TOP_P:g}; 1 = off)",
+    )
+    g.add_argument(
+        "--min-p",
+        type=float,
+        default=DEFAULT_MIN_P,
+        metavar="P",
+        help="keep tokens at least P times as likely as the likeliest (default 0 = off)",
     )
     seed_help = (
         "base seed; each item's seed is derived from it and the prime's identity"
@@ -206,12 +214,7 @@ def settings_from_args(args: argparse.Namespace, *, window: bool = True):
     if window:
         if args.prime_seconds is not None and args.prime_range is not None:
             raise UserError("--prime-seconds and --prime-range contradict each other: give one")
-        if args.prime_seconds is not None:
-            win = Window.last_seconds(args.prime_seconds).at_most(args.prime_tokens)
-        elif args.prime_range is not None:
-            win = Window.parse_range(args.prime_range).at_most(args.prime_tokens)
-        elif args.prime_tokens is not None:
-            win = Window.last_tokens(args.prime_tokens)
+        win = Window.from_options(args.prime_seconds, args.prime_tokens, args.prime_range)
     return Settings(
         seconds=seconds,
         tokens=tokens,
@@ -219,6 +222,7 @@ def settings_from_args(args: argparse.Namespace, *, window: bool = True):
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
+        min_p=args.min_p,
         seed=args.seed,
         latents=args.latents,
         window=win,
@@ -585,7 +589,7 @@ def add_commands(sub) -> None:
         description=(
             "Continue every prime of PRIMES (a folder of MIDI files, or a CSV/JSONL listing with "
             "a 'prime' column, paths relative to the listing, and optional per-prime columns: id, "
-            "seed, variations, seconds, tokens, temperature, top_k, top_p, latents, "
+            "seed, variations, seconds, tokens, temperature, top_k, top_p, min_p, latents, "
             "max_note_seconds, pitch_range, key, velocity_range, max_polyphony, prime_seconds, "
             "prime_tokens, prime_range, infill_range) into DIR, with one line per output in "
             "DIR/manifest.jsonl and failures in DIR/failed.jsonl. A row with an infill_range "

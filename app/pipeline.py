@@ -216,6 +216,27 @@ class Window:
             ) from None
         return cls.range(start, end)
 
+    @classmethod
+    def from_options(cls, seconds=None, tokens=None, range_text=None) -> Window:
+        """The one prime-window rule of every surface (CLI options, batch columns, ``/continue``
+        parameters; None, 0 or "" = not given): ``range_text`` "START:END" or ``seconds`` (not
+        both), then at most the last ``tokens`` of it; ``tokens`` alone: the last tokens of the
+        piece; nothing: the last ``DEFAULT_PRIME_SECONDS``."""
+        given_range = range_text is not None and str(range_text).strip() != ""
+        given_seconds = seconds is not None and not (
+            isinstance(seconds, int | float) and not isinstance(seconds, bool) and seconds == 0
+        )
+        tokens = tokens or None
+        if given_range and given_seconds:
+            raise UserError("prime seconds and prime range contradict each other: give one")
+        if given_range:
+            return cls.parse_range(str(range_text)).at_most(tokens)
+        if given_seconds:
+            return cls.last_seconds(seconds).at_most(tokens)
+        if tokens is not None:
+            return cls.last_tokens(tokens)
+        return cls.last_seconds(DEFAULT_PRIME_SECONDS)
+
     def describe(self) -> str:
         if self.kind == "last_seconds":
             text = f"last {self.seconds:g} s"

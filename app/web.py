@@ -46,7 +46,7 @@ from perceiver_midi.app.errors import UserError
 from perceiver_midi.app.web_core import (
     DEFAULT_MAX_NOTE_SECONDS,
     DEFAULT_MAX_POLYPHONY,
-    DEFAULT_PRIME_SECONDS,
+    DEFAULT_MIN_P,
     DEFAULT_SECONDS,
     DEFAULT_TOP_P,
     MAX_SECONDS,
@@ -274,6 +274,7 @@ def build_app(
         with gr.Row():
             top_p = gr.Slider(0.05, 1, value=DEFAULT_TOP_P, step=0.01, label="Top-p (1 = off)")
             top_k = gr.Slider(0, 200, value=0, step=1, label="Top-k (0 = off)")
+            min_p = gr.Slider(0, 0.5, value=DEFAULT_MIN_P, step=0.005, label="Min-p (0 = off)")
             seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
             random_seed = gr.Checkbox(value=True, label="Random seed")
         with gr.Accordion("Advanced", open=False):
@@ -375,9 +376,10 @@ def build_app(
             api_temperature = gr.Number(value=1.0, label="temperature")
             api_top_p = gr.Number(value=DEFAULT_TOP_P, label="top_p")
             api_top_k = gr.Number(value=0, precision=0, label="top_k")
+            api_min_p = gr.Number(value=DEFAULT_MIN_P, label="min_p")
             api_seed = gr.Number(value=0, precision=0, label="seed")
             api_latents = gr.Number(value=0, precision=0, label="latents")
-            api_prime_seconds = gr.Number(value=DEFAULT_PRIME_SECONDS, label="prime_seconds")
+            api_prime_seconds = gr.Number(value=0, label="prime_seconds")  # 0: not given
             api_prime_tokens = gr.Number(value=0, precision=0, label="prime_tokens")
             api_prime_range = gr.Textbox(value="", label="prime_range")
             api_ignore_eos = gr.Checkbox(value=False, label="ignore_eos")
@@ -488,6 +490,7 @@ def build_app(
             temperature_v,
             top_p_v,
             top_k_v,
+            min_p_v,
             seed_v,
             random_v,
             latents_v,
@@ -502,6 +505,7 @@ def build_app(
                 temperature=temperature_v,
                 top_p=top_p_v,
                 top_k=top_k_v,
+                min_p=min_p_v,
                 seed=seed_v if seed_v is not None else 0,
                 random_seed=bool(random_v),
                 # The page's choices are the main model's: its own M means the infilling one's.
@@ -580,6 +584,7 @@ def build_app(
             temperature_v,
             top_p_v,
             top_k_v,
+            min_p_v,
             seed_v,
             random_v,
             latents_v,
@@ -600,6 +605,7 @@ def build_app(
                 temperature=temperature_v,
                 top_p=top_p_v,
                 top_k=top_k_v,
+                min_p=min_p_v,
                 seed=seed_v if seed_v is not None else 0,
                 random_seed=bool(random_v),
                 latents=latents_v,
@@ -653,9 +659,10 @@ def build_app(
             temperature=1.0,
             top_p=DEFAULT_TOP_P,
             top_k=0,
+            min_p=DEFAULT_MIN_P,
             seed=0,
             latents=0,
-            prime_seconds=DEFAULT_PRIME_SECONDS,
+            prime_seconds=0,  # 0: not given (Window.from_options: the last 20 s by default)
             prime_tokens=0,
             prime_range="",
             ignore_eos=False,
@@ -672,6 +679,7 @@ def build_app(
                 temperature=temperature,
                 top_p=top_p,
                 top_k=top_k,
+                min_p=min_p,
                 seed=seed,
                 latents=latents,
                 prime_seconds=prime_seconds,
@@ -695,6 +703,7 @@ def build_app(
             temperature=1.0,
             top_p=DEFAULT_TOP_P,
             top_k=0,
+            min_p=DEFAULT_MIN_P,
             latents=0,
             max_note_seconds=DEFAULT_MAX_NOTE_SECONDS,
             pitch_range="",
@@ -711,6 +720,7 @@ def build_app(
                 temperature=temperature,
                 top_p=top_p,
                 top_k=top_k,
+                min_p=min_p,
                 latents=latents,
                 max_note_seconds=max_note_seconds,
                 pitch_range=pitch_range,
@@ -749,6 +759,7 @@ def build_app(
             temperature,
             top_p,
             top_k,
+            min_p,
             seed,
             random_seed,
             latents,
@@ -771,8 +782,8 @@ def build_app(
             show_progress="hidden",
             api_visibility="undocumented",
         )
-        span_controls = [span_start, span_end, span_variations, temperature, top_p, top_k, seed,
-                         random_seed, latents, max_note, pitch_range, key, velocity_range,
+        span_controls = [span_start, span_end, span_variations, temperature, top_p, top_k, min_p,
+                         seed, random_seed, latents, max_note, pitch_range, key, velocity_range,
                          max_polyphony]  # fmt: skip
         span_btn.click(on_regenerate, [session, *span_controls],
                        [span_status, seed, span_btn, *span_outputs], api_visibility="private",
@@ -796,6 +807,7 @@ def build_app(
                 api_temperature,
                 api_top_p,
                 api_top_k,
+                api_min_p,
                 api_seed,
                 api_latents,
                 api_prime_seconds,
@@ -814,9 +826,11 @@ def build_app(
                 "Continue a prime MIDI file (or nothing: None). Returns the audio (WAV, 3 s of "
                 "the prime then the continuation) of each variation, its MIDI files "
                 "(<stem>_vN.mid: the continuation; <stem>_vN_full.mid: the prime up to the "
-                "window's end, then the continuation) and a JSON summary. Window: prime_range "
-                "'START:END' if given, else the last prime_tokens tokens if > 0, else the last "
-                "prime_seconds seconds. latents 0 = the model's. Variation v uses seed + v - 1. "
+                "window's end, then the continuation) and a JSON summary. Window, as the CLI's "
+                "options (0 or '' = not given): prime_range 'START:END' or the last "
+                "prime_seconds, then at most the last prime_tokens of it; prime_tokens alone: "
+                "the last tokens; nothing: the last 20 s. min_p: 0 = off. latents 0 = the "
+                "model's. Variation v uses seed + v - 1. "
                 "ignore_eos: never end early (as the CLI's --ignore-eos). max_note_seconds: "
                 f"a note held this long is ended before the music moves on (default "
                 f"{DEFAULT_MAX_NOTE_SECONDS:g}; 0 = no limit; as the CLI's --max-note-seconds). "
@@ -839,6 +853,7 @@ def build_app(
                 api_temperature,
                 api_top_p,
                 api_top_k,
+                api_min_p,
                 api_latents,
                 api_max_note,
                 api_pitch_range,

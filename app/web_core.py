@@ -51,7 +51,7 @@ from perceiver_midi.app.errors import UserError
 from perceiver_midi.app.pipeline import (
     DEFAULT_MAX_NOTE_SECONDS,
     DEFAULT_MAX_POLYPHONY,
-    DEFAULT_PRIME_SECONDS,
+    DEFAULT_MIN_P,
     DEFAULT_SECONDS,
     DEFAULT_TOP_P,
     MAX_NOTE_SECONDS,
@@ -96,6 +96,7 @@ class GenerateRequest:
     temperature: float = 1.0
     top_p: float = DEFAULT_TOP_P
     top_k: int = 0
+    min_p: float = DEFAULT_MIN_P
     seed: int = 0
     random_seed: bool = False
     latents: int | None = None  # None or >= the model's: the model's own
@@ -471,6 +472,7 @@ class Composer:
             "temperature": _as_float(req.temperature, "temperature"),
             "top_k": _as_int(req.top_k, "top-k"),
             "top_p": _as_float(req.top_p, "top-p"),
+            "min_p": _as_float(req.min_p, "min-p"),
             "seed": _as_int(req.seed, "seed"),
             "latents": latents,
             "stop_at_eos": bool(req.stop_at_eos),
@@ -502,24 +504,16 @@ class Composer:
     def api_plan(
         self, prime: Prime, req: GenerateRequest, prime_seconds, prime_tokens, prime_range
     ) -> _Plan:
-        """The CLI's windows: ``prime_range`` "START:END" if given (with ``prime_tokens`` > 0: at
-        most its last ``prime_tokens`` tokens), else the last ``prime_tokens`` tokens if > 0,
-        else the last ``prime_seconds`` seconds."""
+        """The CLI's windows (``Window.from_options``, the one rule of every surface; 0 or ""
+        means not given)."""
         from perceiver_midi.app.pipeline import NO_PRIME, Settings, Window, cut_prime
 
         fields = self._settings(req)
         if prime.empty:
             return _Plan(NO_PRIME, Settings(**fields), prime)
-        rng = str(prime_range or "").strip()
         tokens = _as_int(prime_tokens or 0, "prime tokens")
-        if rng:
-            window = Window.parse_range(rng).at_most(tokens)
-        elif tokens > 0:
-            window = Window.last_tokens(tokens)
-        else:
-            window = Window.last_seconds(
-                _as_float(prime_seconds or DEFAULT_PRIME_SECONDS, "prime seconds")
-            )
+        seconds = _as_float(prime_seconds or 0, "prime seconds")
+        window = Window.from_options(seconds, tokens, prime_range)
         cut = cut_prime(prime.ids, window, name=prime.name)  # refuses a window without notes
         return _Plan(cut, Settings(**fields, window=window), prime)
 
@@ -750,9 +744,10 @@ class Composer:
         temperature: float = 1.0,
         top_p: float = DEFAULT_TOP_P,
         top_k: int = 0,
+        min_p: float = DEFAULT_MIN_P,
         seed: int = 0,
         latents: int = 0,
-        prime_seconds: float = DEFAULT_PRIME_SECONDS,
+        prime_seconds: float = 0,
         prime_tokens: int = 0,
         prime_range: str = "",
         ignore_eos: bool = False,
@@ -764,8 +759,9 @@ class Composer:
     ) -> tuple[list[str], list[str], dict]:
         """One request, no session: returns (audio paths, MIDI paths, info). MIDI paths are
         ``<stem>_vN.mid`` (the continuation) and ``<stem>_vN_full.mid`` per variation. The
-        window: ``prime_range`` ("START:END" seconds) if given, else the last ``prime_tokens``
-        tokens if > 0, else the last ``prime_seconds`` seconds, as the CLI's options;
+        window: ``prime_range`` ("START:END" seconds) or ``prime_seconds`` (the last seconds),
+        then at most the last ``prime_tokens`` of it; ``prime_tokens`` alone: the last tokens;
+        nothing (0, ""): the last 20 s; the CLI's options (``Window.from_options``);
         ``ignore_eos`` as the CLI's ``--ignore-eos``; ``max_note_seconds``, ``pitch_range``,
         ``key``, ``velocity_range`` and ``max_polyphony`` as the CLI's options of those names
         ('' or 0: off)."""
@@ -777,7 +773,7 @@ class Composer:
         else:
             base = read_upload(prime, max_bytes=self.max_upload_bytes)
         req = GenerateRequest(seconds=seconds, variations=variations, temperature=temperature,
-                              top_p=top_p, top_k=top_k, seed=seed, latents=latents,
+                              top_p=top_p, top_k=top_k, min_p=min_p, seed=seed, latents=latents,
                               stop_at_eos=not ignore_eos,
                               max_note_seconds=max_note_seconds, pitch_range=pitch_range,
                               key=key, velocity_range=velocity_range,
@@ -818,6 +814,7 @@ class Composer:
         temperature: float = 1.0,
         top_p: float = DEFAULT_TOP_P,
         top_k: int = 0,
+        min_p: float = DEFAULT_MIN_P,
         latents: int = 0,
         max_note_seconds: float = DEFAULT_MAX_NOTE_SECONDS,
         pitch_range: str = "",
@@ -838,7 +835,7 @@ class Composer:
         base = read_upload(piece, max_bytes=self.max_upload_bytes)
         gap = Gap(start, end)
         req = GenerateRequest(variations=variations, temperature=temperature, top_p=top_p,
-                              top_k=top_k, seed=seed, latents=latents,
+                              top_k=top_k, min_p=min_p, seed=seed, latents=latents,
                               max_note_seconds=max_note_seconds, pitch_range=pitch_range,
                               key=key, velocity_range=velocity_range,
                               max_polyphony=max_polyphony)  # fmt: skip

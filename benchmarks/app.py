@@ -176,6 +176,7 @@ def click_to_first_audio(
     from perceiver_midi.app.pipeline import (
         DEFAULT_MAX_NOTE_SECONDS,
         DEFAULT_MAX_POLYPHONY,
+        DEFAULT_MIN_P,
         DEFAULT_TOP_P,
     )
 
@@ -184,11 +185,11 @@ def click_to_first_audio(
     start, end = view[3]["value"], view[4]["value"]  # the window sliders (last 20 s)
     t0 = time.perf_counter()
     # The page's inputs, in order (app/web.py's ``controls``), at the page's defaults: length,
-    # variations, temperature, top-p, top-k, seed, random seed, latents, prime tokens, stop at
-    # EOS (off: always 20 s), window start, window end, longest note, pitch range, key,
+    # variations, temperature, top-p, top-k, min-p, seed, random seed, latents, prime tokens,
+    # stop at EOS (off: always 20 s), window start, window end, longest note, pitch range, key,
     # velocity range, most notes at once.
-    job = client.submit(seconds, variations, 1.0, DEFAULT_TOP_P, 0, seed, False, latents, 0,
-                        False, start, end, DEFAULT_MAX_NOTE_SECONDS, "", ANY_KEY, "",
+    job = client.submit(seconds, variations, 1.0, DEFAULT_TOP_P, 0, DEFAULT_MIN_P, seed, False,
+                        latents, 0, False, start, end, DEFAULT_MAX_NOTE_SECONDS, "", ANY_KEY, "",
                         DEFAULT_MAX_POLYPHONY, api_name="/generate")  # fmt: skip
     first = None
     status = ""

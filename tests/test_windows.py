@@ -68,3 +68,82 @@ def test_cut_last_tokens():
     # Starts on an event (not a shift); re-states the velocity before the first NOTE_ON.
     assert got.tolist() == [V10, off(64), on(67), shift(100), shift(50), off(67)]
     assert cut_last_tokens(PIECE, 100).tolist() == PIECE
+
+
+# One prime-window rule on every surface (app.pipeline.Window.from_options): the CLI's options,
+# a batch row's columns and /continue's parameters give the same window for the same request.
+WINDOW_CASES = [
+    # (prime_seconds, prime_tokens, prime_range) -> the window
+    ((None, None, None), {"kind": "last_seconds", "seconds": 20.0}),
+    ((8.0, None, None), {"kind": "last_seconds", "seconds": 8.0}),
+    ((None, 30, None), {"kind": "last_tokens", "tokens": 30}),
+    ((8.0, 30, None), {"kind": "last_seconds", "seconds": 8.0, "max_tokens": 30}),
+    ((None, None, "1:3"), {"kind": "range", "start": 1.0, "end": 3.0}),
+    ((None, 30, "1:"), {"kind": "range", "start": 1.0, "end": None, "max_tokens": 30}),
+]
+
+
+def _cli_window(seconds, tokens, rng):
+    import argparse
+
+    from perceiver_midi.app.generate_cli import _add_sampling, _add_window, settings_from_args
+
+    parser = argparse.ArgumentParser()
+    _add_sampling(parser)
+    _add_window(parser)
+    argv = []
+    for flag, v in (
+        ("--prime-seconds", seconds),
+        ("--prime-tokens", tokens),
+        ("--prime-range", rng),
+    ):
+        if v is not None:
+            argv += [flag, str(v)]
+    return settings_from_args(parser.parse_args(argv)).window
+
+
+def _batch_window(seconds, tokens, rng):
+    from perceiver_midi.app.batch_plan import _row_settings
+    from perceiver_midi.app.pipeline import Settings
+
+    row = {"prime": "x.mid", "prime_seconds": seconds, "prime_tokens": tokens, "prime_range": rng}
+    row = {k: ("" if v is None else str(v)) for k, v in row.items()}  # as CSV cells
+    return _row_settings(row, Settings(), "row").window
+
+
+def _api_window(composer, prime, seconds, tokens, rng):
+    from perceiver_midi.app.web_core import GenerateRequest
+
+    plan = composer.api_plan(prime, GenerateRequest(), seconds or 0, tokens or 0, rng or "")
+    return plan.settings.window
+
+
+@pytest.mark.parametrize("options, expected", WINDOW_CASES)
+def test_every_surface_reads_the_prime_window_options_alike(
+    options, expected, tiny_model, short_prime, tmp_path
+):
+    from perceiver_midi.app.pipeline import Window
+    from perceiver_midi.app.web_core import Composer
+    from perceiver_midi.app.web_session import read_upload
+
+    composer = Composer(tiny_model, root=tmp_path / "web")
+    prime = read_upload(str(short_prime), max_bytes=1 << 20)
+    windows = [
+        Window.from_options(*options),
+        _cli_window(*options),
+        _batch_window(*options),
+        _api_window(composer, prime, *options),
+    ]
+    assert [w.to_dict() for w in windows] == [expected] * 4
+
+
+def test_seconds_and_range_together_are_refused_on_every_surface():
+    from perceiver_midi.app.errors import UserError
+    from perceiver_midi.app.pipeline import Window
+
+    with pytest.raises(UserError, match="contradict"):
+        Window.from_options(8.0, None, "1:3")
+    with pytest.raises(UserError, match="contradict"):
+        _cli_window(8.0, None, "1:3")
+    with pytest.raises(UserError, match="contradict"):
+        _batch_window(8.0, None, "1:3")

@@ -1,0 +1,137 @@
+"""Every request setting on every surface (issue 22): the CLI's options, a batch row's columns,
+the web page's request and ``/continue``'s parameters carry every field of
+``app.pipeline.Settings``, with the same default, the same value and the same bound.
+
+A field a surface does not carry must be listed in ``NOT_CARRIED`` with the reason; a new
+``Settings`` field fails ``test_every_field_is_known`` until it is added to ``CASES``.
+"""
+
+import argparse
+import dataclasses
+import inspect
+
+import pytest
+
+from perceiver_midi.app.errors import UserError
+from perceiver_midi.app.pipeline import Settings
+
+# field -> (a non-default value as the user gives it, the value Settings holds, a value past its
+# bound). The same spelling works for a CLI option (--top-p), a batch column and a keyword.
+CASES = {
+    "seconds": ("7", 7.0, "700"),
+    "tokens": ("300", 300, "0"),
+    "variations": ("3", 3, "99"),
+    "temperature": ("0.8", 0.8, "-1"),
+    "top_k": ("40", 40, "-3"),
+    "top_p": ("0.9", 0.9, "2"),
+    "min_p": ("0.05", 0.05, "1.5"),
+    "seed": ("11", 11, "-1"),
+    "latents": ("8", 8, "0.5"),
+    "max_note_seconds": ("2.5", 2.5, "-1"),
+    "pitch_range": ("48:72", (48, 72), "90:30"),
+    "key": ("Am", "A minor", "H"),
+    "velocity_range": ("40:90", (40, 90), "0:300"),
+    "max_polyphony": ("4", 4, "-2"),
+}
+# Fields with their own tests: the window (tests/test_windows.py: one rule on every surface) and
+# stop_at_eos (the CLI's --ignore-eos, /continue's ignore_eos, the page's checkbox).
+OWN_TESTS = {"window", "stop_at_eos"}
+# (surface, field): why the surface does not carry it.
+NOT_CARRIED = {
+    ("page", "tokens"): "the page and /continue budget music time (seconds) only",
+    ("api", "tokens"): "the page and /continue budget music time (seconds) only",
+}
+# Defaults that differ on purpose.
+OWN_DEFAULTS = {("page", "variations"): 2}  # the page offers a choice at once
+
+
+def test_every_field_is_known():
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    assert fields == set(CASES) | OWN_TESTS
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # a bad option value: the one-line error, not an exit
+        raise UserError(message)
+
+
+def _cli(argv):
+    from perceiver_midi.app.generate_cli import _add_sampling, _add_window, settings_from_args
+
+    parser = _Parser()
+    _add_sampling(parser)
+    _add_window(parser)
+    return settings_from_args(parser.parse_args(argv))
+
+
+def _cli_with(field, text):
+    return _cli([f"--{field.replace('_', '-')}", text])
+
+
+def _batch_with(field, text):
+    import pathlib
+
+    from perceiver_midi.app.batch_plan import _listing_prime
+
+    row = {"prime": "x.mid", field: text}
+    return _listing_prime(pathlib.Path("list.csv"), "row", row, Settings(), 0).settings
+
+
+@pytest.fixture(scope="module")
+def composer(tiny_model, tmp_path_factory):
+    from perceiver_midi.app.web_core import Composer
+
+    return Composer(tiny_model, root=tmp_path_factory.mktemp("web"))
+
+
+def _page_with(composer, field, text):
+    from perceiver_midi.app.web_core import GenerateRequest
+
+    req = GenerateRequest(**({} if field is None else {field: text}))
+    return Settings(**composer._settings(req))
+
+
+SURFACES = ("cli", "batch", "page", "api")
+
+
+def _settings_on(surface, composer, field, text):
+    if surface == "cli":
+        return _cli([]) if field is None else _cli_with(field, text)
+    if surface == "batch":
+        return Settings() if field is None else _batch_with(field, text)
+    return _page_with(composer, field, text)  # the page's request, also /continue's
+
+
+@pytest.mark.parametrize("surface", SURFACES)
+def test_every_surface_has_every_field_with_the_same_default(surface, composer):
+    from perceiver_midi.app.web_core import Composer, GenerateRequest
+
+    defaults = _settings_on(surface, composer, None, None)
+    api = inspect.signature(Composer.api_continue).parameters
+    page = {f.name: f for f in dataclasses.fields(GenerateRequest)}
+    for field in CASES:
+        if (surface, field) in NOT_CARRIED:
+            continue
+        if surface == "api":
+            assert field in api, f"/continue has no parameter {field}"
+            default = api[field].default
+            want = getattr(Settings(), field)
+            # '' / 0 mean "off" or "the model's" where Settings holds None
+            assert default == want or (want is None and default in ("", 0)), field
+            continue
+        if surface == "page":
+            assert field in page, f"the page's request has no {field}"
+        want = OWN_DEFAULTS.get((surface, field), getattr(Settings(), field))
+        assert getattr(defaults, field) == want, (surface, field)
+
+
+@pytest.mark.parametrize("field", sorted(CASES))
+def test_every_surface_gives_the_same_value_and_refuses_the_same_bound(field, composer):
+    text, value, past = CASES[field]
+    for surface in ("cli", "batch", "page"):
+        if (surface, field) in NOT_CARRIED:
+            continue
+        got = getattr(_settings_on(surface, composer, field, text), field)
+        assert got == (pytest.approx(value) if isinstance(value, float) else value), surface
+        with pytest.raises(UserError):
+            _settings_on(surface, composer, field, past)
