@@ -125,6 +125,30 @@ def _keep_span(composer: Composer, k: int, s: Session):
     return composer.keep_span(s, k)
 
 
+def _result_cards(prefix: str, audio_label: str, roll_label: str, files_label: str, button):
+    """MAX_VARIATIONS hidden result cards, two per row: (card, header, audio, roll, files,
+    button) each, with elem_ids ``<prefix>-<k>-header`` ... ``<prefix>-<k>-<button id>``."""
+    import gradio as gr
+
+    text, button_id = button
+    cards = []
+    for row in range(0, MAX_VARIATIONS, 2):
+        with gr.Row():
+            for k in range(row, min(row + 2, MAX_VARIATIONS)):
+                name = f"{prefix}-{k + 1}"
+                with gr.Column(visible=False, elem_classes="result-card") as card:
+                    header = gr.Markdown(elem_id=f"{name}-header")
+                    audio = gr.Audio(label=audio_label, type="filepath", interactive=False,
+                                     elem_id=f"{name}-audio")  # fmt: skip
+                    roll = gr.Image(label=roll_label, type="filepath", interactive=False,
+                                    height=220, elem_id=f"{name}-roll")  # fmt: skip
+                    files = gr.File(label=files_label, file_count="multiple", interactive=False,
+                                    elem_id=f"{name}-files")  # fmt: skip
+                    btn = gr.Button(text, size="sm", elem_id=f"{name}-{button_id}")
+                cards.append((card, header, audio, roll, files, btn))
+    return cards
+
+
 def build_app(
     model,
     *,
@@ -229,37 +253,14 @@ def build_app(
             span_btn = gr.Button("Regenerate span", variant="primary", interactive=can_infill,
                                  elem_id="regenerate")  # fmt: skip
             span_status = gr.Markdown("", elem_id="span-status")
-            span_slots = []
-            for row in range(0, MAX_VARIATIONS, 2):
-                with gr.Row():
-                    for k in range(row, min(row + 2, MAX_VARIATIONS)):
-                        with gr.Column(visible=False, elem_classes="result-card") as card:
-                            header = gr.Markdown(elem_id=f"span-{k + 1}-header")
-                            audio = gr.Audio(
-                                label=f"In place: {CONTEXT_SECONDS:g} s before, the new span, "
-                                f"{CONTEXT_SECONDS:g} s after",
-                                type="filepath",
-                                interactive=False,
-                                elem_id=f"span-{k + 1}-audio",
-                            )
-                            roll = gr.Image(
-                                label="Piano roll (the new span coloured)",
-                                type="filepath",
-                                interactive=False,
-                                height=220,
-                                elem_id=f"span-{k + 1}-roll",
-                            )
-                            files = gr.File(
-                                label="MIDI: the whole piece with this span, and the span alone "
-                                "(_middle)",
-                                file_count="multiple",
-                                interactive=False,
-                                elem_id=f"span-{k + 1}-files",
-                            )
-                            keep_btn = gr.Button(
-                                "Keep this", size="sm", elem_id=f"span-{k + 1}-keep"
-                            )
-                        span_slots.append((card, header, audio, roll, files, keep_btn))
+            span_slots = _result_cards(
+                "span",
+                f"In place: {CONTEXT_SECONDS:g} s before, the new span, "
+                f"{CONTEXT_SECONDS:g} s after",
+                "Piano roll (the new span coloured)",
+                "MIDI: the whole piece with this span, and the span alone (_middle)",
+                ("Keep this", "keep"),
+            )
 
         # 2. Controls ---------------------------------------------------------------------------
         gr.Markdown("## 2. Continue")
@@ -338,35 +339,13 @@ def build_app(
 
         # 3. Results ----------------------------------------------------------------------------
         gr.Markdown("## 3. Results")
-        slots = []
-        for row in range(0, MAX_VARIATIONS, 2):
-            with gr.Row():
-                for k in range(row, min(row + 2, MAX_VARIATIONS)):
-                    with gr.Column(visible=False, elem_classes="result-card") as card:
-                        header = gr.Markdown(elem_id=f"result-{k + 1}-header")
-                        audio = gr.Audio(
-                            label="Audio (3 s of the prime, then the continuation)",
-                            type="filepath",
-                            interactive=False,
-                            elem_id=f"result-{k + 1}-audio",
-                        )
-                        roll = gr.Image(
-                            label="Piano roll",
-                            type="filepath",
-                            interactive=False,
-                            height=220,
-                            elem_id=f"result-{k + 1}-roll",
-                        )
-                        files = gr.File(
-                            label="MIDI: the continuation, and the piece so far (_full)",
-                            file_count="multiple",
-                            interactive=False,
-                            elem_id=f"result-{k + 1}-files",
-                        )
-                        cont_btn = gr.Button(
-                            "Continue from this", size="sm", elem_id=f"result-{k + 1}-continue"
-                        )
-                    slots.append((card, header, audio, roll, files, cont_btn))
+        slots = _result_cards(
+            "result",
+            "Audio (3 s of the prime, then the continuation)",
+            "Piano roll",
+            "MIDI: the continuation, and the piece so far (_full)",
+            ("Continue from this", "continue"),
+        )
 
         # Hidden components of the /continue API -------------------------------------------------
         with gr.Column(visible=False):

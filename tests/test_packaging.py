@@ -1,7 +1,8 @@
 """Installed like a library (issue 22): the wheel holds one import namespace, ``perceiver_midi``
-(nothing generic such as ``app``, ``model`` or ``tokenizer`` lands in site-packages), the default
-model as package data (not the training candidates beside it) and the web app's files. Installed
-in a fresh venv outside the checkout, ``perceiver-midi continue`` works from another folder.
+(nothing generic such as ``app``, ``model`` or ``tokenizer`` lands in site-packages), the shipped
+models as package data (the default and the infilling one, not the training candidates beside
+them) and the web app's files. Installed in a fresh venv outside the checkout, ``perceiver-midi
+continue`` and ``perceiver-midi infill`` work from another folder.
 
 The wheel is built by pip from a copy of the tracked files (so no stale ``build/`` of the checkout
 leaks in); the fresh venv takes its dependencies from the package index (about a minute with
@@ -20,7 +21,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FOLDERS = ("app", "model", "tokenizer")  # perceiver_midi.<folder> (pyproject.toml: package-dir)
-DEFAULT_CHECKPOINT = "checkpoints/maestro-cpu"
+SHIPPED_CHECKPOINTS = ("checkpoints/maestro-cpu", "checkpoints/maestro-cpu-infill")
 NETWORK_ERRORS = (
     "NewConnectionError",
     "Temporary failure in name resolution",
@@ -96,19 +97,20 @@ def test_wheel_holds_the_namespace_the_default_model_and_the_web_files(wheel):
         assert not missing, f"{folder}/: not in the wheel: {sorted(missing)}"
     assert {"perceiver_midi/app/play.js", "perceiver_midi/app/play.css"} <= set(names)
 
-    # The default model, all of it; nothing else of checkpoints/ (maestro-cpu-copy stays out).
-    ckpt = ROOT / DEFAULT_CHECKPOINT
-    shipped = {
-        "perceiver_midi/" + p.relative_to(ROOT).as_posix()
-        for p in ckpt.rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts
-    }
-    needed = ("config.json", "MODEL_CARD.md", "params/_METADATA", "params/manifest.ocdbt")
-    assert {f"perceiver_midi/{DEFAULT_CHECKPOINT}/{f}" for f in needed} <= shipped
+    # The shipped models (the default and the infilling one), all of them; nothing else of
+    # checkpoints/ (training candidates stay out).
+    shipped = set()
+    for folder in SHIPPED_CHECKPOINTS:
+        shipped |= {
+            "perceiver_midi/" + p.relative_to(ROOT).as_posix()
+            for p in (ROOT / folder).rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts
+        }
+        needed = ("config.json", "MODEL_CARD.md", "params/_METADATA", "params/manifest.ocdbt")
+        assert {f"perceiver_midi/{folder}/{f}" for f in needed} <= shipped
     assert shipped <= set(names)
     under = {n for n in names if n.startswith("perceiver_midi/checkpoints/")}
     assert under - shipped == {"perceiver_midi/checkpoints/__init__.py"}
-    assert not [n for n in names if "maestro-cpu-copy" in n]
 
 
 def test_wheel_installs_in_a_fresh_venv_and_continues_a_piece(wheel, tmp_path_factory):
@@ -150,3 +152,8 @@ def test_wheel_installs_in_a_fresh_venv_and_continues_a_piece(wheel, tmp_path_fa
     midi, audio = out / "bach_prelude_c_v1.mid", out / "bach_prelude_c_v1.wav"
     assert midi.read_bytes()[:4] == b"MThd"
     assert audio.read_bytes()[:4] == b"RIFF" and audio.stat().st_size > 44
+
+    # Infilling with the shipped infilling model, from the same folder.
+    proc = run(cli, "infill", example, "--range", "10:13", "--audio", "none", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "bach_prelude_c_infill_v1.mid").read_bytes()[:4] == b"MThd"
