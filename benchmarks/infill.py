@@ -90,12 +90,15 @@ def _score_windows(seq: np.ndarray, score_from: int, n: int, m: int):
     return [np.stack(c) for c in zip(*rows, strict=True)]
 
 
-def middle_nll(model, gaps: list[dict], batch: int = 4) -> list[dict]:
-    """Per gap: the NLL of every middle token in both arms and its time before the join."""
+def middle_nll(model, gaps: list[dict], batch: int = 4, equal_prefix: bool = False) -> list[dict]:
+    """Per gap: the NLL of every middle token in both arms and its time before the join.
+    ``equal_prefix``: the before-only arm gets the same part before the gap as the infilling
+    prompt holds (isolates what the part after the gap adds from the context it costs)."""
     import jax
     import jax.numpy as jnp
 
     from perceiver_midi.model import infill
+    from perceiver_midi.model.vocab import FIM_MIDDLE_ID, FIM_PREFIX_ID
 
     n, m = int(model.config.max_len), int(model.config.num_latents)
     forward = jax.jit(lambda t: jax.nn.log_softmax(model(t), axis=-1))
@@ -121,7 +124,15 @@ def middle_nll(model, gaps: list[dict], batch: int = 4) -> list[dict]:
         steps = infill.gap_steps(seq, a, b)
         prompt = infill.prompt(seq[:a], seq[b:], steps, n + 1 - middle.size)
         both = nll_of(np.concatenate([prompt, middle]).astype(np.int32), prompt.size)
-        before = nll_of(seq[:b], a)
+        if equal_prefix:
+            kept = int(
+                np.nonzero(prompt == FIM_MIDDLE_ID)[0][0]
+                - np.nonzero(prompt == FIM_PREFIX_ID)[0][0]
+                - 1
+            )
+            before = nll_of(seq[a - kept : b], kept)
+        else:
+            before = nll_of(seq[:b], a)
         times = infill.time_before(seq)
         to_join = (times[b] - times[a:b]) / 100.0
         pos = (times[a:b] - times[a]) / max(1, steps)
@@ -256,6 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gaps", type=float, nargs="+", default=[2.0, 5.0, 10.0], help="seconds")
     p.add_argument("--per-gap", type=int, default=32, help="middles per gap length")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--equal-prefix",
+        action="store_true",
+        help="the before-only arm gets only the part before the gap the prompt holds",
+    )
     p.add_argument("--sample", type=int, default=0, help="also regenerate this many gaps")
     p.add_argument("--sample-gap", type=float, default=5.0, help="their length (seconds)")
     p.add_argument("--rolls", help="piano rolls of the first regenerated gaps (PNG)")
@@ -273,10 +289,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     split = load_split(args.data, args.split)
     t0 = time.perf_counter()
-    result = {"checkpoint": ckpt, "split": args.split, "seed": args.seed, "gaps": {}}
+    result = {"checkpoint": ckpt, "split": args.split, "seed": args.seed, "gaps": {},
+              "equal_prefix": args.equal_prefix}  # fmt: skip
     all_rows = []
     for gap_s in args.gaps:
-        rows = middle_nll(model, pick_gaps(split, gap_s, args.per_gap, args.seed))
+        gaps = pick_gaps(split, gap_s, args.per_gap, args.seed)
+        rows = middle_nll(model, gaps, equal_prefix=args.equal_prefix)
         all_rows += rows
         result["gaps"][f"{gap_s:g}"] = summarise(rows)
         print(json.dumps({f"gap {gap_s:g} s": result["gaps"][f"{gap_s:g}"]}), flush=True)

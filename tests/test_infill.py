@@ -257,6 +257,20 @@ def test_infill_benchmark_scores_every_middle_token_once():
         want = [-float(logp[t - (t1 - m), seq[t]]) for t in range(a, t1)]
         np.testing.assert_allclose(r["before"][: t1 - a], want, rtol=1e-4)
         assert r["to_join"][0] == r["seconds"] and r["to_join"][-1] > 0
+    # equal prefix: the before-only arm reads only the prompt's part before the gap
+    same = middle_nll(model, gaps, batch=2, equal_prefix=True)
+    for g, r, e in zip(gaps, rows, same, strict=True):
+        np.testing.assert_array_equal(e["both"], r["both"])
+        seq, a = g["seq"], g["a"]
+        steps = infill.gap_steps(seq, a, g["b"])
+        prompt = infill.prompt(seq[:a], seq[g["b"] :], steps, n + 1 - r["tokens"])
+        kept = int(np.nonzero(prompt == MID)[0][0] - np.nonzero(prompt == PRE)[0][0] - 1)
+        sub = seq[a - kept : g["b"]]  # the first window, as above, over the kept prefix only
+        t1 = min(kept + m, sub.size)
+        logp = jax.nn.log_softmax(model(jnp.asarray(sub[None, max(0, t1 - 1 - n) : t1 - 1]))[0])
+        np.testing.assert_allclose(
+            e["before"][0], -float(logp[kept - (t1 - m), sub[kept]]), rtol=1e-4
+        )
     s = summarise(rows)
     assert s["tokens"] == sum(r["tokens"] for r in rows)
     assert s["gain"] == pytest.approx(s["nll_before_only"] - s["nll_both_sides"])

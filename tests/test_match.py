@@ -67,7 +67,9 @@ def test_coarse_view_table():
     assert table[vocab.PAD_ID] == 0
     assert table[vocab.NOTE_ON_FIRST_ID + 60] == vocab.NOTE_ON_FIRST_ID + 60  # pitch kept
     assert table[vocab.NOTE_OFF_FIRST_ID + 60] != table[vocab.NOTE_ON_FIRST_ID + 60]
-    assert len(set(table[vocab.VELOCITY_FIRST_ID :])) == 1  # one loudness class
+    assert len(set(table[vocab.VELOCITY_FIRST_ID : vocab.VOCAB_SIZE])) == 1  # one loudness class
+    sentinels = range(vocab.VOCAB_SIZE, vocab.INPUT_VOCAB_SIZE)  # infilling: each its own class
+    assert table[vocab.VOCAB_SIZE :].tolist() == list(sentinels)
     shift = vocab.TIME_SHIFT_FIRST_ID - 1  # + k: a shift of k steps
     assert table[shift + 4] == table[shift + 5] != table[shift + 6]  # 4-5 steps, then 6-7
     assert table[shift + 1] != table[shift + 2] != table[shift + 3]
