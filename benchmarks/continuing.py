@@ -359,6 +359,8 @@ def draw_rolls(path: pathlib.Path, rolls: list) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from benchmarks.env import save_png
+
     fig, axes = plt.subplots(len(rolls), 1, figsize=(12, 1.3 * len(rolls)), squeeze=False)
     for ax, (name, prime, cont) in zip(axes[:, 0], rolls, strict=True):
         for notes, offset, color in ((prime, -PRIME_S, "0.45"), (cont, 0.0, "tab:blue")):
@@ -370,10 +372,7 @@ def draw_rolls(path: pathlib.Path, rolls: list) -> None:
         ax.tick_params(labelsize=6)
     axes[-1, 0].set_xlabel("seconds (prime before 0, continuation after)")
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    tmp.replace(path)
+    save_png(fig, path, dpi=80)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -90,3 +90,19 @@ def run_worker(script: str, kind: str, timeout: float, **options) -> dict:
         return {"error": f"rc={proc.returncode}: {' | '.join(tail)}"}
     print(f"    done in {time.perf_counter() - t0:.0f} s", flush=True)
     return json.loads(lines[-1])
+
+
+def save_png(fig, path: str | os.PathLike, dpi: int = 80) -> None:
+    """A matplotlib figure as a PNG at ``path``, atomically (temp file, then rename); closes it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from perceiver_midi.tokenizer import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buf.getvalue())

@@ -234,6 +234,8 @@ def draw_rolls(path: pathlib.Path, rolls: list) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from benchmarks.env import save_png
+
     fig, axes = plt.subplots(2 * len(rolls), 1, figsize=(10, 1.4 * 2 * len(rolls)), squeeze=False)
     for k, (piece, start, end, real, gen) in enumerate(rolls):
         lo, hi = start - ROLL_CONTEXT_S, end + ROLL_CONTEXT_S
@@ -252,11 +254,7 @@ def draw_rolls(path: pathlib.Path, rolls: list) -> None:
             ax.tick_params(labelsize=6)
     axes[-1, 0].set_xlabel("seconds of the piece (the gap between the dashed lines)")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    tmp.replace(path)
+    save_png(fig, path, dpi=80)
 
 
 def main(argv: list[str] | None = None) -> int:

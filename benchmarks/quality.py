@@ -567,7 +567,7 @@ def draw_rolls(path: pathlib.Path, rolls: list[dict], seconds: float) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from perceiver_midi.tokenizer import atomic_write_bytes
+    from benchmarks.env import save_png
 
     fig, axes = plt.subplots(len(rolls), 2, figsize=(12, 2.2 * len(rolls)), squeeze=False)
     extent = (-CONTINUATION_S, seconds, ROLL_LOW_PITCH - 0.5, ROLL_HIGH_PITCH + 0.5)
@@ -584,13 +584,7 @@ def draw_rolls(path: pathlib.Path, rolls: list[dict], seconds: float) -> None:
     for ax in axes[-1]:
         ax.set_xlabel("seconds from the split (prime in grey)", fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=72)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_png(fig, path, dpi=72)
 
 
 # ----------------------------------------------------------------------------------------------
