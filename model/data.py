@@ -72,10 +72,13 @@ class Infill:
     """Crops that teach infilling (``model/infill.py``): a ``share`` of the rows puts a gap of
     ``min_gap_steps``..``max_gap_steps`` (10 ms steps) where a plain crop would end, shows up to
     ``infill.MAX_SUFFIX_TOKENS`` tokens of what follows the gap first, then the part before it,
-    and ends at a random point of the real middle (so every middle position is a target alike).
+    and ends at a random point of the real middle, or (a ``whole`` share of the rows) at the
+    gap's end, so the middle's last tokens, where the part after the gap matters most, are
+    targets as often as its first ones (a random end alone targets the join almost never).
     Needs a model with ``Config.infill``."""
 
     share: float = 0.0
+    whole: float = 0.0  # of the infilling rows, this share ends at the gap's end (the join)
     min_gap_steps: int = 100
     max_gap_steps: int = 1200
     post_tokens: int = 4000  # raw tokens read after the gap's start (gap + suffix)
@@ -83,6 +86,8 @@ class Infill:
     def __post_init__(self):
         if not 0.0 <= self.share <= 1.0:
             raise ValueError(f"infill share must be in [0, 1], got {self.share}")
+        if not 0.0 <= self.whole <= 1.0:
+            raise ValueError(f"infill whole share must be in [0, 1], got {self.whole}")
         if not 1 <= self.min_gap_steps <= self.max_gap_steps:
             raise ValueError("infill needs 1 <= min_gap_steps <= max_gap_steps")
 
@@ -206,7 +211,8 @@ class TrainBatches:
             return body[:a][-self.seq_len :]
         suffix = body[b : b + int(rng.integers(0, infill.MAX_SUFFIX_TOKENS + 1))]
         room = self.seq_len - len(infill.gap_shift_ids(steps)) - infill.HEADER_TOKENS - 1
-        e = int(rng.integers(a + 1, b + 1))
+        whole = self.infill.whole > 0 and rng.random() < self.infill.whole
+        e = b if whole else int(rng.integers(a + 1, b + 1))
         e = min(e, a + room // 2)  # a middle never crowds the part before it out of view
         head = infill.prompt(body[:a], suffix, steps, self.seq_len - (e - a))
         return np.concatenate([head, body[a:e]]).astype(np.int32)

@@ -79,6 +79,7 @@ class TrainConfig:
     repeat_share: float = 0.0  # crops ending in a replay of their own earlier passage (Repeats)
     repeat_max_back: int = 1500  # how far back the first playing may start, in tokens
     infill_share: float = 0.0  # infilling crops (data.Infill; the model needs Config.infill)
+    infill_whole: float = 0.0  # of those, the share whose crop ends at the gap's end (the join)
     addition_lr_scale: float = 1.0  # rate multiplier of the zero-initialised additions
     infill_lr_scale: float = 1.0  # rate multiplier of the gap clock and join maps (gap_*)
     log_every: int = 10
@@ -368,7 +369,7 @@ def train(
         seed=tc.seed,
         augmentation=Augmentation() if tc.augment else NO_AUGMENTATION,
         repeats=Repeats(share=tc.repeat_share, max_back=tc.repeat_max_back),
-        infill=Infill(share=tc.infill_share),
+        infill=Infill(share=tc.infill_share, whole=tc.infill_whole),
     )
     print(
         f"{source} at step {step}; {config.max_len} context, {config.num_latents} latents, "

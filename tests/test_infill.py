@@ -167,6 +167,44 @@ def test_infill_crops_are_the_piece_rearranged(seed):
     assert seen >= 3
 
 
+@pytest.mark.parametrize("whole, expect_whole", [(1.0, True), (0.0, False)])
+def test_whole_middle_crops_end_at_the_join(whole, expect_whole):
+    """With ``whole=1`` every infilling row ends exactly at the gap's end (the whole middle is
+    in the row, so the tokens before the join are targets); with 0 most rows stop short."""
+    rng = np.random.default_rng(5)
+    piece = _piece(rng, 400)
+    seq = np.concatenate([[SOS_ID], piece])
+    times = infill.time_before(seq)
+    batches = TrainBatches(
+        _split([piece]),
+        seq_len=600,
+        num_targets=40,
+        batch_size=16,
+        seed=2,
+        augmentation=NO_AUGMENTATION,
+        infill=Infill(share=1.0, whole=whole, min_gap_steps=50, max_gap_steps=200, post_tokens=800),
+    )
+    ends = []
+    for row in batches.batch(0):
+        row = row[row != PAD_ID]
+        if GAP not in row:
+            continue
+        (s,), (p,), (m,) = (np.nonzero(row == x)[0] for x in (SUF, PRE, MID))
+        steps = int(infill.shift_steps(row[2:s]).sum())
+        prefix, middle = row[p + 1 : m], row[m + 1 :]
+        run = np.concatenate([prefix, middle])
+        a = next(i for i in range(len(seq)) if (seq[i : i + len(run)] == run).all()) + len(prefix)
+        _, b = infill.span(seq, times[a], times[a] + steps)
+        ends.append(a + len(middle) == b)
+    assert len(ends) >= 8
+    assert all(ends) if expect_whole else sum(ends) < len(ends) / 2
+
+
+def test_infill_whole_is_bounded():
+    with pytest.raises(ValueError, match="whole share"):
+        Infill(share=0.5, whole=1.5)
+
+
 def test_infill_share_zero_changes_no_batch():
     rng = np.random.default_rng(0)
     split = _split([_piece(rng, 300)])
