@@ -23,6 +23,7 @@ from typing import Any
 from perceiver_midi.app.errors import UserError
 from perceiver_midi.app.infill import Gap, infill_file_names
 from perceiver_midi.app.pipeline import (
+    CONTROL_FIELDS,
     MIDI_SUFFIXES,
     OutputOptions,
     Settings,
@@ -30,44 +31,20 @@ from perceiver_midi.app.pipeline import (
     output_stem,
 )
 
+# Listing columns that are Settings fields of the same name.
+SETTING_COLUMNS = ("variations", *CONTROL_FIELDS)
 # Per-prime settings a CSV/JSONL row may give (empty cells mean "the command-line value").
 ROW_KEYS = (
     "prime",
     "id",
     "seed",
-    "variations",
     "seconds",
     "tokens",
-    "temperature",
-    "top_k",
-    "top_p",
-    "min_p",
-    "latents",
-    "max_note_seconds",
-    "pitch_range",
-    "key",
-    "velocity_range",
-    "max_polyphony",
+    *SETTING_COLUMNS,
     "prime_seconds",
     "prime_tokens",
     "prime_range",
     "infill_range",
-)
-
-
-# Listing columns that are Settings fields of the same name.
-SETTING_COLUMNS = (
-    "temperature",
-    "top_k",
-    "top_p",
-    "min_p",
-    "latents",
-    "variations",
-    "max_note_seconds",
-    "pitch_range",
-    "key",
-    "velocity_range",
-    "max_polyphony",
 )
 
 

@@ -203,7 +203,7 @@ def _add_synth(g) -> None:
 
 def settings_from_args(args: argparse.Namespace, *, window: bool = True):
     """Settings from parsed options; contradictory options are a UserError."""
-    from perceiver_midi.app.pipeline import Settings, Window
+    from perceiver_midi.app.pipeline import CONTROL_FIELDS, Settings, Window
 
     seconds, tokens = getattr(args, "seconds", None), getattr(args, "tokens", None)
     if seconds is not None and tokens is not None:
@@ -215,23 +215,15 @@ def settings_from_args(args: argparse.Namespace, *, window: bool = True):
         if args.prime_seconds is not None and args.prime_range is not None:
             raise UserError("--prime-seconds and --prime-range contradict each other: give one")
         win = Window.from_options(args.prime_seconds, args.prime_tokens, args.prime_range)
+    controls = {f: getattr(args, f) for f in CONTROL_FIELDS}  # None: the Settings default
     return Settings(
         seconds=seconds,
         tokens=tokens,
         variations=args.variations,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        min_p=args.min_p,
         seed=args.seed,
-        latents=args.latents,
         window=win,
         stop_at_eos=not getattr(args, "ignore_eos", False),
-        **({} if args.max_note_seconds is None else {"max_note_seconds": args.max_note_seconds}),
-        pitch_range=args.pitch_range,
-        key=args.key,
-        velocity_range=args.velocity_range,
-        **({} if args.max_polyphony is None else {"max_polyphony": args.max_polyphony}),
+        **{f: v for f, v in controls.items() if v is not None},
     )
 
 

@@ -39,13 +39,16 @@ import pathlib
 import re
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from perceiver_midi.app import controls
 from perceiver_midi.app.errors import UserError
 from perceiver_midi.tokenizer import constants as C
+
+if TYPE_CHECKING:  # the sampler imports JAX: loaded when a model runs, not to check a request
+    from perceiver_midi.model.sampler import SampleOptions
 
 DEFAULT_SECONDS = 20.0
 DEFAULT_PRIME_SECONDS = 20.0
@@ -356,41 +359,57 @@ class Settings:
             return int(self.tokens)
         return max(64, math.ceil(self.seconds * MAX_TOKENS_PER_SECOND))
 
-    def sampler_key(self) -> tuple:
-        """Settings that must be equal for prompts to share one sampler call."""
-        return (
-            self.seconds,
-            self.tokens,
-            float(self.temperature),
-            int(self.top_k),
-            float(self.top_p),
-            float(self.min_p),
-            self.latents,
-            bool(self.stop_at_eos),
-            self.max_note_seconds,
-            self.pitch_range,
-            self.key,
-            self.velocity_range,
-            self.max_polyphony,
+    def sample_options(self) -> SampleOptions:
+        """The sampler's options for these settings (the one place they are mapped)."""
+        from perceiver_midi.model.sampler import SampleOptions
+
+        return SampleOptions(
+            max_new_tokens=self.max_new_tokens,
+            temperature=float(self.temperature),
+            top_k=int(self.top_k),
+            top_p=float(self.top_p),
+            min_p=float(self.min_p),
+            max_seconds=self.seconds,
+            num_latents=self.latents,
+            stop_at_eos=bool(self.stop_at_eos),
+            max_note_seconds=self.max_note_seconds,
+            allowed_pitches=self.allowed_pitches(),
+            velocity_range=self.velocity_range,
+            max_polyphony=self.max_polyphony,
         )
 
+    def sampler_key(self) -> tuple:
+        """Settings that must be equal for prompts to share one sampler call: every field but
+        the seed, the variations and the window (per prompt)."""
+        return tuple(getattr(self, f) for f in _SAMPLER_FIELDS)
+
     def to_dict(self) -> dict[str, Any]:
-        """The settings as JSON (seed and window apart; batch manifests list them separately)."""
+        """The settings as JSON (seed, variations and window apart; batch manifests list them
+        separately); ranges as ``"LOW:HIGH"``."""
+        ranges = ("pitch_range", "velocity_range")
         return {
-            "seconds": self.seconds,
-            "tokens": self.tokens,
-            "temperature": float(self.temperature),
-            "top_k": int(self.top_k),
-            "top_p": float(self.top_p),
-            "min_p": float(self.min_p),
-            "latents": self.latents,
-            "stop_at_eos": bool(self.stop_at_eos),
-            "max_note_seconds": self.max_note_seconds,
-            "pitch_range": controls.format_range(self.pitch_range),
-            "key": self.key,
-            "velocity_range": controls.format_range(self.velocity_range),
-            "max_polyphony": self.max_polyphony,
+            f: controls.format_range(getattr(self, f)) if f in ranges else getattr(self, f)
+            for f in _SAMPLER_FIELDS
         }
+
+
+# The sampling settings and musical controls: Settings fields that the CLI (an option each),
+# a batch row (a column each), the page and the HTTP API carry under the same name, default and
+# bound (tests/test_settings_agreement.py). A new control is a field here and in SampleOptions.
+CONTROL_FIELDS = (
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+    "latents",
+    "max_note_seconds",
+    "pitch_range",
+    "key",
+    "velocity_range",
+    "max_polyphony",
+)
+_PER_PROMPT = ("seed", "variations", "window")
+_SAMPLER_FIELDS = tuple(f.name for f in dataclasses.fields(Settings) if f.name not in _PER_PROMPT)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -609,19 +628,8 @@ def sample_continuations(
         outs = sample(
             model,
             [p for p, _ in fitted],
-            max_new_tokens=settings.max_new_tokens,
-            temperature=float(settings.temperature),
-            top_k=int(settings.top_k),
-            top_p=float(settings.top_p),
-            min_p=float(settings.min_p),
+            settings.sample_options(),
             seed=[int(s) for s in seeds],
-            max_seconds=settings.seconds,
-            num_latents=settings.latents,
-            stop_at_eos=bool(settings.stop_at_eos),
-            max_note_seconds=settings.max_note_seconds,
-            allowed_pitches=settings.allowed_pitches(),
-            velocity_range=settings.velocity_range,
-            max_polyphony=settings.max_polyphony,
             callback=on_chunk if callback is not None else None,
             length_bucket=length_bucket,
         )

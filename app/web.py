@@ -44,20 +44,24 @@ import time
 from perceiver_midi.app.controls import ANY_KEY, KEY_CHOICES
 from perceiver_midi.app.errors import UserError
 from perceiver_midi.app.web_core import (
+    CONTINUE_API,
     DEFAULT_MAX_NOTE_SECONDS,
     DEFAULT_MAX_POLYPHONY,
     DEFAULT_MIN_P,
     DEFAULT_SECONDS,
     DEFAULT_TOP_P,
+    INFILL_API,
     MAX_SECONDS,
     MAX_VARIATIONS,
     NO_INFILL_MODEL,
+    REQUIRED,
     Composer,
     Done,
     GenerateRequest,
     Progress,
     ResultReady,
     Started,
+    api_signature,
 )
 from perceiver_midi.app.web_play import play_panel
 from perceiver_midi.app.web_session import MAX_UPLOAD_BYTES, Session, human_size, list_examples
@@ -99,6 +103,32 @@ def _user_errors(fn):
             raise gr.Error(f"internal error: {type(exc).__name__}: {exc}") from None
 
     return wrapper
+
+
+def _api_handler(method, params):
+    """A handler of one API endpoint: Gradio names the endpoint's parameters after the handler's
+    signature, built here from the endpoint's table (``CONTINUE_API``, ``INFILL_API``)."""
+
+    def handler(*args):
+        return method(*args)
+
+    handler.__signature__ = api_signature(params)
+    handler.__name__ = method.__name__
+    return handler
+
+
+def _api_component(p):
+    """The hidden input component of an API parameter (label = the parameter's name)."""
+    import gradio as gr
+
+    value = None if p.default is REQUIRED else p.default
+    if p.kind == "file":
+        return gr.File(label=p.name, type="filepath")
+    if p.kind is bool:
+        return gr.Checkbox(value=value, label=p.name)
+    if p.kind is str:
+        return gr.Textbox(value=value, label=p.name)
+    return gr.Number(value=value, precision=0 if p.kind is int else None, label=p.name)
 
 
 def _with_event_data(fn):
@@ -349,33 +379,12 @@ def build_app(
 
         # Hidden components of the /continue API -------------------------------------------------
         with gr.Column(visible=False):
-            api_prime = gr.File(label="prime", type="filepath")
-            api_seconds = gr.Number(value=DEFAULT_SECONDS, label="seconds")
-            api_variations = gr.Number(value=1, precision=0, label="variations")
-            api_temperature = gr.Number(value=1.0, label="temperature")
-            api_top_p = gr.Number(value=DEFAULT_TOP_P, label="top_p")
-            api_top_k = gr.Number(value=0, precision=0, label="top_k")
-            api_min_p = gr.Number(value=DEFAULT_MIN_P, label="min_p")
-            api_seed = gr.Number(value=0, precision=0, label="seed")
-            api_latents = gr.Number(value=0, precision=0, label="latents")
-            api_prime_seconds = gr.Number(value=0, label="prime_seconds")  # 0: not given
-            api_prime_tokens = gr.Number(value=0, precision=0, label="prime_tokens")
-            api_prime_range = gr.Textbox(value="", label="prime_range")
-            api_ignore_eos = gr.Checkbox(value=False, label="ignore_eos")
-            api_max_note = gr.Number(value=DEFAULT_MAX_NOTE_SECONDS, label="max_note_seconds")
-            api_pitch_range = gr.Textbox(value="", label="pitch_range")
-            api_key = gr.Textbox(value="", label="key")
-            api_velocity_range = gr.Textbox(value="", label="velocity_range")
-            api_max_polyphony = gr.Number(
-                value=DEFAULT_MAX_POLYPHONY, precision=0, label="max_polyphony"
-            )
+            # One component per parameter of CONTINUE_API and INFILL_API (shared by name).
+            api_in = {p.name: _api_component(p) for p in (*CONTINUE_API, *INFILL_API)}
             api_audio = gr.File(label="audio", file_count="multiple")
             api_midi = gr.File(label="midi", file_count="multiple")
             api_info = gr.JSON(label="info")
             api_btn = gr.Button("continue")
-            api_piece = gr.File(label="piece", type="filepath")  # /infill's own inputs
-            api_start = gr.Number(value=None, label="start")
-            api_end = gr.Number(value=None, label="end")
             api_infill_btn = gr.Button("infill")
 
         # Wiring ---------------------------------------------------------------------------------
@@ -630,83 +639,8 @@ def build_app(
             except Exception as exc:
                 yield gen_frame(f"**Error:** {tell(exc)}", busy=False)
 
-        @_user_errors
-        def on_api_continue(
-            prime,
-            seconds=DEFAULT_SECONDS,
-            variations=1,
-            temperature=1.0,
-            top_p=DEFAULT_TOP_P,
-            top_k=0,
-            min_p=DEFAULT_MIN_P,
-            seed=0,
-            latents=0,
-            prime_seconds=0,  # 0: not given (Window.from_options: the last 20 s by default)
-            prime_tokens=0,
-            prime_range="",
-            ignore_eos=False,
-            max_note_seconds=DEFAULT_MAX_NOTE_SECONDS,
-            pitch_range="",
-            key="",
-            velocity_range="",
-            max_polyphony=DEFAULT_MAX_POLYPHONY,
-        ):
-            return composer.api_continue(
-                prime,
-                seconds=seconds,
-                variations=variations,
-                temperature=temperature,
-                top_p=top_p,
-                top_k=top_k,
-                min_p=min_p,
-                seed=seed,
-                latents=latents,
-                prime_seconds=prime_seconds,
-                prime_tokens=prime_tokens,
-                prime_range=prime_range,
-                ignore_eos=bool(ignore_eos),
-                max_note_seconds=max_note_seconds,
-                pitch_range=pitch_range,
-                key=key,
-                velocity_range=velocity_range,
-                max_polyphony=max_polyphony,
-            )
-
-        @_user_errors
-        def on_api_infill(
-            piece,
-            start,
-            end,
-            variations=1,
-            seed=0,
-            temperature=1.0,
-            top_p=DEFAULT_TOP_P,
-            top_k=0,
-            min_p=DEFAULT_MIN_P,
-            latents=0,
-            max_note_seconds=DEFAULT_MAX_NOTE_SECONDS,
-            pitch_range="",
-            key="",
-            velocity_range="",
-            max_polyphony=DEFAULT_MAX_POLYPHONY,
-        ):
-            return composer.api_infill(
-                piece,
-                start=start,
-                end=end,
-                variations=variations,
-                seed=seed,
-                temperature=temperature,
-                top_p=top_p,
-                top_k=top_k,
-                min_p=min_p,
-                latents=latents,
-                max_note_seconds=max_note_seconds,
-                pitch_range=pitch_range,
-                key=key,
-                velocity_range=velocity_range,
-                max_polyphony=max_polyphony,
-            )
+        on_api_continue = _user_errors(_api_handler(composer.api_continue, CONTINUE_API))
+        on_api_infill = _user_errors(_api_handler(composer.api_infill, INFILL_API))
 
         # Prime handlers render audio and rolls: they share the model's CPU budget (its
         # concurrency group) with generation, so a burst of uploads cannot starve sampling.
@@ -779,26 +713,7 @@ def build_app(
                        api_visibility="private")  # fmt: skip
         api_btn.click(
             on_api_continue,
-            [
-                api_prime,
-                api_seconds,
-                api_variations,
-                api_temperature,
-                api_top_p,
-                api_top_k,
-                api_min_p,
-                api_seed,
-                api_latents,
-                api_prime_seconds,
-                api_prime_tokens,
-                api_prime_range,
-                api_ignore_eos,
-                api_max_note,
-                api_pitch_range,
-                api_key,
-                api_velocity_range,
-                api_max_polyphony,
-            ],  # fmt: skip
+            [api_in[p.name] for p in CONTINUE_API],
             [api_audio, api_midi, api_info],
             api_name="continue",
             api_description=(
@@ -823,23 +738,7 @@ def build_app(
         )
         api_infill_btn.click(
             on_api_infill,
-            [
-                api_piece,
-                api_start,
-                api_end,
-                api_variations,
-                api_seed,
-                api_temperature,
-                api_top_p,
-                api_top_k,
-                api_min_p,
-                api_latents,
-                api_max_note,
-                api_pitch_range,
-                api_key,
-                api_velocity_range,
-                api_max_polyphony,
-            ],  # fmt: skip
+            [api_in[p.name] for p in INFILL_API],
             [api_audio, api_midi, api_info],
             api_name="infill",
             api_description=(

@@ -33,6 +33,7 @@ whole piece with the new span: what "Keep this" makes the piece) and ``..._middl
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import pathlib
 import queue
@@ -110,6 +111,70 @@ class GenerateRequest:
     key: str | None = None
     velocity_range: str | None = None
     max_polyphony: int | None = DEFAULT_MAX_POLYPHONY  # None or 0: no limit
+
+
+REQUIRED = inspect.Parameter.empty
+
+
+@dataclasses.dataclass(frozen=True)
+class ApiParam:
+    """One parameter of the HTTP API: its name, default (``REQUIRED``: none) and type ("file",
+    float, int, str or bool: the hidden component ``web.py`` builds for it)."""
+
+    name: str
+    default: object
+    kind: object
+
+
+# The sampling settings and musical controls of /continue and /infill, in one list ('' or 0:
+# off, or the model's own), so the two endpoints and their components cannot drift apart. Each
+# is a GenerateRequest field of the same name (the page's request), checked by Settings.
+API_SAMPLING = (
+    ApiParam("variations", 1, int),
+    ApiParam("temperature", 1.0, float),
+    ApiParam("top_p", DEFAULT_TOP_P, float),
+    ApiParam("top_k", 0, int),
+    ApiParam("min_p", DEFAULT_MIN_P, float),
+    ApiParam("seed", 0, int),
+    ApiParam("latents", 0, int),
+    ApiParam("max_note_seconds", DEFAULT_MAX_NOTE_SECONDS, float),
+    ApiParam("pitch_range", "", str),
+    ApiParam("key", "", str),
+    ApiParam("velocity_range", "", str),
+    ApiParam("max_polyphony", DEFAULT_MAX_POLYPHONY, int),
+)
+CONTINUE_API = (
+    ApiParam("prime", REQUIRED, "file"),  # None: start from nothing
+    ApiParam("seconds", DEFAULT_SECONDS, float),
+    *API_SAMPLING,
+    ApiParam("prime_seconds", 0.0, float),  # 0: not given (Window.from_options)
+    ApiParam("prime_tokens", 0, int),
+    ApiParam("prime_range", "", str),
+    ApiParam("ignore_eos", False, bool),
+)
+INFILL_API = (
+    ApiParam("piece", REQUIRED, "file"),
+    ApiParam("start", REQUIRED, float),
+    ApiParam("end", REQUIRED, float),
+    *API_SAMPLING,
+)
+
+
+def api_signature(params) -> inspect.Signature:
+    """The Python signature of an endpoint's handler (Gradio names the API's parameters by it)."""
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    return inspect.Signature([inspect.Parameter(p.name, kind, default=p.default) for p in params])
+
+
+def api_arguments(params, args: tuple, kwargs: dict) -> dict:
+    """The call's arguments by name, defaults filled in (TypeError for an unknown name)."""
+    bound = api_signature(params).bind(*args, **kwargs)
+    bound.apply_defaults()
+    return dict(bound.arguments)
+
+
+def _sampling_request(values: dict, **more) -> GenerateRequest:
+    return GenerateRequest(**{p.name: values[p.name] for p in API_SAMPLING}, **more)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -735,28 +800,7 @@ class Composer:
 
     # -- the /continue API ---------------------------------------------------------------------
 
-    def api_continue(
-        self,
-        prime,
-        *,
-        seconds: float = DEFAULT_SECONDS,
-        variations: int = 1,
-        temperature: float = 1.0,
-        top_p: float = DEFAULT_TOP_P,
-        top_k: int = 0,
-        min_p: float = DEFAULT_MIN_P,
-        seed: int = 0,
-        latents: int = 0,
-        prime_seconds: float = 0,
-        prime_tokens: int = 0,
-        prime_range: str = "",
-        ignore_eos: bool = False,
-        max_note_seconds: float = DEFAULT_MAX_NOTE_SECONDS,
-        pitch_range: str = "",
-        key: str = "",
-        velocity_range: str = "",
-        max_polyphony: int = DEFAULT_MAX_POLYPHONY,
-    ) -> tuple[list[str], list[str], dict]:
+    def api_continue(self, *args, **kwargs) -> tuple[list[str], list[str], dict]:
         """One request, no session: returns (audio paths, MIDI paths, info). MIDI paths are
         ``<stem>_vN.mid`` (the continuation) and ``<stem>_vN_full.mid`` per variation. The
         window: ``prime_range`` ("START:END" seconds) or ``prime_seconds`` (the last seconds),
@@ -764,21 +808,18 @@ class Composer:
         nothing (0, ""): the last 20 s; the CLI's options (``Window.from_options``);
         ``ignore_eos`` as the CLI's ``--ignore-eos``; ``max_note_seconds``, ``pitch_range``,
         ``key``, ``velocity_range`` and ``max_polyphony`` as the CLI's options of those names
-        ('' or 0: off)."""
+        ('' or 0: off). Parameters: ``CONTINUE_API``."""
         from perceiver_midi.app.pipeline import continue_prime
 
+        v = api_arguments(CONTINUE_API, args, kwargs)
+        prime = v["prime"]
         self._sweep_api_files()
         if prime in (None, ""):
             base = Prime.nothing()
         else:
             base = read_upload(prime, max_bytes=self.max_upload_bytes)
-        req = GenerateRequest(seconds=seconds, variations=variations, temperature=temperature,
-                              top_p=top_p, top_k=top_k, min_p=min_p, seed=seed, latents=latents,
-                              stop_at_eos=not ignore_eos,
-                              max_note_seconds=max_note_seconds, pitch_range=pitch_range,
-                              key=key, velocity_range=velocity_range,
-                              max_polyphony=max_polyphony)  # fmt: skip
-        plan = self.api_plan(base, req, prime_seconds, prime_tokens, prime_range)
+        req = _sampling_request(v, seconds=v["seconds"], stop_at_eos=not v["ignore_eos"])
+        plan = self.api_plan(base, req, v["prime_seconds"], v["prime_tokens"], v["prime_range"])
         folder = Session(self.root / "api").folder()
         conts = continue_prime(self.model, plan.prime, plan.settings, name=base.name,
                                length_bucket=WEB_LENGTH_BUCKET)  # fmt: skip
@@ -803,42 +844,22 @@ class Composer:
         midi = [str(p) for r in results for p in (r.midi, r.full_midi)]
         return audio, midi, info
 
-    def api_infill(
-        self,
-        piece,
-        *,
-        start: float,
-        end: float,
-        variations: int = 1,
-        seed: int = 0,
-        temperature: float = 1.0,
-        top_p: float = DEFAULT_TOP_P,
-        top_k: int = 0,
-        min_p: float = DEFAULT_MIN_P,
-        latents: int = 0,
-        max_note_seconds: float = DEFAULT_MAX_NOTE_SECONDS,
-        pitch_range: str = "",
-        key: str = "",
-        velocity_range: str = "",
-        max_polyphony: int = DEFAULT_MAX_POLYPHONY,
-    ) -> tuple[list[str], list[str], dict]:
+    def api_infill(self, *args, **kwargs) -> tuple[list[str], list[str], dict]:
         """One "Regenerate a span" request, no session: returns (audio paths, MIDI paths, info).
         Per variation, the audio is the new span in place (``CONTEXT_SECONDS`` before it, the
         span, as long after), the MIDI files ``<stem>_infill_vN.mid`` (the whole piece with the
         new span) and ``<stem>_infill_vN_middle.mid`` (the span alone), those of
-        ``perceiver-midi infill --range START:END`` with the same seed and settings."""
+        ``perceiver-midi infill --range START:END`` with the same seed and settings. Parameters:
+        ``INFILL_API``."""
         from perceiver_midi.app.infill import CONTEXT_SECONDS, Gap
         from perceiver_midi.app.pipeline import Settings
 
+        v = api_arguments(INFILL_API, args, kwargs)
         model = self._infill_model_or_say()
         self._sweep_api_files()
-        base = read_upload(piece, max_bytes=self.max_upload_bytes)
-        gap = Gap(start, end)
-        req = GenerateRequest(variations=variations, temperature=temperature, top_p=top_p,
-                              top_k=top_k, min_p=min_p, seed=seed, latents=latents,
-                              max_note_seconds=max_note_seconds, pitch_range=pitch_range,
-                              key=key, velocity_range=velocity_range,
-                              max_polyphony=max_polyphony)  # fmt: skip
+        base = read_upload(v["piece"], max_bytes=self.max_upload_bytes)
+        gap = Gap(v["start"], v["end"])
+        req = _sampling_request(v)
         settings = Settings(**self._settings(req, model))
         filled = self._infill(base.ids, gap, settings, label=base.name)
         folder = Session(self.root / "api").folder()

@@ -1,6 +1,6 @@
 """The one sampler every surface (CLI, batch, web app) calls: compiled, cached, batched.
 
-``sample(model, prompts, max_new_tokens=...)`` returns the new ids of every prompt.
+``sample(model, prompts, SampleOptions(max_new_tokens=...))`` returns the new ids of every prompt.
 
 How decoding works (paper Appendix E.3; flaxformer's ``decoding_latent_reset_fill``):
   * Every prompt gets SOS prepended (unless it already starts with SOS) and is cut to its last
@@ -103,6 +103,80 @@ class StepInfo:
     seconds: np.ndarray  # [P] music time so far (sum of TIME_SHIFTs x 10 ms)
     done: np.ndarray  # [P] bool: stopped (EOS or time budget)
     tokens: list[np.ndarray]  # [P] the new ids so far
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleOptions:
+    """What to sample: the budgets, the sampling controls and the musical controls, in one frozen
+    object, checked here once for every caller (``ValueError`` naming the field). The app builds
+    it from its request ``Settings`` (``Settings.sample_options()``); a new control is one field
+    here, its masking in ``apply_controls``, and its field in ``Settings``.
+
+    Every field is a traced value of the compiled loop except ``num_latents`` (part of the
+    compilation key): changing them never recompiles.
+    """
+
+    max_new_tokens: int  # token budget per prompt
+    temperature: float = 1.0  # softmax temperature; 0 = greedy
+    top_k: int = 0  # keep the k most likely tokens (0 = off; 1 = greedy)
+    top_p: float = 1.0  # nucleus: the smallest set with probability >= top_p (1 = off)
+    min_p: float = 0.0  # tokens at least min_p times as likely as the most likely (0 = off)
+    # Music-time budget per sequence: it stops once the sum of its TIME_SHIFTs (x 10 ms) reaches
+    # the budget; the token that reaches it is kept. None: no time budget.
+    max_seconds: float | None = None
+    num_latents: int | None = None  # latents while sampling (None: the model's): compute knob
+    stop_at_eos: bool = True  # stop at EOS (not returned); False never samples EOS
+    # NOTE_OFF only for sounding pitches (prompt and generated), the model's total NOTE_OFF
+    # probability kept (``end_sounding_only``). False samples the raw model.
+    sounding_note_offs: bool = True
+    # Longest note (None: no limit): once a pitch has sounded this long, only NOTE_OFFs of such
+    # pitches may be sampled, in the model's proportions, before time moves on.
+    max_note_seconds: float | None = None
+    allowed_pitches: tuple[int, ...] | None = None  # pitches a NOTE_ON may start (None: all)
+    # (low, high) MIDI velocities: VELOCITY tokens only inside, no NOTE_ON while the velocity in
+    # force (from the prompt, else 100) is outside.
+    velocity_range: tuple[int, int] | None = None
+    max_polyphony: int | None = None  # no NOTE_ON while this many notes sound (prompt's count)
+
+    def __post_init__(self):
+        def fix(name, value):
+            object.__setattr__(self, name, value)
+
+        if int(self.max_new_tokens) < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        fix("max_new_tokens", int(self.max_new_tokens))
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0.0 <= self.min_p <= 1.0:
+            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ValueError(f"max_seconds must be > 0, got {self.max_seconds}")
+        if self.max_note_seconds is not None and not 0 < self.max_note_seconds < np.inf:
+            raise ValueError(
+                f"max_note_seconds must be > 0 and finite, got {self.max_note_seconds}"
+            )
+        if self.num_latents is not None and int(self.num_latents) < 1:
+            raise ValueError(f"num_latents must be >= 1, got {self.num_latents}")
+        if self.allowed_pitches is not None:  # any iterable in, a sorted tuple stored (hashable)
+            pitches = np.unique(np.asarray(self.allowed_pitches, np.int64).reshape(-1))
+            fix("allowed_pitches", tuple(int(p) for p in pitches))
+        if self.velocity_range is not None:
+            fix("velocity_range", tuple(int(v) for v in self.velocity_range))
+        _control_settings(self.allowed_pitches, self.velocity_range, self.max_polyphony)
+
+    def replace(self, **changes) -> SampleOptions:
+        return dataclasses.replace(self, **changes)
+
+
+def _as_options(options: SampleOptions | None, fields: dict) -> SampleOptions:
+    """``options`` with ``fields`` replaced, or ``SampleOptions(**fields)``."""
+    if options is None:
+        return SampleOptions(**fields)
+    return options.replace(**fields) if fields else options
 
 
 @dataclasses.dataclass(frozen=True)
@@ -557,54 +631,28 @@ def _per_prompt_seeds(seed, n_prompts: int) -> np.ndarray:
 def _generate(
     model,
     prompts,
+    o: SampleOptions,
     *,
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    min_p: float = 0.0,
     seed: int | Sequence[int] = 0,
-    max_seconds: float | None = None,
-    num_latents: int | None = None,
-    stop_at_eos: bool = True,
     chunk_size: int | None = None,
     callback: Callable[[StepInfo], Any] | None = None,
     refill_headroom: int | None = None,
     use_cache: bool = True,
     record_logits: bool = False,
-    sounding_note_offs: bool = True,
-    max_note_seconds: float | None = None,
     length_bucket: int = 0,
-    allowed_pitches=None,
-    velocity_range: tuple[int, int] | None = None,
-    max_polyphony: int | None = None,
 ):
     cfg = model.config
     prompt_list = _as_prompt_list(prompts)
     n_prompts = len(prompt_list)
     if n_prompts == 0:
         return [], None, None
-    if int(max_new_tokens) < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    max_new_tokens = int(max_new_tokens)
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if top_k < 0:
-        raise ValueError(f"top_k must be >= 0, got {top_k}")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if not 0.0 <= min_p <= 1.0:
-        raise ValueError(f"min_p must be in [0, 1], got {min_p}")
-    if max_seconds is not None and max_seconds <= 0:
-        raise ValueError(f"max_seconds must be > 0, got {max_seconds}")
-    if max_note_seconds is not None and not 0 < max_note_seconds < np.inf:
-        raise ValueError(f"max_note_seconds must be > 0 and finite, got {max_note_seconds}")
+    max_new_tokens = o.max_new_tokens
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    controls = _control_settings(allowed_pitches, velocity_range, max_polyphony)
-    mc = cfg.num_latents if num_latents is None else int(num_latents)
+    controls = _control_settings(o.allowed_pitches, o.velocity_range, o.max_polyphony)
+    mc = cfg.num_latents if o.num_latents is None else int(o.num_latents)
     if not 1 <= mc <= cfg.num_latents:
-        raise ValueError(f"num_latents must be in [1, {cfg.num_latents}], got {num_latents}")
+        raise ValueError(f"num_latents must be in [1, {cfg.num_latents}], got {o.num_latents}")
     headroom = refill_headroom_for(mc, refill_headroom) if use_cache else 0
     if not 0 <= headroom <= mc - 1:
         raise ValueError(f"refill_headroom must be in [0, num_latents - 1], got {headroom}")
@@ -620,7 +668,7 @@ def _generate(
         p = infill.music_before_middle(p)  # an infilling prompt: the part before the gap
         sounding[i] = sounding_pitches(p)
         velocity[i] = current_velocity(p)
-        if max_note_seconds is not None:  # without a limit the onsets change no token
+        if o.max_note_seconds is not None:  # without a limit the onsets change no token
             onsets[i], head[i] = onset_queues(p)
     seeds = _per_prompt_seeds(seed, n_prompts)
     if max_new_tokens == 0:
@@ -648,20 +696,20 @@ def _generate(
     seeds = np.concatenate([seeds, np.zeros(plan.batch - n_prompts, np.uint32)])
     keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
     max_time = _NO_TIME_LIMIT
-    if max_seconds is not None:
-        max_time = max(1, int(round(max_seconds * STEPS_PER_SECOND)))
+    if o.max_seconds is not None:
+        max_time = max(1, int(round(o.max_seconds * STEPS_PER_SECOND)))
     max_note = _NO_TIME_LIMIT
-    if max_note_seconds is not None:
-        max_note = int(np.clip(round(max_note_seconds * STEPS_PER_SECOND), 1, _NO_TIME_LIMIT))
+    if o.max_note_seconds is not None:
+        max_note = int(np.clip(round(o.max_note_seconds * STEPS_PER_SECOND), 1, _NO_TIME_LIMIT))
     settings = _Settings(
         keys=keys,
-        temperature=jnp.float32(temperature),
-        top_k=jnp.int32(top_k),
-        top_p=jnp.float32(top_p),
-        min_p=jnp.float32(min_p),
-        stop_at_eos=jnp.bool_(stop_at_eos),
+        temperature=jnp.float32(o.temperature),
+        top_k=jnp.int32(o.top_k),
+        top_p=jnp.float32(o.top_p),
+        min_p=jnp.float32(o.min_p),
+        stop_at_eos=jnp.bool_(o.stop_at_eos),
         max_time=jnp.full((plan.batch,), max_time, jnp.int32),
-        sounding_offs=jnp.bool_(sounding_note_offs),
+        sounding_offs=jnp.bool_(o.sounding_note_offs),
         max_note=jnp.int32(max_note),
         **controls,
     )
@@ -724,26 +772,15 @@ def _step_info(carry: _Carry, plan: _Plan, n_prompts: int, max_new_tokens: int) 
 def sample(
     model,
     prompts: list[np.ndarray] | np.ndarray,
+    options: SampleOptions | None = None,
     *,
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    min_p: float = 0.0,
     seed: int | Sequence[int] = 0,
-    max_seconds: float | None = None,
-    num_latents: int | None = None,
-    stop_at_eos: bool = True,
-    chunk_size: int | None = None,
     callback: Callable[[StepInfo], Any] | None = None,
+    chunk_size: int | None = None,
     refill_headroom: int | None = None,
     use_cache: bool = True,
-    sounding_note_offs: bool = True,
-    max_note_seconds: float | None = None,
     length_bucket: int = 0,
-    allowed_pitches=None,
-    velocity_range: tuple[int, int] | None = None,
-    max_polyphony: int | None = None,
+    **fields,
 ) -> list[np.ndarray]:
     """Continues every prompt; returns the new ids per prompt (request order).
 
@@ -753,74 +790,51 @@ def sample(
       prompts: a list of 1-D int arrays (lengths may differ, may be empty) or a 2-D array.
         SOS is prepended to each prompt unless it already starts with SOS; only the last
         ``N - refill_headroom`` tokens are used. Prompts must not contain PAD.
-      max_new_tokens: token budget per prompt.
-      temperature: softmax temperature; 0 means greedy.
-      top_k: keep the k most likely tokens (0 = off). top_k=1 is greedy.
-      top_p: nucleus sampling: keep the smallest set with probability >= top_p (1 = off).
-      min_p: keep tokens at least ``min_p`` times as likely as the most likely one (0 = off).
+      options: what to sample (``SampleOptions``: budgets, sampling and musical controls).
+        ``**fields`` are ``SampleOptions`` fields, for short calls
+        (``sample(model, prompts, max_new_tokens=64, top_k=1)``) or to replace fields of
+        ``options``.
       seed: an int: prompt i draws from ``key(seed + i)`` (so a batch run equals single runs with
         seeds seed, seed+1, ...); or one seed per prompt. Keys are folded with the step number.
-      max_seconds: music-time budget per sequence: it stops once the sum of its TIME_SHIFTs
-        (x 10 ms) reaches the budget; the token that reaches it is kept.
-      num_latents: latents used while sampling (<= config.num_latents): the test-time compute knob.
-      stop_at_eos: stop a sequence at EOS (EOS is not returned). If False, EOS is never sampled.
-      chunk_size: decode in compiled chunks of this many steps, returning to Python in between
-        (for ``callback``). Results do not depend on it.
+
+    How it runs (the notes do not depend on these, except the baseline ``use_cache=False``):
       callback: ``callback(StepInfo)`` after each chunk (default chunk 64 when given); returning
         True or raising ``StopSampling`` stops early, keeping what was generated.
+      chunk_size: decode in compiled chunks of this many steps, returning to Python in between.
       refill_headroom: R, tokens decoded one by one between full forwards (default
         ``min(128, num_latents // 2)``); a fill computes ``num_latents - R`` latents.
       use_cache: False recomputes a full forward for every token (benchmark baseline).
-      sounding_note_offs: NOTE_OFF only for pitches that sound (in the prompt and what was
-        generated), with the model's total NOTE_OFF probability kept (``end_sounding_only``).
-        False samples the raw model.
-      max_note_seconds: longest note (None = no limit): once a pitch has sounded this long
-        (counting from its NOTE_ON, in the prompt or generated), only NOTE_OFFs of such pitches
-        may be sampled, in the model's proportions, before time moves further
-        (``end_overlong_notes``). A traced value: changing it never recompiles.
       length_bucket: compile for at least this many new tokens (a server passes its largest
-        budget, so every request runs the program compiled at start). Results do not depend on it.
-      allowed_pitches: pitches a generated NOTE_ON may start (None: all); e.g. a pitch range
-        intersected with a key.
-      velocity_range: ``(low, high)`` MIDI velocities: VELOCITY tokens only inside it, and no
-        NOTE_ON while the velocity in force (from the prompt, else 100) is outside it.
-      max_polyphony: no NOTE_ON while this many notes sound (prompt notes included).
-      The controls hold for every generated token (``apply_controls``); they are traced values:
-      changing them never recompiles, and without them the ids are those of the sampler
-      without controls, bit for bit.
+        budget, so every request runs the program compiled at start).
 
-    PAD and SOS are never sampled.
+    The controls hold for every generated token (``apply_controls``); they are traced values:
+    changing them never recompiles, and without them the ids are those of the sampler without
+    controls, bit for bit. PAD and SOS are never sampled.
     """
     outputs, _, _ = _generate(
         model,
         prompts,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        min_p=min_p,
+        _as_options(options, fields),
         seed=seed,
-        max_seconds=max_seconds,
-        num_latents=num_latents,
-        stop_at_eos=stop_at_eos,
-        chunk_size=chunk_size,
         callback=callback,
+        chunk_size=chunk_size,
         refill_headroom=refill_headroom,
         use_cache=use_cache,
-        sounding_note_offs=sounding_note_offs,
-        max_note_seconds=max_note_seconds,
         length_bucket=length_bucket,
-        allowed_pitches=allowed_pitches,
-        velocity_range=velocity_range,
-        max_polyphony=max_polyphony,
     )
     return outputs
 
 
-def sample_with_logits(model, prompts, **kwargs):
+def sample_with_logits(model, prompts, options: SampleOptions | None = None, *, seed=0, **kwargs):
     """Like ``sample`` but also returns the model's raw logits at every decoding step.
 
     Returns ``(outputs, logits[P, steps, V], plan)``; a diagnostic for tests (e.g. comparing cached
     logits with full forwards). ``plan`` tells the window ``W``, fill latents and period.
     """
-    return _generate(model, prompts, record_logits=True, **kwargs)
+    run = {k: kwargs.pop(k) for k in _RUN_KEYS if k in kwargs}
+    return _generate(
+        model, prompts, _as_options(options, kwargs), seed=seed, record_logits=True, **run
+    )
+
+
+_RUN_KEYS = ("callback", "chunk_size", "refill_headroom", "use_cache", "length_bucket")

@@ -104,10 +104,10 @@ def _settings_on(surface, composer, field, text):
 
 @pytest.mark.parametrize("surface", SURFACES)
 def test_every_surface_has_every_field_with_the_same_default(surface, composer):
-    from perceiver_midi.app.web_core import Composer, GenerateRequest
+    from perceiver_midi.app.web_core import CONTINUE_API, GenerateRequest, api_signature
 
     defaults = _settings_on(surface, composer, None, None)
-    api = inspect.signature(Composer.api_continue).parameters
+    api = api_signature(CONTINUE_API).parameters
     page = {f.name: f for f in dataclasses.fields(GenerateRequest)}
     for field in CASES:
         if (surface, field) in NOT_CARRIED:
@@ -135,3 +135,112 @@ def test_every_surface_gives_the_same_value_and_refuses_the_same_bound(field, co
         assert got == (pytest.approx(value) if isinstance(value, float) else value), surface
         with pytest.raises(UserError):
             _settings_on(surface, composer, field, past)
+
+
+def test_infill_takes_the_sampling_settings_of_continue():
+    """/infill's parameters are /continue's sampling settings and controls (one list), plus the
+    span; the budget and the window are the span's."""
+    from perceiver_midi.app.web_core import API_SAMPLING, CONTINUE_API, INFILL_API
+
+    assert [p.name for p in INFILL_API] == ["piece", "start", "end"] + [
+        p.name for p in API_SAMPLING
+    ]
+    assert set(API_SAMPLING) <= set(CONTINUE_API)
+
+
+def test_the_api_handlers_take_their_tables(composer, monkeypatch):
+    """Gradio names an endpoint's parameters after its handler's signature: the handler built
+    from a table has exactly that table's names and defaults, and passes them on by name."""
+    from perceiver_midi.app import web
+    from perceiver_midi.app.web_core import CONTINUE_API, api_arguments
+
+    seen = {}
+
+    def fake(*args, **kwargs):
+        seen.update(api_arguments(CONTINUE_API, args, kwargs))
+
+    handler = web._api_handler(fake, CONTINUE_API)
+    params = inspect.signature(web._user_errors(handler)).parameters
+    assert [(n, p.default) for n, p in params.items()][1:] == [
+        (p.name, p.default) for p in CONTINUE_API[1:]
+    ]
+    handler(None, 7.0)
+    assert seen["prime"] is None and seen["seconds"] == 7.0 and seen["max_polyphony"] == 16
+    with pytest.raises(TypeError):
+        api_arguments(CONTINUE_API, (None,), {"no_such_setting": 1})
+
+
+# ------------------------------------------------------------------------------------------------
+# The sampler's one options object (model.sampler.SampleOptions), built from Settings
+# ------------------------------------------------------------------------------------------------
+
+# SampleOptions field -> the Settings field it comes from (a new sampler option fails
+# test_every_sampler_option_comes_from_settings until it is mapped here or listed below).
+FROM_SETTINGS = {
+    "max_new_tokens": "tokens",  # or derived from seconds
+    "temperature": "temperature",
+    "top_k": "top_k",
+    "top_p": "top_p",
+    "min_p": "min_p",
+    "max_seconds": "seconds",
+    "num_latents": "latents",
+    "stop_at_eos": "stop_at_eos",
+    "max_note_seconds": "max_note_seconds",
+    "allowed_pitches": "pitch_range",  # with key
+    "velocity_range": "velocity_range",
+    "max_polyphony": "max_polyphony",
+}
+SAMPLER_ONLY = {"sounding_note_offs": "always on in the app; off only to measure the raw model"}
+
+
+def test_every_sampler_option_comes_from_settings():
+    from perceiver_midi.model.sampler import SampleOptions
+
+    fields = {f.name for f in dataclasses.fields(SampleOptions)}
+    assert fields == set(FROM_SETTINGS) | set(SAMPLER_ONLY)
+
+
+def test_settings_build_the_sampler_options():
+    """Every mapped field reaches the sampler with the value Settings holds."""
+    from perceiver_midi.model.sampler import SampleOptions
+
+    s = Settings(
+        seconds=7, tokens=300, temperature=0.8, top_k=40, top_p=0.9, min_p=0.05, latents=8,
+        stop_at_eos=False, max_note_seconds=2.5, pitch_range="60:64", key="C",
+        velocity_range="40:90", max_polyphony=4,
+    )  # fmt: skip
+    assert s.sample_options() == SampleOptions(
+        max_new_tokens=300, temperature=0.8, top_k=40, top_p=0.9, min_p=0.05, max_seconds=7.0,
+        num_latents=8, stop_at_eos=False, max_note_seconds=2.5, allowed_pitches=(60, 62, 64),
+        velocity_range=(40, 90), max_polyphony=4,
+    )  # fmt: skip
+    for name, source in FROM_SETTINGS.items():  # and no field keeps the sampler's default
+        assert getattr(s.sample_options(), name) != getattr(
+            SampleOptions(max_new_tokens=1), name
+        ), f"{name} (from Settings.{source}) did not reach the sampler"
+
+
+@pytest.mark.parametrize(
+    "field, bad",
+    [
+        ("max_new_tokens", -1),
+        ("temperature", -0.1),
+        ("top_k", -1),
+        ("top_p", 0.0),
+        ("top_p", 1.5),
+        ("min_p", 1.5),
+        ("max_seconds", 0.0),
+        ("max_note_seconds", float("inf")),
+        ("num_latents", 0),
+        ("allowed_pitches", (128,)),
+        ("allowed_pitches", ()),
+        ("velocity_range", (90, 40)),
+        ("max_polyphony", 0),
+    ],
+)
+def test_sampler_options_are_checked_once(field, bad):
+    from perceiver_midi.model.sampler import SampleOptions
+
+    fields = {"max_new_tokens": 8, field: bad}
+    with pytest.raises(ValueError, match=field):
+        SampleOptions(**fields)
