@@ -105,6 +105,32 @@ def _user_errors(fn):
     return wrapper
 
 
+# The page's sampling settings and controls (GenerateRequest fields), one widget each; the
+# settings-agreement test checks they cover Settings' CONTROL_FIELDS.
+SAMPLING_WIDGETS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "seed",
+    "random_seed",
+    "latents",
+    "max_note_seconds",
+    "pitch_range",
+    "key",
+    "velocity_range",
+    "max_polyphony",
+)
+
+
+def _page_request(**values) -> GenerateRequest:
+    """A request from the page's widget values (an empty seed box: seed 0)."""
+    if values.get("seed") is None:
+        values["seed"] = 0
+    values["random_seed"] = bool(values.get("random_seed"))
+    return GenerateRequest(**values)
+
+
 def _api_handler(method, params):
     """A handler of one API endpoint: Gradio names the endpoint's parameters after the handler's
     signature, built here from the endpoint's table (``CONTINUE_API``, ``INFILL_API``)."""
@@ -470,40 +496,12 @@ def build_app(
 
         span_outputs = [c for slot in span_slots for c in slot[:5]]
 
-        def on_regenerate(
-            s: Session,
-            start_v,
-            end_v,
-            variations_v,
-            temperature_v,
-            top_p_v,
-            top_k_v,
-            min_p_v,
-            seed_v,
-            random_v,
-            latents_v,
-            max_note_v,
-            pitch_range_v,
-            key_v,
-            velocity_range_v,
-            max_polyphony_v,
-        ):
-            req = GenerateRequest(
-                variations=variations_v,
-                temperature=temperature_v,
-                top_p=top_p_v,
-                top_k=top_k_v,
-                min_p=min_p_v,
-                seed=seed_v if seed_v is not None else 0,
-                random_seed=bool(random_v),
-                # The page's choices are the main model's: its own M means the infilling one's.
-                latents=None if latents_v == composer.num_latents else latents_v,
-                max_note_seconds=max_note_v,
-                pitch_range=pitch_range_v,
-                key=key_v,
-                velocity_range=velocity_range_v,
-                max_polyphony=max_polyphony_v,
-            )
+        def on_regenerate(s: Session, start_v, end_v, variations_v, *sampling_v):
+            v = dict(zip(SAMPLING_WIDGETS, sampling_v, strict=True))
+            # The page's choices are the main model's: its own M means the infilling one's.
+            if v["latents"] == composer.num_latents:
+                v["latents"] = None
+            req = _page_request(variations=variations_v, **v)
             skip = [gr.skip()] * len(span_outputs)
             yield "Regenerating the span...", gr.skip(), gr.update(interactive=False), *skip
             try:
@@ -569,44 +567,22 @@ def build_app(
             s: Session,
             seconds_v,
             variations_v,
-            temperature_v,
-            top_p_v,
-            top_k_v,
-            min_p_v,
-            seed_v,
-            random_v,
-            latents_v,
             prime_tokens_v,
             stop_at_eos_v,
             start_v,
             end_v,
-            max_note_v,
-            pitch_range_v,
-            key_v,
-            velocity_range_v,
-            max_polyphony_v,
+            *sampling_v,
         ) -> GenerateRequest:
             """The Generate controls as one request (the window only for a non-empty prime)."""
-            return GenerateRequest(
+            return _page_request(
                 seconds=seconds_v,
                 variations=variations_v,
-                temperature=temperature_v,
-                top_p=top_p_v,
-                top_k=top_k_v,
-                min_p=min_p_v,
-                seed=seed_v if seed_v is not None else 0,
-                random_seed=bool(random_v),
-                latents=latents_v,
                 prime_tokens=prime_tokens_v,
                 stop_at_eos=bool(stop_at_eos_v),
                 window_start=None if s.prime.empty else start_v,
                 window_end=None if s.prime.empty else end_v,
-                max_note_seconds=max_note_v,
-                pitch_range=pitch_range_v,
-                key=key_v,
-                velocity_range=velocity_range_v,
-                max_polyphony=max_polyphony_v,
-            )
+                **dict(zip(SAMPLING_WIDGETS, sampling_v, strict=True)),
+            )  # fmt: skip
 
         def on_generate(s: Session, *controls):
             req = request(s, *controls)
@@ -666,26 +642,17 @@ def build_app(
         for k, slot in enumerate(span_slots):
             on_keep = prime_handler(functools.partial(_keep_span, composer, k))
             slot[5].click(on_keep, [session], with_state, **ui)
-        controls = [
-            seconds,
-            variations,
-            temperature,
-            top_p,
-            top_k,
-            min_p,
-            seed,
-            random_seed,
-            latents,
-            prime_tokens,
-            stop_at_eos,
-            win_start,
-            win_end,
-            max_note,
-            pitch_range,
-            key,
-            velocity_range,
-            max_polyphony,
-        ]
+        # The sampling settings and controls, in SAMPLING_WIDGETS order: Generate, the
+        # keyboard's answer and "Regenerate a span" send the same ones.
+        sampling = dict(
+            temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed,
+            random_seed=random_seed, latents=latents, max_note_seconds=max_note,
+            pitch_range=pitch_range, key=key, velocity_range=velocity_range,
+            max_polyphony=max_polyphony,
+        )  # fmt: skip
+        sampling_inputs = [sampling[name] for name in SAMPLING_WIDGETS]
+        controls = [seconds, variations, prime_tokens, stop_at_eos, win_start, win_end,
+                    *sampling_inputs]  # fmt: skip
         generate_btn.click(
             on_generate,
             [session, *controls],
@@ -695,9 +662,7 @@ def build_app(
             show_progress="hidden",
             api_visibility="undocumented",
         )
-        span_controls = [span_start, span_end, span_variations, temperature, top_p, top_k, min_p,
-                         seed, random_seed, latents, max_note, pitch_range, key, velocity_range,
-                         max_polyphony]  # fmt: skip
+        span_controls = [span_start, span_end, span_variations, *sampling_inputs]
         span_btn.click(on_regenerate, [session, *span_controls],
                        [span_status, seed, span_btn, *span_outputs], api_visibility="private",
                        concurrency_id="model", show_progress="hidden")  # fmt: skip

@@ -179,18 +179,21 @@ def click_to_first_audio(
         DEFAULT_MIN_P,
         DEFAULT_TOP_P,
     )
+    from perceiver_midi.app.web import SAMPLING_WIDGETS
 
     client = Client(url, verbose=False, download_files=False)
     view = client.predict(handle_file(str(EXAMPLE)), api_name="/set_prime")
     start, end = view[3]["value"], view[4]["value"]  # the window sliders (last 20 s)
     t0 = time.perf_counter()
-    # The page's inputs, in order (app/web.py's ``controls``), at the page's defaults: length,
-    # variations, temperature, top-p, top-k, min-p, seed, random seed, latents, prime tokens,
-    # stop at EOS (off: always 20 s), window start, window end, longest note, pitch range, key,
-    # velocity range, most notes at once.
-    job = client.submit(seconds, variations, 1.0, DEFAULT_TOP_P, 0, DEFAULT_MIN_P, seed, False,
-                        latents, 0, False, start, end, DEFAULT_MAX_NOTE_SECONDS, "", ANY_KEY, "",
-                        DEFAULT_MAX_POLYPHONY, api_name="/generate")  # fmt: skip
+    # The page's inputs (app/web.py's ``controls``), at the page's defaults: length, variations,
+    # prime tokens, stop at EOS (off: always 20 s), window start, window end, then the sampling
+    # widgets in SAMPLING_WIDGETS order.
+    page = dict(temperature=1.0, top_p=DEFAULT_TOP_P, top_k=0, min_p=DEFAULT_MIN_P, seed=seed,
+                random_seed=False, latents=latents, max_note_seconds=DEFAULT_MAX_NOTE_SECONDS,
+                pitch_range="", key=ANY_KEY, velocity_range="",
+                max_polyphony=DEFAULT_MAX_POLYPHONY)  # fmt: skip
+    sampling = [page[name] for name in SAMPLING_WIDGETS]
+    job = client.submit(seconds, variations, 0, False, start, end, *sampling, api_name="/generate")
     first = None
     status = ""
     for out in job:

@@ -137,6 +137,18 @@ def test_every_surface_gives_the_same_value_and_refuses_the_same_bound(field, co
             _settings_on(surface, composer, field, past)
 
 
+def test_the_page_has_a_widget_for_every_control():
+    """Generate, the keyboard's answer and "Regenerate a span" send SAMPLING_WIDGETS: every
+    control of Settings (CONTROL_FIELDS) has its widget there, and every name is a field of the
+    page's request."""
+    from perceiver_midi.app.pipeline import CONTROL_FIELDS
+    from perceiver_midi.app.web import SAMPLING_WIDGETS
+    from perceiver_midi.app.web_core import GenerateRequest
+
+    assert set(CONTROL_FIELDS) <= set(SAMPLING_WIDGETS)
+    assert set(SAMPLING_WIDGETS) <= {f.name for f in dataclasses.fields(GenerateRequest)}
+
+
 def test_infill_takes_the_sampling_settings_of_continue():
     """/infill's parameters are /continue's sampling settings and controls (one list), plus the
     span; the budget and the window are the span's."""
