@@ -1,11 +1,14 @@
 """Peers side by side: our sampler vs a Hugging Face Llama, our tokenizer vs MidiTok, one run.
 
-    python benchmarks/peers.py --quick    # ~5 min: 1 repeat, 10 MAESTRO files; "quick": true
-    python benchmarks/peers.py            # ~11 min: medians of 3, 50 MAESTRO files
+    python -m benchmarks.peers --quick    # ~5-9 min: 1 repeat, 10 MAESTRO files; "quick": true
+    python -m benchmarks.peers            # ~11 min: medians of 3, 50 MAESTRO files
+    (or python benchmarks/peers.py [--quick], from any folder)
 
 Needs the peer libraries (not project dependencies): ``pip install -e '.[peers]'`` (torch CPU,
 transformers, miditok + symusic). Results go to ``benchmarks/results/peers.json`` (written
-atomically); the ratios are the last printed lines.
+atomically; ``--out`` elsewhere), the ratios under ``ratios`` (ours / each HF Llama variant at
+each batch, and the tokenizer's) and as the last printed lines; a sampling ratio that could not
+be measured is printed with its error and the run exits 1.
 
 What is measured
   * Sampling, tokens/s = batch x new tokens / wall seconds of the whole call (prefill of the
@@ -527,22 +530,66 @@ def _load() -> dict:
     return info
 
 
-def _tps(x: dict) -> float | None:
-    return x.get("tokens_per_s") if isinstance(x, dict) else None
+def _tps(x: dict, key: str = "tokens_per_s") -> float | None:
+    return x.get(key) if isinstance(x, dict) else None
+
+
+def _why_missing(x) -> str:
+    if isinstance(x, dict) and "error" in x:
+        return str(x["error"])
+    return "not measured" if not x else "no tokens/s in the result"
+
+
+def sampling_ratios(results: dict) -> dict:
+    """Ours / each HF Llama variant, per batch: ``{"batch1": {"hf_llama": {...}, ...}}``, each
+    with both tokens/s, the ratio (``None`` with ``missing`` saying why when either failed) and
+    the derived decode-only ratio."""
+    out = {}
+    for b, pair in results.get("sampling", {}).items():
+        ours_x = pair.get("ours", {})
+        peer_all = pair.get("peer", {})
+        ours = _tps(ours_x)
+        row = {}
+        for name in LLAMA_VARIANTS:
+            peer_x = peer_all.get(name) or {k: v for k, v in peer_all.items() if k == "error"}
+            peer = _tps(peer_x)
+            entry = {
+                "ours_tokens_per_s": ours,
+                "peer_tokens_per_s": peer,
+                "ratio": ours / peer if ours and peer else None,
+            }
+            d_ours = _tps(ours_x, "decode_only_tokens_per_s_derived")
+            d_peer = _tps(peer_x, "decode_only_tokens_per_s_derived")
+            entry["decode_only_ratio_derived"] = d_ours / d_peer if d_ours and d_peer else None
+            if entry["ratio"] is None:
+                who, x = ("ours", ours_x) if not ours else (name, peer_x)
+                entry["missing"] = f"{who}: {_why_missing(x)}"
+            row[name] = entry
+        out[b] = row
+    return out
+
+
+def missing_ratios(results: dict) -> list[str]:
+    """``batchB name`` of every sampling ratio that could not be computed."""
+    ratios = results.get("ratios", {}).get("sampling") or sampling_ratios(results)
+    return [f"{b} {n}" for b, row in ratios.items() for n, e in row.items() if e["ratio"] is None]
 
 
 def ratio_lines(results: dict) -> list[str]:
-    """The closing lines: ours vs each peer, and the tokenizer."""
+    """The closing lines: ours vs each peer (or why a ratio is missing), and the tokenizer."""
     lines = []
-    for b, pair in results.get("sampling", {}).items():
-        ours = _tps(pair.get("ours", {}))
-        for name, label in LLAMA_LABELS.items():
-            peer = _tps(pair.get("peer", {}).get(name, {}))
-            if ours and peer:
-                lines.append(
-                    f"sampling batch {b.removeprefix('batch')}: ours {ours:,.0f} tok/s, "
-                    f"{label} {peer:,.0f} tok/s: {ours / peer:.1f}x"
-                )
+    ratios = results.get("ratios", {}).get("sampling") or sampling_ratios(results)
+    for b, row in ratios.items():
+        for name, e in row.items():
+            head = f"sampling batch {b.removeprefix('batch')}: "
+            label = LLAMA_LABELS.get(name, name)
+            if e["ratio"] is None:
+                lines.append(f"{head}ours / {label}: no ratio ({e['missing']})")
+                continue
+            lines.append(
+                f"{head}ours {e['ours_tokens_per_s']:,.0f} tok/s, "
+                f"{label} {e['peer_tokens_per_s']:,.0f} tok/s: {e['ratio']:.1f}x"
+            )
     tok = results.get("tokenizer", {})
     if "ours" in tok:
         o, m = tok["ours"], tok["miditok"]
@@ -579,7 +626,8 @@ def main(argv=None) -> int:
     require_peer_libraries()
     quick = args.quick
     repeats, files = (1, 10) if quick else (3, 50)
-    command = "python benchmarks/peers.py" + (" --quick" if quick else "")
+    command = "python -m benchmarks.peers" if __package__ else "python benchmarks/peers.py"
+    command += " --quick" if quick else ""
     if args.new != NEW_TOKENS:
         command += f" --new {args.new}"
     if args.torch_threads != "auto":
@@ -629,6 +677,17 @@ def main(argv=None) -> int:
     results["tokenizer"] = _run_worker("tokenizer", timeout, files=files, repeats=repeats)
     results["load_at_end"] = _load()
     results["seconds"] = time.perf_counter() - started
+    tok = results["tokenizer"]
+    results["ratios"] = {
+        "what": "ours / peer, tokens/s of the whole call (prefill included), per batch and "
+        "HF Llama cache; decode_only_ratio_derived from the derived decode-only tokens/s"
+        + ("; quick run (1 repeat): indicative only, claims nothing" if quick else ""),
+        "sampling": sampling_ratios(results),
+        "tokenizer": {
+            "files_per_s": tok.get("files_per_s_ratio"),
+            "tokens_per_s": tok.get("tokens_per_s_ratio"),
+        },
+    }
     write_json(args.out, results)
 
     print(f"\n== {args.out} ({results['seconds']:.0f} s{'; quick' if quick else ''}) ==")
@@ -646,6 +705,10 @@ def main(argv=None) -> int:
         print(f"tokenizer: {tok['source']}")
     for line in ratio_lines(results):
         print(line)
+    missing = missing_ratios(results)
+    if missing:  # the JSON is written all the same, with each failure's error
+        print(f"missing sampling ratio(s): {', '.join(missing)}", file=sys.stderr)
+        return 1
     return 0
 
 
