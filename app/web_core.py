@@ -50,6 +50,7 @@ import numpy as np
 from perceiver_midi.app import web_media as media
 from perceiver_midi.app.errors import UserError
 from perceiver_midi.app.pipeline import (
+    CONTROL_FIELDS,
     DEFAULT_MAX_NOTE_SECONDS,
     DEFAULT_MAX_POLYPHONY,
     DEFAULT_MIN_P,
@@ -532,20 +533,13 @@ class Composer:
             max_note = _as_float(req.max_note_seconds, "longest note (seconds; 0 = no limit)", 0,
                                  MAX_NOTE_SECONDS) or None  # fmt: skip
         return {
+            **{f: getattr(req, f) for f in CONTROL_FIELDS},  # Settings checks them
             "seconds": seconds,
             "variations": variations,
-            "temperature": _as_float(req.temperature, "temperature"),
-            "top_k": _as_int(req.top_k, "top-k"),
-            "top_p": _as_float(req.top_p, "top-p"),
-            "min_p": _as_float(req.min_p, "min-p"),
             "seed": _as_int(req.seed, "seed"),
             "latents": latents,
             "stop_at_eos": bool(req.stop_at_eos),
             "max_note_seconds": max_note,
-            "pitch_range": req.pitch_range,
-            "key": req.key,
-            "velocity_range": req.velocity_range,
-            "max_polyphony": req.max_polyphony,
         }
 
     def plan(self, prime: Prime, req: GenerateRequest) -> _Plan:
