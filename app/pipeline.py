@@ -59,26 +59,26 @@ MAX_SEED = 2**32 - 1
 # past one is refused with one line before any work starts.
 MAX_SECONDS = 600.0  # music time of one continuation
 MAX_NOTE_SECONDS = MAX_SECONDS  # the longest-note limit (max_note_seconds)
-# Notes sounding this long are ended (0/None: no limit). Measured with benchmarks/quality.py on
-# 32 validation primes (results/quality_guard-S*_r1.json, round-1 model): polyphony 1.66x the
-# real continuations' without a limit, 1.51x at 7 s, 1.32x at 4 s; notes held > 8 s 2.25% -> 0;
+# Notes sounding this long are ended (0/None: no limit). Measured with benchmarks/quality.py on 32
+# validation primes (results/experiments/quality_guard-S*_r1.json, round-1 model): polyphony 1.66x
+# the real continuations' without a limit, 1.51x at 7 s, 1.32x at 4 s; notes held > 8 s 2.25% -> 0;
 # density unchanged. Real MAESTRO continuations hold 0.8% of their notes longer than 4 s.
 DEFAULT_MAX_NOTE_SECONDS = 4.0
 # No new note while this many sound (0/None: no limit; the bound is app/controls.py's). Measured
 # with benchmarks/quality.py on the same 32 primes, round-1 model, with the 4 s limit above
-# (results/quality_polycap-*_r1.json): polyphony 1.32x the real continuations' with no cap,
-# 1.15x at 16, 1.10x at 12, 0.95x at 10; density 1.04x, 0.96x, 0.97x, 0.91x. 16 is the loosest
-# that meets the +-30% bars: real continuations have >= 16 notes sounding 2.2% of the time
-# (>= 12: 6.2%; the sustain pedal holds many).
+# (results/experiments/quality_polycap-*_r1.json): polyphony 1.32x the real continuations' with no
+# cap, 1.15x at 16, 1.10x at 12, 0.95x at 10; density 1.04x, 0.96x, 0.97x, 0.91x. 16 is the loosest
+# that meets the +-30% bars: real continuations have >= 16 notes sounding 2.2% of the time (>= 12:
+# 6.2%; the sustain pedal holds many).
 DEFAULT_MAX_POLYPHONY = 16
-# Nucleus sampling by default (1 = off). Measured with benchmarks/quality.py, shipped round-3
-# model with the two limits above, 32 validation primes, polyphony / density ratios to the real
-# continuations per draw (seeds 0, 100, 200; results/quality_round3_top-p*.json): top-p 1
-# 1.53 1.52 1.42 / 1.05 1.01 1.07 (notes held long: p90 duration 1.8x); 0.97: 1.27 1.43 / 1.08
-# 1.10; 0.95: 1.23 1.28 1.34 / 1.15 1.15 1.08; 0.93: 1.10 1.03 0.99 / 1.15 1.06 0.91 (mean
-# feature overlap 0.836, the best); 0.90: 0.86 / 1.02 (overlap 0.798). 0.93 meets the bars in
-# every draw, and on 32 held-out test primes (results/quality_round3_test-split.json: 1.19 /
-# 0.94). Round 4 (the same recipe, trained further) with 0.93: results/quality.json.
+# Nucleus sampling by default (1 = off). Measured with benchmarks/quality.py, shipped round-3 model
+# with the two limits above, 32 validation primes, polyphony / density ratios to the real
+# continuations per draw (seeds 0, 100, 200; results/experiments/quality_round3_top-p*.json): top-p
+# 1 1.53 1.52 1.42 / 1.05 1.01 1.07 (notes held long: p90 duration 1.8x); 0.97: 1.27 1.43 / 1.08
+# 1.10; 0.95: 1.23 1.28 1.34 / 1.15 1.15 1.08; 0.93: 1.10 1.03 0.99 / 1.15 1.06 0.91 (mean feature
+# overlap 0.836, the best); 0.90: 0.86 / 1.02 (overlap 0.798). 0.93 meets the bars in every draw,
+# and on 32 held-out test primes (results/experiments/quality_round3_test-split.json: 1.19 / 0.94).
+# Round 4 (the same recipe, trained further) with 0.93: results/quality.json.
 DEFAULT_TOP_P = 0.93
 # min-p sampling (0 = off): keep tokens at least this times as likely as the most likely one.
 DEFAULT_MIN_P = 0.0

@@ -357,6 +357,8 @@ def call_and_response(
 
 
 def main(argv: list[str] | None = None) -> int:
+    from benchmarks.env import add_note_flag, add_out_flag, environment, write_json
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", help="default: the shipped one, else a random cpu preset")
     p.add_argument("--requests", type=int, default=20)
@@ -368,8 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--seconds", type=float, default=20.0, help="continuation length (20)")
     p.add_argument("--repeats", type=int, default=3, help="Generate presses per setting (3)")
-    p.add_argument("--out", default=str(RESULTS), help="results JSON")
-    p.add_argument("--note", default="", help="a remark stored with the results")
+    add_out_flag(p, RESULTS)
+    add_note_flag(p)
     p.add_argument(
         "--dense-tokens",
         type=int,
@@ -385,8 +387,6 @@ def main(argv: list[str] | None = None) -> int:
         help="measure call and response only (writes app_answer.json alone)",
     )
     args = p.parse_args(argv)
-
-    from benchmarks.env import environment, write_json
 
     env = environment()
     load_before = os.getloadavg()[0]

@@ -39,7 +39,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 if not __package__:  # a script run (not python -m benchmarks.x): benchmarks.* need the repo root
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.env import environment, write_json  # noqa: E402
+from benchmarks.env import add_note_flag, call_times, environment, write_json  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "kernels.json"
 
@@ -80,12 +80,7 @@ def decode_breakdown(repeats: int = 15) -> dict:
 
     def timed(fn) -> float:
         fn()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times) * 1e3
+        return statistics.median(call_times(fn, repeats)) * 1e3
 
     out = {"checkpoint": "shipped", "max_len": n, "num_latents": m, "fill": f, "period": r + 1}
     for batch in (1, 16):
@@ -154,7 +149,7 @@ def decode_breakdown(repeats: int = 15) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30, help="timed calls of each (median)")
-    parser.add_argument("--note", default="", help="recorded with the results (e.g. machine load)")
+    add_note_flag(parser)
     parser.add_argument("--output", default=str(RESULTS))
     parser.add_argument(
         "--decode-breakdown", action="store_true", help="only the decoding-step ablation (~2 min)"

@@ -2,18 +2,8 @@
 
     python benchmarks/continuing.py [--checkpoint DIR] [--draws 2]   # figured primes (minutes)
 
-Metrics (functions importable by other benchmarks; notes are ``quality.note_array`` rows:
-pitch, velocity, start s, end s):
-
-* ``melody(notes)``: the pitches in onset order (a chord read from its lowest note up);
-* ``interval_ngrams(notes, n)``: every run of n successive melodic intervals (semitones), so a
-  figure is the same n-gram in any key or on any chord;
-* ``reuse(prime, cont, n)``: the share of the continuation's interval n-grams that occur in the
-  prime (the figure or motif carried forward); ``rhythm_reuse`` the same for n-grams of
-  inter-onset-interval ratios (rounded to the nearest of a few simple ratios);
-* ``self_repetition(cont, n)``: the share of the continuation's interval n-grams seen earlier in
-  it (loops score high, aimless notes score 0);
-* ``pitch_variety(cont)``: distinct pitches and pitch-class entropy (bits).
+The metrics (``continuing_features``: figure and rhythm reuse, self-repetition, pitch variety,
+key fit; ``retrieval_mrr``) are in ``benchmarks/music_metrics.py``.
 
 Figured primes (``figured_primes()``): twelve 20 s primes the project writes itself (no MAESTRO),
 each one obvious accompaniment figure over a moving harmony (I-vi-IV-V, a bar per chord):
@@ -45,170 +35,12 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 if not __package__:  # a script run (not python -m benchmarks.x): benchmarks.* need the repo root
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.music_metrics import continuing_features, notes_of, reuse  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results" / "continuing.json"
 ROLLS = ROOT / "benchmarks" / "results" / "continuing_rolls.png"
 PRIME_S = 20.0
 CONTINUATION_S = 20.0
-NGRAM = 4
-CHORD_S = 0.04  # onsets within this of a chord's first onset join it (read lowest note up)
-IOI_RATIOS = np.array([1 / 4, 1 / 3, 1 / 2, 2 / 3, 1.0, 3 / 2, 2.0, 3.0, 4.0])
-
-# ----------------------------------------------------------------------------------------------
-# Metrics
-# ----------------------------------------------------------------------------------------------
-
-
-def chord_groups(notes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(order, group): notes sorted by onset, and for each the index of its chord: a chord
-    starts at an onset more than ``CHORD_S`` after the previous chord's first onset."""
-    order = np.argsort(notes[:, 2], kind="stable")
-    group = np.zeros(len(order), np.int64)
-    first = -np.inf
-    for i, t in enumerate(notes[order, 2]):
-        if t - first > CHORD_S:
-            first = t
-            group[i] = group[i - 1] + 1 if i else 0
-        else:
-            group[i] = group[i - 1]
-    return order, group
-
-
-def melody(notes: np.ndarray) -> np.ndarray:
-    """Pitches in onset order; the notes of a chord are read from the lowest up."""
-    if len(notes) == 0:
-        return np.zeros(0, np.int64)
-    order, group = chord_groups(notes)
-    pitch = notes[order, 0]
-    return pitch[np.lexsort((pitch, group))].astype(np.int64)
-
-
-def interval_ngrams(notes: np.ndarray, n: int = NGRAM) -> list[tuple]:
-    steps = np.diff(melody(notes))
-    return [tuple(steps[i : i + n].tolist()) for i in range(len(steps) - n + 1)]
-
-
-def rhythm_ngrams(notes: np.ndarray, n: int = NGRAM) -> list[tuple]:
-    """n-grams of successive inter-onset-interval ratios (chords count once), each ratio snapped
-    to the nearest of ``IOI_RATIOS`` in log terms."""
-    if len(notes) == 0:
-        return []
-    order, group = chord_groups(notes)
-    starts = notes[order, 2]
-    onsets = starts[np.r_[True, group[1:] != group[:-1]]]
-    ioi = np.diff(onsets)
-    if ioi.size < 2:
-        return []
-    ratio = ioi[1:] / np.maximum(ioi[:-1], 1e-3)
-    snapped = np.argmin(np.abs(np.log(ratio)[:, None] - np.log(IOI_RATIOS)[None]), axis=1)
-    return [tuple(snapped[i : i + n].tolist()) for i in range(len(snapped) - n + 1)]
-
-
-def _share_in(grams: list[tuple], pool: set) -> float:
-    return float(np.mean([g in pool for g in grams])) if grams else math.nan
-
-
-def reuse(prime: np.ndarray, cont: np.ndarray, n: int = NGRAM) -> float:
-    """Share of the continuation's interval n-grams that occur in the prime (NaN: none)."""
-    return _share_in(interval_ngrams(cont, n), set(interval_ngrams(prime, n)))
-
-
-def rhythm_reuse(prime: np.ndarray, cont: np.ndarray, n: int = NGRAM) -> float:
-    return _share_in(rhythm_ngrams(cont, n), set(rhythm_ngrams(prime, n)))
-
-
-def self_repetition(cont: np.ndarray, n: int = NGRAM) -> float:
-    """Share of the continuation's interval n-grams already heard earlier in it."""
-    grams = interval_ngrams(cont, n)
-    seen, hits = set(), []
-    for g in grams:
-        hits.append(g in seen)
-        seen.add(g)
-    return float(np.mean(hits)) if hits else math.nan
-
-
-def pitch_variety(cont: np.ndarray) -> dict[str, float]:
-    if len(cont) == 0:
-        return {"distinct_pitches": 0.0, "pitch_class_entropy": math.nan}
-    pitches = cont[:, 0].astype(np.int64)
-    counts = np.bincount(pitches % 12, minlength=12).astype(np.float64)
-    p = counts[counts > 0] / counts.sum()
-    return {
-        "distinct_pitches": float(np.unique(pitches).size),
-        "pitch_class_entropy": float(-(p * np.log2(p)).sum()),
-    }
-
-
-def pitch_class_profile(notes: np.ndarray) -> np.ndarray:
-    """Share of notes on each pitch class (12 zeros for no notes)."""
-    counts = np.bincount(notes[:, 0].astype(np.int64) % 12, minlength=12).astype(np.float64)
-    return counts / counts.sum() if counts.sum() else counts
-
-
-def key_fit(prime: np.ndarray, cont: np.ndarray) -> float:
-    """Correlation of the continuation's pitch-class profile with the prime's (1: same key
-    weighting; NaN when either has no notes or no spread)."""
-    a, b = pitch_class_profile(prime), pitch_class_profile(cont)
-    if a.std() == 0 or b.std() == 0:
-        return math.nan
-    return float(np.corrcoef(a, b)[0, 1])
-
-
-def continuing_features(prime: np.ndarray, cont: np.ndarray) -> dict[str, float]:
-    """All of the above for one (prime, continuation) pair."""
-    return {
-        "prime_reuse": reuse(prime, cont),
-        "rhythm_reuse": rhythm_reuse(prime, cont),
-        "self_repetition": self_repetition(cont),
-        **pitch_variety(cont),
-        "key_fit": key_fit(prime, cont),
-    }
-
-
-CONTINUING_FEATURES = (
-    "prime_reuse",
-    "rhythm_reuse",
-    "self_repetition",
-    "distinct_pitches",
-    "pitch_class_entropy",
-    "key_fit",
-)
-
-
-def retrieval_vector(notes: np.ndarray, seconds: float) -> np.ndarray:
-    """What identifies a passage at a glance: pitch-class profile (12), register (mean pitch and
-    its spread), density (log notes/s), loudness (mean velocity) and pace (log median IOI)."""
-    if len(notes) == 0:
-        return np.full(17, np.nan)
-    onsets = np.unique(notes[:, 2])
-    ioi = np.median(np.diff(onsets)) if onsets.size > 1 else seconds
-    return np.concatenate(
-        [
-            pitch_class_profile(notes),
-            [
-                notes[:, 0].mean() / 12.0,
-                notes[:, 0].std() / 12.0,
-                math.log(len(notes) / seconds),
-                notes[:, 1].mean() / 32.0,
-                math.log(max(ioi, 0.01)),
-            ],
-        ]
-    )
-
-
-def retrieval_mrr(primes: list[np.ndarray], conts: list[np.ndarray]) -> float:
-    """Mean reciprocal rank of each continuation's own prime among all primes, ranked by
-    distance between ``retrieval_vector``s (each dimension scaled by its spread over the
-    primes). 1 = every continuation is nearest its own prime; chance ~ H(n)/n."""
-    p = np.stack(primes)
-    c = np.stack(conts)
-    scale = np.nanstd(p, axis=0)
-    scale[~(scale > 0)] = 1.0
-    p, c = np.nan_to_num(p / scale), np.nan_to_num(c / scale)
-    d = np.linalg.norm(c[:, None, :] - p[None, :, :], axis=-1)  # [cont, prime]
-    own = d[np.arange(len(c)), np.arange(len(c))]
-    ranks = 1 + np.sum(d < own[:, None], axis=1)
-    return float(np.mean(1.0 / ranks))
-
 
 # ----------------------------------------------------------------------------------------------
 # Figured primes (our own material)
@@ -311,7 +143,6 @@ POOLED = ("rhythm_reuse", "self_repetition", "distinct_pitches", "pitch_class_en
 
 def run_figured(model, draws: int = 2, batch: int = 12, settings=None) -> dict:
     """Continue every figured prime ``draws`` times; per prime and pooled metrics."""
-    from benchmarks.quality import notes_of
     from perceiver_midi.app.pipeline import Settings, sample_continuations
 
     settings = settings or Settings(seconds=CONTINUATION_S)
@@ -376,17 +207,18 @@ def draw_rolls(path: pathlib.Path, rolls: list) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from benchmarks.env import add_checkpoint_flag, add_out_flag, environment, write_json
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped one)")
+    add_checkpoint_flag(p)
     p.add_argument("--draws", type=int, default=2)
     p.add_argument("--top-p", type=float, help="sampler top-p (default: the shipped default)")
     p.add_argument("--temperature", type=float, help="sampler temperature (default: 1)")
     p.add_argument("--label", help="the result's key (default: the checkpoint)")
-    p.add_argument("--out", default=str(RESULTS))
+    add_out_flag(p, RESULTS)
     p.add_argument("--rolls", default=str(ROLLS))
     args = p.parse_args(argv)
 
-    from benchmarks.env import environment, write_json
     from perceiver_midi.app.pipeline import Settings
     from perceiver_midi.model.checkpoint import default_checkpoint, load_model
 

@@ -116,16 +116,17 @@ def long_pieces(split, count: int) -> list[np.ndarray]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from benchmarks.env import add_checkpoint_flag, add_out_flag, environment, write_json
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", action="append", help="checkpoint folder (repeatable)")
+    add_checkpoint_flag(p, repeatable=True)
     p.add_argument("--data", default=str(ROOT / "work" / "data"), help="prepare-data folder")
     p.add_argument("--pieces", type=int, default=24, help="validation pieces for the copy test")
     p.add_argument("--val-pieces", type=int, default=12, help="validation pieces for the NLL")
     p.add_argument("--contexts", action="store_true", help="also NLL at 512 / 1k / 2k context")
-    p.add_argument("--out", default=str(RESULTS))
+    add_out_flag(p, RESULTS)
     args = p.parse_args(argv)
 
-    from benchmarks.env import environment, write_json
     from perceiver_midi.model.checkpoint import default_checkpoint, load_model
     from perceiver_midi.model.evaluate import evaluate
     from perceiver_midi.tokenizer.dataset import load_split

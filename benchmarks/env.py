@@ -1,4 +1,5 @@
-"""Hardware and versions recorded with every benchmark result, and how results are written."""
+"""What the benchmarks share: hardware and versions recorded with every result, how results are
+written, the machine's load and peak memory, timing loops, the common command-line flags."""
 
 import datetime
 import json
@@ -6,6 +7,8 @@ import os
 import pathlib
 import platform
 import subprocess
+import sys
+import time
 from importlib import metadata
 
 
@@ -66,9 +69,6 @@ def run_worker(script: str, kind: str, timeout: float, **options) -> dict:
     """Runs ``python SCRIPT --worker KIND --option value ...`` (``True``: the bare flag, ``False``:
     left out) in its own process and returns the JSON object of its last ``{...}`` stdout line,
     or ``{"error": ...}`` on a timeout or a failure (one line printed either way)."""
-    import sys
-    import time
-
     cmd = [sys.executable, script, "--worker", kind]
     for key, value in options.items():
         flag = "--" + key.replace("_", "-")
@@ -106,3 +106,50 @@ def save_png(fig, path: str | os.PathLike, dpi: int = 80) -> None:
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far, MiB (``ru_maxrss``: KiB on Linux)."""
+    import resource  # POSIX only: imported where used
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def system_load() -> dict:
+    """The load averages (1, 5, 15 min) and, where the kernel has it, the CPU pressure line."""
+    info = {"loadavg": os.getloadavg()}
+    try:
+        info["cpu_pressure"] = pathlib.Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except OSError:
+        pass
+    return info
+
+
+def call_times(fn, repeats: int) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``fn()`` (no warm-up call: the caller's choice)."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def add_checkpoint_flag(parser, repeatable: bool = False) -> None:
+    """``--checkpoint DIR`` (default None: the shipped one), or, ``repeatable``, a list of them."""
+    if repeatable:
+        parser.add_argument("--checkpoint", action="append", help="checkpoint folder (repeatable)")
+    else:
+        parser.add_argument("--checkpoint", help="checkpoint folder (default: the shipped one)")
+
+
+def add_out_flag(parser, default: str | os.PathLike) -> None:
+    """``--out PATH``: the results JSON, ``default`` the benchmark's file in ``results/``."""
+    parser.add_argument("--out", default=str(default), help="results JSON (default: %(default)s)")
+
+
+def add_note_flag(parser) -> None:
+    """``--note TEXT`` (default ""): a remark stored with the results."""
+    parser.add_argument(
+        "--note", default="", help="a remark stored with the results (e.g. machine load)"
+    )

@@ -73,10 +73,11 @@ def second_half_nll(model, ids: np.ndarray) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from benchmarks.env import add_checkpoint_flag
     from perceiver_midi.model.checkpoint import default_checkpoint, load_model
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", action="append", help="checkpoint folder (repeatable)")
+    add_checkpoint_flag(p, repeatable=True)
     p.add_argument("--out", help="results JSON (default: print only)")
     args = p.parse_args(argv)
     pieces = figured_pieces()

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import pathlib
-import resource
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ EXAMPLE = ROOT / "examples/bach_prelude_c.mid"
 
 def _worker(path: str, repeats: int) -> None:
     """Time ``encode(path)`` in this process; print one JSON line."""
+    from benchmarks.env import peak_rss_mib
     from perceiver_midi.tokenizer import MidiError, encode
 
     encode(EXAMPLE)  # load the numba cache, warm the compiled code
@@ -46,19 +46,18 @@ def _worker(path: str, repeats: int) -> None:
         except MidiError as exc:
             outcome = {"accepted": False, "error": str(exc).split(": ", 1)[-1]}
         times.append(time.perf_counter() - t0)
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": times, "peak_rss_mb": round(rss_mb), **outcome}))
+    print(json.dumps({"seconds": times, "peak_rss_mb": round(peak_rss_mib()), **outcome}))
 
 
 def main() -> None:
-    from benchmarks.env import environment, training_beside, write_json
+    from benchmarks.env import add_out_flag, environment, training_beside, write_json
     from tests import hostile_midi
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=3, help="timed encodes per file (median)")
     ap.add_argument("--only", nargs="*", default=None, metavar="NAME", help="these files only")
     ap.add_argument("--timeout", type=float, default=300, help="seconds per file, then give up")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/hostile.json"))
+    add_out_flag(ap, ROOT / "benchmarks/results/hostile.json")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:

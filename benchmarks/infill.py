@@ -182,7 +182,7 @@ def _middle_notes(notes: np.ndarray, start: float, end: float) -> np.ndarray:
 
 def play_middles(model, gaps: list[dict], seed: int) -> dict:
     """Regenerates each gap once (free-running) and compares the middles with the real ones."""
-    from benchmarks.quality import mean_polyphony, notes_of
+    from benchmarks.music_metrics import mean_polyphony, notes_of
     from perceiver_midi.app.infill import Gap, infill_items
     from perceiver_midi.app.pipeline import Settings
     from perceiver_midi.model import infill
@@ -258,6 +258,8 @@ def draw_rolls(path: pathlib.Path, rolls: list) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from benchmarks.env import add_out_flag, environment, training_beside, write_json
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", help="an infilling checkpoint (default: the shipped one)")
     p.add_argument("--data", default=str(ROOT / "work" / "data"), help="prepare-data folder")
@@ -273,10 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample", type=int, default=0, help="also regenerate this many gaps")
     p.add_argument("--sample-gap", type=float, default=5.0, help="their length (seconds)")
     p.add_argument("--rolls", help="piano rolls of the first regenerated gaps (PNG)")
-    p.add_argument("--out", default=str(RESULTS))
+    add_out_flag(p, RESULTS)
     args = p.parse_args(argv)
 
-    from benchmarks.env import environment, training_beside, write_json
     from perceiver_midi.model.checkpoint import default_checkpoint, load_model
     from perceiver_midi.tokenizer.dataset import load_split
 

@@ -25,7 +25,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 if not __package__:  # a script run (not python -m benchmarks.x): benchmarks.* need the repo root
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.env import environment, write_json  # noqa: E402
+from benchmarks.env import add_note_flag, add_out_flag, environment, write_json  # noqa: E402
 
 
 def _git(*args: str) -> str:
@@ -73,8 +73,8 @@ def main() -> None:
     parser.add_argument("refs", nargs="+", help="git refs to measure, in order")
     parser.add_argument("--python", default="python3.11")
     parser.add_argument("--extra", default="", help="extras, e.g. test,ray (default: none)")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/install.json"))
-    parser.add_argument("--note", default="", help="recorded as is, e.g. what ran beside it")
+    add_out_flag(parser, ROOT / "benchmarks/results/install.json")
+    add_note_flag(parser)
     args = parser.parse_args()
     index = subprocess.run(
         [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True

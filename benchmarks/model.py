@@ -37,7 +37,6 @@ import json
 import os
 import pathlib
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -46,7 +45,14 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 if not __package__:  # a script run (not python -m benchmarks.x): benchmarks.* need the repo root
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.env import training_beside, write_json  # noqa: E402
+from benchmarks.env import (  # noqa: E402
+    add_note_flag,
+    call_times,
+    peak_rss_mib,
+    system_load,
+    training_beside,
+    write_json,
+)
 
 RESULTS = ROOT / "benchmarks" / "results" / "model.json"
 PAR_LATENTS = 512
@@ -55,10 +61,6 @@ PAR_LATENTS = 512
 # ---------------------------------------------------------------------------------------------
 # Helpers shared by workers and the driver
 # ---------------------------------------------------------------------------------------------
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
 def train_settings(n: int, m: int, batch: int):
@@ -90,15 +92,6 @@ def forward_matmul_flops(cfg, batch: int) -> float:
     return float(batch * (cross + layers * per_layer + logits))
 
 
-def _median_times(fn, repeats: int) -> list[float]:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
-
-
 # ---------------------------------------------------------------------------------------------
 # Workers (run in subprocesses; print one JSON line)
 # ---------------------------------------------------------------------------------------------
@@ -113,7 +106,7 @@ def worker_matmul(args) -> dict:
     b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
     dot = jax.jit(lambda a, b: a @ b)
     dot(a, b).block_until_ready()
-    times = _median_times(lambda: dot(a, b).block_until_ready(), args.repeats)
+    times = call_times(lambda: dot(a, b).block_until_ready(), args.repeats)
     best = min(times)
     med = statistics.median(times)
     return {
@@ -133,7 +126,7 @@ def _matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
     b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
     dot = jax.jit(lambda a, b: a @ b)
     dot(a, b).block_until_ready()
-    best = min(_median_times(lambda: dot(a, b).block_until_ready(), repeats))
+    best = min(call_times(lambda: dot(a, b).block_until_ready(), repeats))
     return 2 * size**3 / best / 1e9
 
 
@@ -175,7 +168,7 @@ def worker_train(args) -> dict:
         jax.block_until_ready(metrics)
 
     peak_before = _matmul_gflops()
-    times = _median_times(one, args.repeats)
+    times = call_times(one, args.repeats)
     peak_after = _matmul_gflops()
     flops = 3 * forward_matmul_flops(cfg, args.batch)
     med = statistics.median(times)
@@ -197,7 +190,7 @@ def worker_train(args) -> dict:
         "matmul_peak_gflops_per_s_same_process": max(peak_before, peak_after),
         "flop_utilisation_same_process": flops / med / 1e9 / max(peak_before, peak_after),
         "loss": float(metrics["loss"]),
-        "peak_rss_mib": _peak_rss_mib(),
+        "peak_rss_mib": peak_rss_mib(),
     }
 
 
@@ -226,7 +219,7 @@ def worker_sample(args) -> dict:
     out = sample(model, prompts, seed=0, **kwargs)
     first = time.perf_counter() - t0
     assert all(len(o) == args.tokens for o in out)
-    times = _median_times(lambda: sample(model, prompts, seed=1, **kwargs), args.repeats)
+    times = call_times(lambda: sample(model, prompts, seed=1, **kwargs), args.repeats)
     med = statistics.median(times)
     return {
         "n": cfg.max_len,
@@ -239,7 +232,7 @@ def worker_sample(args) -> dict:
         "run_s_all": times,
         "tokens_per_s": args.batch * args.tokens / med,
         "tokens_per_s_best": args.batch * args.tokens / min(times),
-        "peak_rss_mib": _peak_rss_mib(),
+        "peak_rss_mib": peak_rss_mib(),
     }
 
 
@@ -252,15 +245,6 @@ def _run_worker(kind: str, timeout: float, **kw) -> dict:
     from benchmarks.env import run_worker
 
     return run_worker(__file__, kind, timeout, **kw)
-
-
-def _system_load() -> dict:
-    info = {"loadavg": os.getloadavg()}
-    try:
-        info["cpu_pressure"] = pathlib.Path("/proc/pressure/cpu").read_text().splitlines()[0]
-    except OSError:
-        pass
-    return info
 
 
 def environment() -> dict:
@@ -298,7 +282,7 @@ def main(argv=None) -> int:
         type=lambda v: [int(x) for x in v.split(",")],
         help="training contexts N to run, e.g. 4096 (default: 1024,4096,16384 + 65536 if full)",
     )
-    parser.add_argument("--note", default="", help="recorded with the results (e.g. machine load)")
+    add_note_flag(parser)
     parser.add_argument("--output", default=str(RESULTS))
     parser.add_argument("--worker", choices=["matmul", "train", "sample"], help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, default=4096, help=argparse.SUPPRESS)
@@ -330,7 +314,7 @@ def main(argv=None) -> int:
         "note": args.note,
         "training_job_beside": training_beside(),
         "environment": environment(),
-        "load_at_start": _system_load(),
+        "load_at_start": system_load(),
     }
 
     print("matmul peak (fp32)", flush=True)
@@ -420,7 +404,7 @@ def main(argv=None) -> int:
         results["sample_cached_over_uncached"] = tps["batch1"] / tps["uncached_batch1"]
 
     results["targets"] = _targets(results, quick)
-    results["load_at_end"] = _system_load()
+    results["load_at_end"] = system_load()
     results["wall_s"] = time.perf_counter() - started
     write_json(args.output, results)
     _print_summary(results)

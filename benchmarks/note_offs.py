@@ -32,7 +32,13 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 if not __package__:  # a script run (not python -m benchmarks.x): benchmarks.* need the repo root
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.env import environment, write_json  # noqa: E402
+from benchmarks.env import (  # noqa: E402
+    add_checkpoint_flag,
+    add_note_flag,
+    add_out_flag,
+    environment,
+    write_json,
+)
 from perceiver_midi.tokenizer.constants import (  # noqa: E402
     NOTE_OFF_FIRST_ID,
     NOTE_ON_FIRST_ID,
@@ -205,12 +211,12 @@ def run(checkpoint: str | None, data: pathlib.Path, pieces: int, tokens: int) ->
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--checkpoint", help="checkpoint folder (default: the shipped one)")
+    add_checkpoint_flag(ap)
     ap.add_argument("--data", default=str(ROOT / "work/data"), help="prepare-data output")
     ap.add_argument("--pieces", type=int, default=24, help="validation pieces (spread out)")
     ap.add_argument("--tokens", type=int, default=6144, help="first tokens of each piece")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/note_offs.json"))
-    ap.add_argument("--note", default="", help="recorded with the result (e.g. machine load)")
+    add_out_flag(ap, ROOT / "benchmarks/results/note_offs.json")
+    add_note_flag(ap)
     args = ap.parse_args(argv)
     if not (pathlib.Path(args.data) / "validation/DONE.json").exists():
         print(f"{args.data}: no prepared validation split (run perceiver-midi prepare-data)")

@@ -28,17 +28,18 @@ RESULTS = ROOT / "benchmarks" / "results" / "sample_speed.json"
 
 
 def main(argv: list[str] | None = None) -> int:
+    from benchmarks.env import add_note_flag, add_out_flag, environment, training_beside, write_json
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", action="append", required=True, help="repeatable")
     p.add_argument("--batch", type=int, action="append", help="batch sizes (default 1 and 4)")
     p.add_argument("--tokens", type=int, default=256)
     p.add_argument("--prompt", type=int, default=3000)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--note", default="")
-    p.add_argument("--out", default=str(RESULTS))
+    add_note_flag(p)
+    add_out_flag(p, RESULTS)
     args = p.parse_args(argv)
 
-    from benchmarks.env import environment, training_beside, write_json
     from perceiver_midi.model.checkpoint import load_model
     from perceiver_midi.model.sampler import sample
 

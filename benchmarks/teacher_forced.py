@@ -108,7 +108,7 @@ def densities(model, pieces, exponents=()) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.env import environment, write_json
+    from benchmarks.env import add_note_flag, add_out_flag, environment, write_json
     from benchmarks.quality import DEFAULT_PIECES, choose_pieces
     from perceiver_midi.app.train_cli import DEFAULT_MAESTRO
     from perceiver_midi.model.checkpoint import load_model, read_info
@@ -117,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", action="append", required=True, help="repeat to compare")
     p.add_argument("--maestro", default=str(DEFAULT_MAESTRO))
     p.add_argument("--pieces", type=int, default=DEFAULT_PIECES)
-    p.add_argument("--out", default=str(RESULTS))
-    p.add_argument("--note", default="")
+    add_out_flag(p, RESULTS)
+    add_note_flag(p)
     p.add_argument(
         "--time-shift-exponents",
         default="",

@@ -26,7 +26,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 if not __package__:  # a script run (not python -m benchmarks.x): benchmarks.* need the repo root
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.env import environment, write_json  # noqa: E402
+from benchmarks.env import add_out_flag, environment, write_json  # noqa: E402
 from perceiver_midi.tokenizer import encode  # noqa: E402
 
 
@@ -51,7 +51,7 @@ def main() -> None:
     ap.add_argument("--maestro", default=str(ROOT.parent / "shared/data/maestro-v3.0.0"))
     ap.add_argument("--files", type=int, default=40)
     ap.add_argument("--repeats", type=int, default=3, help="timed passes of ours per file")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/tokenizer.json"))
+    add_out_flag(ap, ROOT / "benchmarks/results/tokenizer.json")
     args = ap.parse_args()
     root = pathlib.Path(args.maestro)
     with open(root / "maestro-v3.0.0.csv", newline="") as f:

@@ -1,21 +1,22 @@
-"""Continuing metrics (benchmarks/continuing.py) and the copy test's layouts (copying.py)."""
+"""Continuing metrics (benchmarks/music_metrics.py), the figured primes (continuing.py) and the copy
+test's layouts (copying.py)."""
 
 import math
 
 import numpy as np
 import pytest
 
-from benchmarks.continuing import (
-    figured_primes,
+from benchmarks.continuing import figured_primes
+from benchmarks.copying import EXCERPT_START, EXCERPT_TOKENS, FAR_GAP_TOKENS, copy_rows
+from benchmarks.music_metrics import (
     interval_ngrams,
     melody,
+    notes_of,
     pitch_variety,
     reuse,
     rhythm_ngrams,
     self_repetition,
 )
-from benchmarks.copying import EXCERPT_START, EXCERPT_TOKENS, FAR_GAP_TOKENS, copy_rows
-from benchmarks.quality import notes_of
 from perceiver_midi.model.vocab import PAD_ID, SOS_ID
 
 
@@ -105,7 +106,7 @@ def test_copy_rows_put_the_second_playing_at_the_end():
 
 
 def test_retrieval_mrr_and_key_fit():
-    from benchmarks.continuing import key_fit, retrieval_mrr, retrieval_vector
+    from benchmarks.music_metrics import key_fit, retrieval_mrr, retrieval_vector
 
     rng = np.random.default_rng(0)
     primes = [

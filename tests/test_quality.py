@@ -1,4 +1,5 @@
-"""benchmarks/quality.py: features on hand-built notes, and the quick run end to end."""
+"""benchmarks/quality.py: its features (benchmarks/music_metrics.py) on hand-built notes, and the
+quick run end to end."""
 
 import json
 import math
@@ -6,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from benchmarks import music_metrics as M
 from benchmarks import quality as Q
 from perceiver_midi.tokenizer import constants as C
 
@@ -28,25 +30,25 @@ SHIFT_100MS = C.TIME_SHIFT_FIRST_ID + 9
 
 def test_polyphony_of_a_chord_then_silence():
     chord = _notes((60, 80, 0.0, 1.0), (64, 80, 0.0, 1.0), (67, 80, 0.0, 1.0))
-    assert Q.mean_polyphony(chord, 2.0) == pytest.approx(1.5)  # 3 notes for half the time
+    assert M.mean_polyphony(chord, 2.0) == pytest.approx(1.5)  # 3 notes for half the time
     arpeggio = _notes((60, 80, 0.0, 2.0), (64, 80, 1.0, 2.0))  # 1 then 2 sounding
-    assert Q.mean_polyphony(arpeggio, 2.0) == pytest.approx(1.5)
-    assert Q.mean_polyphony(_notes(), 2.0) == 0.0
+    assert M.mean_polyphony(arpeggio, 2.0) == pytest.approx(1.5)
+    assert M.mean_polyphony(_notes(), 2.0) == 0.0
 
 
 def test_polyphony_by_segment_shows_a_pile_up():
     # One note per second that never ends before 8 s: 1, 2, ... notes sounding.
     piling = _notes(*[(60 + k, 80, float(k), 8.0) for k in range(8)])
-    assert Q.polyphony_by_segment(piling, 8.0, 4.0) == pytest.approx([2.5, 6.5])
+    assert M.polyphony_by_segment(piling, 8.0, 4.0) == pytest.approx([2.5, 6.5])
     steady = _notes(*[(60, 80, float(k), k + 0.5) for k in range(8)])
-    assert Q.polyphony_by_segment(steady, 8.0, 2.0) == pytest.approx([0.5] * 4)
+    assert M.polyphony_by_segment(steady, 8.0, 2.0) == pytest.approx([0.5] * 4)
 
 
 def test_held_shares_density_and_durations():
     notes = _notes(
         (60, 64, 0.0, 1.0), (62, 64, 1.0, 6.0), (64, 64, 2.0, 11.0), (65, 64, 3.0, 3.5)
     )  # durations 1, 5, 9, 0.5
-    f = Q.features(notes, 20.0)
+    f = M.features(notes, 20.0)
     assert f["held_over_4s_share"] == pytest.approx(0.5)
     assert f["held_over_8s_share"] == pytest.approx(0.25)
     assert f["notes_held_over_8s"] == 1
@@ -58,7 +60,7 @@ def test_held_shares_density_and_durations():
 
 def test_ioi_counts_a_chord_as_one_onset_and_velocity_stats():
     notes = _notes((60, 40, 0.0, 0.5), (64, 80, 0.0, 0.5), (67, 60, 0.5, 1.0), (72, 60, 1.0, 2))
-    f = Q.features(notes, 2.0)
+    f = M.features(notes, 2.0)
     assert f["ioi_median_s"] == pytest.approx(0.5)  # onsets 0 (a chord), 0.5, 1
     assert f["velocity_mean"] == pytest.approx(60.0)
     assert f["velocity_std"] == pytest.approx(np.std([40, 80, 60, 60]))
@@ -66,14 +68,14 @@ def test_ioi_counts_a_chord_as_one_onset_and_velocity_stats():
 
 def test_longest_silence():
     notes = _notes((60, 80, 1.0, 2.0), (62, 80, 4.0, 6.0), (64, 80, 5.0, 7.5))
-    assert Q.longest_silence(notes, 8.0) == pytest.approx(2.0)  # 2..4
-    assert Q.longest_silence(notes, 12.0) == pytest.approx(4.5)  # 7.5..12, trailing
-    assert Q.longest_silence(_notes((60, 80, 3.0, 4.0)), 4.0) == pytest.approx(3.0)  # leading
-    assert Q.longest_silence(_notes(), 5.0) == 5.0
+    assert M.longest_silence(notes, 8.0) == pytest.approx(2.0)  # 2..4
+    assert M.longest_silence(notes, 12.0) == pytest.approx(4.5)  # 7.5..12, trailing
+    assert M.longest_silence(_notes((60, 80, 3.0, 4.0)), 4.0) == pytest.approx(3.0)  # leading
+    assert M.longest_silence(_notes(), 5.0) == 5.0
 
 
 def test_features_of_no_notes_are_nan_not_errors():
-    f = Q.features(_notes(), 5.0)
+    f = M.features(_notes(), 5.0)
     assert f["density_notes_per_s"] == 0 and f["polyphony"] == 0
     assert math.isnan(f["duration_median_s"]) and math.isnan(f["ioi_median_s"])
     assert f["longest_silence_s"] == 5.0
@@ -81,24 +83,24 @@ def test_features_of_no_notes_are_nan_not_errors():
 
 def test_looped_notes_repeat_the_prime_and_cut_at_the_end():
     prime = _notes((60, 80, 0.0, 1.0), (62, 80, 7.0, 8.0))  # an 8 s prime
-    looped = Q.looped_notes(prime, 8.0, 20.0)
+    looped = M.looped_notes(prime, 8.0, 20.0)
     np.testing.assert_allclose(looped[:, 2], [0, 7, 8, 15, 16])  # the note at 23 s is dropped
     assert looped[:, 3].max() == 17.0
-    cut = Q.looped_notes(_notes((60, 80, 0.0, 8.0)), 8.0, 12.0)
+    cut = M.looped_notes(_notes((60, 80, 0.0, 8.0)), 8.0, 12.0)
     np.testing.assert_allclose(cut[:, 2:4], [[0, 8], [8, 12]])
 
 
 def test_kde_overlap_identical_far_and_between():
     rng = np.random.default_rng(0)
     a = rng.normal(0, 1, 32)
-    assert Q.kde_overlap(a, a) == pytest.approx(1.0, abs=1e-3)
-    assert Q.kde_overlap(a, a + 100) < 1e-3
-    shifted = Q.kde_overlap(a, a + 1.0)
+    assert M.kde_overlap(a, a) == pytest.approx(1.0, abs=1e-3)
+    assert M.kde_overlap(a, a + 100) < 1e-3
+    shifted = M.kde_overlap(a, a + 1.0)
     assert 0.3 < shifted < 0.9
-    assert Q.kde_overlap([0.0, 0.0], [0.0, 0.0]) == 1.0  # both constant, same value
-    assert Q.kde_overlap([0.0, 0.0], [1.0, 1.0]) == 0.0
-    assert Q.kde_overlap([0.0, math.nan, 1.0], [0.0, 1.0]) == pytest.approx(1.0, abs=1e-3)
-    assert math.isnan(Q.kde_overlap([], [1.0]))
+    assert M.kde_overlap([0.0, 0.0], [0.0, 0.0]) == 1.0  # both constant, same value
+    assert M.kde_overlap([0.0, 0.0], [1.0, 1.0]) == 0.0
+    assert M.kde_overlap([0.0, math.nan, 1.0], [0.0, 1.0]) == pytest.approx(1.0, abs=1e-3)
+    assert math.isnan(M.kde_overlap([], [1.0]))
 
 
 def test_token_diagnostics_count_noop_offs_and_open_notes():
@@ -113,14 +115,14 @@ def test_token_diagnostics_count_noop_offs_and_open_notes():
         SHIFT_100MS,
         off(65),
     ]
-    d = Q.token_diagnostics(prime, ids)
+    d = M.token_diagnostics(prime, ids)
     assert d["tokens"] == 8
     assert (d["note_offs"], d["noop_offs"]) == (4, 2)
     assert d["noop_off_share"] == pytest.approx(0.5)
     assert (d["note_ons"], d["unclosed_ons"]) == (2, 1)
     assert d["unclosed_on_share"] == pytest.approx(0.5)
     assert (d["carried_open"], d["carried_unclosed"]) == (1, 0)
-    left_open = Q.token_diagnostics(prime, [SHIFT_100MS])
+    left_open = M.token_diagnostics(prime, [SHIFT_100MS])
     assert (left_open["carried_unclosed"], left_open["note_offs"]) == (1, 0)
     assert math.isnan(left_open["noop_off_share"])
 
@@ -132,7 +134,7 @@ def _piece(real_notes, real_held, gen_notes, gen_held, poly=(2.0, 2.0), density=
         ("generated", gen_notes, gen_held, poly[1], density[1]),
         ("looped", real_notes, real_held, poly[0], density[0]),
     ):
-        feats = dict.fromkeys(Q.FEATURES, 1.0)
+        feats = dict.fromkeys(M.FEATURES, 1.0)
         feats.update(polyphony=p, density_notes_per_s=dens, notes=n, notes_held_over_8s=h)
         row[s] = {"features": feats}
     return row
@@ -140,22 +142,22 @@ def _piece(real_notes, real_held, gen_notes, gen_held, poly=(2.0, 2.0), density=
 
 def test_bars_held_share_uses_one_over_real_notes_when_real_share_is_zero():
     pieces = [_piece(100, 0, 100, 0), _piece(100, 0, 100, 1)]  # generated 1/200 held, real 0
-    b = {r["bar"]: r for r in Q.bars(Q.summarise(pieces), pieces, judged=True)}
+    b = {r["bar"]: r for r in M.bars(M.summarise(pieces), pieces, judged=True)}
     held = b["notes held > 8 s"]
     assert held["reference"] == pytest.approx(1 / 200)
     assert held["value"] == pytest.approx(1 / 200) and held["met"] is True
     pieces = [_piece(100, 0, 100, 3), _piece(100, 0, 100, 0)]  # 3/200 > 2/200
-    b = {r["bar"]: r for r in Q.bars(Q.summarise(pieces), pieces, judged=True)}
+    b = {r["bar"]: r for r in M.bars(M.summarise(pieces), pieces, judged=True)}
     assert b["notes held > 8 s"]["met"] is False
     assert b["polyphony ratio"]["met"] is True and b["density ratio"]["met"] is True
 
 
 def test_bars_ratios_and_not_judged():
     pieces = [_piece(100, 0, 100, 0, poly=(2.0, 3.0), density=(5.0, 3.4))] * 3
-    b = {r["bar"]: r for r in Q.bars(Q.summarise(pieces), pieces, judged=True)}
+    b = {r["bar"]: r for r in M.bars(M.summarise(pieces), pieces, judged=True)}
     assert b["polyphony ratio"]["value"] == pytest.approx(1.5) and not b["polyphony ratio"]["met"]
     assert b["density ratio"]["value"] == pytest.approx(0.68) and not b["density ratio"]["met"]
-    unjudged = Q.bars(Q.summarise(pieces), pieces, judged=False)
+    unjudged = M.bars(M.summarise(pieces), pieces, judged=False)
     assert all(r["met"] is None for r in unjudged)
 
 
@@ -163,7 +165,7 @@ def test_bars_pool_the_draws_and_give_each_draw_its_value():
     draw0 = [_piece(100, 0, 100, 0, poly=(2.0, 3.0), density=(5.0, 5.0))] * 2
     draw1 = [_piece(100, 0, 100, 1, poly=(2.0, 2.0), density=(5.0, 6.0))] * 2
     pieces = [{**p, "draw": 0} for p in draw0] + [{**p, "draw": 1} for p in draw1]
-    b = {r["bar"]: r for r in Q.bars(Q.summarise(pieces), pieces, judged=True)}
+    b = {r["bar"]: r for r in M.bars(M.summarise(pieces), pieces, judged=True)}
     poly, dens, held = b["polyphony ratio"], b["density ratio"], b["notes held > 8 s"]
     assert poly["by_draw"] == pytest.approx([1.5, 1.0]) and poly["value"] == pytest.approx(1.25)
     assert poly["met"] is True  # pooled 1.25 is within the bar though draw 0 alone is not
@@ -171,7 +173,7 @@ def test_bars_pool_the_draws_and_give_each_draw_its_value():
     assert held["by_draw"] == pytest.approx([0.0, 1 / 100]) and held["value"] == pytest.approx(
         1 / 200
     )
-    single = Q.bars(Q.summarise(draw0), draw0, judged=True)  # rows without "draw": one draw
+    single = M.bars(M.summarise(draw0), draw0, judged=True)  # rows without "draw": one draw
     assert [r["by_draw"] for r in single][:2] == [pytest.approx([1.5]), pytest.approx([1.0])]
 
 
@@ -222,7 +224,7 @@ def test_quick_run_end_to_end(maestro_root, tiny_checkpoint, tmp_path, capsys):
         assert real["notes"] > 0 and 0 <= real["longest_silence_s"] <= Q.QUICK_SECONDS
         assert p["real"]["tokens"]["noop_offs"] == 0  # real MAESTRO never releases a silent key
         assert p["generated"]["stop"] in ("seconds", "tokens", "eos")
-    assert set(result["summary"]) == set(Q.FEATURES)
+    assert set(result["summary"]) == set(M.FEATURES)
     # The looped set is the prime replayed: all of its interval 4-grams are the prime's.
     assert result["summary"]["prime_reuse"]["looped"]["mean"] > 0.95
     score = result["overall_score"]
@@ -238,18 +240,18 @@ def test_quick_run_end_to_end(maestro_root, tiny_checkpoint, tmp_path, capsys):
 
 def test_kde_bandwidth_is_silverman_on_the_pooled_within_set_std():
     a, b = np.array([0.0, 2.0]), np.array([10.0, 12.0])  # within-set std sqrt(2) each
-    assert Q.kde_bandwidth(a, b) == pytest.approx(1.06 * math.sqrt(2) * 2**-0.2)
+    assert M.kde_bandwidth(a, b) == pytest.approx(1.06 * math.sqrt(2) * 2**-0.2)
 
 
 def test_notes_carried_over_the_split_count_only_for_silence():
     one_second = C.TIME_SHIFT_LAST_ID
     prime = [on(60), one_second]  # pitch 60 still sounds at the split (1 s)
     ids = [C.TIME_SHIFT_FIRST_ID + 49, off(60), on(62), SHIFT_100MS, off(62)]
-    carried = Q.carried_notes(prime, ids, 1.0)
+    carried = M.carried_notes(prime, ids, 1.0)
     np.testing.assert_allclose(carried, [[60, 100, 0.0, 0.5]])  # velocity 100: none stated
-    notes = Q.notes_of(ids)
+    notes = M.notes_of(ids)
     np.testing.assert_allclose(notes, [[62, 100, 0.5, 0.6]])
-    alone, with_carried = Q.features(notes, 1.0), Q.features(notes, 1.0, carried)
+    alone, with_carried = M.features(notes, 1.0), M.features(notes, 1.0, carried)
     assert alone["longest_silence_s"] == pytest.approx(0.5)  # 0..0.5 looks silent alone
     assert with_carried["longest_silence_s"] == pytest.approx(0.4)  # 0.6..1.0
     assert alone["polyphony"] == with_carried["polyphony"] == pytest.approx(0.1)
