@@ -101,20 +101,16 @@ def _check_params_fit(checkpoint: str, config, what: str) -> None:
     model of ``config`` (settings that shape no parameter, like latents, may differ)."""
     from flax import nnx
 
-    from perceiver_midi.model.checkpoint import (
-        CheckpointError,
-        load_model,
-        param_specs,
-        params_mismatch,
-    )
+    from perceiver_midi.model.checkpoint import CheckpointError, param_specs, params_mismatch
     from perceiver_midi.model.perceiver_ar import PerceiverAR
+    from perceiver_midi.model.train import load_params
 
     try:
-        loaded = load_model(checkpoint)
+        loaded = load_params(checkpoint)  # (load_model's params; any number of processes)
     except CheckpointError as exc:
         raise UserError(f"{what.split()[0]}: {exc}") from None
     abstract = nnx.eval_shape(lambda: PerceiverAR(config, rngs=nnx.Rngs(0)))
-    found = param_specs(nnx.state(loaded, nnx.Param))
+    found = param_specs(loaded)
     expected = param_specs(nnx.state(abstract, nnx.Param))
     mismatch = params_mismatch(found, expected, allow_additions=True)
     if mismatch:
@@ -164,11 +160,44 @@ def _ensure_data(data: pathlib.Path, maestro: pathlib.Path, splits: list[str]) -
         raise UserError(str(exc)) from None
 
 
+def _join_processes(args: argparse.Namespace) -> None:
+    """``jax.distributed.initialize`` for a multi-process run (before any other use of JAX)."""
+    given = [args.coordinator, args.num_processes, args.process_id]
+    if not args.distributed and given == [None] * 3:
+        return  # one process, as always
+    if not args.distributed and None in given:
+        raise UserError(
+            "several processes need --coordinator HOST:PORT, --num-processes N and --process-id I "
+            "(or --distributed, to detect them on a TPU pod or a SLURM cluster)"
+        )
+    if args.coordinator is not None and ":" not in args.coordinator:
+        raise UserError(f"--coordinator {args.coordinator}: expected HOST:PORT")
+    if None not in given[1:] and args.process_id >= args.num_processes:
+        raise UserError(
+            f"--process-id {args.process_id}: must be below --num-processes {args.num_processes}"
+        )
+    from perceiver_midi.model.train import init_distributed
+
+    try:
+        init_distributed(args.coordinator, args.num_processes, args.process_id)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        reason = " ".join(str(exc).split())
+        raise UserError(f"cannot join the other training processes: {reason}") from None
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     import dataclasses
 
     from perceiver_midi.model.config import PRESETS, Config
-    from perceiver_midi.model.train import TrainConfig, branch, has_state, read_train_config, train
+    from perceiver_midi.model.train import (
+        TrainConfig,
+        branch,
+        has_state,
+        is_lead,
+        read_train_config,
+        sync,
+        train,
+    )
 
     if args.preset not in PRESETS:
         raise UserError(f"unknown preset {args.preset!r}; choose from {sorted(PRESETS)}")
@@ -189,6 +218,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise UserError("--branch-from and --init-from exclude each other")
     if args.branch_from and not (args.cooldown_steps and args.cooldown_steps > 0):
         raise UserError("--branch-from needs --cooldown-steps N (N >= 1)")
+    _join_processes(args)  # (before anything below uses JAX)
     try:
         if args.branch_from and has_state(args.workdir):
             tc = read_train_config(args.workdir)  # resume an interrupted cooldown branch
@@ -208,7 +238,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             tc.model_config()
             step = branch(main, args.workdir)
             tc = dataclasses.replace(tc, decay_start=step)
-            print(f"cooldown branch of {main} at step {step}: {args.cooldown_steps} steps to 0")
+            if is_lead():
+                print(f"cooldown branch of {main} at step {step}: {args.cooldown_steps} steps to 0")
         else:
             tc = TrainConfig(
                 preset=args.preset,
@@ -224,7 +255,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if tc.init_from and tc.init_from.lower() != "none" and not has_state(workdir):
             _check_params_fit(tc.init_from, tc.model_config(), f"--init-from {tc.init_from}")
     data = pathlib.Path(args.data)
-    _ensure_data(data, pathlib.Path(args.maestro), ["train", "validation"])
+    # Process 0 prepares missing data first (on a shared filesystem the others then find it).
+    if is_lead():
+        _ensure_data(data, pathlib.Path(args.maestro), ["train", "validation"])
+    sync("data")
+    if not is_lead():
+        _ensure_data(data, pathlib.Path(args.maestro), ["train", "validation"])
     from perceiver_midi.app.pipeline import ensure_out_dir
     from perceiver_midi.model.checkpoint import CheckpointError
 
@@ -352,6 +388,17 @@ def add_commands(sub) -> None:
     )
     p.add_argument(
         "--cooldown-steps", type=positive_int, help="length of the --branch-from cooldown"
+    )
+    multi = p.add_argument_group(
+        "several processes (hosts); the work dir must be on a filesystem they all share"
+    )
+    multi.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address")
+    multi.add_argument("--num-processes", type=positive_int, metavar="N")
+    multi.add_argument("--process-id", type=nonnegative_int, metavar="I", help="0 .. N - 1")
+    multi.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join with the settings detected from the cluster (TPU pod, SLURM, Open MPI)",
     )
     p.set_defaults(func=_cmd_train)
 

@@ -13,6 +13,12 @@
   SIGTERM/SIGINT; the best validation params are exported with ``save_model`` to ``WORKDIR/best``.
 * Data parallel over all devices (``jax.sharding``: batch axis sharded, parameters replicated);
   the same code runs on one CPU, two forced host devices, or a GPU/TPU slice.
+* Several processes (hosts): ``init_distributed`` (``jax.distributed``) first; every process draws
+  the same global batch and hands its own devices only their rows of it, so N processes train
+  exactly what one process would. Every process takes part in the collective steps (train
+  step, evaluation, orbax saves, stop/save decisions); only process 0 writes the logs,
+  ``train_config.json``, the curve and ``best.json``. The work dir must be on a filesystem all
+  hosts share.
 * Logs: console progress, ``WORKDIR/log.csv``, ``WORKDIR/curve.png``.
 """
 
@@ -37,6 +43,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from perceiver_midi.model.checkpoint import (
+    CheckpointError,
     default_checkpoint,
     grow_params,
     is_additive,
@@ -44,6 +51,7 @@ from perceiver_midi.model.checkpoint import (
     param_name,
     param_specs,
     params_mismatch,
+    read_info,
     save_model,
 )
 from perceiver_midi.model.config import Config, get_config
@@ -179,6 +187,44 @@ def step_rng(seed: int, step: int) -> jax.Array:
 # -- sharding ---------------------------------------------------------------------------------
 
 
+def init_distributed(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
+    """Joins a multi-process run (``jax.distributed.initialize``); call it before any other use of
+    JAX. Settings left out are detected from the cluster (Cloud TPU, SLURM, Open MPI, k8s)."""
+    if jax.config.jax_cpu_collectives_implementation is None:  # (older JAX: none by default)
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
+    )
+
+
+def is_lead() -> bool:
+    """True in the process that writes logs and files (process 0; the only one, usually)."""
+    return jax.process_index() == 0
+
+
+def sync(name: str) -> None:
+    """A barrier across processes (nothing to wait for in a single process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def agree(*flags: bool) -> list[bool]:
+    """Each flag, true on every process when it is true on any: decisions that every process must
+    take together (stop, save) even though clocks and signals differ between hosts."""
+    if jax.process_count() == 1:
+        return [bool(f) for f in flags]
+    from jax.experimental import multihost_utils
+
+    seen = np.asarray(multihost_utils.process_allgather(np.array(flags, np.int32)))
+    return [bool(f) for f in seen.reshape(-1, len(flags)).any(axis=0)]
+
+
 def data_mesh() -> Mesh:
     return Mesh(np.array(jax.devices()), ("data",))
 
@@ -187,11 +233,20 @@ def replicate(model, optimizer, mesh: Mesh) -> None:
     rep = NamedSharding(mesh, PartitionSpec())
     for obj in (model, optimizer):
         state = nnx.state(obj)
+        if jax.process_count() > 1:  # the same values in every process, each on its own devices
+            from jax.experimental import multihost_utils
+
+            state = multihost_utils.host_local_array_to_global_array(state, mesh, PartitionSpec())
         nnx.update(obj, jax.device_put(state, rep))
 
 
 def shard_batch(batch: np.ndarray, mesh: Mesh) -> jax.Array:
-    return jax.device_put(batch, NamedSharding(mesh, PartitionSpec("data")))
+    """The global batch as one array, rows split over the mesh's devices. Across processes every
+    process passes the same global batch and copies only its own devices' rows to them."""
+    sharding = NamedSharding(mesh, PartitionSpec("data"))
+    if jax.process_count() == 1:
+        return jax.device_put(batch, sharding)
+    return jax.make_array_from_callback(batch.shape, sharding, lambda index: batch[index])
 
 
 # -- checkpoints for exact resume ---------------------------------------------------------------
@@ -287,12 +342,74 @@ def branch(main_workdir: str | os.PathLike, workdir: str | os.PathLike) -> int:
         raise ValueError(f"{main}: no saved training state to branch from")
     if has_state(work):
         raise ValueError(f"{work}: already holds training state; resume it without --branch-from")
-    work.mkdir(parents=True, exist_ok=True)
-    tmp = work / f".ckpt-{step}.tmp"
-    shutil.copytree(main / "ckpt" / str(step), tmp)
-    (work / "ckpt").mkdir(exist_ok=True)
-    os.replace(tmp, work / "ckpt" / str(step))
+    sync("branch: checked")  # (every process has looked before process 0 copies)
+    if is_lead():
+        work.mkdir(parents=True, exist_ok=True)
+        tmp = work / f".ckpt-{step}.tmp"
+        shutil.copytree(main / "ckpt" / str(step), tmp)
+        (work / "ckpt").mkdir(exist_ok=True)
+        os.replace(tmp, work / "ckpt" / str(step))
+    sync("branch: copied")
     return int(step)
+
+
+def export_best(model, directory: pathlib.Path, metadata: dict) -> None:
+    """``save_model`` to ``directory``; across processes, a collective save of the replicated
+    params (orbax saves need every process, and no host-local arrays) into a fixed temporary
+    folder that process 0 completes (the same ``config.json`` as ``save_model``) and moves."""
+    if jax.process_count() == 1:
+        save_model(model, directory, metadata=metadata)
+        return
+    import orbax.checkpoint as ocp
+
+    directory = pathlib.Path(directory).resolve()
+    tmp = directory.parent / f".{directory.name}.saving"
+    if is_lead():
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    sync("best: folder")
+    ckpt = ocp.StandardCheckpointer()
+    ckpt.save(tmp / "params", nnx.state(model, nnx.Param))
+    ckpt.wait_until_finished()
+    if is_lead():
+        # Saved as spread over every process's devices, the params would restore only onto as
+        # many; name one device instead, as ``save_model`` in one process does (process 0's
+        # first), so that the checkpoint loads with ``load_model`` anywhere.
+        one = ocp.metadata.SingleDeviceShardingMetadata.from_jax_sharding(
+            jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        ).to_serialized_string()
+        shardings = tmp / "params" / "_sharding"
+        shardings.write_text(json.dumps(dict.fromkeys(json.loads(shardings.read_text()), one)))
+        info = {"config": dataclasses.asdict(model.config), "metadata": metadata}
+        (tmp / "config.json").write_text(json.dumps(info, indent=1) + "\n")
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    sync("best: saved")
+
+
+def load_params(directory: str | os.PathLike) -> nnx.State:
+    """The params of the checkpoint in ``directory`` (``load_model``'s). Across processes every
+    process restores them together (orbax) onto its own first device: ``load_model`` restores
+    onto the device the checkpoint names, which the other processes do not have."""
+    if jax.process_count() == 1:
+        return nnx.state(load_model(directory), nnx.Param)
+    import orbax.checkpoint as ocp
+
+    config = Config(**read_info(directory)["config"])
+    abstract = nnx.state(nnx.eval_shape(lambda: PerceiverAR(config, rngs=nnx.Rngs(0))), nnx.Param)
+    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=here), abstract)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            params_dir = pathlib.Path(directory).resolve() / "params"
+            return ocp.StandardCheckpointer().restore(params_dir, target)
+    except Exception as exc:  # orbax raises many types; the user needs one line
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(
+            f"{directory}: cannot restore params ({type(exc).__name__}: {first})"
+        ) from None
 
 
 def build(tc: TrainConfig, workdir: pathlib.Path):
@@ -315,7 +432,7 @@ def build(tc: TrainConfig, workdir: pathlib.Path):
         elif not init and default_checkpoint() is not None:
             init = str(default_checkpoint())
         if init:
-            pretrained = nnx.state(load_model(init), nnx.Param)
+            pretrained = load_params(init)
             mismatch = params_mismatch(
                 param_specs(pretrained),
                 param_specs(nnx.state(model, nnx.Param)),
@@ -347,8 +464,10 @@ def train(
     from perceiver_midi.model.evaluate import evaluate
 
     workdir = pathlib.Path(workdir)
+    lead = is_lead()
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "train_config.json").write_text(json.dumps(dataclasses.asdict(tc), indent=1))
+    if lead:
+        (workdir / "train_config.json").write_text(json.dumps(dataclasses.asdict(tc), indent=1))
     train_split = load_split(data_dir, "train")
     val = validation_subset(
         load_split(data_dir, "validation"), tc.eval_pieces, tc.eval_tokens_per_piece
@@ -371,14 +490,16 @@ def train(
         repeats=Repeats(share=tc.repeat_share, max_back=tc.repeat_max_back),
         infill=Infill(share=tc.infill_share, whole=tc.infill_whole),
     )
-    print(
-        f"{source} at step {step}; {config.max_len} context, {config.num_latents} latents, "
-        f"batch {tc.batch_size} on {mesh.size} device(s)",
-        flush=True,
-    )
+    processes = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
+    if lead:
+        print(
+            f"{source} at step {step}; {config.max_len} context, {config.num_latents} latents, "
+            f"batch {tc.batch_size} on {mesh.size} device(s){processes}",
+            flush=True,
+        )
     log_path = workdir / "log.csv"
-    new_log = not log_path.exists()
-    log = open(log_path, "a", newline="")
+    new_log = lead and not log_path.exists()
+    log = open(log_path if lead else os.devnull, "a", newline="")
     writer = csv.writer(log)
     if new_log:
         writer.writerow(["step", "loss", "nll", "tokens_per_s", "lr", "val_nll", "hours"])
@@ -389,16 +510,32 @@ def train(
     window_tokens, window_t = 0, time.perf_counter()
     from tqdm.auto import tqdm
 
-    bar = tqdm(initial=step, total=max_steps, unit="step", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        initial=step,
+        total=max_steps,
+        unit="step",
+        disable=not (progress and lead),
+        dynamic_ncols=True,
+    )
     stop_reason = "max_steps"
     with _StopFlag() as flag:
         while max_steps is None or step < max_steps:
-            if max_hours is not None and time.time() - t_start > max_hours * 3600:
+            over_time, signalled, save_due = agree(  # (the same decisions on every process)
+                max_hours is not None and time.time() - t_start > max_hours * 3600,
+                flag.stop,
+                time.time() - last_save > tc.save_minutes * 60,
+            )
+            if over_time:
                 stop_reason = "max_hours"
                 break
-            if flag.stop:
+            if signalled:
                 stop_reason = "signal"
                 break
+            if save_due:
+                save_state(manager, step, model, optimizer)
+                last_save = time.time()
+            # Every process draws the whole global batch (its rows share one random stream) and
+            # copies only its own devices' rows to them.
             batch = shard_batch(batches.batch(step), mesh)
             metrics = train_step(model, optimizer, {"tokens": batch}, step_rng(tc.seed, step))
             loss, nll, ntok = metrics["loss"], metrics["nll"], metrics["num_tokens"]
@@ -410,11 +547,12 @@ def train(
                 t_eval = time.perf_counter()
                 val_nll = evaluate(model, val, batch_size=8, progress=False)["nll"]
                 window_t += time.perf_counter() - t_eval  # tokens/s counts training time only
-                if val_nll < best:
+                if val_nll < best:  # (the same on every process: the same params and data)
                     best = val_nll
-                    save_model(model, workdir / "best", metadata={"step": step, "val_nll": val_nll})
-                    best_file.write_text(json.dumps({"step": step, "val_nll": val_nll}))
-            if step % tc.log_every == 0 or val_nll != "":
+                    export_best(model, workdir / "best", {"step": step, "val_nll": val_nll})
+                    if lead:
+                        best_file.write_text(json.dumps({"step": step, "val_nll": val_nll}))
+            if lead and (step % tc.log_every == 0 or val_nll != ""):
                 dt = time.perf_counter() - window_t
                 tps = window_tokens / max(dt, 1e-9)
                 window_tokens, window_t = 0, time.perf_counter()
@@ -440,9 +578,6 @@ def train(
                 )
                 if val_nll != "":
                     plot_curve(log_path, workdir / "curve.png")
-            if time.time() - last_save > tc.save_minutes * 60:
-                save_state(manager, step, model, optimizer)
-                last_save = time.time()
     bar.close()
     if manager.latest_step() != step:  # (a resumed run with nothing left to do saves nothing)
         save_state(manager, step, model, optimizer)
