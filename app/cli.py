@@ -14,7 +14,8 @@ import pathlib
 import sys
 
 from perceiver_midi.app import generate_cli, train_cli, web
-from perceiver_midi.app.errors import (
+from perceiver_midi.app.batch import cli as batch_cli
+from perceiver_midi.app.core.errors import (
     USER_ERROR_EXIT,
     UserError,
     nonnegative_int,
@@ -92,7 +93,7 @@ def _cmd_prepare_data(args: argparse.Namespace) -> int:
             sources = dataset.maestro_sources(root)
         except FileNotFoundError as exc:
             raise UserError(str(exc)) from None
-    from perceiver_midi.app.pipeline import ensure_out_dir
+    from perceiver_midi.app.core.pipeline import ensure_out_dir
 
     ensure_out_dir(args.out)  # one line if --out is a file or cannot be created
     splits = args.split or list(dataset.SPLITS)
@@ -144,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_prepare_data)
 
     train_cli.add_commands(sub)
-    generate_cli.add_commands(sub)  # continue, generate, render, batch
+    generate_cli.add_commands(sub)  # continue, generate, infill, render
+    batch_cli.add_commands(sub)  # batch
     web.add_commands(sub)  # the Gradio app
     return parser
 

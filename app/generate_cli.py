@@ -1,4 +1,4 @@
-"""CLI subcommands: ``continue``, ``generate``, ``infill``, ``render`` and ``batch``.
+"""CLI subcommands: ``continue``, ``generate``, ``infill`` and ``render`` (``batch``: its package).
 
 Registered by ``app.cli.build_parser`` through :func:`add_commands`. All of them go through
 :mod:`app.pipeline`; user mistakes raise :class:`app.errors.UserError` (one line, exit 2), and
@@ -8,13 +8,12 @@ argument errors of these subcommands are one line too (no usage dump).
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import sys
 import time
 
-from perceiver_midi.app.errors import UserError
-from perceiver_midi.app.pipeline import (
+from perceiver_midi.app.core.errors import UserError
+from perceiver_midi.app.core.pipeline import (
     DEFAULT_MAX_NOTE_SECONDS,
     DEFAULT_MAX_POLYPHONY,
     DEFAULT_MIN_P,
@@ -203,7 +202,7 @@ def _add_synth(g) -> None:
 
 def settings_from_args(args: argparse.Namespace, *, window: bool = True):
     """Settings from parsed options; contradictory options are a UserError."""
-    from perceiver_midi.app.pipeline import CONTROL_FIELDS, Settings, Window
+    from perceiver_midi.app.core.pipeline import CONTROL_FIELDS, Settings, Window
 
     seconds, tokens = getattr(args, "seconds", None), getattr(args, "tokens", None)
     if seconds is not None and tokens is not None:
@@ -228,7 +227,7 @@ def settings_from_args(args: argparse.Namespace, *, window: bool = True):
 
 
 def output_options_from_args(args: argparse.Namespace):
-    from perceiver_midi.app.pipeline import OutputOptions
+    from perceiver_midi.app.core.pipeline import OutputOptions
 
     if args.audio == "none":
         for name in ("soundfont", "sample_rate", "synth"):
@@ -326,7 +325,12 @@ def _print_table(rows: list[tuple[str, str, str, str]]) -> None:
 
 
 def _generate(args: argparse.Namespace, prime_source, stem: str, label: str) -> int:
-    from perceiver_midi.app.pipeline import continue_prime, cut_prime, ensure_out_dir, write_outputs
+    from perceiver_midi.app.core.pipeline import (
+        continue_prime,
+        cut_prime,
+        ensure_out_dir,
+        write_outputs,
+    )
 
     settings = settings_from_args(args, window=prime_source is not None)
     options = output_options_from_args(args)
@@ -392,7 +396,7 @@ def cmd_continue(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from perceiver_midi.app.pipeline import output_stem
+    from perceiver_midi.app.core.pipeline import output_stem
 
     stem = output_stem(args.name)  # the same rule as batch: never outside --out
     if stem != args.name:
@@ -406,8 +410,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_infill(args: argparse.Namespace) -> int:
-    from perceiver_midi.app.infill import Gap, infill_piece, plan_gap, write_infill
-    from perceiver_midi.app.pipeline import Window, cut_prime, ensure_out_dir
+    from perceiver_midi.app.core.infill import Gap, infill_piece, plan_gap, write_infill
+    from perceiver_midi.app.core.pipeline import Window, cut_prime, ensure_out_dir
 
     piece_path = pathlib.Path(args.piece)
     if not piece_path.exists():
@@ -446,8 +450,8 @@ def cmd_infill(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from perceiver_midi.app import render
-    from perceiver_midi.app.pipeline import ensure_out_dir
+    from perceiver_midi.app.core import render
+    from perceiver_midi.app.core.pipeline import ensure_out_dir
     from perceiver_midi.tokenizer import MidiError, read_midi
 
     out = pathlib.Path(args.output)
@@ -477,51 +481,12 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
-# batch
-# ----------------------------------------------------------------------------------------------
-
-
-def cmd_batch(args: argparse.Namespace) -> int:
-    from perceiver_midi.app.batch import run_batch
-
-    settings = settings_from_args(args)
-    options = output_options_from_args(args)
-    if args.workers is not None and args.ray is None:
-        raise UserError("--workers needs --ray")
-    summary = run_batch(
-        args.primes,
-        args.out,
-        defaults=settings,
-        base_seed=args.seed,
-        options=options,
-        checkpoint=args.checkpoint,
-        batch_size=args.batch_size,
-        ray_address=args.ray,
-        workers=args.workers,
-    )
-    rate = summary.done / summary.elapsed if summary.elapsed > 0 else 0.0
-    print(
-        f"batch: {summary.done} done, {summary.skipped} skipped (already in the manifest), "
-        f"{len(summary.failed)} failed; {summary.music_seconds:.1f} s of music, "
-        f"{summary.tokens} tokens in {summary.elapsed:.1f} s ({rate:.2f} items/s)"
-    )
-    print(f"manifest: {os.path.join(summary.out_dir, 'manifest.jsonl')}")
-    reasons: dict[str, list[str]] = {}
-    for f in summary.failed:
-        reasons.setdefault(f["reason"], []).append(f["id"])
-    for reason, ids in reasons.items():
-        print(f"  failed ({len(ids)} item{'s' if len(ids) > 1 else ''}): {reason}")
-    return 1 if summary.failed and not summary.done and not summary.skipped else 0
-
-
-# ----------------------------------------------------------------------------------------------
 # Registration
 # ----------------------------------------------------------------------------------------------
 
 
 def add_commands(sub) -> None:
-    """Adds ``continue``, ``generate``, ``infill``, ``render`` and ``batch`` to
-    ``perceiver-midi``."""
+    """Adds ``continue``, ``generate``, ``infill`` and ``render`` to ``perceiver-midi``."""
     p = sub.add_parser(
         "continue",
         help="continue a MIDI file: MIDI (+ audio) files",
@@ -573,44 +538,4 @@ def add_commands(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="OUT.wav|OUT.flac")
     _add_synth(p)
     p.set_defaults(func=cmd_render)
-    _one_line_errors(p)
-
-    p = sub.add_parser(
-        "batch",
-        help="dataset generation from a folder or CSV/JSONL of primes, with a manifest",
-        description=(
-            "Continue every prime of PRIMES (a folder of MIDI files, or a CSV/JSONL listing with "
-            "a 'prime' column, paths relative to the listing, and optional per-prime columns: id, "
-            "seed, variations, seconds, tokens, temperature, top_k, top_p, min_p, latents, "
-            "max_note_seconds, pitch_range, key, velocity_range, max_polyphony, prime_seconds, "
-            "prime_tokens, prime_range, infill_range) into DIR, with one line per output in "
-            "DIR/manifest.jsonl and failures in DIR/failed.jsonl. A row with an infill_range "
-            "(START:END seconds) regenerates that span instead (as `infill`; the run then uses "
-            "the infilling model unless --checkpoint names one). Item seeds derive from --seed "
-            "and the prime's identity. Re-running skips finished items."
-        ),
-    )
-    p.add_argument("primes", metavar="PRIMES")
-    _add_sampling(p, batch=True)
-    _add_window(p)
-    _add_output(p, out_default=None, audio="none")
-    g = p.add_argument_group("throughput")
-    g.add_argument(
-        "--batch-size",
-        type=_positive_int,
-        default=8,
-        metavar="N",
-        help="items per sampler call (default 8)",
-    )
-    g.add_argument(
-        "--ray",
-        nargs="?",
-        const="local",
-        metavar="ADDRESS",
-        help="run on Ray: a local Ray by default, or an existing cluster at ADDRESS",
-    )
-    g.add_argument(
-        "--workers", type=_positive_int, metavar="N", help="Ray workers (default: cluster CPUs)"
-    )
-    p.set_defaults(func=cmd_batch)
     _one_line_errors(p)

@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from perceiver_midi.app.errors import UserError
+from perceiver_midi.app.core.errors import UserError
 
 MAX_PLAYED_MESSAGES = 20_000  # one take: about 10,000 notes
 MAX_PLAYED_SECONDS = 600.0  # one take: ten minutes

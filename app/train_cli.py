@@ -9,7 +9,7 @@ import os
 import pathlib
 import sys
 
-from perceiver_midi.app.errors import (
+from perceiver_midi.app.core.errors import (
     UserError,
     nonnegative_int,
     one_line_errors,
@@ -261,7 +261,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     sync("data")
     if not is_lead():
         _ensure_data(data, pathlib.Path(args.maestro), ["train", "validation"])
-    from perceiver_midi.app.pipeline import ensure_out_dir
+    from perceiver_midi.app.core.pipeline import ensure_out_dir
     from perceiver_midi.model.checkpoint import CheckpointError
 
     ensure_out_dir(workdir)

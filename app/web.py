@@ -41,8 +41,8 @@ import os
 import sys
 import time
 
-from perceiver_midi.app.controls import ANY_KEY, KEY_CHOICES
-from perceiver_midi.app.errors import UserError
+from perceiver_midi.app.core.controls import ANY_KEY, KEY_CHOICES
+from perceiver_midi.app.core.errors import UserError
 from perceiver_midi.app.web_core import (
     CONTINUE_API,
     DEFAULT_MAX_NOTE_SECONDS,
@@ -215,7 +215,7 @@ def build_app(
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a server
     import gradio as gr
 
-    from perceiver_midi.app.infill import CONTEXT_SECONDS, MAX_GAP_SECONDS
+    from perceiver_midi.app.core.infill import CONTEXT_SECONDS, MAX_GAP_SECONDS
 
     composer = composer or Composer(model, max_upload_bytes=max_upload_bytes)
     can_infill = composer.infill_model is not None

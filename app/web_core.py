@@ -18,7 +18,7 @@ continuation starts at the window's end. Each session keeps a history of pieces 
 
 What each result holds:
   * audio: the last ``LEAD_IN_SECONDS`` (3 s) of the prime window, then the continuation, so the
-    composer hears the seam (WAV, 48 kHz, the bundled SoundFont via app/render.py);
+    composer hears the seam (WAV, 48 kHz, the bundled SoundFont via app/core/render.py);
   * a piano roll: the prime window grey, the continuation coloured, a dashed line at the seam;
   * ``<stem>_vN.mid``: the continuation alone (byte for byte what ``perceiver-midi continue``
     writes) and ``<stem>_vN_full.mid``: the piece up to the window's end followed by the
@@ -48,8 +48,8 @@ from collections.abc import Iterator
 import numpy as np
 
 from perceiver_midi.app import web_media as media
-from perceiver_midi.app.errors import UserError
-from perceiver_midi.app.pipeline import (
+from perceiver_midi.app.core.errors import UserError
+from perceiver_midi.app.core.pipeline import (
     CONTROL_FIELDS,
     DEFAULT_MAX_NOTE_SECONDS,
     DEFAULT_MAX_POLYPHONY,
@@ -59,10 +59,10 @@ from perceiver_midi.app.pipeline import (
     MAX_NOTE_SECONDS,
     WEB_LENGTH_BUCKET,
 )
-from perceiver_midi.app.pipeline import WEB_MAX_SECONDS as MAX_SECONDS
-from perceiver_midi.app.pipeline import WEB_MAX_VARIATIONS as MAX_VARIATIONS
-from perceiver_midi.app.pipeline import as_float as _as_float
-from perceiver_midi.app.pipeline import as_int as _as_int
+from perceiver_midi.app.core.pipeline import WEB_MAX_SECONDS as MAX_SECONDS
+from perceiver_midi.app.core.pipeline import WEB_MAX_VARIATIONS as MAX_VARIATIONS
+from perceiver_midi.app.core.pipeline import as_float as _as_float
+from perceiver_midi.app.core.pipeline import as_int as _as_int
 from perceiver_midi.app.web_session import (
     EXAMPLES_DIR,
     MAX_UPLOAD_BYTES,
@@ -289,7 +289,7 @@ class Composer:
 
     @property
     def context_tokens(self) -> int:
-        from perceiver_midi.app.pipeline import context_tokens
+        from perceiver_midi.app.core.pipeline import context_tokens
 
         return context_tokens(self.model)
 
@@ -352,7 +352,7 @@ class Composer:
             return roll, line
 
     def _span_line(self, prime: Prime, span) -> str:
-        from perceiver_midi.app.infill import MAX_GAP_SECONDS, Gap
+        from perceiver_midi.app.core.infill import MAX_GAP_SECONDS, Gap
 
         if span is None:
             return ""
@@ -376,7 +376,7 @@ class Composer:
     def window(self, prime: Prime, start, end):
         """Window.range(start, end) of ``prime``, checked against the piece; ``end`` at the
         piece's end means "to the end" (the CLI's default window is then reproduced exactly)."""
-        from perceiver_midi.app.pipeline import Window
+        from perceiver_midi.app.core.pipeline import Window
 
         total = prime.seconds
         start = 0.0 if start is None else _as_float(start, "window start")
@@ -433,7 +433,7 @@ class Composer:
         last 20 s with the page's controls (one variation), the answer is appended too. Two
         primes are pushed (the piece with the phrase, then with the answer): Undo steps back
         through them. The answer's audio starts at its first note, so it sounds at once."""
-        from perceiver_midi.app.pipeline import continue_prime
+        from perceiver_midi.app.core.pipeline import continue_prime
         from perceiver_midi.app.played import append_part, from_first_note, played_ids
         from perceiver_midi.tokenizer import music_seconds
 
@@ -514,7 +514,7 @@ class Composer:
     def _settings(self, req: GenerateRequest, model=None) -> dict:
         """The pipeline Settings' fields from the request (checked; window apart), for ``model``
         (default: the main model)."""
-        from perceiver_midi.app.pipeline import check_latents
+        from perceiver_midi.app.core.pipeline import check_latents
 
         model = model or self.model
         latent_choices = _latent_choices(model)
@@ -544,7 +544,7 @@ class Composer:
 
     def plan(self, prime: Prime, req: GenerateRequest) -> _Plan:
         """Checks the request against the prime and the model: what the pipeline is given."""
-        from perceiver_midi.app.pipeline import NO_PRIME, Settings, cut_prime
+        from perceiver_midi.app.core.pipeline import NO_PRIME, Settings, cut_prime
 
         fields = self._settings(req)
         tokens = 0 if req.prime_tokens in (None, "") else _as_int(req.prime_tokens, "prime tokens")
@@ -565,7 +565,7 @@ class Composer:
     ) -> _Plan:
         """The CLI's windows (``Window.from_options``, the one rule of every surface; 0 or ""
         means not given)."""
-        from perceiver_midi.app.pipeline import NO_PRIME, Settings, Window, cut_prime
+        from perceiver_midi.app.core.pipeline import NO_PRIME, Settings, Window, cut_prime
 
         fields = self._settings(req)
         if prime.empty:
@@ -584,7 +584,7 @@ class Composer:
             yield from self._generate(session, req)
 
     def _generate(self, session: Session, req: GenerateRequest) -> Iterator[object]:
-        from perceiver_midi.app.pipeline import continue_prime
+        from perceiver_midi.app.core.pipeline import continue_prime
 
         t0 = time.perf_counter()
         if req.random_seed:
@@ -689,7 +689,7 @@ class Composer:
         return tuple(rolls)
 
     def _render(self, c, plan: _Plan, folder: pathlib.Path) -> Result:
-        from perceiver_midi.app.pipeline import OutputOptions, output_bytes
+        from perceiver_midi.app.core.pipeline import OutputOptions, output_bytes
         from perceiver_midi.tokenizer import atomic_write_bytes, cut_last_seconds, music_seconds
 
         folder.mkdir(parents=True, exist_ok=True)
@@ -721,7 +721,7 @@ class Composer:
     def _infill(self, piece: np.ndarray, gap, settings, *, label: str, callback=None) -> list:
         """``app.infill.infill_piece`` of ``piece`` (ids): the same middles, sampled at the one
         length compiled at start (``infill_length_bucket``; the notes do not depend on it)."""
-        from perceiver_midi.app.infill import infill_piece
+        from perceiver_midi.app.core.infill import infill_piece
 
         return infill_piece(
             self._infill_model_or_say(), piece, gap, settings, name=label, callback=callback,
@@ -729,8 +729,8 @@ class Composer:
         )  # fmt: skip
 
     def _render_span(self, f, base: Prime, folder: pathlib.Path) -> SpanResult:
-        from perceiver_midi.app.infill import CONTEXT_SECONDS, write_infill
-        from perceiver_midi.app.pipeline import OutputOptions
+        from perceiver_midi.app.core.infill import CONTEXT_SECONDS, write_infill
+        from perceiver_midi.app.core.pipeline import OutputOptions
         from perceiver_midi.tokenizer import midi_bytes
 
         stem = media.safe_stem(base.name)
@@ -748,8 +748,8 @@ class Composer:
         (seconds) of the session's piece, with the request's sampling settings and controls (its
         length, window and prime tokens do not apply), kept in ``session.spans`` for "Keep
         this"."""
-        from perceiver_midi.app.infill import Gap
-        from perceiver_midi.app.pipeline import Settings
+        from perceiver_midi.app.core.infill import Gap
+        from perceiver_midi.app.core.pipeline import Settings
 
         t0 = time.perf_counter()
         model = self._infill_model_or_say()
@@ -803,7 +803,7 @@ class Composer:
         ``ignore_eos`` as the CLI's ``--ignore-eos``; ``max_note_seconds``, ``pitch_range``,
         ``key``, ``velocity_range`` and ``max_polyphony`` as the CLI's options of those names
         ('' or 0: off). Parameters: ``CONTINUE_API``."""
-        from perceiver_midi.app.pipeline import continue_prime
+        from perceiver_midi.app.core.pipeline import continue_prime
 
         v = api_arguments(CONTINUE_API, args, kwargs)
         prime = v["prime"]
@@ -845,8 +845,8 @@ class Composer:
         new span) and ``<stem>_infill_vN_middle.mid`` (the span alone), those of
         ``perceiver-midi infill --range START:END`` with the same seed and settings. Parameters:
         ``INFILL_API``."""
-        from perceiver_midi.app.infill import CONTEXT_SECONDS, Gap
-        from perceiver_midi.app.pipeline import Settings
+        from perceiver_midi.app.core.infill import CONTEXT_SECONDS, Gap
+        from perceiver_midi.app.core.pipeline import Settings
 
         v = api_arguments(INFILL_API, args, kwargs)
         model = self._infill_model_or_say()
@@ -902,8 +902,8 @@ class Composer:
         uses: ``WEB_LENGTH_BUCKET``; one chunk each, then stops), the same for the infilling
         model (at ``infill_length_bucket``), and loads the renderers, so no request waits for a
         compilation. Returns the seconds it took."""
-        from perceiver_midi.app.infill import Gap
-        from perceiver_midi.app.pipeline import Settings, continue_prime
+        from perceiver_midi.app.core.infill import Gap
+        from perceiver_midi.app.core.pipeline import Settings, continue_prime
 
         t0 = time.perf_counter()
         batches = sorted({1 << (v - 1).bit_length() for v in range(1, MAX_VARIATIONS + 1)})

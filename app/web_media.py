@@ -51,7 +51,7 @@ def write_audio_file(ids: np.ndarray, path: str | os.PathLike) -> tuple[pathlib.
 
 def write_midi_audio(midi: bytes, path: str | os.PathLike) -> tuple[pathlib.Path, float]:
     """MIDI file bytes -> the WAV of :func:`write_audio_file`; returns (path, seconds of audio)."""
-    from perceiver_midi.app.pipeline import OutputOptions, audio_bytes
+    from perceiver_midi.app.core.pipeline import OutputOptions, audio_bytes
 
     data, seconds = audio_bytes(midi, OutputOptions(audio="wav", sample_rate=SAMPLE_RATE))
     return _write_bytes(pathlib.Path(path), data), seconds

@@ -19,8 +19,8 @@ import threading
 import numpy as np
 
 from perceiver_midi.app import web_media as media
-from perceiver_midi.app.errors import UserError
-from perceiver_midi.app.pipeline import DEFAULT_PRIME_SECONDS
+from perceiver_midi.app.core.errors import UserError
+from perceiver_midi.app.core.pipeline import DEFAULT_PRIME_SECONDS
 
 MAX_UPLOAD_BYTES = 4 * 1024 * 1024  # the largest MAESTRO file is under 1 MiB
 SESSION_WAIT_S = 600.0  # a request waits this long for its session's previous one, then refuses

@@ -172,8 +172,8 @@ def click_to_first_audio(
     """One Generate press through the page's own event; seconds until the first audio."""
     from gradio_client import Client, handle_file
 
-    from perceiver_midi.app.controls import ANY_KEY
-    from perceiver_midi.app.pipeline import (
+    from perceiver_midi.app.core.controls import ANY_KEY
+    from perceiver_midi.app.core.pipeline import (
         DEFAULT_MAX_NOTE_SECONDS,
         DEFAULT_MAX_POLYPHONY,
         DEFAULT_MIN_P,
@@ -264,7 +264,7 @@ def dense_first_audio(ckpt: str, tokens: int, repeats: int, tmp: pathlib.Path) -
     long the first audio takes at MAESTRO's density (about 40 tokens per second of music)."""
     import dataclasses
 
-    from perceiver_midi.app.pipeline import continue_prime
+    from perceiver_midi.app.core.pipeline import continue_prime
     from perceiver_midi.app.web_core import Composer, GenerateRequest
     from perceiver_midi.app.web_session import read_upload
     from perceiver_midi.model.checkpoint import load_model

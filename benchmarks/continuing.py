@@ -143,7 +143,7 @@ POOLED = ("rhythm_reuse", "self_repetition", "distinct_pitches", "pitch_class_en
 
 def run_figured(model, draws: int = 2, batch: int = 12, settings=None) -> dict:
     """Continue every figured prime ``draws`` times; per prime and pooled metrics."""
-    from perceiver_midi.app.pipeline import Settings, sample_continuations
+    from perceiver_midi.app.core.pipeline import Settings, sample_continuations
 
     settings = settings or Settings(seconds=CONTINUATION_S)
     primes = figured_primes()
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rolls", default=str(ROLLS))
     args = p.parse_args(argv)
 
-    from perceiver_midi.app.pipeline import Settings
+    from perceiver_midi.app.core.pipeline import Settings
     from perceiver_midi.model.checkpoint import default_checkpoint, load_model
 
     ckpt = args.checkpoint or str(default_checkpoint())

@@ -183,8 +183,8 @@ def _middle_notes(notes: np.ndarray, start: float, end: float) -> np.ndarray:
 def play_middles(model, gaps: list[dict], seed: int) -> dict:
     """Regenerates each gap once (free-running) and compares the middles with the real ones."""
     from benchmarks.music_metrics import mean_polyphony, notes_of
-    from perceiver_midi.app.infill import Gap, infill_items
-    from perceiver_midi.app.pipeline import Settings
+    from perceiver_midi.app.core.infill import Gap, infill_items
+    from perceiver_midi.app.core.pipeline import Settings
     from perceiver_midi.model import infill
 
     rows, rolls = [], []

@@ -98,7 +98,7 @@ from benchmarks.music_metrics import (  # noqa: E402
     summarise,
     token_diagnostics,
 )
-from perceiver_midi.app.errors import UserError  # noqa: E402
+from perceiver_midi.app.core.errors import UserError  # noqa: E402
 from perceiver_midi.tokenizer import constants as C  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "quality.json"
@@ -172,7 +172,7 @@ def generate(model, primes, seeds, settings, batch: int):
     """Continuations of every prime, ``batch`` primes per sampler call, with a progress bar."""
     from tqdm.auto import tqdm
 
-    from perceiver_midi.app.pipeline import sample_continuations
+    from perceiver_midi.app.core.pipeline import sample_continuations
 
     out = []
     bar = tqdm(total=round(len(primes) * settings.seconds), unit="s", desc="music generated")
@@ -304,7 +304,7 @@ def print_table(summary: dict, diag: dict) -> None:
 
 def parse_args(argv):
     from benchmarks.env import add_checkpoint_flag, add_note_flag, add_out_flag
-    from perceiver_midi.app.pipeline import (
+    from perceiver_midi.app.core.pipeline import (
         DEFAULT_MAX_NOTE_SECONDS,
         DEFAULT_MAX_POLYPHONY,
         DEFAULT_MIN_P,
@@ -399,7 +399,7 @@ def parse_args(argv):
     if not 0 <= args.prime_start < SPLIT_S:
         raise UserError(f"--prime-start must be in [0, {SPLIT_S:g}), got {args.prime_start:g}")
     if args.max_note_seconds is not None:
-        from perceiver_midi.app.pipeline import MAX_NOTE_SECONDS, as_float
+        from perceiver_midi.app.core.pipeline import MAX_NOTE_SECONDS, as_float
 
         as_float(args.max_note_seconds, "--max-note-seconds", 0, MAX_NOTE_SECONDS)
     if not (pathlib.Path(args.maestro) / "maestro-v3.0.0.csv").exists():
@@ -409,7 +409,7 @@ def parse_args(argv):
 
 def run(args) -> dict:
     from benchmarks.env import environment
-    from perceiver_midi.app.pipeline import Settings, Window, prime_ids
+    from perceiver_midi.app.core.pipeline import Settings, Window, prime_ids
     from perceiver_midi.model.checkpoint import (
         CheckpointError,
         default_checkpoint,

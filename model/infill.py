@@ -1,6 +1,6 @@
 """Infilling prompts: regenerate a span [A, B) of a piece with both sides in view (numpy; no JAX).
 
-One layout serves the training crops (``model/data.py``) and the app (``app/infill.py``), after
+One layout serves the training crops (``model/data.py``) and the app (``app/core/infill.py``), after
 Bavarian et al. 2022 ("Efficient Training of Language Models to Fill in the Middle", SPM order)::
 
     [SOS, GAP, <the gap's length as TIME_SHIFTs>, SUFFIX, <tokens from B on>,

@@ -1,4 +1,4 @@
-"""Batch generation (app/batch.py): manifest, identity-derived seeds, failures, resume after
+"""Batch generation (app/batch/run.py): manifest, identity-derived seeds, failures, resume after
 SIGKILL, and the Ray path giving the same manifest as the local one."""
 
 import json
@@ -13,11 +13,11 @@ import pretty_midi
 import pytest
 import soundfile
 
-from perceiver_midi.app.batch_manifest import MANIFEST
-from perceiver_midi.app.batch_plan import load_primes, prime_seed
+from perceiver_midi.app.batch.manifest import MANIFEST
+from perceiver_midi.app.batch.plan import load_primes, prime_seed
 from perceiver_midi.app.cli import main
-from perceiver_midi.app.pipeline import Settings, continue_prime
-from perceiver_midi.app.render import DEFAULT_TAIL_SECONDS
+from perceiver_midi.app.core.pipeline import Settings, continue_prime
+from perceiver_midi.app.core.render import DEFAULT_TAIL_SECONDS
 from perceiver_midi.tokenizer import decode_notes, encode, midi_bytes
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent

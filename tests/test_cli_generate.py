@@ -9,7 +9,7 @@ import pytest
 import soundfile
 
 from perceiver_midi.app.cli import main
-from perceiver_midi.app.pipeline import Settings, continue_prime
+from perceiver_midi.app.core.pipeline import Settings, continue_prime
 from perceiver_midi.tokenizer import decode_notes, encode, midi_bytes, music_seconds
 
 SECONDS = 3.0  # same token bucket as tests/test_pipeline.py
@@ -221,7 +221,7 @@ def test_error_in_a_real_process_has_no_traceback(tmp_path):
     ],
 )
 def test_output_stem_never_leaves_the_folder(name, stem):
-    from perceiver_midi.app.pipeline import output_stem
+    from perceiver_midi.app.core.pipeline import output_stem
 
     assert output_stem(name) == stem
 

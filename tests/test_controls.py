@@ -1,4 +1,5 @@
-"""Musical controls: parsing (app/controls.py) and enforcement in the sampler on every token."""
+"""Musical controls: parsing (app/core/controls.py) and enforcement in the sampler on every
+token."""
 
 import json
 import subprocess
@@ -11,9 +12,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from perceiver_midi.app import controls
-from perceiver_midi.app.errors import UserError
-from perceiver_midi.app.pipeline import Settings
+from perceiver_midi.app.core import controls
+from perceiver_midi.app.core.errors import UserError
+from perceiver_midi.app.core.pipeline import Settings
 from perceiver_midi.model import vocab
 from perceiver_midi.model.config import get_config
 from perceiver_midi.model.perceiver_ar import PerceiverAR
@@ -291,8 +292,8 @@ def test_cli_batch_and_api_honour_the_controls(tiny_model, tiny_checkpoint, shor
 def test_polyphony_limit_defaults_to_the_pipeline_s_and_0_turns_it_off():
     import argparse
 
+    from perceiver_midi.app.core.pipeline import DEFAULT_MAX_POLYPHONY
     from perceiver_midi.app.generate_cli import settings_from_args
-    from perceiver_midi.app.pipeline import DEFAULT_MAX_POLYPHONY
 
     parser = argparse.ArgumentParser()
     from perceiver_midi.app.generate_cli import _add_sampling, _add_window

@@ -8,9 +8,9 @@ import numpy as np
 import pretty_midi
 import pytest
 
-from perceiver_midi.app.errors import UserError
-from perceiver_midi.app.infill import Gap, infill_piece, plan_gap, write_infill
-from perceiver_midi.app.pipeline import OutputOptions, Settings
+from perceiver_midi.app.core.errors import UserError
+from perceiver_midi.app.core.infill import Gap, infill_piece, plan_gap, write_infill
+from perceiver_midi.app.core.pipeline import OutputOptions, Settings
 from perceiver_midi.tokenizer import encode
 from perceiver_midi.tokenizer.decode import decode_notes
 

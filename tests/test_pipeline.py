@@ -1,12 +1,13 @@
-"""The one pipeline (app/pipeline.py) with a tiny random model: windows, budgets, seeds, writers."""
+"""The one pipeline (app/core/pipeline.py) with a tiny random model: windows, budgets, seeds,
+writers."""
 
 import numpy as np
 import pretty_midi
 import pytest
 import soundfile
 
-from perceiver_midi.app.errors import UserError
-from perceiver_midi.app.pipeline import (
+from perceiver_midi.app.core.errors import UserError
+from perceiver_midi.app.core.pipeline import (
     OutputOptions,
     Settings,
     Window,

@@ -1,4 +1,4 @@
-"""Audio rendering (app/render.py): real SoundFont synthesis, length, rate, loudness, pedal."""
+"""Audio rendering (app/core/render.py): real SoundFont synthesis, length, rate, loudness, pedal."""
 
 import io
 
@@ -7,9 +7,9 @@ import pretty_midi
 import pytest
 import soundfile
 
-from perceiver_midi.app import render
 from perceiver_midi.app.cli import main
-from perceiver_midi.app.errors import UserError
+from perceiver_midi.app.core import render
+from perceiver_midi.app.core.errors import UserError
 
 
 def _pm(notes, pedal=None):

@@ -12,8 +12,8 @@ import inspect
 
 import pytest
 
-from perceiver_midi.app.errors import UserError
-from perceiver_midi.app.pipeline import Settings
+from perceiver_midi.app.core.errors import UserError
+from perceiver_midi.app.core.pipeline import Settings
 
 # field -> (a non-default value as the user gives it, the value Settings holds, a value past its
 # bound). The same spelling works for a CLI option (--top-p), a batch column and a keyword.
@@ -71,7 +71,7 @@ def _cli_with(field, text):
 def _batch_with(field, text):
     import pathlib
 
-    from perceiver_midi.app.batch_plan import _listing_prime
+    from perceiver_midi.app.batch.plan import _listing_prime
 
     row = {"prime": "x.mid", field: text}
     return _listing_prime(pathlib.Path("list.csv"), "row", row, Settings(), 0).settings
@@ -141,7 +141,7 @@ def test_the_page_has_a_widget_for_every_control():
     """Generate, the keyboard's answer and "Regenerate a span" send SAMPLING_WIDGETS: every
     control of Settings (CONTROL_FIELDS) has its widget there, and every name is a field of the
     page's request."""
-    from perceiver_midi.app.pipeline import CONTROL_FIELDS
+    from perceiver_midi.app.core.pipeline import CONTROL_FIELDS
     from perceiver_midi.app.web import SAMPLING_WIDGETS
     from perceiver_midi.app.web_core import GenerateRequest
 

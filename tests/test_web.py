@@ -12,8 +12,8 @@ import pretty_midi
 import pytest
 import soundfile
 
-from perceiver_midi.app.errors import UserError
-from perceiver_midi.app.pipeline import Window
+from perceiver_midi.app.core.errors import UserError
+from perceiver_midi.app.core.pipeline import Window
 from perceiver_midi.app.web_core import (
     Composer,
     Done,
@@ -520,8 +520,8 @@ def _key(n):
 
 
 def test_regenerate_a_span_keep_and_undo(infill_composer, tiny_infill, piece8):
-    from perceiver_midi.app.infill import Gap, infill_piece
-    from perceiver_midi.app.pipeline import Settings
+    from perceiver_midi.app.core.infill import Gap, infill_piece
+    from perceiver_midi.app.core.pipeline import Settings
     from perceiver_midi.tokenizer import midi_bytes
 
     composer = infill_composer
@@ -703,8 +703,8 @@ def test_infill_endpoint_gives_the_files_of_app_infill_and_compiles_nothing(
     import jax
     from gradio_client import Client, handle_file
 
-    from perceiver_midi.app.infill import Gap, infill_piece
-    from perceiver_midi.app.pipeline import Settings
+    from perceiver_midi.app.core.infill import Gap, infill_piece
+    from perceiver_midi.app.core.pipeline import Settings
     from perceiver_midi.tokenizer import midi_bytes
 
     client = Client(served_infill, verbose=False, download_files=str(tmp_path))

@@ -261,7 +261,7 @@ def test_call_and_response_answers_and_the_piece_grows(browser, app_url):
 
 
 def test_bad_takes_are_refused_in_one_line():
-    from perceiver_midi.app.errors import UserError
+    from perceiver_midi.app.core.errors import UserError
     from perceiver_midi.app.played import MAX_PLAYED_MESSAGES, played_ids
 
     cases = [
@@ -350,7 +350,7 @@ def test_appending_ends_notes_left_sounding_and_bounds_the_gap():
 def test_respond_appends_phrase_and_answer_and_undo_steps_back(tiny_model, tmp_path):
     import soundfile
 
-    from perceiver_midi.app.errors import UserError
+    from perceiver_midi.app.core.errors import UserError
     from perceiver_midi.app.web_core import Composer, GenerateRequest
     from perceiver_midi.tokenizer import decode_notes
 

@@ -103,8 +103,8 @@ def _cli_window(seconds, tokens, rng):
 
 
 def _batch_window(seconds, tokens, rng):
-    from perceiver_midi.app.batch_plan import _row_settings
-    from perceiver_midi.app.pipeline import Settings
+    from perceiver_midi.app.batch.plan import _row_settings
+    from perceiver_midi.app.core.pipeline import Settings
 
     row = {"prime": "x.mid", "prime_seconds": seconds, "prime_tokens": tokens, "prime_range": rng}
     row = {k: ("" if v is None else str(v)) for k, v in row.items()}  # as CSV cells
@@ -122,7 +122,7 @@ def _api_window(composer, prime, seconds, tokens, rng):
 def test_every_surface_reads_the_prime_window_options_alike(
     options, expected, tiny_model, short_prime, tmp_path
 ):
-    from perceiver_midi.app.pipeline import Window
+    from perceiver_midi.app.core.pipeline import Window
     from perceiver_midi.app.web_core import Composer
     from perceiver_midi.app.web_session import read_upload
 
@@ -138,8 +138,8 @@ def test_every_surface_reads_the_prime_window_options_alike(
 
 
 def test_seconds_and_range_together_are_refused_on_every_surface():
-    from perceiver_midi.app.errors import UserError
-    from perceiver_midi.app.pipeline import Window
+    from perceiver_midi.app.core.errors import UserError
+    from perceiver_midi.app.core.pipeline import Window
 
     with pytest.raises(UserError, match="contradict"):
         Window.from_options(8.0, None, "1:3")

@@ -1,7 +1,7 @@
 """Infilling: regenerate a span of a piece with both sides in view (the CLI, batch and web app).
 
-    from perceiver_midi.app.infill import Gap, infill_piece
-    from perceiver_midi.app.pipeline import Settings
+    from perceiver_midi.app.core.infill import Gap, infill_piece
+    from perceiver_midi.app.core.pipeline import Settings
 
     model = load_model(default_checkpoint("infill"))
     for f in infill_piece(model, "sketch.mid", Gap(30, 38), Settings(variations=3, seed=7)):
@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from perceiver_midi.app.errors import UserError
-from perceiver_midi.app.pipeline import (
+from perceiver_midi.app.core.errors import UserError
+from perceiver_midi.app.core.pipeline import (
     MAX_PRIME_SECONDS,
     MAX_TOKENS_PER_SECOND,
     OutputOptions,
@@ -208,7 +208,7 @@ def infill_piece(
     """``settings.variations`` new middles for ``gap`` of ``source`` (a MIDI path, bytes,
     PrettyMIDI, NoteSequence or id array), sampled as one batch (``length_bucket``: the
     sampler's; the notes do not depend on it)."""
-    from perceiver_midi.app.pipeline import Window
+    from perceiver_midi.app.core.pipeline import Window
 
     label = name or (source if isinstance(source, str) else "piece")
     piece = cut_prime(source, Window.whole(), name=name).window

@@ -16,7 +16,7 @@ import re
 
 import numpy as np
 
-from perceiver_midi.app.errors import UserError
+from perceiver_midi.app.core.errors import UserError
 from perceiver_midi.tokenizer import constants as C
 from perceiver_midi.tokenizer.decode import velocity_from_bin
 
@@ -156,7 +156,7 @@ def key_pitch_classes(key: str | None) -> tuple[int, ...] | None:
 
 def parse_max_polyphony(value) -> int | None:
     """Most notes sounding at once, 1..128; None, '' or 0 -> None (no limit)."""
-    from perceiver_midi.app.pipeline import as_int
+    from perceiver_midi.app.core.pipeline import as_int
 
     if _empty(value):
         return None

@@ -15,9 +15,9 @@ import pathlib
 import re
 from collections.abc import Callable, Iterable
 
-from perceiver_midi.app.batch_plan import Item
-from perceiver_midi.app.errors import UserError
-from perceiver_midi.app.pipeline import AUDIO_CHOICES, OutputOptions
+from perceiver_midi.app.batch.plan import Item
+from perceiver_midi.app.core.errors import UserError
+from perceiver_midi.app.core.pipeline import AUDIO_CHOICES, OutputOptions
 
 MANIFEST = "manifest.jsonl"
 FAILED = "failed.jsonl"

@@ -20,9 +20,9 @@ import pathlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from perceiver_midi.app.errors import UserError
-from perceiver_midi.app.infill import Gap, infill_file_names
-from perceiver_midi.app.pipeline import (
+from perceiver_midi.app.core.errors import UserError
+from perceiver_midi.app.core.infill import Gap, infill_file_names
+from perceiver_midi.app.core.pipeline import (
     CONTROL_FIELDS,
     MIDI_SUFFIXES,
     OutputOptions,

@@ -24,7 +24,7 @@ import pathlib
 
 import numpy as np
 
-from perceiver_midi.app.errors import UserError
+from perceiver_midi.app.core.errors import UserError
 
 DEFAULT_SAMPLE_RATE = 44100
 DEFAULT_TAIL_SECONDS = 1.0

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from perceiver_midi.app.batch_group import read_primes, run_group
-from perceiver_midi.app.batch_plan import Item
-from perceiver_midi.app.errors import UserError
-from perceiver_midi.app.pipeline import OutputOptions
+from perceiver_midi.app.batch.group import read_primes, run_group
+from perceiver_midi.app.batch.plan import Item
+from perceiver_midi.app.core.errors import UserError
+from perceiver_midi.app.core.pipeline import OutputOptions
 
 
 def model_blob(model) -> tuple[dict, Any]:
@@ -101,7 +101,7 @@ def _run_ray(model, groups, options: OutputOptions, address: str, workers: int |
         cpus = int(ray.cluster_resources().get("CPU", 1))
         n = max(1, min(workers or cpus, len(groups)))
         if options.synth == "midirenderer" and options.audio != "none":
-            from perceiver_midi.app.render import soundfont_bytes
+            from perceiver_midi.app.core.render import soundfont_bytes
 
             options = dataclasses.replace(options, soundfont=soundfont_bytes(options.soundfont))
         actor = ray.remote(num_cpus=1)(_Worker)

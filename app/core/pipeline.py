@@ -1,6 +1,6 @@
 """The one pipeline every surface calls: prime -> prime window -> ids -> sampler -> MIDI -> audio.
 
-    from perceiver_midi.app.pipeline import Settings, Window, continue_prime, write_outputs
+    from perceiver_midi.app.core.pipeline import Settings, Window, continue_prime, write_outputs
     from perceiver_midi.model.checkpoint import load_model
 
     model = load_model("checkpoints/maestro-cpu")
@@ -43,8 +43,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from perceiver_midi.app import controls
-from perceiver_midi.app.errors import UserError
+from perceiver_midi.app.core import controls
+from perceiver_midi.app.core.errors import UserError
 from perceiver_midi.tokenizer import constants as C
 
 if TYPE_CHECKING:  # the sampler imports JAX: loaded when a model runs, not to check a request
@@ -64,8 +64,8 @@ MAX_NOTE_SECONDS = MAX_SECONDS  # the longest-note limit (max_note_seconds)
 # the real continuations' without a limit, 1.51x at 7 s, 1.32x at 4 s; notes held > 8 s 2.25% -> 0;
 # density unchanged. Real MAESTRO continuations hold 0.8% of their notes longer than 4 s.
 DEFAULT_MAX_NOTE_SECONDS = 4.0
-# No new note while this many sound (0/None: no limit; the bound is app/controls.py's). Measured
-# with benchmarks/quality.py on the same 32 primes, round-1 model, with the 4 s limit above
+# No new note while this many sound (0/None: no limit; the bound is app/core/controls.py's).
+# Measured with benchmarks/quality.py on the same 32 primes, round-1 model, with the 4 s limit above
 # (results/experiments/quality_polycap-*_r1.json): polyphony 1.32x the real continuations' with no
 # cap, 1.15x at 16, 1.10x at 12, 0.95x at 10; density 1.04x, 0.96x, 0.97x, 0.91x. 16 is the loosest
 # that meets the +-30% bars: real continuations have >= 16 notes sounding 2.2% of the time (>= 12:
@@ -297,8 +297,8 @@ class Settings:
     NOTE_OFF before time moves further (the sampler's ``max_note_seconds``).
     pitch_range (``"48:72"``, ``"C3:C5"``), key (``"Am"``, ``"C,D,E"``), velocity_range
     (``"40:90"``) and max_polyphony (default ``DEFAULT_MAX_POLYPHONY``; None or 0: no limit): the
-    musical controls (``app/controls.py``), held on every generated token; stored canonically (a
-    (low, high) tuple, ``"A minor"``, an int or None).
+    musical controls (``app/core/controls.py``), held on every generated token; stored
+    canonically (a (low, high) tuple, ``"A minor"``, an int or None).
     """
 
     seconds: float | None = DEFAULT_SECONDS
@@ -770,7 +770,7 @@ def output_bytes(c: Continuation, options: OutputOptions) -> dict[str, bytes]:
 def audio_bytes(midi: bytes, options: OutputOptions) -> tuple[bytes, float]:
     """The one audio path (CLI, batch, web app): MIDI bytes rendered with the options' SoundFont
     and synthesizer, encoded as ``options.audio``; returns (file bytes, seconds of audio)."""
-    from perceiver_midi.app import render
+    from perceiver_midi.app.core import render
 
     audio = render.render(
         midi, sample_rate=options.sample_rate, soundfont=options.soundfont, synth=options.synth

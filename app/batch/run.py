@@ -43,8 +43,8 @@ import sys
 import time
 from collections.abc import Iterator
 
-from perceiver_midi.app.batch_group import read_primes, run_group
-from perceiver_midi.app.batch_manifest import (
+from perceiver_midi.app.batch.group import read_primes, run_group
+from perceiver_midi.app.batch.manifest import (
     FAILED,
     MANIFEST,
     _append_line,
@@ -53,10 +53,10 @@ from perceiver_midi.app.batch_manifest import (
     checkpoint_fingerprint,
     resume,
 )
-from perceiver_midi.app.batch_plan import Item, group_items, load_primes, plan
-from perceiver_midi.app.batch_ray import _run_ray
-from perceiver_midi.app.errors import UserError
-from perceiver_midi.app.pipeline import OutputOptions, Settings
+from perceiver_midi.app.batch.plan import Item, group_items, load_primes, plan
+from perceiver_midi.app.batch.ray_run import _run_ray
+from perceiver_midi.app.core.errors import UserError
+from perceiver_midi.app.core.pipeline import OutputOptions, Settings
 
 
 @dataclasses.dataclass
@@ -90,7 +90,7 @@ def run_batch(
     come from ``base_seed`` and identities). ``ray_address``: None (in this process), ``"local"``
     (start a local Ray) or a cluster address. ``progress``: None shows a bar on a terminal.
     """
-    from perceiver_midi.app.pipeline import check_latents, ensure_out_dir, write_files
+    from perceiver_midi.app.core.pipeline import check_latents, ensure_out_dir, write_files
     from perceiver_midi.model.checkpoint import CheckpointError, default_checkpoint, load_model
 
     options = options or OutputOptions()
@@ -116,7 +116,7 @@ def run_batch(
     items = plan(usable)
     ckpt = {"path": str(ckpt_dir), "fingerprint": checkpoint_fingerprint(ckpt_dir)}
     if options.audio != "none" and options.synth == "midirenderer":
-        from perceiver_midi.app.render import soundfont_bytes
+        from perceiver_midi.app.core.render import soundfont_bytes
 
         soundfont_bytes(options.soundfont)  # a bad --soundfont fails now, not per item
     summary = Summary(planned=len(items) + len(rejected), out_dir=str(out))
