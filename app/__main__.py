@@ -2,7 +2,7 @@
 
 import sys
 
-from perceiver_midi.app.web import main
+from perceiver_midi.app.web.page import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,7 +13,7 @@ import os
 import pathlib
 import sys
 
-from perceiver_midi.app import generate_cli, train_cli, web
+from perceiver_midi.app import generate_cli, train_cli
 from perceiver_midi.app.batch import cli as batch_cli
 from perceiver_midi.app.core.errors import (
     USER_ERROR_EXIT,
@@ -23,6 +23,7 @@ from perceiver_midi.app.core.errors import (
     one_line_errors,
 )
 from perceiver_midi.app.train_cli import DEFAULT_MAESTRO
+from perceiver_midi.app.web import page as web
 
 
 def _cmd_tokenize(args: argparse.Namespace) -> int:

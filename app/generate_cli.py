@@ -1,8 +1,8 @@
 """CLI subcommands: ``continue``, ``generate``, ``infill`` and ``render`` (``batch``: its package).
 
 Registered by ``app.cli.build_parser`` through :func:`add_commands`. All of them go through
-:mod:`app.pipeline`; user mistakes raise :class:`app.errors.UserError` (one line, exit 2), and
-argument errors of these subcommands are one line too (no usage dump).
+:mod:`app.core.pipeline`; user mistakes raise :class:`app.core.errors.UserError` (one line, exit 2),
+and argument errors of these subcommands are one line too (no usage dump).
 """
 
 from __future__ import annotations

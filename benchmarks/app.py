@@ -179,15 +179,15 @@ def click_to_first_audio(
         DEFAULT_MIN_P,
         DEFAULT_TOP_P,
     )
-    from perceiver_midi.app.web import SAMPLING_WIDGETS
+    from perceiver_midi.app.web.page import SAMPLING_WIDGETS
 
     client = Client(url, verbose=False, download_files=False)
     view = client.predict(handle_file(str(EXAMPLE)), api_name="/set_prime")
     start, end = view[3]["value"], view[4]["value"]  # the window sliders (last 20 s)
     t0 = time.perf_counter()
-    # The page's inputs (app/web.py's ``controls``), at the page's defaults: length, variations,
-    # prime tokens, stop at EOS (off: always 20 s), window start, window end, then the sampling
-    # widgets in SAMPLING_WIDGETS order.
+    # The page's inputs (app/web/page.py's ``controls``), at the page's defaults: length,
+    # variations, prime tokens, stop at EOS (off: always 20 s), window start, window end, then the
+    # sampling widgets in SAMPLING_WIDGETS order.
     page = dict(temperature=1.0, top_p=DEFAULT_TOP_P, top_k=0, min_p=DEFAULT_MIN_P, seed=seed,
                 random_seed=False, latents=latents, max_note_seconds=DEFAULT_MAX_NOTE_SECONDS,
                 pitch_range="", key=ANY_KEY, velocity_range="",
@@ -265,8 +265,8 @@ def dense_first_audio(ckpt: str, tokens: int, repeats: int, tmp: pathlib.Path) -
     import dataclasses
 
     from perceiver_midi.app.core.pipeline import continue_prime
-    from perceiver_midi.app.web_core import Composer, GenerateRequest
-    from perceiver_midi.app.web_session import read_upload
+    from perceiver_midi.app.web.handlers import Composer, GenerateRequest
+    from perceiver_midi.app.web.session import read_upload
     from perceiver_midi.model.checkpoint import load_model
 
     model = load_model(ckpt)

@@ -19,8 +19,8 @@ gap should help most) and by position in the gap (quarters). Bars of the issue: 
 least 0.05 lower overall and 0.15 lower over the last second.
 
 ``--sample K`` also plays: K gaps of ``--sample-gap`` seconds (default 5) are regenerated
-free-running through ``app.infill.infill_items`` (the shipped sampler defaults, one seed each), and
-the generated middles are compared with the real ones as music: mean polyphony and notes/s
+free-running through ``app.core.infill.infill_items`` (the shipped sampler defaults, one seed each),
+and the generated middles are compared with the real ones as music: mean polyphony and notes/s
 (ratios of the means; the bar is +-30%), notes left sounding across the gap's end (by
 construction none), and piano rolls of the first few (``--rolls``: 3 s of context each side,
 real middle above, generated below).

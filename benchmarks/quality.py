@@ -12,9 +12,9 @@ What is measured (results in ``benchmarks/results/quality.json``, written atomic
     sorted by file name, those with at least 100 s of music, evenly spread (piece i of n is
     eligible piece ``i * eligible // n``); the prime is the window 60-80 s (``--prime-range
     60:80`` in the CLI), piece i is sampled with seed ``--seed + i``, through the pipeline every
-    surface uses (``app.pipeline.prime_ids``, ``sample_continuations``, the shipped default
-    settings of ``app.pipeline.Settings``: temperature 1, top-k off, top-p 0.93, the 4 s longest
-    note and the polyphony cap 16, stop at EOS), ``--batch`` primes per sampler call.
+    surface uses (``app.core.pipeline.prime_ids``, ``sample_continuations``, the shipped default
+    settings of ``app.core.pipeline.Settings``: temperature 1, top-k off, top-p 0.93, the 4 s
+    longest note and the polyphony cap 16, stop at EOS), ``--batch`` primes per sampler call.
   * three sets of 20 s continuations of each prime:
       real       the piece's own 80-100 s (tokenized from the MIDI file, sustain applied, cut
                  with ``tokenizer.cut_range``);

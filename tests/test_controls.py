@@ -244,7 +244,7 @@ A_MINOR_C4_C5 = {p for p in range(60, 73) if p % 12 in (0, 2, 4, 5, 7, 9, 11)}
 def test_cli_batch_and_api_honour_the_controls(tiny_model, tiny_checkpoint, short_prime, tmp_path,
                                                capsys):  # fmt: skip
     from perceiver_midi.app.cli import main
-    from perceiver_midi.app.web_core import Composer
+    from perceiver_midi.app.web.handlers import Composer
 
     out = tmp_path / "cli"
     rc = main(["continue", str(short_prime), "--checkpoint", str(tiny_checkpoint), "--out",

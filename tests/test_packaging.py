@@ -95,7 +95,7 @@ def test_wheel_holds_the_namespace_the_default_model_and_the_web_files(wheel):
         packed = {n[len(package) + 1 :] for n in names if n.startswith(package + "/")}
         missing = {m for m in here if "__pycache__" not in m} - packed
         assert not missing, f"{folder}/: not in the wheel: {sorted(missing)}"
-    assert {"perceiver_midi/app/play.js", "perceiver_midi/app/play.css"} <= set(names)
+    assert {"perceiver_midi/app/web/play.js", "perceiver_midi/app/web/play.css"} <= set(names)
 
     # The shipped models (the default and the infilling one), all of them; nothing else of
     # checkpoints/ (training candidates stay out).
@@ -134,7 +134,7 @@ def test_wheel_installs_in_a_fresh_venv_and_continues_a_piece(wheel, tmp_path_fa
         proc = run(python, "-c", f"import {name}")
         assert proc.returncode != 0 and "ModuleNotFoundError" in proc.stderr, (name, proc.stderr)
     probe = (
-        "import pathlib, perceiver_midi.model.checkpoint as c, perceiver_midi.app.web_play as w\n"
+        "import pathlib, perceiver_midi.model.checkpoint as c, perceiver_midi.app.web.play as w\n"
         "print(c.default_checkpoint())\n"
         "print(all((w.HERE / f).is_file() for f in ('play.js', 'play.css')))\n"
     )

@@ -1,6 +1,6 @@
 """Every request setting on every surface (issue 22): the CLI's options, a batch row's columns,
 the web page's request and ``/continue``'s parameters carry every field of
-``app.pipeline.Settings``, with the same default, the same value and the same bound.
+``app.core.pipeline.Settings``, with the same default, the same value and the same bound.
 
 A field a surface does not carry must be listed in ``NOT_CARRIED`` with the reason; a new
 ``Settings`` field fails ``test_every_field_is_known`` until it is added to ``CASES``.
@@ -79,13 +79,13 @@ def _batch_with(field, text):
 
 @pytest.fixture(scope="module")
 def composer(tiny_model, tmp_path_factory):
-    from perceiver_midi.app.web_core import Composer
+    from perceiver_midi.app.web.handlers import Composer
 
     return Composer(tiny_model, root=tmp_path_factory.mktemp("web"))
 
 
 def _page_with(composer, field, text):
-    from perceiver_midi.app.web_core import GenerateRequest
+    from perceiver_midi.app.web.handlers import GenerateRequest
 
     req = GenerateRequest(**({} if field is None else {field: text}))
     return Settings(**composer._settings(req))
@@ -104,7 +104,7 @@ def _settings_on(surface, composer, field, text):
 
 @pytest.mark.parametrize("surface", SURFACES)
 def test_every_surface_has_every_field_with_the_same_default(surface, composer):
-    from perceiver_midi.app.web_core import CONTINUE_API, GenerateRequest, api_signature
+    from perceiver_midi.app.web.handlers import CONTINUE_API, GenerateRequest, api_signature
 
     defaults = _settings_on(surface, composer, None, None)
     api = api_signature(CONTINUE_API).parameters
@@ -142,17 +142,18 @@ def test_the_page_has_a_widget_for_every_control():
     control of Settings (CONTROL_FIELDS) has its widget there, and every name is a field of the
     page's request."""
     from perceiver_midi.app.core.pipeline import CONTROL_FIELDS
-    from perceiver_midi.app.web import SAMPLING_WIDGETS
-    from perceiver_midi.app.web_core import GenerateRequest
+    from perceiver_midi.app.web.handlers import GenerateRequest
+    from perceiver_midi.app.web.page import SAMPLING_WIDGETS
 
     assert set(CONTROL_FIELDS) <= set(SAMPLING_WIDGETS)
+    assert len(set(SAMPLING_WIDGETS)) == len(SAMPLING_WIDGETS)
     assert set(SAMPLING_WIDGETS) <= {f.name for f in dataclasses.fields(GenerateRequest)}
 
 
 def test_infill_takes_the_sampling_settings_of_continue():
     """/infill's parameters are /continue's sampling settings and controls (one list), plus the
     span; the budget and the window are the span's."""
-    from perceiver_midi.app.web_core import API_SAMPLING, CONTINUE_API, INFILL_API
+    from perceiver_midi.app.web.handlers import API_SAMPLING, CONTINUE_API, INFILL_API
 
     assert [p.name for p in INFILL_API] == ["piece", "start", "end"] + [
         p.name for p in API_SAMPLING
@@ -163,8 +164,8 @@ def test_infill_takes_the_sampling_settings_of_continue():
 def test_the_api_handlers_take_their_tables(composer, monkeypatch):
     """Gradio names an endpoint's parameters after its handler's signature: the handler built
     from a table has exactly that table's names and defaults, and passes them on by name."""
-    from perceiver_midi.app import web
-    from perceiver_midi.app.web_core import CONTINUE_API, api_arguments
+    from perceiver_midi.app.web import page as web
+    from perceiver_midi.app.web.handlers import CONTINUE_API, api_arguments
 
     seen = {}
 

@@ -1,4 +1,4 @@
-"""The web app's handlers (app/web_core.py) with the tiny random model, the `app` command line,
+"""The web app's handlers (app/web/handlers.py) with the tiny random model, the `app` command line,
 and a load check: 20 concurrent gradio_client requests to `/continue` on a running app."""
 
 import concurrent.futures
@@ -14,7 +14,7 @@ import soundfile
 
 from perceiver_midi.app.core.errors import UserError
 from perceiver_midi.app.core.pipeline import Window
-from perceiver_midi.app.web_core import (
+from perceiver_midi.app.web.handlers import (
     Composer,
     Done,
     GenerateRequest,
@@ -331,8 +331,8 @@ def test_app_command_options_and_one_line_errors(capsys):
 def test_app_command_loads_warms_and_launches(tiny_checkpoint, monkeypatch, capsys):
     import gradio as gr
 
-    from perceiver_midi.app import web
     from perceiver_midi.app.cli import main
+    from perceiver_midi.app.web import page as web
 
     calls = {}
 
@@ -361,7 +361,7 @@ def test_app_command_loads_warms_and_launches(tiny_checkpoint, monkeypatch, caps
 
 @pytest.fixture(scope="module")
 def served(tiny_model, tmp_path_factory):
-    from perceiver_midi.app.web import build_app, serve
+    from perceiver_midi.app.web.page import build_app, serve
 
     composer = Composer(tiny_model, root=tmp_path_factory.mktemp("served"))
     composer.warm_up()  # as `perceiver-midi app` does before it serves
@@ -377,7 +377,7 @@ def test_the_queue_is_bounded(tiny_model, short_prime, tmp_path):
     from gradio_client import Client, handle_file
     from gradio_client.utils import QueueError
 
-    from perceiver_midi.app.web import build_app, serve
+    from perceiver_midi.app.web.page import build_app, serve
 
     composer = Composer(tiny_model, root=tmp_path / "root")
     demo = build_app(tiny_model, composer=composer)
@@ -530,7 +530,7 @@ def test_regenerate_a_span_keep_and_undo(infill_composer, tiny_infill, piece8):
     uploaded = s.prime
     done = composer.regenerate_span(s, GenerateRequest(variations=2, seed=5), 2.35, 5.0)
     assert done.seed == 5 and "2.50..5.00 s regenerated (asked 2.35:5)" in done.status
-    # The page's files are those of `perceiver-midi infill` (app.infill) with the same seed.
+    # The page's files are those of `perceiver-midi infill` (app.core.infill) with the same seed.
     expected = infill_piece(
         tiny_infill, str(piece8), Gap(2.35, 5.0), Settings(variations=2, seed=5)
     )
@@ -564,7 +564,7 @@ def test_regenerate_a_span_keep_and_undo(infill_composer, tiny_infill, piece8):
 
 
 def test_bad_spans_and_no_infilling_model_are_one_line(infill_composer, tiny_model, piece8):
-    from perceiver_midi.app.web_core import NO_INFILL_MODEL
+    from perceiver_midi.app.web.handlers import NO_INFILL_MODEL
 
     composer = infill_composer
     s = composer.new_session()
@@ -630,8 +630,8 @@ def test_app_command_chooses_the_infilling_model(
 ):
     import gradio as gr
 
-    from perceiver_midi.app import web
     from perceiver_midi.app.cli import main
+    from perceiver_midi.app.web import page as web
 
     seen = {}
 
@@ -682,7 +682,7 @@ def test_app_command_chooses_the_infilling_model(
 
 @pytest.fixture(scope="module")
 def served_infill(tiny_model, tiny_infill, tmp_path_factory):
-    from perceiver_midi.app.web import build_app, serve
+    from perceiver_midi.app.web.page import build_app, serve
 
     composer = Composer(tiny_model, infill_model=tiny_infill,
                         root=tmp_path_factory.mktemp("served-infill"))  # fmt: skip
@@ -698,7 +698,7 @@ def test_infill_endpoint_gives_the_files_of_app_infill_and_compiles_nothing(
     served_infill, tiny_infill, piece8, tmp_path
 ):
     """/infill through gradio_client: the whole piece and the span alone per variation, byte for
-    byte what app.infill.infill_piece gives for the same request and seed; every shape was
+    byte what app.core.infill.infill_piece gives for the same request and seed; every shape was
     compiled at start; a bad range is its one-line message."""
     import jax
     from gradio_client import Client, handle_file

@@ -70,8 +70,8 @@ def _chromium() -> pathlib.Path:
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory, tiny_checkpoint, tiny_infill_checkpoint):
-    from perceiver_midi.app.web import build_app, serve
-    from perceiver_midi.app.web_core import Composer
+    from perceiver_midi.app.web.handlers import Composer
+    from perceiver_midi.app.web.page import build_app, serve
     from perceiver_midi.model.checkpoint import load_model
 
     model = load_model(os.environ.get("PERCEIVER_MIDI_BROWSER_CHECKPOINT") or tiny_checkpoint)

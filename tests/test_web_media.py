@@ -1,11 +1,11 @@
-"""Piano rolls of the web app (app/web_media.py): one raster image whatever the number of notes."""
+"""Piano rolls of the web app (app/web/media.py): one raster image whatever the number of notes."""
 
 import io
 
 import numpy as np
 import pytest
 
-from perceiver_midi.app import web_media as media
+from perceiver_midi.app.web import media
 from perceiver_midi.tokenizer import constants as C
 from perceiver_midi.tokenizer import decode_arrays, decode_notes
 

@@ -210,7 +210,7 @@ def test_a_midi_keyboard_take_is_the_prime_exactly(browser, app_url):
 
 
 def test_call_and_response_answers_and_the_piece_grows(browser, app_url):
-    from perceiver_midi.app.played import append_part
+    from perceiver_midi.app.web.played import append_part
     from perceiver_midi.tokenizer import decode_notes
 
     page = _page(browser, app_url, midi=True)
@@ -262,7 +262,7 @@ def test_call_and_response_answers_and_the_piece_grows(browser, app_url):
 
 def test_bad_takes_are_refused_in_one_line():
     from perceiver_midi.app.core.errors import UserError
-    from perceiver_midi.app.played import MAX_PLAYED_MESSAGES, played_ids
+    from perceiver_midi.app.web.played import MAX_PLAYED_MESSAGES, played_ids
 
     cases = [
         ("not a list", "not a list of MIDI messages"),
@@ -308,7 +308,7 @@ def test_bad_takes_are_refused_in_one_line():
     ],
 )  # fmt: skip
 def test_recorded_messages_become_notes_and_pedal(messages, notes, pedal):
-    from perceiver_midi.app.played import parse_messages
+    from perceiver_midi.app.web.played import parse_messages
 
     got_notes, got_pedal = parse_messages(messages)
     assert [(n.pitch, n.velocity, n.start, n.end) for n in got_notes] == notes
@@ -316,14 +316,14 @@ def test_recorded_messages_become_notes_and_pedal(messages, notes, pedal):
 
 
 def test_a_take_is_encoded_as_the_same_performance_in_a_file():
-    from perceiver_midi.app.played import played_ids
+    from perceiver_midi.app.web.played import played_ids
 
     messages = [[ms, *data] for data, ms in PHRASE]
     np.testing.assert_array_equal(played_ids(messages), _expected_ids(PHRASE))
 
 
 def test_appending_ends_notes_left_sounding_and_bounds_the_gap():
-    from perceiver_midi.app.played import MAX_GAP_SECONDS, append_part, from_first_note
+    from perceiver_midi.app.web.played import MAX_GAP_SECONDS, append_part, from_first_note
     from perceiver_midi.tokenizer import constants as C
     from perceiver_midi.tokenizer import decode_notes
 
@@ -351,7 +351,7 @@ def test_respond_appends_phrase_and_answer_and_undo_steps_back(tiny_model, tmp_p
     import soundfile
 
     from perceiver_midi.app.core.errors import UserError
-    from perceiver_midi.app.web_core import Composer, GenerateRequest
+    from perceiver_midi.app.web.handlers import Composer, GenerateRequest
     from perceiver_midi.tokenizer import decode_notes
 
     composer = Composer(tiny_model, root=tmp_path)

@@ -70,7 +70,7 @@ def test_cut_last_tokens():
     assert cut_last_tokens(PIECE, 100).tolist() == PIECE
 
 
-# One prime-window rule on every surface (app.pipeline.Window.from_options): the CLI's options,
+# One prime-window rule on every surface (app.core.pipeline.Window.from_options): the CLI's options,
 # a batch row's columns and /continue's parameters give the same window for the same request.
 WINDOW_CASES = [
     # (prime_seconds, prime_tokens, prime_range) -> the window
@@ -112,7 +112,7 @@ def _batch_window(seconds, tokens, rng):
 
 
 def _api_window(composer, prime, seconds, tokens, rng):
-    from perceiver_midi.app.web_core import GenerateRequest
+    from perceiver_midi.app.web.handlers import GenerateRequest
 
     plan = composer.api_plan(prime, GenerateRequest(), seconds or 0, tokens or 0, rng or "")
     return plan.settings.window
@@ -123,8 +123,8 @@ def test_every_surface_reads_the_prime_window_options_alike(
     options, expected, tiny_model, short_prime, tmp_path
 ):
     from perceiver_midi.app.core.pipeline import Window
-    from perceiver_midi.app.web_core import Composer
-    from perceiver_midi.app.web_session import read_upload
+    from perceiver_midi.app.web.handlers import Composer
+    from perceiver_midi.app.web.session import read_upload
 
     composer = Composer(tiny_model, root=tmp_path / "web")
     prime = read_upload(str(short_prime), max_bytes=1 << 20)

@@ -1,6 +1,6 @@
 """One group's work in a batch run: read its primes, sample its items together and encode their
-files. The same functions run in this process and on a Ray worker (:mod:`app.batch_ray`); the
-driver (:mod:`app.batch`) writes the files and the manifest.
+files. The same functions run in this process and on a Ray worker (:mod:`app.batch.ray_run`); the
+driver (:mod:`app.batch.run`) writes the files and the manifest.
 """
 
 from __future__ import annotations

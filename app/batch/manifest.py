@@ -1,7 +1,7 @@
 """A batch run's folder: ``manifest.jsonl`` and ``failed.jsonl`` (reading, appending, rewriting),
 repairs on resume (a torn last line, leftover temporary files, stale or duplicate lines), the
 check that resumed items were made with the same settings, seed and checkpoint, the checkpoint
-fingerprint, and the lock that keeps two runs out of one folder. See :mod:`app.batch`.
+fingerprint, and the lock that keeps two runs out of one folder. See :mod:`app.batch.run`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from perceiver_midi.app.core.pipeline import AUDIO_CHOICES, OutputOptions
 MANIFEST = "manifest.jsonl"
 FAILED = "failed.jsonl"
 LOCK = ".batch.lock"
-# The numbers a manifest record takes from the sampling (see app.batch_group.run_group).
+# The numbers a manifest record takes from the sampling (see app.batch.group.run_group).
 _INFO_KEYS = (
     "prime_tokens", "prime_seconds", "prime_cut", "music_seconds", "tokens", "stop", "infill",
 )  # fmt: skip

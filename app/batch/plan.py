@@ -5,7 +5,7 @@ A prime's identity is its path relative to the folder, or a listing row's ``id``
 written); a row may give per-prime settings (``ROW_KEYS``). An item is (prime, variation); its
 seed is ``prime_seed(base_seed, identity) + variation - 1``. Items with equal sampler settings are
 grouped, ``batch_size`` at most per group, in plan order (an infill row's items: per prime). See
-:mod:`app.batch` for the whole run.
+:mod:`app.batch.run` for the whole run.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The Ray path of a batch run: the model's serialisation for workers (config + numpy params),
 the worker actor, and the driver loop that hands groups to actors and yields their results in
-plan order (so the manifest is identical to a local run). See :mod:`app.batch`.
+plan order (so the manifest is identical to a local run). See :mod:`app.batch.run`.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ relative to the listing's folder; optional ``id`` as identity, else the path as 
 per-prime settings, see ``ROW_KEYS``). An item is (prime identity, variation). Its seed is
 ``prime_seed(base_seed, identity) + variation - 1``, so it depends on the item's identity only,
 never on its position in a run, and ``perceiver-midi continue PRIME --seed <prime seed>
---variations N`` reproduces the same notes (both go through :mod:`app.pipeline`).
+--variations N`` reproduces the same notes (both go through :mod:`app.core.pipeline`).
 
 Outputs. ``DIR/<identity without extension>_v<n>.mid`` (+ ``.wav``/``.flac``), and one line per
 output in ``DIR/manifest.jsonl`` (prime, window, seed, settings, checkpoint, output paths, music
@@ -30,9 +30,9 @@ joins a cluster: workers need this package installed; primes, model weights and 
 shipped to them). The driver writes every file and the manifest in plan order, so the outputs and
 manifest are identical to a local run.
 
-The parts: :mod:`app.batch_plan` (primes, items, seeds, groups), :mod:`app.batch_group` (one
-group's sampling and files), :mod:`app.batch_manifest` (the manifest, failures, resume repairs,
-the lock) and :mod:`app.batch_ray` (the Ray path); this module runs a job.
+The parts: :mod:`app.batch.plan` (primes, items, seeds, groups), :mod:`app.batch.group` (one
+group's sampling and files), :mod:`app.batch.manifest` (the manifest, failures, resume repairs,
+the lock) and :mod:`app.batch.ray_run` (the Ray path); this module runs a job.
 """
 
 from __future__ import annotations

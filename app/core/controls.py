@@ -2,7 +2,7 @@
 
 ``--pitch-range``, ``--key``, ``--velocity-range`` and ``--max-polyphony`` (CLI), the batch
 columns, the web app's Controls and ``/continue`` parameters of the same names all go through
-these functions (via ``app.pipeline.Settings``); the sampler enforces them on every generated
+these functions (via ``app.core.pipeline.Settings``); the sampler enforces them on every generated
 token (``model.sampler.apply_controls``).
 
 Pitches are MIDI numbers or scientific names (C4 = 60, A0 = 21, C8 = 108; ``#`` and ``b``).

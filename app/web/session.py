@@ -3,7 +3,7 @@ used as prime), a rendered :class:`Result` and :class:`SpanResult` (a regenerate
 :class:`Session` (kept in ``gr.State``: the prime history for "Undo", the last results, the span
 being chosen, the stop flag, the session's lock and folder), the :class:`PrimeView` the Prime
 panel shows, reading an upload and listing the shipped examples.
-The handlers that use them are the :class:`app.web_core.Composer`'s.
+The handlers that use them are the :class:`app.web.handlers.Composer`'s.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ import threading
 
 import numpy as np
 
-from perceiver_midi.app import web_media as media
 from perceiver_midi.app.core.errors import UserError
 from perceiver_midi.app.core.pipeline import DEFAULT_PRIME_SECONDS
+from perceiver_midi.app.web import media
 
 MAX_UPLOAD_BYTES = 4 * 1024 * 1024  # the largest MAESTRO file is under 1 MiB
 SESSION_WAIT_S = 600.0  # a request waits this long for its session's previous one, then refuses
-EXAMPLES_DIR = pathlib.Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES_DIR = pathlib.Path(__file__).resolve().parents[2] / "examples"
 DEFAULT_SPAN_SECONDS = 4.0  # "Regenerate a span" starts with this much of the piece's middle
 
 
@@ -74,7 +74,7 @@ class Prime:
 class Result:
     """One rendered continuation of a session's last generation."""
 
-    continuation: object  # app.pipeline.Continuation
+    continuation: object  # app.core.pipeline.Continuation
     base: Prime  # the piece it continues
     head: np.ndarray  # the piece up to the window's end (where the continuation starts)
     audio: pathlib.Path
@@ -105,7 +105,7 @@ class Result:
 class SpanResult:
     """One regenerated span of a session's piece ("Regenerate a span")."""
 
-    infilled: object  # app.infill.Infilled
+    infilled: object  # app.core.infill.Infilled
     base: Prime  # the piece whose span was regenerated
     audio: pathlib.Path  # the variation in place: 3 s before the span, the new span, 3 s after
     roll: pathlib.Path  # the piano roll of that stretch, the new span coloured

@@ -1,13 +1,13 @@
 """The web app's "Play" panel: a prime recorded from a MIDI keyboard or the on-screen keys, and
-call and response. The browser part is ``app/play.js`` and ``app/play.css`` (plain files, no build
-step, nothing fetched from elsewhere), run by a ``gr.HTML`` component; what is played reaches the
-server as MIDI messages (``app/played.py``) through the component's events:
+call and response. The browser part is ``app/web/play.js`` and ``app/web/play.css`` (plain files,
+no build step, nothing fetched from elsewhere), run by a ``gr.HTML`` component; what is played
+reaches the server as MIDI messages (``app/web/played.py``) through the component's events:
 
 * ``submit`` {messages}: a take (Record, then Stop) -> :meth:`Composer.load_played`;
 * ``change`` {messages, gap_seconds}: a phrase, after the chosen pause -> :meth:`Composer.respond`,
   whose answer audio the page plays (``window.perceiverMidiPlayAnswer``).
 
-``app/web.py`` wires them to the session, the prime panel and the Generate controls.
+``app/web/page.py`` wires them to the session, the prime panel and the Generate controls.
 """
 
 from __future__ import annotations

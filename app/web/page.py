@@ -5,7 +5,7 @@
 
 The page, in the order a composer works:
   1. Prime: upload a MIDI file, choose a shipped example, or start from nothing; or play it
-     (app/web_play.py: a MIDI keyboard through Web MIDI, or the on-screen keys; Record / Stop /
+     (app/web/play.py: a MIDI keyboard through Web MIDI, or the on-screen keys; Record / Stop /
      Clear / Play back), with call and response (play a phrase, pause, hear the model answer;
      the exchange grows as one piece). Its piano roll (the prime window in colour), a player for
      the window and the piece as MIDI; two sliders choose the window (start and end, in
@@ -26,7 +26,7 @@ The page, in the order a composer works:
 The named API endpoints (see README): ``/continue`` takes a prime MIDI file and the settings and
 returns the audio and MIDI files of each variation; ``/infill`` takes a MIDI file, a span (start,
 end) and the settings and returns each variation's audio in place and its MIDI files (the whole
-piece, the span alone). The handlers live in ``app/web_core.py`` (plain Python, tested without a
+piece, the span alone). The handlers live in ``app/web/handlers.py`` (plain Python, tested without a
 browser); this module only lays out the page and adapts values. One model per process (and the
 infilling model, when it is another), loaded and compiled before the server starts; per-session
 state in ``gr.State``; Gradio's queue bounds how many requests use the models at once.
@@ -43,7 +43,8 @@ import time
 
 from perceiver_midi.app.core.controls import ANY_KEY, KEY_CHOICES
 from perceiver_midi.app.core.errors import UserError
-from perceiver_midi.app.web_core import (
+from perceiver_midi.app.core.pipeline import CONTROL_FIELDS
+from perceiver_midi.app.web.handlers import (
     CONTINUE_API,
     DEFAULT_MAX_NOTE_SECONDS,
     DEFAULT_MAX_POLYPHONY,
@@ -63,8 +64,8 @@ from perceiver_midi.app.web_core import (
     Started,
     api_signature,
 )
-from perceiver_midi.app.web_play import play_panel
-from perceiver_midi.app.web_session import MAX_UPLOAD_BYTES, Session, human_size, list_examples
+from perceiver_midi.app.web.play import play_panel
+from perceiver_midi.app.web.session import MAX_UPLOAD_BYTES, Session, human_size, list_examples
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
@@ -72,6 +73,15 @@ DEFAULT_MAX_CONCURRENCY = 2
 DEFAULT_MAX_QUEUE = 16  # requests waiting beyond these are refused ("queue is full")
 MAX_QUEUE = 1000
 MAX_CONCURRENCY = 64
+# Gradio keeps per session (each browser tab, each API client) a copy of the page's config (about
+# 0.3 MB here) and the session's gr.State, and drops only the least recently used beyond this
+# many (Gradio's default, 10,000, lets a long-running server grow by gigabytes).
+MAX_SESSIONS = 500
+# Gradio's queue records every event for its /monitoring page and, after each one, summarises
+# them all with pandas: at most this many events kept, summarised every this many events (its
+# defaults, 10,000 and 1, make each request's work, and the heap, grow with the events served).
+ANALYTICS_MAX_EVENTS = 1000
+ANALYTICS_EVERY = 100
 TITLE = "perceiver-midi: continue your piano sketch"
 log = logging.getLogger("perceiver_midi.web")
 
@@ -105,22 +115,9 @@ def _user_errors(fn):
     return wrapper
 
 
-# The page's sampling settings and controls (GenerateRequest fields), one widget each; the
-# settings-agreement test checks they cover Settings' CONTROL_FIELDS.
-SAMPLING_WIDGETS = (
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "seed",
-    "random_seed",
-    "latents",
-    "max_note_seconds",
-    "pitch_range",
-    "key",
-    "velocity_range",
-    "max_polyphony",
-)
+# The page's sampling settings and controls (GenerateRequest fields), one widget each: the seed,
+# "random seed", and every control of Settings.
+SAMPLING_WIDGETS = ("seed", "random_seed", *CONTROL_FIELDS)
 
 
 def _page_request(**values) -> GenerateRequest:
@@ -808,6 +805,7 @@ def cmd_app(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be in 0..65535, got {args.port}")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    bound_malloc()  # before the model's and the server's threads make their heaps
     t0 = time.perf_counter()
     try:
         model = load_model(args.checkpoint)
@@ -840,6 +838,29 @@ def cmd_app(args: argparse.Namespace) -> int:
     return 0
 
 
+def bound_malloc() -> bool:
+    """Keeps a long-running server's resident memory flat (glibc; elsewhere nothing happens).
+
+    Requests are served from many threads (Gradio's workers, the sampler's, XLA's), and glibc
+    gives threads heaps of their own (arenas: up to 8 per core), each keeping the freed space of
+    the largest request it served (WAVs, piano-roll rasters, pandas frames; glibc serves blocks
+    up to 32 MiB from the heaps once one such block was freed) and rarely giving it back: as
+    requests land on ever other threads the server's RSS creeps up (``benchmarks/soak.py``: about
+    +0.3 MB per request). Two heaps bound that by what two requests at once need; no cost in
+    speed was measured. A ``MALLOC_ARENA_MAX`` in the environment is left alone. Returns whether
+    glibc took the setting."""
+    import ctypes
+
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own C library
+    except (OSError, AttributeError):  # not glibc
+        return False
+    m_arena_max = -8  # glibc's malloc.h
+    return mallopt(m_arena_max, 2) == 1
+
+
 def serve(
     demo,
     *,
@@ -852,12 +873,16 @@ def serve(
 ) -> str:
     """Queues and launches ``demo`` (from :func:`build_app`); returns the local URL. With
     ``block=False`` the server runs in a thread (tests, benchmarks): ``demo.close()`` stops it."""
+    # Read when the queue is made (they bound what Gradio keeps and redoes after every event).
+    os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", str(ANALYTICS_MAX_EVENTS))
+    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", str(ANALYTICS_EVERY))
     demo.queue(default_concurrency_limit=int(max_concurrency), max_size=int(max_queue))
     _, url, _ = demo.launch(
         server_name=host,
         server_port=port,
         share=share,
         max_file_size=demo.composer.max_upload_bytes,
+        state_session_capacity=MAX_SESSIONS,
         prevent_thread_lock=not block,
         quiet=not block,
     )

@@ -1,14 +1,15 @@
 """The web app's handlers as plain Python: a :class:`Composer` (the model, loaded once per process)
-working on a per-browser-session :class:`app.web_session.Session` (kept in ``gr.State``; no shared
+working on a per-browser-session :class:`app.web.session.Session` (kept in ``gr.State``; no shared
 mutable globals): loading primes, planning a request, sampling in a thread while progress is
 reported, rendering the results, regenerating a span of the piece (infilling, with a second model
 when the first cannot infill), the ``/continue`` and ``/infill`` APIs and the start-up warm-up.
 
 Every handler takes and returns plain values (dataclasses, paths, numbers) and raises
-:class:`app.errors.UserError` with a one-line message for anything the user can fix; ``app/web.py``
-turns values into Gradio updates and errors into a message in the page (a toast and a status
-line; ``gr.Error`` for the ``/continue`` API). Generation goes through the one pipeline,
-:func:`app.pipeline.continue_prime`, so the same seed and settings give the same notes as
+:class:`app.core.errors.UserError` with a one-line message for anything the user can fix;
+``app/web/page.py`` turns values into Gradio updates and errors into a message in the page (a toast
+and a status line; ``gr.Error`` for the ``/continue`` API). Generation goes through the one
+pipeline,
+:func:`app.core.pipeline.continue_prime`, so the same seed and settings give the same notes as
 ``perceiver-midi continue``.
 
 The prime is a whole *piece* (token ids, no SOS): an uploaded file, a shipped example, nothing
@@ -25,8 +26,9 @@ What each result holds:
     continuation, which is exactly what "Continue from this" makes the new prime.
 
 "Regenerate a span" (:meth:`Composer.regenerate_span`) gives per variation the stretch around the
-new span (``app.infill.CONTEXT_SECONDS`` before it, the span, as long after) as audio and a piano
-roll, and the files of ``perceiver-midi infill`` (byte for byte): ``<stem>_infill_vN.mid`` (the
+new span (``app.core.infill.CONTEXT_SECONDS`` before it, the span, as long after) as audio and a
+piano roll, and the files of ``perceiver-midi infill`` (byte for byte): ``<stem>_infill_vN.mid``
+(the
 whole piece with the new span: what "Keep this" makes the piece) and ``..._middle.mid``.
 """
 
@@ -47,7 +49,6 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from perceiver_midi.app import web_media as media
 from perceiver_midi.app.core.errors import UserError
 from perceiver_midi.app.core.pipeline import (
     CONTROL_FIELDS,
@@ -63,7 +64,8 @@ from perceiver_midi.app.core.pipeline import WEB_MAX_SECONDS as MAX_SECONDS
 from perceiver_midi.app.core.pipeline import WEB_MAX_VARIATIONS as MAX_VARIATIONS
 from perceiver_midi.app.core.pipeline import as_float as _as_float
 from perceiver_midi.app.core.pipeline import as_int as _as_int
-from perceiver_midi.app.web_session import (
+from perceiver_midi.app.web import media
+from perceiver_midi.app.web.session import (
     EXAMPLES_DIR,
     MAX_UPLOAD_BYTES,
     Prime,
@@ -228,8 +230,8 @@ class Regenerated:
 
 @dataclasses.dataclass(frozen=True)
 class _Plan:
-    prime: object  # app.pipeline.PrimeCut: the window the model is given and the piece's head
-    settings: object  # app.pipeline.Settings
+    prime: object  # app.core.pipeline.PrimeCut: the window the model is given and the piece's head
+    settings: object  # app.core.pipeline.Settings
     base: Prime
 
 
@@ -274,7 +276,7 @@ class Composer:
         # Test-time compute choices: each is compiled at start (warm_up), any other is refused.
         self.latent_choices = _latent_choices(model)
         self.infill_latent_choices = _latent_choices(infill_model) if infill_model else ()
-        # Every infill budget fits this sampler length (app.infill.plan_gap: at most half the
+        # Every infill budget fits this sampler length (app.core.infill.plan_gap: at most half the
         # sampler's view), so one length per shape is compiled at start.
         self.infill_length_bucket = int(infill_model.config.max_len) // 2 if infill_model else 0
 
@@ -419,9 +421,9 @@ class Composer:
         )
 
     def load_played(self, session: Session, messages) -> PrimeView:
-        """A take recorded in the page (MIDI messages, see ``app/played.py``) becomes the prime,
+        """A take recorded in the page (MIDI messages, see ``app/web/played.py``) becomes the prime,
         through a MIDI file and the tokenizer, as an upload does."""
-        from perceiver_midi.app.played import played_ids
+        from perceiver_midi.app.web.played import played_ids
 
         return self._push(session, Prime(played_ids(messages), "recording", "played"))
 
@@ -429,12 +431,12 @@ class Composer:
         self, session: Session, messages, req: GenerateRequest, gap_seconds: float = 0.0
     ) -> Answer:
         """Call and response: the phrase (MIDI messages) is appended to the piece ``gap_seconds``
-        after its end (at most ``app.played.MAX_GAP_SECONDS``), the model continues the piece's
+        after its end (at most ``app.web.played.MAX_GAP_SECONDS``), the model continues the piece's
         last 20 s with the page's controls (one variation), the answer is appended too. Two
         primes are pushed (the piece with the phrase, then with the answer): Undo steps back
         through them. The answer's audio starts at its first note, so it sounds at once."""
         from perceiver_midi.app.core.pipeline import continue_prime
-        from perceiver_midi.app.played import append_part, from_first_note, played_ids
+        from perceiver_midi.app.web.played import append_part, from_first_note, played_ids
         from perceiver_midi.tokenizer import music_seconds
 
         t0 = time.perf_counter()
@@ -719,7 +721,7 @@ class Composer:
         return self.infill_model
 
     def _infill(self, piece: np.ndarray, gap, settings, *, label: str, callback=None) -> list:
-        """``app.infill.infill_piece`` of ``piece`` (ids): the same middles, sampled at the one
+        """``app.core.infill.infill_piece`` of ``piece`` (ids): the same middles, sampled at the one
         length compiled at start (``infill_length_bucket``; the notes do not depend on it)."""
         from perceiver_midi.app.core.infill import infill_piece
 

@@ -2,7 +2,7 @@
 // on-screen keys, and call and response. Plain JavaScript, run by gr.HTML's js_on_load
 // (`element`: the panel's root, `trigger(event, data)`: sends an event to the server).
 // No build step, no network: what is played goes to the app's own server only, as MIDI
-// messages [t_ms, status, data1, data2] (t_ms from the first message); app/played.py reads them.
+// messages [t_ms, status, data1, data2] (t_ms from the first message); app/web/played.py reads them.
 //
 // trigger('submit', {messages})                 a take, to become the prime (Stop)
 // trigger('change', {messages, gap_seconds})    call and response: a phrase, after the pause
@@ -18,7 +18,7 @@ const BLACK = new Set([1, 3, 6, 8, 10]);
 const KEYMAP = { a: 0, w: 1, s: 2, e: 3, d: 4, f: 5, t: 6, g: 7, y: 8, h: 9, u: 10, j: 11,
   k: 12, o: 13, l: 14, p: 15, ';': 16 };
 const KEY_VELOCITY = 80; // computer keys have no touch
-const MAX_MESSAGES = 20000; // as app/played.py's MAX_PLAYED_MESSAGES
+const MAX_MESSAGES = 20000; // as app/web/played.py's MAX_PLAYED_MESSAGES
 
 const st = {
   recording: false, take: [], takeT0: null, lastTake: [],

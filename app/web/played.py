@@ -1,6 +1,6 @@
 """A prime played in the browser, and the piece a call-and-response exchange grows.
 
-The page (``app/play.js``) records what is played, from a MIDI keyboard (Web MIDI) or the
+The page (``app/web/play.js``) records what is played, from a MIDI keyboard (Web MIDI) or the
 on-screen keys, as raw MIDI channel messages with times: ``[[t_ms, status, data1, data2], ...]``,
 ``t_ms`` counted from the take's first message. Here they become notes and sustain-pedal events,
 a MIDI file written with the project's writer (:func:`tokenizer.notes_to_pretty_midi`), and token
