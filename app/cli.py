@@ -22,15 +22,15 @@ from perceiver_midi.app.core.errors import (
     one_line,
     one_line_errors,
 )
+from perceiver_midi.app.core.pipeline import ensure_out_dir
 from perceiver_midi.app.train_cli import DEFAULT_MAESTRO
 from perceiver_midi.app.web import page as web
+from perceiver_midi.tokenizer import MidiError, dataset, encode, write_midi
 
 
 def _cmd_tokenize(args: argparse.Namespace) -> int:
     """One JSON line per file; a file the tokenizer refuses is one error line (the others are
     still tokenized) and the exit status is then 2, as for every refused input."""
-    from perceiver_midi.tokenizer import MidiError, encode
-
     status = 0
     for path in args.files:
         try:
@@ -60,8 +60,6 @@ def _read_ids_json(path: str) -> list[int]:
 
 
 def _cmd_detokenize(args: argparse.Namespace) -> int:
-    from perceiver_midi.tokenizer import write_midi
-
     ids = _read_ids_json(args.ids)
     out = pathlib.Path(args.output)
     if not out.parent.is_dir():
@@ -77,8 +75,6 @@ def _cmd_detokenize(args: argparse.Namespace) -> int:
 
 
 def _cmd_prepare_data(args: argparse.Namespace) -> int:
-    from perceiver_midi.tokenizer import dataset
-
     if args.midi_dir:
         root = pathlib.Path(args.midi_dir)
         if not root.is_dir():
@@ -94,8 +90,6 @@ def _cmd_prepare_data(args: argparse.Namespace) -> int:
             sources = dataset.maestro_sources(root)
         except FileNotFoundError as exc:
             raise UserError(str(exc)) from None
-    from perceiver_midi.app.core.pipeline import ensure_out_dir
-
     ensure_out_dir(args.out)  # one line if --out is a file or cannot be created
     splits = args.split or list(dataset.SPLITS)
     try:

@@ -12,8 +12,11 @@ import pathlib
 import sys
 import time
 
+from perceiver_midi.app.core import render
 from perceiver_midi.app.core.errors import UserError
+from perceiver_midi.app.core.infill import Gap, infill_piece, plan_gap, write_infill
 from perceiver_midi.app.core.pipeline import (
+    CONTROL_FIELDS,
     DEFAULT_MAX_NOTE_SECONDS,
     DEFAULT_MAX_POLYPHONY,
     DEFAULT_MIN_P,
@@ -24,7 +27,17 @@ from perceiver_midi.app.core.pipeline import (
     MAX_SECONDS,
     MAX_TOKENS,
     MAX_VARIATIONS,
+    OutputOptions,
+    Settings,
+    Window,
+    continue_prime,
+    cut_prime,
+    ensure_out_dir,
+    output_stem,
+    write_outputs,
 )
+from perceiver_midi.model.checkpoint import CheckpointError, default_checkpoint, load_model
+from perceiver_midi.tokenizer import MidiError, read_midi
 
 # ----------------------------------------------------------------------------------------------
 # Options
@@ -202,8 +215,6 @@ def _add_synth(g) -> None:
 
 def settings_from_args(args: argparse.Namespace, *, window: bool = True):
     """Settings from parsed options; contradictory options are a UserError."""
-    from perceiver_midi.app.core.pipeline import CONTROL_FIELDS, Settings, Window
-
     seconds, tokens = getattr(args, "seconds", None), getattr(args, "tokens", None)
     if seconds is not None and tokens is not None:
         raise UserError("use --seconds or --tokens, not both")
@@ -227,8 +238,6 @@ def settings_from_args(args: argparse.Namespace, *, window: bool = True):
 
 
 def output_options_from_args(args: argparse.Namespace):
-    from perceiver_midi.app.core.pipeline import OutputOptions
-
     if args.audio == "none":
         for name in ("soundfont", "sample_rate", "synth"):
             if getattr(args, name) is not None:
@@ -246,8 +255,6 @@ def output_options_from_args(args: argparse.Namespace):
 
 
 def load_model_or_exit(checkpoint: str | None, task: str = "continue"):
-    from perceiver_midi.model.checkpoint import CheckpointError, default_checkpoint, load_model
-
     if checkpoint is None and task != "continue":
         checkpoint = default_checkpoint(task)
         if checkpoint is None:
@@ -325,13 +332,6 @@ def _print_table(rows: list[tuple[str, str, str, str]]) -> None:
 
 
 def _generate(args: argparse.Namespace, prime_source, stem: str, label: str) -> int:
-    from perceiver_midi.app.core.pipeline import (
-        continue_prime,
-        cut_prime,
-        ensure_out_dir,
-        write_outputs,
-    )
-
     settings = settings_from_args(args, window=prime_source is not None)
     options = output_options_from_args(args)
     if prime_source is not None:  # read once, and fail fast, before loading the model
@@ -396,8 +396,6 @@ def cmd_continue(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from perceiver_midi.app.core.pipeline import output_stem
-
     stem = output_stem(args.name)  # the same rule as batch: never outside --out
     if stem != args.name:
         print(f"note: --name {args.name!r} written as {stem!r} inside --out", file=sys.stderr)
@@ -410,9 +408,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_infill(args: argparse.Namespace) -> int:
-    from perceiver_midi.app.core.infill import Gap, infill_piece, plan_gap, write_infill
-    from perceiver_midi.app.core.pipeline import Window, cut_prime, ensure_out_dir
-
     piece_path = pathlib.Path(args.piece)
     if not piece_path.exists():
         raise UserError(f"{piece_path}: no such file")
@@ -450,10 +445,6 @@ def cmd_infill(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from perceiver_midi.app.core import render
-    from perceiver_midi.app.core.pipeline import ensure_out_dir
-    from perceiver_midi.tokenizer import MidiError, read_midi
-
     out = pathlib.Path(args.output)
     render.audio_format(out)
     try:

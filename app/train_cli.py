@@ -16,6 +16,31 @@ from perceiver_midi.app.core.errors import (
     positive_float,
     positive_int,
 )
+from perceiver_midi.app.core.pipeline import ensure_out_dir
+from perceiver_midi.model.checkpoint import (
+    CHECKPOINT_DOCS,
+    CheckpointError,
+    is_checkpoint_dir,
+    load_model,
+    param_specs,
+    params_mismatch,
+)
+from perceiver_midi.model.config import PRESETS, Config
+from perceiver_midi.model.evaluate import evaluate
+from perceiver_midi.model.perceiver_ar import PerceiverAR
+from perceiver_midi.model.train import (
+    TrainConfig,
+    branch,
+    has_state,
+    init_distributed,
+    is_lead,
+    load_params,
+    read_train_config,
+    sync,
+    train,
+)
+from perceiver_midi.tokenizer import dataset
+from perceiver_midi.tokenizer.dataset import load_split
 
 # Relative to the folder the command runs in (a clone's root in the README), never to where the
 # package is installed: a pip-installed perceiver-midi must not write into site-packages.
@@ -101,10 +126,6 @@ def _check_params_fit(checkpoint: str, config, what: str) -> None:
     model of ``config`` (settings that shape no parameter, like latents, may differ)."""
     from flax import nnx
 
-    from perceiver_midi.model.checkpoint import CheckpointError, param_specs, params_mismatch
-    from perceiver_midi.model.perceiver_ar import PerceiverAR
-    from perceiver_midi.model.train import load_params
-
     try:
         loaded = load_params(checkpoint)  # (load_model's params; any number of processes)
     except CheckpointError as exc:
@@ -120,10 +141,6 @@ def _check_params_fit(checkpoint: str, config, what: str) -> None:
 def _check_resume(workdir: pathlib.Path, tc) -> None:
     """A work dir with training state resumes only with a model of the same parameter shapes."""
     from flax import nnx
-
-    from perceiver_midi.model.checkpoint import param_specs, params_mismatch
-    from perceiver_midi.model.perceiver_ar import PerceiverAR
-    from perceiver_midi.model.train import has_state, read_train_config
 
     if not (workdir / "train_config.json").is_file() or not has_state(workdir):
         return
@@ -147,8 +164,6 @@ def _check_resume(workdir: pathlib.Path, tc) -> None:
 
 def _ensure_data(data: pathlib.Path, maestro: pathlib.Path, splits: list[str]) -> None:
     """Prepare MAESTRO token arrays into ``data`` if they are not there yet (takes seconds)."""
-    from perceiver_midi.tokenizer import dataset
-
     missing = [s for s in splits if not (data / s / "DONE.json").exists()]
     if not missing:
         return
@@ -176,8 +191,6 @@ def _join_processes(args: argparse.Namespace) -> None:
         raise UserError(
             f"--process-id {args.process_id}: must be below --num-processes {args.num_processes}"
         )
-    from perceiver_midi.model.train import init_distributed
-
     try:
         init_distributed(args.coordinator, args.num_processes, args.process_id)
     except (RuntimeError, ValueError, TypeError) as exc:
@@ -187,17 +200,6 @@ def _join_processes(args: argparse.Namespace) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     import dataclasses
-
-    from perceiver_midi.model.config import PRESETS, Config
-    from perceiver_midi.model.train import (
-        TrainConfig,
-        branch,
-        has_state,
-        is_lead,
-        read_train_config,
-        sync,
-        train,
-    )
 
     if args.preset not in PRESETS:
         raise UserError(f"unknown preset {args.preset!r}; choose from {sorted(PRESETS)}")
@@ -261,9 +263,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     sync("data")
     if not is_lead():
         _ensure_data(data, pathlib.Path(args.maestro), ["train", "validation"])
-    from perceiver_midi.app.core.pipeline import ensure_out_dir
-    from perceiver_midi.model.checkpoint import CheckpointError
-
     ensure_out_dir(workdir)
     try:
         result = train(tc, data, workdir, max_steps=args.steps, max_hours=args.hours)
@@ -274,10 +273,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from perceiver_midi.model.checkpoint import CheckpointError, load_model
-    from perceiver_midi.model.evaluate import evaluate
-    from perceiver_midi.tokenizer.dataset import load_split
-
     try:
         model = load_model(args.checkpoint)
     except CheckpointError as exc:
@@ -328,8 +323,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     import shutil
     import tempfile
-
-    from perceiver_midi.model.checkpoint import CHECKPOINT_DOCS, is_checkpoint_dir
 
     workdir = pathlib.Path(args.workdir)
     if not workdir.is_dir():

@@ -48,19 +48,17 @@ import concurrent.futures
 import os
 import pathlib
 import re
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 if not __package__:  # a script run (not python -m benchmarks.x): benchmarks.* need the repo root
     sys.path.insert(0, str(ROOT))
+
+from benchmarks.web_server import Server  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "app.json"
 ANSWER_RESULTS = ROOT / "benchmarks" / "results" / "app_answer.json"
@@ -68,12 +66,6 @@ CHROMIUM = pathlib.Path(os.environ.get("PERCEIVER_MIDI_CHROMIUM", "/usr/bin/chro
 TARGET_ANSWER_S = 2.0  # call and response: end of the pause -> first sound of a 10 s answer
 EXAMPLE = ROOT / "examples" / "bach_prelude_c.mid"
 TARGET_FIRST_AUDIO_S = 5.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _percentile(xs: list[float], q: float) -> float:
@@ -102,62 +94,6 @@ def _checkpoint(arg: str | None, tmp: pathlib.Path) -> tuple[str, str, dict]:
     path = tmp / "random-cpu"
     save_model(PerceiverAR(get_config("cpu"), rngs=nnx.Rngs(0)), path, metadata={"random": True})
     return str(path), "random cpu preset (no shipped checkpoint yet)", {}
-
-
-class Server:
-    """``python -m perceiver_midi.app`` in a subprocess; its output goes to a log file."""
-
-    def __init__(
-        self, checkpoint: str, port: int, max_concurrency: int, max_queue: int, log: pathlib.Path
-    ):
-        env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
-        self.url = f"http://127.0.0.1:{port}/"
-        self.log = log
-        self.t0 = time.perf_counter()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "perceiver_midi.app",
-                "--checkpoint",
-                checkpoint,
-                "--port",
-                str(port),
-                "--max-concurrency",
-                str(max_concurrency),
-                "--max-queue",
-                str(max_queue),
-            ],  # fmt: skip
-            cwd=ROOT,
-            env=env,
-            stdout=log.open("w"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def wait_ready(self, timeout: float = 600.0) -> float:
-        while time.perf_counter() - self.t0 < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the app exited ({self.proc.returncode}):\n{self.tail()}")
-            try:
-                with urllib.request.urlopen(self.url, timeout=2) as r:
-                    if r.status == 200:
-                        return time.perf_counter() - self.t0
-            except OSError:
-                time.sleep(0.5)
-        raise TimeoutError(f"the app did not answer in {timeout:.0f} s:\n{self.tail()}")
-
-    def tail(self) -> str:
-        return "\n".join(self.log.read_text().splitlines()[-15:])
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
 
 
 def _is_audio(value) -> bool:
@@ -418,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"checkpoint: {ckpt} ({kind}, step {checkpoint['step']}, {latents} latents)",
               flush=True)  # fmt: skip
         max_queue = args.max_queue or max(16, args.requests)  # the load check: none refused
-        server = Server(ckpt, _free_port(), args.max_concurrency, max_queue, tmp / "server.log")
+        server = Server(ckpt, infill_checkpoint=None, max_concurrency=args.max_concurrency,
+                        max_queue=max_queue, log=tmp / "server.log")  # fmt: skip
         try:
             startup = server.wait_ready()
             print(f"startup (load + warm-up): {startup:.1f} s", flush=True)

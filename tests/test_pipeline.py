@@ -217,19 +217,22 @@ def test_full_is_the_piece_up_to_the_window_end_then_the_continuation(tiny_model
 
 
 def test_a_request_encodes_its_prime_once(tiny_model, monkeypatch, tmp_path):
-    from perceiver_midi import tokenizer
+    """Counted where every encode reads its MIDI (the tokenizer's own reference to read_midi),
+    so a second encode from any module shows."""
+    import importlib
+
+    from perceiver_midi.app import generate_cli
     from perceiver_midi.app.cli import main
-    from perceiver_midi.model import checkpoint
 
+    encode_module = importlib.import_module("perceiver_midi.tokenizer.encode")  # not the function
     calls = []
-    real = tokenizer.encode
+    real = encode_module.read_midi
 
-    def counting(*args, **kwargs):
-        calls.append(args[0])
-        return real(*args, **kwargs)
+    def counting(source, *args, **kwargs):
+        calls.append(source)
+        return real(source, *args, **kwargs)
 
-    monkeypatch.setattr(tokenizer, "encode", counting)
-
-    monkeypatch.setattr(checkpoint, "load_model", lambda *a, **k: tiny_model)
+    monkeypatch.setattr(encode_module, "read_midi", counting)
+    monkeypatch.setattr(generate_cli, "load_model", lambda *a, **k: tiny_model)
     rc = main(["continue", EXAMPLE, "--tokens", "20", "--audio", "none", "--out", str(tmp_path)])
     assert rc == 0 and calls == [EXAMPLE]

@@ -7,6 +7,7 @@ import argparse
 import os
 
 from perceiver_midi.app.batch.plan import ROW_KEYS
+from perceiver_midi.app.batch.run import run_batch
 from perceiver_midi.app.core.errors import UserError
 from perceiver_midi.app.generate_cli import (
     _add_output,
@@ -20,8 +21,6 @@ from perceiver_midi.app.generate_cli import (
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from perceiver_midi.app.batch.run import run_batch
-
     settings = settings_from_args(args)
     options = output_options_from_args(args)
     if args.workers is not None and args.ray is None:

@@ -9,7 +9,14 @@ import pathlib
 
 from perceiver_midi.app.batch.plan import Item
 from perceiver_midi.app.core.errors import UserError
-from perceiver_midi.app.core.pipeline import OutputOptions, output_bytes, sample_continuations
+from perceiver_midi.app.core.infill import infill_bytes, infill_items
+from perceiver_midi.app.core.pipeline import (
+    OutputOptions,
+    Window,
+    cut_prime,
+    output_bytes,
+    sample_continuations,
+)
 
 
 def read_primes(group: list[Item]) -> dict[str, bytes | str]:
@@ -36,8 +43,6 @@ def run_group(
     """Samples one group and encodes its files. Returns per item (group order) a dict with
     ``id``, and either ``error`` or ``files`` ({kind: bytes}) and ``info`` (numbers for the
     manifest)."""
-    from perceiver_midi.app.core.pipeline import Window, cut_prime
-
     windows: dict[str, object] = {}  # identity -> PrimeCut, or the reason it failed
     for it in group:
         p = it.prime
@@ -102,8 +107,6 @@ def run_group(
 def _infill_group(model, items: list[Item], pieces: dict, options: OutputOptions) -> list[dict]:
     """Infill items (``infill_range`` rows), one sampler call per prime: per item the same
     dict as ``run_group``'s."""
-    from perceiver_midi.app.core.infill import infill_bytes, infill_items
-
     out: dict[str, dict] = {}
     by_prime: dict[str, list[Item]] = {}
     for it in items:

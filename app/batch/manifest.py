@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from perceiver_midi.app.batch.plan import Item
 from perceiver_midi.app.core.errors import UserError
 from perceiver_midi.app.core.pipeline import AUDIO_CHOICES, OutputOptions
+from perceiver_midi.tokenizer import atomic_write_bytes
 
 MANIFEST = "manifest.jsonl"
 FAILED = "failed.jsonl"
@@ -189,15 +190,11 @@ def resume(out: pathlib.Path, items: list[Item], record: Callable[[Item, dict], 
         keep.append(rec)
         finished.add(rid)
     if len(keep) != len(listed):  # rewrite without stale or duplicate lines (atomically)
-        from perceiver_midi.tokenizer import atomic_write_bytes
-
         text = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in keep)
         atomic_write_bytes(manifest, text.encode())
     return finished
 
 
 def _write_failed(out: pathlib.Path, lines: list[dict]) -> None:
-    from perceiver_midi.tokenizer import atomic_write_bytes
-
     text = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in lines)
     atomic_write_bytes(out / FAILED, text.encode())

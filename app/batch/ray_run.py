@@ -19,6 +19,9 @@ from perceiver_midi.app.batch.group import read_primes, run_group
 from perceiver_midi.app.batch.plan import Item
 from perceiver_midi.app.core.errors import UserError
 from perceiver_midi.app.core.pipeline import OutputOptions
+from perceiver_midi.app.core.render import soundfont_bytes
+from perceiver_midi.model.config import Config
+from perceiver_midi.model.perceiver_ar import PerceiverAR
 
 
 def model_blob(model) -> tuple[dict, Any]:
@@ -32,9 +35,6 @@ def model_blob(model) -> tuple[dict, Any]:
 
 def model_from_blob(blob):
     from flax import nnx
-
-    from perceiver_midi.model.config import Config
-    from perceiver_midi.model.perceiver_ar import PerceiverAR
 
     config, params = blob
     model = PerceiverAR(Config(**config), rngs=nnx.Rngs(0))
@@ -101,8 +101,6 @@ def _run_ray(model, groups, options: OutputOptions, address: str, workers: int |
         cpus = int(ray.cluster_resources().get("CPU", 1))
         n = max(1, min(workers or cpus, len(groups)))
         if options.synth == "midirenderer" and options.audio != "none":
-            from perceiver_midi.app.core.render import soundfont_bytes
-
             options = dataclasses.replace(options, soundfont=soundfont_bytes(options.soundfont))
         actor = ray.remote(num_cpus=1)(_Worker)
         blob = ray.put(model_blob(model))

@@ -56,7 +56,15 @@ from perceiver_midi.app.batch.manifest import (
 from perceiver_midi.app.batch.plan import Item, group_items, load_primes, plan
 from perceiver_midi.app.batch.ray_run import _run_ray
 from perceiver_midi.app.core.errors import UserError
-from perceiver_midi.app.core.pipeline import OutputOptions, Settings
+from perceiver_midi.app.core.pipeline import (
+    OutputOptions,
+    Settings,
+    check_latents,
+    ensure_out_dir,
+    write_files,
+)
+from perceiver_midi.app.core.render import soundfont_bytes
+from perceiver_midi.model.checkpoint import CheckpointError, default_checkpoint, load_model
 
 
 @dataclasses.dataclass
@@ -90,9 +98,6 @@ def run_batch(
     come from ``base_seed`` and identities). ``ray_address``: None (in this process), ``"local"``
     (start a local Ray) or a cluster address. ``progress``: None shows a bar on a terminal.
     """
-    from perceiver_midi.app.core.pipeline import check_latents, ensure_out_dir, write_files
-    from perceiver_midi.model.checkpoint import CheckpointError, default_checkpoint, load_model
-
     options = options or OutputOptions()
     if batch_size < 1:
         raise UserError(f"batch size must be at least 1, got {batch_size}")
@@ -116,8 +121,6 @@ def run_batch(
     items = plan(usable)
     ckpt = {"path": str(ckpt_dir), "fingerprint": checkpoint_fingerprint(ckpt_dir)}
     if options.audio != "none" and options.synth == "midirenderer":
-        from perceiver_midi.app.core.render import soundfont_bytes
-
         soundfont_bytes(options.soundfont)  # a bad --soundfont fails now, not per item
     summary = Summary(planned=len(items) + len(rejected), out_dir=str(out))
 

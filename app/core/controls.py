@@ -156,7 +156,7 @@ def key_pitch_classes(key: str | None) -> tuple[int, ...] | None:
 
 def parse_max_polyphony(value) -> int | None:
     """Most notes sounding at once, 1..128; None, '' or 0 -> None (no limit)."""
-    from perceiver_midi.app.core.pipeline import as_int
+    from perceiver_midi.app.core.pipeline import as_int  # here: pipeline imports this module
 
     if _empty(value):
         return None

@@ -34,6 +34,7 @@ from perceiver_midi.app.core.pipeline import (
     MAX_TOKENS_PER_SECOND,
     OutputOptions,
     Settings,
+    Window,
     _with_velocity,
     as_float,
     audio_bytes,
@@ -208,8 +209,6 @@ def infill_piece(
     """``settings.variations`` new middles for ``gap`` of ``source`` (a MIDI path, bytes,
     PrettyMIDI, NoteSequence or id array), sampled as one batch (``length_bucket``: the
     sampler's; the notes do not depend on it)."""
-    from perceiver_midi.app.core.pipeline import Window
-
     label = name or (source if isinstance(source, str) else "piece")
     piece = cut_prime(source, Window.whole(), name=name).window
     n = int(settings.variations)

@@ -39,16 +39,26 @@ import pathlib
 import re
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from perceiver_midi.app.core import controls
+from perceiver_midi.app.core import controls, render
 from perceiver_midi.app.core.errors import UserError
+from perceiver_midi.model.sampler import SampleOptions, StopSampling, prompt_window, sample
+from perceiver_midi.tokenizer import (
+    MidiError,
+    atomic_write_bytes,
+    cut_last_seconds,
+    cut_last_tokens,
+    cut_range,
+    decode,
+    encode,
+    midi_bytes,
+    music_seconds,
+)
 from perceiver_midi.tokenizer import constants as C
-
-if TYPE_CHECKING:  # the sampler imports JAX: loaded when a model runs, not to check a request
-    from perceiver_midi.model.sampler import SampleOptions
+from perceiver_midi.tokenizer.windows import shift_steps
 
 DEFAULT_SECONDS = 20.0
 DEFAULT_PRIME_SECONDS = 20.0
@@ -269,8 +279,6 @@ class Window:
 
     def cut(self, ids: np.ndarray) -> np.ndarray:
         """The window of ``ids`` (tokenizer cuts, on event boundaries)."""
-        from perceiver_midi.tokenizer import cut_last_seconds, cut_last_tokens, cut_range
-
         if self.kind == "last_seconds":
             ids = cut_last_seconds(ids, self.seconds)
         elif self.kind == "last_tokens":
@@ -361,8 +369,6 @@ class Settings:
 
     def sample_options(self) -> SampleOptions:
         """The sampler's options for these settings (the one place they are mapped)."""
-        from perceiver_midi.model.sampler import SampleOptions
-
         return SampleOptions(
             max_new_tokens=self.max_new_tokens,
             temperature=float(self.temperature),
@@ -442,8 +448,6 @@ class Continuation:
 
     @property
     def prime_seconds(self) -> float:
-        from perceiver_midi.tokenizer import music_seconds
-
         return music_seconds(self.prime)
 
     @property
@@ -460,14 +464,10 @@ class Continuation:
 
     def midi(self):
         """PrettyMIDI of the continuation alone (starts at time 0)."""
-        from perceiver_midi.tokenizer import decode
-
         return decode(self.continuation_ids())
 
     def full_midi(self):
         """PrettyMIDI of ``full_ids`` (the continuation starts at the window's end time)."""
-        from perceiver_midi.tokenizer import decode
-
         return decode(self.full_ids)
 
 
@@ -512,8 +512,6 @@ def cut_prime(source, window: Window | None = None, *, name: str | None = None) 
     Raises :class:`UserError` (one line) for unreadable input, a prime with no notes, or a
     window without notes. ``None`` gives no prime (the sampler starts from SOS alone).
     """
-    from perceiver_midi.tokenizer import MidiError, cut_range, encode, music_seconds
-
     window = window or Window()
     if source is None:
         return NO_PRIME
@@ -545,14 +543,10 @@ def _has_note_on(ids: np.ndarray) -> bool:
 
 def context_tokens(model, latents: int | None = None) -> int:
     """Most prime tokens the sampler conditions on (its window ``N - R`` minus the SOS)."""
-    from perceiver_midi.model.sampler import prompt_window
-
     return prompt_window(model.config, latents) - 1
 
 
 def _fit_context(prime: np.ndarray, capacity: int) -> tuple[np.ndarray, bool]:
-    from perceiver_midi.tokenizer import cut_last_tokens
-
     if prime.size <= capacity:
         return prime, False
     return cut_last_tokens(prime, capacity), True
@@ -560,8 +554,6 @@ def _fit_context(prime: np.ndarray, capacity: int) -> tuple[np.ndarray, bool]:
 
 def _trim_to_seconds(ids: np.ndarray, seconds: float | None) -> tuple[np.ndarray, bool]:
     """Shortens the TIME_SHIFT that crossed the budget; returns (ids, budget reached)."""
-    from perceiver_midi.tokenizer.windows import shift_steps
-
     if seconds is None or ids.size == 0:
         return ids, False
     budget = max(1, int(round(seconds * C.STEPS_PER_SECOND)))
@@ -603,9 +595,6 @@ def sample_continuations(
     labels the results (default 1, 2, ...). ``length_bucket``: the sampler's (see
     :func:`model.sampler.sample`); the notes do not depend on it.
     """
-    from perceiver_midi.model.sampler import StopSampling, sample
-    from perceiver_midi.tokenizer import music_seconds
-
     if len(primes) != len(seeds):
         raise ValueError(f"{len(primes)} primes but {len(seeds)} seeds")
     if not primes:
@@ -758,8 +747,6 @@ class OutputOptions:
 def output_bytes(c: Continuation, options: OutputOptions) -> dict[str, bytes]:
     """The files of one continuation as bytes: ``{"midi": ..., "audio": ...}`` (audio is the
     rendering of exactly that MIDI file)."""
-    from perceiver_midi.tokenizer import midi_bytes
-
     pm = c.full_midi() if options.full else c.midi()
     data = {"midi": midi_bytes(pm)}
     if options.audio != "none":
@@ -770,8 +757,6 @@ def output_bytes(c: Continuation, options: OutputOptions) -> dict[str, bytes]:
 def audio_bytes(midi: bytes, options: OutputOptions) -> tuple[bytes, float]:
     """The one audio path (CLI, batch, web app): MIDI bytes rendered with the options' SoundFont
     and synthesizer, encoded as ``options.audio``; returns (file bytes, seconds of audio)."""
-    from perceiver_midi.app.core import render
-
     audio = render.render(
         midi, sample_rate=options.sample_rate, soundfont=options.soundfont, synth=options.synth
     )
@@ -781,8 +766,6 @@ def audio_bytes(midi: bytes, options: OutputOptions) -> tuple[bytes, float]:
 
 def write_files(out_dir: str | os.PathLike, names: dict[str, str], data: dict[str, bytes]):
     """Writes ``data[kind]`` to ``out_dir / names[kind]`` atomically; returns {kind: Path}."""
-    from perceiver_midi.tokenizer import atomic_write_bytes
-
     out_dir = pathlib.Path(out_dir)
     paths = {}
     for kind, rel in names.items():

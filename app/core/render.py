@@ -25,6 +25,7 @@ import pathlib
 import numpy as np
 
 from perceiver_midi.app.core.errors import UserError
+from perceiver_midi.tokenizer import MidiError, atomic_write_bytes, midi_bytes, read_midi
 
 DEFAULT_SAMPLE_RATE = 44100
 DEFAULT_TAIL_SECONDS = 1.0
@@ -76,8 +77,6 @@ def _midi_bytes(midi) -> tuple[bytes, str]:
         except OSError as exc:
             raise UserError(f"{path}: cannot read ({exc.strerror})") from None
     if hasattr(midi, "instruments"):
-        from perceiver_midi.tokenizer import midi_bytes
-
         return midi_bytes(midi), "<PrettyMIDI>"
     raise TypeError(f"expected a MIDI path, bytes or PrettyMIDI, got {type(midi).__name__}")
 
@@ -124,8 +123,6 @@ def _with_tail(data: bytes, tail: float, label: str) -> tuple[bytes, float]:
 
 
 def _has_notes(data: bytes) -> bool:
-    from perceiver_midi.tokenizer import MidiError, read_midi
-
     try:
         return len(read_midi(data)) > 0
     except MidiError:
@@ -237,8 +234,6 @@ def audio_format(path: str | os.PathLike) -> str:
 
 def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int) -> pathlib.Path:
     """Writes WAV or FLAC (by extension) atomically."""
-    from perceiver_midi.tokenizer import atomic_write_bytes
-
     data = audio_bytes(audio, sample_rate, audio_format(path))
     atomic_write_bytes(path, data)
     return pathlib.Path(path)

@@ -50,6 +50,13 @@ from collections.abc import Iterator
 import numpy as np
 
 from perceiver_midi.app.core.errors import UserError
+from perceiver_midi.app.core.infill import (
+    CONTEXT_SECONDS,
+    MAX_GAP_SECONDS,
+    Gap,
+    infill_piece,
+    write_infill,
+)
 from perceiver_midi.app.core.pipeline import (
     CONTROL_FIELDS,
     DEFAULT_MAX_NOTE_SECONDS,
@@ -58,13 +65,23 @@ from perceiver_midi.app.core.pipeline import (
     DEFAULT_SECONDS,
     DEFAULT_TOP_P,
     MAX_NOTE_SECONDS,
+    NO_PRIME,
     WEB_LENGTH_BUCKET,
+    OutputOptions,
+    Settings,
+    Window,
+    check_latents,
+    context_tokens,
+    continue_prime,
+    cut_prime,
+    output_bytes,
 )
 from perceiver_midi.app.core.pipeline import WEB_MAX_SECONDS as MAX_SECONDS
 from perceiver_midi.app.core.pipeline import WEB_MAX_VARIATIONS as MAX_VARIATIONS
 from perceiver_midi.app.core.pipeline import as_float as _as_float
 from perceiver_midi.app.core.pipeline import as_int as _as_int
 from perceiver_midi.app.web import media
+from perceiver_midi.app.web.played import append_part, from_first_note, played_ids
 from perceiver_midi.app.web.session import (
     EXAMPLES_DIR,
     MAX_UPLOAD_BYTES,
@@ -75,6 +92,15 @@ from perceiver_midi.app.web.session import (
     SpanResult,
     list_examples,
     read_upload,
+)
+from perceiver_midi.tokenizer import (
+    MidiError,
+    atomic_write_bytes,
+    cut_last_seconds,
+    encode,
+    midi_bytes,
+    music_seconds,
+    write_midi,
 )
 
 PROGRESS_EVERY_S = 0.25  # at most this often a progress update is sent to the page
@@ -291,15 +317,11 @@ class Composer:
 
     @property
     def context_tokens(self) -> int:
-        from perceiver_midi.app.core.pipeline import context_tokens
-
         return context_tokens(self.model)
 
     # -- the prime -----------------------------------------------------------------------------
 
     def prime_view(self, session: Session, window: tuple[float, float] | None = None) -> PrimeView:
-        from perceiver_midi.tokenizer import write_midi
-
         prime = session.prime
         folder = session.folder()
         name = session.next_name("prime")
@@ -354,8 +376,6 @@ class Composer:
             return roll, line
 
     def _span_line(self, prime: Prime, span) -> str:
-        from perceiver_midi.app.core.infill import MAX_GAP_SECONDS, Gap
-
         if span is None:
             return ""
         try:
@@ -368,8 +388,6 @@ class Composer:
         )
 
     def _window_audio(self, prime: Prime, window, path: pathlib.Path) -> pathlib.Path:
-        from perceiver_midi.tokenizer import cut_last_seconds, music_seconds
-
         ids = window.cut(prime.ids)
         if music_seconds(ids) > media.PRIME_AUDIO_MAX_SECONDS:
             ids = cut_last_seconds(ids, media.PRIME_AUDIO_MAX_SECONDS)
@@ -378,8 +396,6 @@ class Composer:
     def window(self, prime: Prime, start, end):
         """Window.range(start, end) of ``prime``, checked against the piece; ``end`` at the
         piece's end means "to the end" (the CLI's default window is then reproduced exactly)."""
-        from perceiver_midi.app.core.pipeline import Window
-
         total = prime.seconds
         start = 0.0 if start is None else _as_float(start, "window start")
         end = total if end is None else _as_float(end, "window end")
@@ -408,8 +424,6 @@ class Composer:
         return self._push(session, read_upload(path, max_bytes=self.max_upload_bytes))
 
     def load_example(self, session: Session, name: str) -> PrimeView:
-        from perceiver_midi.tokenizer import MidiError, encode
-
         if name not in list_examples(self.examples_dir):
             raise UserError(f"no shipped example named {name!r}")
         try:
@@ -423,8 +437,6 @@ class Composer:
     def load_played(self, session: Session, messages) -> PrimeView:
         """A take recorded in the page (MIDI messages, see ``app/web/played.py``) becomes the prime,
         through a MIDI file and the tokenizer, as an upload does."""
-        from perceiver_midi.app.web.played import played_ids
-
         return self._push(session, Prime(played_ids(messages), "recording", "played"))
 
     def respond(
@@ -435,10 +447,6 @@ class Composer:
         last 20 s with the page's controls (one variation), the answer is appended too. Two
         primes are pushed (the piece with the phrase, then with the answer): Undo steps back
         through them. The answer's audio starts at its first note, so it sounds at once."""
-        from perceiver_midi.app.core.pipeline import continue_prime
-        from perceiver_midi.app.web.played import append_part, from_first_note, played_ids
-        from perceiver_midi.tokenizer import music_seconds
-
         t0 = time.perf_counter()
         phrase = played_ids(messages)
         if req.random_seed:
@@ -493,8 +501,6 @@ class Composer:
             if not 0 <= int(index) < len(session.results):
                 raise UserError(f"there is no result {int(index) + 1} to continue from")
             r = session.results[int(index)]
-        from perceiver_midi.tokenizer import music_seconds
-
         head = music_seconds(r.head)  # call-and-response answers inside the head stay marked
         answers = tuple((a, min(b, head)) for a, b in r.base.answers if a < head)
         prime = Prime(r.piece_ids, r.base.name if not r.base.empty else "generated",
@@ -516,8 +522,6 @@ class Composer:
     def _settings(self, req: GenerateRequest, model=None) -> dict:
         """The pipeline Settings' fields from the request (checked; window apart), for ``model``
         (default: the main model)."""
-        from perceiver_midi.app.core.pipeline import check_latents
-
         model = model or self.model
         latent_choices = _latent_choices(model)
         seconds = _as_float(req.seconds, "continuation length (seconds)", 0, MAX_SECONDS,
@@ -546,8 +550,6 @@ class Composer:
 
     def plan(self, prime: Prime, req: GenerateRequest) -> _Plan:
         """Checks the request against the prime and the model: what the pipeline is given."""
-        from perceiver_midi.app.core.pipeline import NO_PRIME, Settings, cut_prime
-
         fields = self._settings(req)
         tokens = 0 if req.prime_tokens in (None, "") else _as_int(req.prime_tokens, "prime tokens")
         if tokens < 0:
@@ -567,8 +569,6 @@ class Composer:
     ) -> _Plan:
         """The CLI's windows (``Window.from_options``, the one rule of every surface; 0 or ""
         means not given)."""
-        from perceiver_midi.app.core.pipeline import NO_PRIME, Settings, Window, cut_prime
-
         fields = self._settings(req)
         if prime.empty:
             return _Plan(NO_PRIME, Settings(**fields), prime)
@@ -586,8 +586,6 @@ class Composer:
             yield from self._generate(session, req)
 
     def _generate(self, session: Session, req: GenerateRequest) -> Iterator[object]:
-        from perceiver_midi.app.core.pipeline import continue_prime
-
         t0 = time.perf_counter()
         if req.random_seed:
             req = dataclasses.replace(req, seed=secrets.randbelow(2**31))
@@ -691,9 +689,6 @@ class Composer:
         return tuple(rolls)
 
     def _render(self, c, plan: _Plan, folder: pathlib.Path) -> Result:
-        from perceiver_midi.app.core.pipeline import OutputOptions, output_bytes
-        from perceiver_midi.tokenizer import atomic_write_bytes, cut_last_seconds, music_seconds
-
         folder.mkdir(parents=True, exist_ok=True)
         stem = f"{media.safe_stem(plan.base.name, 'generated')}_v{c.variation}"
         if c.prime.size:
@@ -723,18 +718,12 @@ class Composer:
     def _infill(self, piece: np.ndarray, gap, settings, *, label: str, callback=None) -> list:
         """``app.core.infill.infill_piece`` of ``piece`` (ids): the same middles, sampled at the one
         length compiled at start (``infill_length_bucket``; the notes do not depend on it)."""
-        from perceiver_midi.app.core.infill import infill_piece
-
         return infill_piece(
             self._infill_model_or_say(), piece, gap, settings, name=label, callback=callback,
             length_bucket=self.infill_length_bucket,
         )  # fmt: skip
 
     def _render_span(self, f, base: Prime, folder: pathlib.Path) -> SpanResult:
-        from perceiver_midi.app.core.infill import CONTEXT_SECONDS, write_infill
-        from perceiver_midi.app.core.pipeline import OutputOptions
-        from perceiver_midi.tokenizer import midi_bytes
-
         stem = media.safe_stem(base.name)
         files = write_infill(f, folder, stem, OutputOptions(audio="none"))  # the CLI's files
         context = f.context_midi()  # from CONTEXT_SECONDS before the span (or the piece's start)
@@ -750,9 +739,6 @@ class Composer:
         (seconds) of the session's piece, with the request's sampling settings and controls (its
         length, window and prime tokens do not apply), kept in ``session.spans`` for "Keep
         this"."""
-        from perceiver_midi.app.core.infill import Gap
-        from perceiver_midi.app.core.pipeline import Settings
-
         t0 = time.perf_counter()
         model = self._infill_model_or_say()
         if req.random_seed:
@@ -782,8 +768,6 @@ class Composer:
     def keep_span(self, session: Session, index: int) -> PrimeView:
         """Variation ``index`` (0-based) of the last regenerated span becomes the piece: the
         whole piece with that span, exactly as downloaded (``<stem>_infill_vN.mid``)."""
-        from perceiver_midi.tokenizer import encode
-
         with session.busy():
             if not 0 <= int(index) < len(session.spans):
                 raise UserError(f"there is no regenerated variation {int(index) + 1} to keep")
@@ -805,8 +789,6 @@ class Composer:
         ``ignore_eos`` as the CLI's ``--ignore-eos``; ``max_note_seconds``, ``pitch_range``,
         ``key``, ``velocity_range`` and ``max_polyphony`` as the CLI's options of those names
         ('' or 0: off). Parameters: ``CONTINUE_API``."""
-        from perceiver_midi.app.core.pipeline import continue_prime
-
         v = api_arguments(CONTINUE_API, args, kwargs)
         prime = v["prime"]
         self._sweep_api_files()
@@ -847,9 +829,6 @@ class Composer:
         new span) and ``<stem>_infill_vN_middle.mid`` (the span alone), those of
         ``perceiver-midi infill --range START:END`` with the same seed and settings. Parameters:
         ``INFILL_API``."""
-        from perceiver_midi.app.core.infill import CONTEXT_SECONDS, Gap
-        from perceiver_midi.app.core.pipeline import Settings
-
         v = api_arguments(INFILL_API, args, kwargs)
         model = self._infill_model_or_say()
         self._sweep_api_files()
@@ -904,9 +883,6 @@ class Composer:
         uses: ``WEB_LENGTH_BUCKET``; one chunk each, then stops), the same for the infilling
         model (at ``infill_length_bucket``), and loads the renderers, so no request waits for a
         compilation. Returns the seconds it took."""
-        from perceiver_midi.app.core.infill import Gap
-        from perceiver_midi.app.core.pipeline import Settings, continue_prime
-
         t0 = time.perf_counter()
         batches = sorted({1 << (v - 1).bit_length() for v in range(1, MAX_VARIATIONS + 1)})
         for latents in self.latent_choices:

@@ -15,6 +15,16 @@ import re
 
 import numpy as np
 
+from perceiver_midi.app.core.pipeline import OutputOptions, audio_bytes
+from perceiver_midi.tokenizer import (
+    atomic_write_bytes,
+    decode,
+    decode_arrays,
+    midi_bytes,
+    music_seconds,
+)
+from perceiver_midi.tokenizer import constants as C
+
 SAMPLE_RATE = 48000  # midirenderer's own rate: no resampling, so the fastest to render
 LEAD_IN_SECONDS = 3.0  # the audio of a result starts this long before the continuation
 PRIME_AUDIO_MAX_SECONDS = 60.0  # the prime player plays at most the last minute of the window
@@ -34,8 +44,6 @@ def safe_stem(name: str, default: str = "prime") -> str:
 
 
 def _write_bytes(path: pathlib.Path, data: bytes) -> pathlib.Path:
-    from perceiver_midi.tokenizer import atomic_write_bytes
-
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, data)
     return path
@@ -44,23 +52,17 @@ def _write_bytes(path: pathlib.Path, data: bytes) -> pathlib.Path:
 def write_audio_file(ids: np.ndarray, path: str | os.PathLike) -> tuple[pathlib.Path, float]:
     """Token ids -> a 16-bit stereo WAV rendered with the bundled SoundFont (the pipeline's audio
     path, at midirenderer's own rate); returns (path, seconds of audio)."""
-    from perceiver_midi.tokenizer import decode, midi_bytes
-
     return write_midi_audio(midi_bytes(decode(np.asarray(ids, np.int32))), path)
 
 
 def write_midi_audio(midi: bytes, path: str | os.PathLike) -> tuple[pathlib.Path, float]:
     """MIDI file bytes -> the WAV of :func:`write_audio_file`; returns (path, seconds of audio)."""
-    from perceiver_midi.app.core.pipeline import OutputOptions, audio_bytes
-
     data, seconds = audio_bytes(midi, OutputOptions(audio="wav", sample_rate=SAMPLE_RATE))
     return _write_bytes(pathlib.Path(path), data), seconds
 
 
 def _note_arrays(ids) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(pitch, start, end, velocity) arrays of the notes of ``ids`` (no object per note)."""
-    from perceiver_midi.tokenizer import decode_arrays
-
     pitch, velocity, start, end = decode_arrays(np.asarray(ids, np.int32))
     return pitch.astype(np.float64), start, end, velocity.astype(np.float64)
 
@@ -177,8 +179,6 @@ def prime_roll_png(
     stays readable). Notes that start inside one of the ``answers`` spans (seconds: what the
     model played in call and response) are drawn in the continuation's colour. ``span`` (start,
     end seconds: the span to regenerate) is hatched in the continuation's colour, on both."""
-    from perceiver_midi.tokenizer import music_seconds
-
     fig, ax = _figure()
     total = music_seconds(ids)
     pitch, start, end, vel = _note_arrays(ids)
@@ -279,8 +279,6 @@ def result_roll_png(
     prime: np.ndarray, continuation: np.ndarray, path: str | os.PathLike
 ) -> pathlib.Path:
     """The prime window greyed, the continuation coloured, a line where the continuation starts."""
-    from perceiver_midi.tokenizer import music_seconds
-
     fig, ax = _figure()
     prime = np.asarray(prime, np.int32)
     t0 = music_seconds(prime)
@@ -306,8 +304,6 @@ def result_roll_png(
 
 def warm_up_ids() -> np.ndarray:
     """One note, 0.21 s long: what the warm-ups play."""
-    from perceiver_midi.tokenizer import constants as C
-
     return np.asarray([C.VELOCITY_FIRST_ID + 20, C.NOTE_ON_FIRST_ID + 60,
                        C.TIME_SHIFT_FIRST_ID + 20, C.NOTE_OFF_FIRST_ID + 60], np.int32)  # fmt: skip
 

@@ -35,14 +35,17 @@ state in ``gr.State``; Gradio's queue bounds how many requests use the models at
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import logging
 import os
 import sys
 import time
+from typing import Any
 
 from perceiver_midi.app.core.controls import ANY_KEY, KEY_CHOICES
 from perceiver_midi.app.core.errors import UserError
+from perceiver_midi.app.core.infill import CONTEXT_SECONDS, MAX_GAP_SECONDS
 from perceiver_midi.app.core.pipeline import CONTROL_FIELDS
 from perceiver_midi.app.web.handlers import (
     CONTINUE_API,
@@ -66,6 +69,7 @@ from perceiver_midi.app.web.handlers import (
 )
 from perceiver_midi.app.web.play import play_panel
 from perceiver_midi.app.web.session import MAX_UPLOAD_BYTES, Session, human_size, list_examples
+from perceiver_midi.model.checkpoint import CheckpointError, default_checkpoint, load_model
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
@@ -202,296 +206,439 @@ def _result_cards(prefix: str, audio_label: str, roll_label: str, files_label: s
     return cards
 
 
-def build_app(
-    model,
-    *,
-    composer: Composer | None = None,
-    max_upload_bytes: int = MAX_UPLOAD_BYTES,
-):
-    """The gr.Blocks of the app for ``model`` (queue and launch it yourself, or use ``main``)."""
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a server
+# ----------------------------------------------------------------------------------------------
+# The page in named stages: the panels, laid out in page order inside gr.Blocks (each returns
+# its components), then the wiring of each panel's events (class _Wiring)
+# ----------------------------------------------------------------------------------------------
+
+# The options of the page's own events (not API endpoints): prime handlers render audio and
+# rolls, so they share the model's CPU budget (its concurrency group) with generation, and a
+# burst of uploads cannot starve sampling.
+UI_EVENT = {"api_visibility": "private", "show_progress": "minimal", "concurrency_id": "model"}
+
+
+@dataclasses.dataclass
+class _Prime:
+    """1. Prime: where a prime comes from (upload, example, nothing, undo, the Play panel), its
+    view (description, roll, audio, MIDI) and its window sliders."""
+
+    upload: Any
+    example: Any
+    nothing: Any
+    undo: Any
+    keyboard: Any
+    answer_status: Any
+    answer_audio: Any
+    info: Any
+    roll: Any
+    audio: Any
+    midi: Any
+    win_start: Any
+    win_end: Any
+
+
+@dataclasses.dataclass
+class _Span:
+    """The "Regenerate a span of the piece" panel: its sliders, button, status and result cards."""
+
+    panel: Any
+    start: Any
+    end: Any
+    variations: Any
+    info: Any
+    button: Any
+    status: Any
+    slots: list
+
+
+@dataclasses.dataclass
+class _Controls:
+    """2. Continue: the length and variations, the sampling widgets (``sampling``, one per name
+    of SAMPLING_WIDGETS), Generate / Stop and the status line."""
+
+    seconds: Any
+    variations: Any
+    prime_tokens: Any
+    stop_at_eos: Any
+    sampling: dict
+    generate: Any
+    stop: Any
+    status: Any
+
+    @property
+    def sampling_inputs(self) -> list:
+        """The sampling widgets in SAMPLING_WIDGETS order: Generate, the keyboard's answer and
+        "Regenerate a span" send the same ones."""
+        return [self.sampling[name] for name in SAMPLING_WIDGETS]
+
+    def inputs(self, prime: _Prime) -> list:
+        """What a continuation request reads (``_request``'s order)."""
+        return [self.seconds, self.variations, self.prime_tokens, self.stop_at_eos,
+                prime.win_start, prime.win_end, *self.sampling_inputs]  # fmt: skip
+
+
+@dataclasses.dataclass
+class _Api:
+    """The hidden components of the /continue and /infill endpoints."""
+
+    inputs: dict  # one component per parameter of CONTINUE_API and INFILL_API (shared by name)
+    audio: Any
+    midi: Any
+    info: Any
+    continue_button: Any
+    infill_button: Any
+
+
+def _header() -> None:
     import gradio as gr
 
-    from perceiver_midi.app.core.infill import CONTEXT_SECONDS, MAX_GAP_SECONDS
+    gr.Markdown(
+        f"# {TITLE}\nUpload a MIDI sketch, pick an example or play one (or play with the "
+        "model: call and response), choose the part that primes the model, generate a few "
+        "continuations, listen, download the one you like, continue from it, undo."
+    )
 
-    composer = composer or Composer(model, max_upload_bytes=max_upload_bytes)
-    can_infill = composer.infill_model is not None
-    examples = list_examples(composer.examples_dir)
-    n_lat = composer.num_latents
 
-    with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
-        demo.composer = composer  # for tests and benchmarks
-        session = gr.State(
-            Session(composer.root / "sessions"),  # deep-copied per browser session
-            delete_callback=lambda s: s.close() if isinstance(s, Session) else None,
+def _prime_panel(composer: Composer) -> _Prime:
+    import gradio as gr
+
+    gr.Markdown("## 1. Prime")
+    with gr.Row(equal_height=True):
+        upload = gr.File(
+            label=f"Upload a MIDI file (up to {human_size(composer.max_upload_bytes)})",
+            file_types=[".mid", ".midi"],
+            type="filepath",
+            elem_id="upload",
+            height=150,
+            scale=2,
         )
+        with gr.Column(scale=1):
+            example = gr.Dropdown(
+                choices=list_examples(composer.examples_dir),
+                value=None,
+                label="or a shipped example",
+                elem_id="example",
+            )
+            with gr.Row():
+                nothing = gr.Button("Start from nothing", size="sm", elem_id="nothing")
+                undo = gr.Button("Undo", size="sm", interactive=False, elem_id="undo")
+    with gr.Accordion("or play it: a MIDI keyboard or the keys below; call and response",
+                      open=True, elem_id="play-panel"):  # fmt: skip
+        keyboard, answer_status, answer_audio = play_panel()
+    info = gr.Markdown(Session().prime.describe(), elem_id="prime-info")
+    with gr.Row():
+        roll = gr.Image(
+            label="Prime (the window in colour)",
+            type="filepath",
+            interactive=False,
+            height=260,
+            elem_id="prime-roll",
+            scale=3,
+        )
+        audio = gr.Audio(
+            label="Hear the prime window",
+            type="filepath",
+            interactive=False,
+            elem_id="prime-audio",
+            scale=2,
+        )
+    midi = gr.File(label="The piece (MIDI)", interactive=False, elem_id="prime-midi", height=80)
+    with gr.Row():
+        win_start = gr.Slider(
+            0, 1, value=0, step=0.01, label="Prime window start (s)", interactive=False
+        )
+        win_end = gr.Slider(
+            0, 1, value=1, step=0.01, label="Prime window end (s)", interactive=False
+        )
+    return _Prime(upload, example, nothing, undo, keyboard, answer_status, answer_audio, info,
+                  roll, audio, midi, win_start, win_end)  # fmt: skip
+
+
+def _span_panel(can_infill: bool) -> _Span:
+    import gradio as gr
+
+    with gr.Accordion("Regenerate a span of the piece", open=False,
+                      elem_id="span-panel") as panel:  # fmt: skip
         gr.Markdown(
-            f"# {TITLE}\nUpload a MIDI sketch, pick an example or play one (or play with the "
-            "model: call and response), choose the part that primes the model, generate a few "
-            "continuations, listen, download the one you like, continue from it, undo."
-        )
-
-        # 1. Prime ------------------------------------------------------------------------------
-        gr.Markdown("## 1. Prime")
-        with gr.Row(equal_height=True):
-            upload = gr.File(
-                label=f"Upload a MIDI file (up to {human_size(composer.max_upload_bytes)})",
-                file_types=[".mid", ".midi"],
-                type="filepath",
-                elem_id="upload",
-                height=150,
-                scale=2,
-            )
-            with gr.Column(scale=1):
-                example = gr.Dropdown(
-                    choices=examples,
-                    value=None,
-                    label="or a shipped example",
-                    elem_id="example",
-                )
-                with gr.Row():
-                    nothing_btn = gr.Button("Start from nothing", size="sm", elem_id="nothing")
-                    undo_btn = gr.Button("Undo", size="sm", interactive=False, elem_id="undo")
-        with gr.Accordion("or play it: a MIDI keyboard or the keys below; call and response",
-                          open=True, elem_id="play-panel"):  # fmt: skip
-            keyboard, answer_status, answer_audio = play_panel()
-        prime_info = gr.Markdown(Session().prime.describe(), elem_id="prime-info")
-        with gr.Row():
-            prime_roll = gr.Image(
-                label="Prime (the window in colour)",
-                type="filepath",
-                interactive=False,
-                height=260,
-                elem_id="prime-roll",
-                scale=3,
-            )
-            prime_audio = gr.Audio(
-                label="Hear the prime window",
-                type="filepath",
-                interactive=False,
-                elem_id="prime-audio",
-                scale=2,
-            )
-        prime_midi = gr.File(
-            label="The piece (MIDI)", interactive=False, elem_id="prime-midi", height=80
+            f"Choose up to {MAX_GAP_SECONDS:g} s of the piece with the two sliders (hatched "
+            "on its roll), then Regenerate span: the model writes it anew, hearing what comes "
+            f"before and after it. Each variation plays {CONTEXT_SECONDS:g} s before the "
+            f"span, the new span and {CONTEXT_SECONDS:g} s after; **Keep this** puts it in "
+            "the piece (Undo steps back). Temperature, top-p, top-k, seed, Advanced and "
+            "Controls are those of 2. Continue."
+            if can_infill
+            else f"**Not available:** {NO_INFILL_MODEL}. Everything else works.",
+            elem_id="span-note",
         )
         with gr.Row():
-            win_start = gr.Slider(
-                0, 1, value=0, step=0.01, label="Prime window start (s)", interactive=False
-            )
-            win_end = gr.Slider(
-                0, 1, value=1, step=0.01, label="Prime window end (s)", interactive=False
-            )
-        with gr.Accordion("Regenerate a span of the piece", open=False,
-                          elem_id="span-panel") as span_panel:  # fmt: skip
-            gr.Markdown(
-                f"Choose up to {MAX_GAP_SECONDS:g} s of the piece with the two sliders (hatched "
-                "on its roll), then Regenerate span: the model writes it anew, hearing what comes "
-                f"before and after it. Each variation plays {CONTEXT_SECONDS:g} s before the "
-                f"span, the new span and {CONTEXT_SECONDS:g} s after; **Keep this** puts it in "
-                "the piece (Undo steps back). Temperature, top-p, top-k, seed, Advanced and "
-                "Controls are those of 2. Continue."
-                if can_infill
-                else f"**Not available:** {NO_INFILL_MODEL}. Everything else works.",
-                elem_id="span-note",
-            )
-            with gr.Row():
-                span_start = gr.Slider(0, 1, value=0, step=0.01, label="Span start (s)",
-                                       interactive=False, elem_id="span-start")  # fmt: skip
-                span_end = gr.Slider(0, 1, value=1, step=0.01, label="Span end (s)",
-                                     interactive=False, elem_id="span-end")  # fmt: skip
-                span_variations = gr.Slider(1, MAX_VARIATIONS, value=2, step=1, label="Variations",
-                                            elem_id="span-variations")  # fmt: skip
-            span_info = gr.Markdown("", elem_id="span-info")
-            span_btn = gr.Button("Regenerate span", variant="primary", interactive=can_infill,
-                                 elem_id="regenerate")  # fmt: skip
-            span_status = gr.Markdown("", elem_id="span-status")
-            span_slots = _result_cards(
-                "span",
-                f"In place: {CONTEXT_SECONDS:g} s before, the new span, "
-                f"{CONTEXT_SECONDS:g} s after",
-                "Piano roll (the new span coloured)",
-                "MIDI: the whole piece with this span, and the span alone (_middle)",
-                ("Keep this", "keep"),
-            )
-
-        # 2. Controls ---------------------------------------------------------------------------
-        gr.Markdown("## 2. Continue")
-        with gr.Row():
-            seconds = gr.Slider(
-                1, 60, value=DEFAULT_SECONDS, step=1, label="Length (s)", elem_id="length"
-            )
-            variations = gr.Slider(
-                1, MAX_VARIATIONS, value=2, step=1, label="Variations", elem_id="variations"
-            )
-            temperature = gr.Slider(0, 2, value=1.0, step=0.05, label="Temperature (0 = greedy)")
-        with gr.Row():
-            top_p = gr.Slider(0.05, 1, value=DEFAULT_TOP_P, step=0.01, label="Top-p (1 = off)")
-            top_k = gr.Slider(0, 200, value=0, step=1, label="Top-k (0 = off)")
-            min_p = gr.Slider(0, 0.5, value=DEFAULT_MIN_P, step=0.005, label="Min-p (0 = off)")
-            seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
-            random_seed = gr.Checkbox(value=True, label="Random seed")
-        with gr.Accordion("Advanced", open=False):
-            with gr.Row():
-                latents = gr.Dropdown(
-                    list(composer.latent_choices),
-                    value=n_lat,
-                    label=f"Latents (test-time compute; the model's: {n_lat})",
-                    info="Fewer latents: less compute per token, less recent music seen in detail.",
-                )
-                prime_tokens = gr.Slider(
-                    0,
-                    composer.context_tokens,
-                    value=0,
-                    step=1,
-                    label="Prime tokens (0 = all of the window the model can see)",
-                )
-                stop_at_eos = gr.Checkbox(
-                    value=True,
-                    label="Stop at the end of a piece (EOS)",
-                    info="Off: always fill the length.",
-                )
-                max_note = gr.Number(
-                    value=DEFAULT_MAX_NOTE_SECONDS,
-                    minimum=0,
-                    label="Longest note, seconds (0 = no limit)",
-                    info="A note held this long is ended before the music moves on.",
-                )
-        with gr.Accordion("Controls (held on every generated note)", open=False):
-            with gr.Row():
-                pitch_range = gr.Textbox(
-                    value="",
-                    label="Pitch range",
-                    placeholder="e.g. 48:72 or C3:C5 (empty = all)",
-                    elem_id="pitch-range",
-                )
-                key = gr.Dropdown(
-                    list(KEY_CHOICES),
-                    value=ANY_KEY,
-                    allow_custom_value=True,
-                    label="Key (natural minor; or pitch classes like C,D,E)",
-                    elem_id="key",
-                )
-                velocity_range = gr.Textbox(
-                    value="",
-                    label="Velocity range (dynamics, 1-127)",
-                    placeholder="e.g. 40:90 (empty = all)",
-                    elem_id="velocity-range",
-                )
-                max_polyphony = gr.Number(
-                    value=DEFAULT_MAX_POLYPHONY,
-                    precision=0,
-                    minimum=0,
-                    label="Most notes at once (0 = no limit)",
-                    elem_id="max-polyphony",
-                )
-        with gr.Row():
-            generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
-            stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="stop")
-        status = gr.Markdown("", elem_id="status")
-
-        # 3. Results ----------------------------------------------------------------------------
-        gr.Markdown("## 3. Results")
+            start = gr.Slider(0, 1, value=0, step=0.01, label="Span start (s)",
+                              interactive=False, elem_id="span-start")  # fmt: skip
+            end = gr.Slider(0, 1, value=1, step=0.01, label="Span end (s)",
+                            interactive=False, elem_id="span-end")  # fmt: skip
+            variations = gr.Slider(1, MAX_VARIATIONS, value=2, step=1, label="Variations",
+                                   elem_id="span-variations")  # fmt: skip
+        info = gr.Markdown("", elem_id="span-info")
+        button = gr.Button("Regenerate span", variant="primary", interactive=can_infill,
+                           elem_id="regenerate")  # fmt: skip
+        status = gr.Markdown("", elem_id="span-status")
         slots = _result_cards(
-            "result",
-            "Audio (3 s of the prime, then the continuation)",
-            "Piano roll",
-            "MIDI: the continuation, and the piece so far (_full)",
-            ("Continue from this", "continue"),
+            "span",
+            f"In place: {CONTEXT_SECONDS:g} s before, the new span, {CONTEXT_SECONDS:g} s after",
+            "Piano roll (the new span coloured)",
+            "MIDI: the whole piece with this span, and the span alone (_middle)",
+            ("Keep this", "keep"),
+        )
+    return _Span(panel, start, end, variations, info, button, status, slots)
+
+
+def _controls_panel(composer: Composer) -> _Controls:
+    import gradio as gr
+
+    n_lat = composer.num_latents
+    gr.Markdown("## 2. Continue")
+    with gr.Row():
+        seconds = gr.Slider(
+            1, 60, value=DEFAULT_SECONDS, step=1, label="Length (s)", elem_id="length"
+        )
+        variations = gr.Slider(
+            1, MAX_VARIATIONS, value=2, step=1, label="Variations", elem_id="variations"
+        )
+        temperature = gr.Slider(0, 2, value=1.0, step=0.05, label="Temperature (0 = greedy)")
+    with gr.Row():
+        top_p = gr.Slider(0.05, 1, value=DEFAULT_TOP_P, step=0.01, label="Top-p (1 = off)")
+        top_k = gr.Slider(0, 200, value=0, step=1, label="Top-k (0 = off)")
+        min_p = gr.Slider(0, 0.5, value=DEFAULT_MIN_P, step=0.005, label="Min-p (0 = off)")
+        seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
+        random_seed = gr.Checkbox(value=True, label="Random seed")
+    with gr.Accordion("Advanced", open=False):
+        with gr.Row():
+            latents = gr.Dropdown(
+                list(composer.latent_choices),
+                value=n_lat,
+                label=f"Latents (test-time compute; the model's: {n_lat})",
+                info="Fewer latents: less compute per token, less recent music seen in detail.",
+            )
+            prime_tokens = gr.Slider(
+                0,
+                composer.context_tokens,
+                value=0,
+                step=1,
+                label="Prime tokens (0 = all of the window the model can see)",
+            )
+            stop_at_eos = gr.Checkbox(
+                value=True,
+                label="Stop at the end of a piece (EOS)",
+                info="Off: always fill the length.",
+            )
+            max_note = gr.Number(
+                value=DEFAULT_MAX_NOTE_SECONDS,
+                minimum=0,
+                label="Longest note, seconds (0 = no limit)",
+                info="A note held this long is ended before the music moves on.",
+            )
+    with gr.Accordion("Controls (held on every generated note)", open=False):
+        with gr.Row():
+            pitch_range = gr.Textbox(
+                value="",
+                label="Pitch range",
+                placeholder="e.g. 48:72 or C3:C5 (empty = all)",
+                elem_id="pitch-range",
+            )
+            key = gr.Dropdown(
+                list(KEY_CHOICES),
+                value=ANY_KEY,
+                allow_custom_value=True,
+                label="Key (natural minor; or pitch classes like C,D,E)",
+                elem_id="key",
+            )
+            velocity_range = gr.Textbox(
+                value="",
+                label="Velocity range (dynamics, 1-127)",
+                placeholder="e.g. 40:90 (empty = all)",
+                elem_id="velocity-range",
+            )
+            max_polyphony = gr.Number(
+                value=DEFAULT_MAX_POLYPHONY,
+                precision=0,
+                minimum=0,
+                label="Most notes at once (0 = no limit)",
+                elem_id="max-polyphony",
+            )
+    with gr.Row():
+        generate = gr.Button("Generate", variant="primary", elem_id="generate")
+        stop = gr.Button("Stop", variant="stop", interactive=False, elem_id="stop")
+    status = gr.Markdown("", elem_id="status")
+    sampling = dict(
+        temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed,
+        random_seed=random_seed, latents=latents, max_note_seconds=max_note,
+        pitch_range=pitch_range, key=key, velocity_range=velocity_range,
+        max_polyphony=max_polyphony,
+    )  # fmt: skip
+    return _Controls(seconds, variations, prime_tokens, stop_at_eos, sampling, generate, stop,
+                     status)  # fmt: skip
+
+
+def _results_panel() -> list:
+    import gradio as gr
+
+    gr.Markdown("## 3. Results")
+    return _result_cards(
+        "result",
+        "Audio (3 s of the prime, then the continuation)",
+        "Piano roll",
+        "MIDI: the continuation, and the piece so far (_full)",
+        ("Continue from this", "continue"),
+    )
+
+
+def _api_panel() -> _Api:
+    import gradio as gr
+
+    with gr.Column(visible=False):
+        return _Api(
+            inputs={p.name: _api_component(p) for p in (*CONTINUE_API, *INFILL_API)},
+            audio=gr.File(label="audio", file_count="multiple"),
+            midi=gr.File(label="midi", file_count="multiple"),
+            info=gr.JSON(label="info"),
+            continue_button=gr.Button("continue"),
+            infill_button=gr.Button("infill"),
         )
 
-        # Hidden components of the /continue API -------------------------------------------------
-        with gr.Column(visible=False):
-            # One component per parameter of CONTINUE_API and INFILL_API (shared by name).
-            api_in = {p.name: _api_component(p) for p in (*CONTINUE_API, *INFILL_API)}
-            api_audio = gr.File(label="audio", file_count="multiple")
-            api_midi = gr.File(label="midi", file_count="multiple")
-            api_info = gr.JSON(label="info")
-            api_btn = gr.Button("continue")
-            api_infill_btn = gr.Button("infill")
 
-        # Wiring ---------------------------------------------------------------------------------
-        # UI handlers never raise for a user mistake: the message goes to a toast and to the
-        # prime's status line, the page keeps what it showed, and the upload box is emptied for
-        # the next file. (Raising would also flag every output component with "Error".)
-        prime_outputs = [prime_info, prime_roll, prime_audio, win_start, win_end, undo_btn,
-                         prime_midi, span_start, span_end]  # fmt: skip
-        with_state = [session, *prime_outputs, upload]
+def _tell(exc: Exception) -> str:
+    """A failed page handler's one-line message, shown in a toast (a bug is logged too)."""
+    import gradio as gr
 
-        def prime_updates(view):
-            if view.empty:
-                start = gr.update(minimum=0, maximum=1, value=0, interactive=False)
-                end = gr.update(minimum=0, maximum=1, value=1, interactive=False)
-                spans = (start, end)
-            else:
-                top = round(view.total, 2)
-                start = gr.update(minimum=0, maximum=top, value=view.window[0], interactive=True)
-                end = gr.update(minimum=0, maximum=top, value=view.window[1], interactive=True)
-                spans = tuple(
-                    gr.update(minimum=0, maximum=top, value=min(v, top), interactive=can_infill)
-                    for v in view.span
-                )
-            return (
-                view.info,
-                str(view.roll),
-                str(view.audio) if view.audio else None,
-                start,
-                end,
-                gr.update(interactive=view.can_undo),
-                str(view.midi) if view.midi else None,
-                *spans,
+    if isinstance(exc, UserError):
+        msg = str(exc)
+    else:  # a bug: keep serving, say what happened in one line
+        log.exception("handler failed")
+        msg = f"internal error: {type(exc).__name__}: {exc}"
+    gr.Warning(msg, title="Error")
+    return msg
+
+
+def _request(s: Session, seconds_v, variations_v, prime_tokens_v, stop_at_eos_v, start_v, end_v,
+             *sampling_v) -> GenerateRequest:  # fmt: skip
+    """The values of ``_Controls.inputs`` as one request (the window only for a non-empty
+    prime)."""
+    return _page_request(
+        seconds=seconds_v,
+        variations=variations_v,
+        prime_tokens=prime_tokens_v,
+        stop_at_eos=bool(stop_at_eos_v),
+        window_start=None if s.prime.empty else start_v,
+        window_end=None if s.prime.empty else end_v,
+        **dict(zip(SAMPLING_WIDGETS, sampling_v, strict=True)),
+    )
+
+
+class _Wiring:
+    """The page's events, one method per panel. UI handlers never raise for a user mistake: the
+    message goes to a toast and to the panel's status line, the page keeps what it showed, and
+    the upload box is emptied for the next file (raising would also flag every output component
+    with "Error"). Every prime change redraws the same components (``prime_outputs``)."""
+
+    def __init__(self, composer: Composer, session, prime: _Prime, span: _Span, can_infill: bool):
+        self.composer = composer
+        self.session = session
+        self.can_infill = can_infill
+        self.prime_outputs = [prime.info, prime.roll, prime.audio, prime.win_start, prime.win_end,
+                              prime.undo, prime.midi, span.start, span.end]  # fmt: skip
+        self.with_state = [session, *self.prime_outputs, prime.upload]
+
+    def prime_updates(self, view) -> tuple:
+        """A prime's view -> the values of ``prime_outputs``."""
+        import gradio as gr
+
+        if view.empty:
+            start = gr.update(minimum=0, maximum=1, value=0, interactive=False)
+            end = gr.update(minimum=0, maximum=1, value=1, interactive=False)
+            spans = (start, end)
+        else:
+            top = round(view.total, 2)
+            start = gr.update(minimum=0, maximum=top, value=view.window[0], interactive=True)
+            end = gr.update(minimum=0, maximum=top, value=view.window[1], interactive=True)
+            spans = tuple(
+                gr.update(minimum=0, maximum=top, value=min(v, top), interactive=self.can_infill)
+                for v in view.span
             )
+        return (
+            view.info,
+            str(view.roll),
+            str(view.audio) if view.audio else None,
+            start,
+            end,
+            gr.update(interactive=view.can_undo),
+            str(view.midi) if view.midi else None,
+            *spans,
+        )
 
-        def tell(exc: Exception) -> str:
-            if isinstance(exc, UserError):
-                msg = str(exc)
-            else:  # a bug: keep serving, say what happened in one line
-                log.exception("handler failed")
-                msg = f"internal error: {type(exc).__name__}: {exc}"
-            gr.Warning(msg, title="Error")
-            return msg
+    def prime_handler(self, action):
+        """A handler (session, *args) -> the new prime's view (``with_state``), or the message
+        and no change; ``action(session, *args)`` returns a view, or None for no change."""
+        import gradio as gr
 
-        def prime_handler(action):
-            """(session, *args) -> the new prime's view, or the message and no change."""
+        n = len(self.prime_outputs)
 
-            def handler(s: Session, *args):
-                try:
-                    view = action(s, *args)
-                except Exception as exc:
-                    msg = tell(exc)
-                    info = f"**Error:** {msg}\n\n{s.prime.describe()} (unchanged)"
-                    return (s, info, *[gr.skip()] * (len(prime_outputs) - 1), None)
-                if view is None:
-                    return (s, *[gr.skip()] * len(prime_outputs), None)
-                return (s, *prime_updates(view), None)
+        def handler(s: Session, *args):
+            try:
+                view = action(s, *args)
+            except Exception as exc:
+                info = f"**Error:** {_tell(exc)}\n\n{s.prime.describe()} (unchanged)"
+                return (s, info, *[gr.skip()] * (n - 1), None)
+            if view is None:
+                return (s, *[gr.skip()] * n, None)
+            return (s, *self.prime_updates(view), None)
 
-            return handler
+        return handler
 
-        on_upload = prime_handler(composer.load_upload)
-        on_example = prime_handler(lambda s, name: composer.load_example(s, name) if name else None)
-        on_nothing = prime_handler(composer.start_empty)
-        on_undo = prime_handler(composer.undo)
+    def prime(self, prime: _Prime, demo) -> None:
+        """Upload, example, nothing, undo, the window sliders, and the page's first load."""
+        import gradio as gr
+
+        composer, session, with_state = self.composer, self.session, self.with_state
 
         def on_window(s: Session, start, end):
             try:
                 view = composer.set_window(s, start, end)
             except Exception as exc:
-                msg = tell(exc)
-                return f"**Error:** {msg}\n\n{s.prime.describe()}", gr.skip(), gr.skip()
+                return f"**Error:** {_tell(exc)}\n\n{s.prime.describe()}", gr.skip(), gr.skip()
             return view.info, str(view.roll), str(view.audio) if view.audio else None
 
-        def on_stop(s: Session):
-            composer.stop(s)
+        def on_example(s: Session, name):
+            return composer.load_example(s, name) if name else None
 
-        def on_span(s: Session, win_start_v, win_end_v, *span):
-            """The span sliders moved (or the mode opened: ``span``; closed: no ``span``)."""
+        prime.upload.upload(self.prime_handler(composer.load_upload), [session, prime.upload],
+                            with_state, api_name="set_prime", api_visibility="undocumented",
+                            show_progress="minimal", concurrency_id="model")  # fmt: skip
+        prime.example.input(self.prime_handler(on_example), [session, prime.example], with_state,
+                            **UI_EVENT)  # fmt: skip
+        prime.nothing.click(self.prime_handler(composer.start_empty), [session], with_state,
+                            **UI_EVENT)  # fmt: skip
+        prime.undo.click(self.prime_handler(composer.undo), [session], with_state, **UI_EVENT)
+        for slider in (prime.win_start, prime.win_end):
+            slider.release(on_window, [session, prime.win_start, prime.win_end],
+                           [prime.info, prime.roll, prime.audio], **UI_EVENT)  # fmt: skip
+        demo.load(self.prime_handler(composer.prime_view), [session], with_state,
+                  api_visibility="private", show_progress="minimal")  # fmt: skip
+
+    def span(self, span: _Span, prime: _Prime, controls: _Controls) -> None:
+        """The span mode: the span sliders and the mode opening or closing redraw the
+        roll; Regenerate span; Keep this."""
+        import gradio as gr
+
+        composer, session = self.composer, self.session
+
+        def on_span(s: Session, win_start_v, win_end_v, *span_v):
+            """The span sliders moved (or the mode opened: ``span_v``; closed: no ``span_v``)."""
             try:
-                roll, line = composer.show_span(s, span or None, (win_start_v, win_end_v))
+                roll, line = composer.show_span(s, span_v or None, (win_start_v, win_end_v))
             except Exception as exc:
-                return gr.skip(), f"**Error:** {tell(exc)}"
+                return gr.skip(), f"**Error:** {_tell(exc)}"
             return (str(roll) if roll else gr.skip()), line
 
-        span_outputs = [c for slot in span_slots for c in slot[:5]]
+        span_outputs = [c for slot in span.slots for c in slot[:5]]
 
         def on_regenerate(s: Session, start_v, end_v, variations_v, *sampling_v):
             v = dict(zip(SAMPLING_WIDGETS, sampling_v, strict=True))
@@ -504,7 +651,7 @@ def build_app(
             try:
                 done = composer.regenerate_span(s, req, start_v, end_v)
             except Exception as exc:
-                yield f"**Error:** {tell(exc)}", gr.skip(), gr.update(interactive=True), *skip
+                yield f"**Error:** {_tell(exc)}", gr.skip(), gr.update(interactive=True), *skip
                 return
             n = len(done.results)
             # The cards are shown (empty) first, then filled: a card made visible in the same
@@ -523,31 +670,31 @@ def build_app(
                     filled += [gr.skip()] * 5
             yield done.status, gr.skip(), gr.update(interactive=True), *filled
 
-        on_take = prime_handler(composer.load_played)
+        view = [session, prime.win_start, prime.win_end, span.start, span.end]
+        for slider in (span.start, span.end):  # the last move wins, even during a redraw
+            slider.release(on_span, view, [prime.roll, span.info], trigger_mode="always_last",
+                           **UI_EVENT)  # fmt: skip
+        span.panel.expand(on_span, view, [prime.roll, span.info], **UI_EVENT)
+        span.panel.collapse(on_span, view[:3], [prime.roll, span.info], **UI_EVENT)
+        for k, slot in enumerate(span.slots):
+            on_keep = self.prime_handler(functools.partial(_keep_span, composer, k))
+            slot[5].click(on_keep, [session], self.with_state, **UI_EVENT)
+        inputs = [span.start, span.end, span.variations, *controls.sampling_inputs]
+        span.button.click(on_regenerate, [session, *inputs],
+                          [span.status, controls.sampling["seed"], span.button, *span_outputs],
+                          api_visibility="private", concurrency_id="model",
+                          show_progress="hidden")  # fmt: skip
 
-        @_with_event_data
-        def on_played(s: Session, data: dict):
-            """Record, then Stop in the Play panel: the take becomes the prime."""
-            return on_take(s, data.get("messages"))
+    def generate(self, controls: _Controls, prime: _Prime, slots: list) -> None:
+        """Generate (its cards fill while tokens arrive), Stop, Continue from this."""
+        import gradio as gr
 
-        @_with_event_data
-        def on_phrase(s: Session, *controls_and_data):
-            """Call and response: a phrase, then the pause -> (answer audio, status line)."""
-            *controls, data = controls_and_data
-            if "messages" not in data:  # not the panel's event: nothing to answer
-                return None, gr.skip()
-            try:
-                answer = composer.respond(
-                    s, data.get("messages"), request(s, *controls), data.get("gap_seconds") or 0.0
-                )
-            except Exception as exc:
-                return None, f"**Error:** {tell(exc)}"
-            return (str(answer.audio) if answer.audio else None), answer.status
-
+        composer, session = self.composer, self.session
         slot_outputs = [c for slot in slots for c in slot[:5]]
-        gen_outputs = [status, seed, generate_btn, stop_btn, *slot_outputs]
+        outputs = [controls.status, controls.sampling["seed"], controls.generate, controls.stop,
+                   *slot_outputs]  # fmt: skip
 
-        def gen_frame(status_text=None, seed_value=None, busy=None, slot_values=None):
+        def frame(status_text=None, seed_value=None, busy=None, slot_values=None):
             skip = gr.skip
             out = [
                 status_text if status_text is not None else skip(),
@@ -560,29 +707,8 @@ def build_app(
                 out.extend(values.get(k, [skip()] * 5))
             return tuple(out)
 
-        def request(
-            s: Session,
-            seconds_v,
-            variations_v,
-            prime_tokens_v,
-            stop_at_eos_v,
-            start_v,
-            end_v,
-            *sampling_v,
-        ) -> GenerateRequest:
-            """The Generate controls as one request (the window only for a non-empty prime)."""
-            return _page_request(
-                seconds=seconds_v,
-                variations=variations_v,
-                prime_tokens=prime_tokens_v,
-                stop_at_eos=bool(stop_at_eos_v),
-                window_start=None if s.prime.empty else start_v,
-                window_end=None if s.prime.empty else end_v,
-                **dict(zip(SAMPLING_WIDGETS, sampling_v, strict=True)),
-            )  # fmt: skip
-
-        def on_generate(s: Session, *controls):
-            req = request(s, *controls)
+        def on_generate(s: Session, *control_values):
+            req = _request(s, *control_values)
             try:
                 for ev in composer.generate(s, req):
                     if isinstance(ev, Started):
@@ -594,130 +720,164 @@ def build_app(
                                 f"**Variation {k + 1}**: sampling...", None, None, None]
                             for k in range(MAX_VARIATIONS)
                         }  # fmt: skip
-                        yield gen_frame(ev.status, ev.seed, True, cards)
+                        yield frame(ev.status, ev.seed, True, cards)
                     elif isinstance(ev, Progress):  # the rolls grow while tokens arrive
                         rolls = {
                             k: [gr.skip()] * 3 + [str(path), gr.skip()]
                             for k, path in enumerate(ev.rolls)
                             if path is not None
                         }
-                        yield gen_frame(ev.status, slot_values=rolls)
+                        yield frame(ev.status, slot_values=rolls)
                     elif isinstance(ev, ResultReady):
                         r = ev.result
                         files = [str(r.midi), str(r.full_midi)]
                         values = [gr.skip(), r.header(), str(r.audio), str(r.roll), files]
-                        yield gen_frame(ev.status, slot_values={ev.index: values})
+                        yield frame(ev.status, slot_values={ev.index: values})
                     elif isinstance(ev, Done):
-                        yield gen_frame(ev.status, busy=False)
+                        yield frame(ev.status, busy=False)
             except Exception as exc:
-                yield gen_frame(f"**Error:** {tell(exc)}", busy=False)
+                yield frame(f"**Error:** {_tell(exc)}", busy=False)
 
-        on_api_continue = _user_errors(_api_handler(composer.api_continue, CONTINUE_API))
-        on_api_infill = _user_errors(_api_handler(composer.api_infill, INFILL_API))
+        def on_stop(s: Session):
+            composer.stop(s)
 
-        # Prime handlers render audio and rolls: they share the model's CPU budget (its
-        # concurrency group) with generation, so a burst of uploads cannot starve sampling.
-        ui = {"api_visibility": "private", "show_progress": "minimal", "concurrency_id": "model"}
-        upload.upload(on_upload, [session, upload], with_state, api_name="set_prime",
-                      api_visibility="undocumented", show_progress="minimal",
-                      concurrency_id="model")  # fmt: skip
-        example.input(on_example, [session, example], with_state, **ui)
-        nothing_btn.click(on_nothing, [session], with_state, **ui)
-        undo_btn.click(on_undo, [session], with_state, **ui)
-        for slider in (win_start, win_end):
-            slider.release(on_window, [session, win_start, win_end],
-                           [prime_info, prime_roll, prime_audio], **ui)  # fmt: skip
-        for k, slot in enumerate(slots):
-            on_continue = prime_handler(functools.partial(_continue_from, composer, k))
-            slot[5].click(on_continue, [session], with_state, **ui)
-        span_view = [session, win_start, win_end, span_start, span_end]
-        for slider in (span_start, span_end):  # the last move wins, even during a redraw
-            slider.release(on_span, span_view, [prime_roll, span_info], trigger_mode="always_last",
-                           **ui)  # fmt: skip
-        span_panel.expand(on_span, span_view, [prime_roll, span_info], **ui)
-        span_panel.collapse(on_span, span_view[:3], [prime_roll, span_info], **ui)
-        for k, slot in enumerate(span_slots):
-            on_keep = prime_handler(functools.partial(_keep_span, composer, k))
-            slot[5].click(on_keep, [session], with_state, **ui)
-        # The sampling settings and controls, in SAMPLING_WIDGETS order: Generate, the
-        # keyboard's answer and "Regenerate a span" send the same ones.
-        sampling = dict(
-            temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed,
-            random_seed=random_seed, latents=latents, max_note_seconds=max_note,
-            pitch_range=pitch_range, key=key, velocity_range=velocity_range,
-            max_polyphony=max_polyphony,
-        )  # fmt: skip
-        sampling_inputs = [sampling[name] for name in SAMPLING_WIDGETS]
-        controls = [seconds, variations, prime_tokens, stop_at_eos, win_start, win_end,
-                    *sampling_inputs]  # fmt: skip
-        generate_btn.click(
+        controls.generate.click(
             on_generate,
-            [session, *controls],
-            gen_outputs,
+            [session, *controls.inputs(prime)],
+            outputs,
             api_name="generate",
             concurrency_id="model",
             show_progress="hidden",
             api_visibility="undocumented",
         )
-        span_controls = [span_start, span_end, span_variations, *sampling_inputs]
-        span_btn.click(on_regenerate, [session, *span_controls],
-                       [span_status, seed, span_btn, *span_outputs], api_visibility="private",
-                       concurrency_id="model", show_progress="hidden")  # fmt: skip
-        keyboard.submit(on_played, [session], with_state, **ui)
+        controls.stop.click(on_stop, [session], None, concurrency_limit=None, queue=False,
+                            api_visibility="private")  # fmt: skip
+        for k, slot in enumerate(slots):
+            on_continue = self.prime_handler(functools.partial(_continue_from, composer, k))
+            slot[5].click(on_continue, [session], self.with_state, **UI_EVENT)
+
+    def play(self, prime: _Prime, controls: _Controls) -> None:
+        """The Play panel: a recorded take becomes the prime; call and response answers a
+        phrase with Generate's settings."""
+        import gradio as gr
+
+        composer, session, with_state = self.composer, self.session, self.with_state
+        on_take = self.prime_handler(composer.load_played)
+
+        @_with_event_data
+        def on_played(s: Session, data: dict):
+            """Record, then Stop in the Play panel: the take becomes the prime."""
+            return on_take(s, data.get("messages"))
+
+        @_with_event_data
+        def on_phrase(s: Session, *controls_and_data):
+            """Call and response: a phrase, then the pause -> (answer audio, status line)."""
+            *control_values, data = controls_and_data
+            if "messages" not in data:  # not the panel's event: nothing to answer
+                return None, gr.skip()
+            try:
+                answer = composer.respond(s, data.get("messages"), _request(s, *control_values),
+                                          data.get("gap_seconds") or 0.0)  # fmt: skip
+            except Exception as exc:
+                return None, f"**Error:** {_tell(exc)}"
+            return (str(answer.audio) if answer.audio else None), answer.status
+
+        prime.keyboard.submit(on_played, [session], with_state, **UI_EVENT)
         # The answer is played by the page as soon as it arrives; the prime panel (roll, audio,
         # the piece's MIDI) is redrawn after, while it plays.
-        keyboard.change(on_phrase, [session, *controls], [answer_audio, answer_status],
-                        api_visibility="private", concurrency_id="model",
-                        show_progress="hidden").then(
-            None, [answer_audio], None, js="(a) => window.perceiverMidiPlayAnswer(a)"
-        ).then(prime_handler(composer.prime_view), [session], with_state, **ui)  # fmt: skip
-        stop_btn.click(on_stop, [session], None, concurrency_limit=None, queue=False,
-                       api_visibility="private")  # fmt: skip
-        api_btn.click(
-            on_api_continue,
-            [api_in[p.name] for p in CONTINUE_API],
-            [api_audio, api_midi, api_info],
+        prime.keyboard.change(on_phrase, [session, *controls.inputs(prime)],
+                              [prime.answer_audio, prime.answer_status],
+                              api_visibility="private", concurrency_id="model",
+                              show_progress="hidden").then(
+            None, [prime.answer_audio], None, js="(a) => window.perceiverMidiPlayAnswer(a)"
+        ).then(self.prime_handler(composer.prime_view), [session], with_state,
+               **UI_EVENT)  # fmt: skip
+
+    def api(self, api: _Api) -> None:
+        """The named endpoints /continue and /infill (their parameters: the tables)."""
+        composer = self.composer
+        outputs = [api.audio, api.midi, api.info]
+        api.continue_button.click(
+            _user_errors(_api_handler(composer.api_continue, CONTINUE_API)),
+            [api.inputs[p.name] for p in CONTINUE_API],
+            outputs,
             api_name="continue",
-            api_description=(
-                "Continue a prime MIDI file (or nothing: None). Returns the audio (WAV, 3 s of "
-                "the prime then the continuation) of each variation, its MIDI files "
-                "(<stem>_vN.mid: the continuation; <stem>_vN_full.mid: the prime up to the "
-                "window's end, then the continuation) and a JSON summary. Window, as the CLI's "
-                "options (0 or '' = not given): prime_range 'START:END' or the last "
-                "prime_seconds, then at most the last prime_tokens of it; prime_tokens alone: "
-                "the last tokens; nothing: the last 20 s. min_p: 0 = off. latents 0 = the "
-                "model's. Variation v uses seed + v - 1. "
-                "ignore_eos: never end early (as the CLI's --ignore-eos). max_note_seconds: "
-                f"a note held this long is ended before the music moves on (default "
-                f"{DEFAULT_MAX_NOTE_SECONDS:g}; 0 = no limit; as the CLI's --max-note-seconds). "
-                "Musical controls, held on every generated note, as the CLI's options ('' or 0 "
-                "= off): pitch_range 'LOW:HIGH' (MIDI numbers or names, C4 = 60), key ('Am', "
-                "'F# major', or pitch classes 'C,D,E'), velocity_range 'LOW:HIGH' (1-127), "
-                f"max_polyphony (no new note while that many sound; default "
-                f"{DEFAULT_MAX_POLYPHONY}, 0 = no limit)."
-            ),
+            api_description=CONTINUE_DESCRIPTION,
             concurrency_id="model",
         )
-        api_infill_btn.click(
-            on_api_infill,
-            [api_in[p.name] for p in INFILL_API],
-            [api_audio, api_midi, api_info],
+        api.infill_button.click(
+            _user_errors(_api_handler(composer.api_infill, INFILL_API)),
+            [api.inputs[p.name] for p in INFILL_API],
+            outputs,
             api_name="infill",
-            api_description=(
-                "Regenerate the span start..end (seconds; at most "
-                f"{MAX_GAP_SECONDS:g} s) of a MIDI file with the infilling model, which hears "
-                "what comes before and after it (as `perceiver-midi infill --range START:END`). "
-                "Returns per variation the audio of the new span in place (WAV: "
-                f"{CONTEXT_SECONDS:g} s before it, the span, {CONTEXT_SECONDS:g} s after), the "
-                "MIDI files <stem>_infill_vN.mid (the whole piece with the new span) and "
-                "<stem>_infill_vN_middle.mid (the span alone), and a JSON summary (the edges "
-                "used: the piece's first events at or after start and end). Variation v uses "
-                "seed + v - 1; the sampling settings and musical controls are /continue's."
-            ),
+            api_description=INFILL_DESCRIPTION,
             concurrency_id="model",
         )
-        demo.load(prime_handler(composer.prime_view), [session], with_state,
-                  api_visibility="private", show_progress="minimal")  # fmt: skip
+
+
+CONTINUE_DESCRIPTION = (
+    "Continue a prime MIDI file (or nothing: None). Returns the audio (WAV, 3 s of "
+    "the prime then the continuation) of each variation, its MIDI files "
+    "(<stem>_vN.mid: the continuation; <stem>_vN_full.mid: the prime up to the "
+    "window's end, then the continuation) and a JSON summary. Window, as the CLI's "
+    "options (0 or '' = not given): prime_range 'START:END' or the last "
+    "prime_seconds, then at most the last prime_tokens of it; prime_tokens alone: "
+    "the last tokens; nothing: the last 20 s. min_p: 0 = off. latents 0 = the "
+    "model's. Variation v uses seed + v - 1. "
+    "ignore_eos: never end early (as the CLI's --ignore-eos). max_note_seconds: "
+    f"a note held this long is ended before the music moves on (default "
+    f"{DEFAULT_MAX_NOTE_SECONDS:g}; 0 = no limit; as the CLI's --max-note-seconds). "
+    "Musical controls, held on every generated note, as the CLI's options ('' or 0 "
+    "= off): pitch_range 'LOW:HIGH' (MIDI numbers or names, C4 = 60), key ('Am', "
+    "'F# major', or pitch classes 'C,D,E'), velocity_range 'LOW:HIGH' (1-127), "
+    f"max_polyphony (no new note while that many sound; default "
+    f"{DEFAULT_MAX_POLYPHONY}, 0 = no limit)."
+)
+INFILL_DESCRIPTION = (
+    "Regenerate the span start..end (seconds; at most "
+    f"{MAX_GAP_SECONDS:g} s) of a MIDI file with the infilling model, which hears "
+    "what comes before and after it (as `perceiver-midi infill --range START:END`). "
+    "Returns per variation the audio of the new span in place (WAV: "
+    f"{CONTEXT_SECONDS:g} s before it, the span, {CONTEXT_SECONDS:g} s after), the "
+    "MIDI files <stem>_infill_vN.mid (the whole piece with the new span) and "
+    "<stem>_infill_vN_middle.mid (the span alone), and a JSON summary (the edges "
+    "used: the piece's first events at or after start and end). Variation v uses "
+    "seed + v - 1; the sampling settings and musical controls are /continue's."
+)
+
+
+def build_app(
+    model,
+    *,
+    composer: Composer | None = None,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+):
+    """The gr.Blocks of the app for ``model`` (queue and launch it yourself, or use ``main``):
+    the panels in page order, then their events."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a server
+    import gradio as gr
+
+    composer = composer or Composer(model, max_upload_bytes=max_upload_bytes)
+    can_infill = composer.infill_model is not None
+    with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
+        demo.composer = composer  # for tests and benchmarks
+        session = gr.State(
+            Session(composer.root / "sessions"),  # deep-copied per browser session
+            delete_callback=lambda s: s.close() if isinstance(s, Session) else None,
+        )
+        _header()
+        prime = _prime_panel(composer)
+        span = _span_panel(can_infill)
+        controls = _controls_panel(composer)
+        slots = _results_panel()
+        api = _api_panel()
+
+        wiring = _Wiring(composer, session, prime, span, can_infill)
+        wiring.prime(prime, demo)
+        wiring.span(span, prime, controls)
+        wiring.generate(controls, prime, slots)
+        wiring.play(prime, controls)
+        wiring.api(api)
     return demo
 
 
@@ -766,8 +926,6 @@ def _infill_model(choice: str | None, model):
     """The infilling model: ``--infill-checkpoint DIR`` (UserError if it cannot be loaded or
     cannot infill; 'none': None); by default ``model`` when it can infill, else the shipped
     infilling model when present and loadable (else None: the mode says it is off)."""
-    from perceiver_midi.model.checkpoint import CheckpointError, default_checkpoint, load_model
-
     if choice is not None and choice.strip().lower() == "none":
         return None
     if choice is None:
@@ -794,8 +952,6 @@ def _infill_model(choice: str | None, model):
 
 def cmd_app(args: argparse.Namespace) -> int:
     """Loads the model(s) once, warms the samplers, then serves until interrupted."""
-    from perceiver_midi.model.checkpoint import CheckpointError, load_model
-
     if not 1 <= args.max_concurrency <= MAX_CONCURRENCY:
         raise UserError(
             f"--max-concurrency must be in 1..{MAX_CONCURRENCY}, got {args.max_concurrency}"
@@ -845,7 +1001,7 @@ def bound_malloc() -> bool:
     gives threads heaps of their own (arenas: up to 8 per core), each keeping the freed space of
     the largest request it served (WAVs, piano-roll rasters, pandas frames; glibc serves blocks
     up to 32 MiB from the heaps once one such block was freed) and rarely giving it back: as
-    requests land on ever other threads the server's RSS creeps up (``benchmarks/soak.py``: about
+    requests land on ever more threads the server's RSS creeps up (``benchmarks/soak.py``: about
     +0.3 MB per request). Two heaps bound that by what two requests at once need; no cost in
     speed was measured. A ``MALLOC_ARENA_MAX`` in the environment is left alone. Returns whether
     glibc took the setting."""
@@ -907,7 +1063,7 @@ def add_commands(sub) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m perceiver_midi.app``: the same options as ``perceiver-midi app``."""
-    from perceiver_midi.app.cli import main as cli_main
+    from perceiver_midi.app.cli import main as cli_main  # here: app.cli imports this module
 
     return cli_main(["app", *(sys.argv[1:] if argv is None else argv)])
 

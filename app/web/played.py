@@ -21,6 +21,15 @@ import math
 import numpy as np
 
 from perceiver_midi.app.core.errors import UserError
+from perceiver_midi.tokenizer import (
+    MidiError,
+    Note,
+    decode_notes,
+    encode,
+    midi_bytes,
+    music_seconds,
+    notes_to_pretty_midi,
+)
 
 MAX_PLAYED_MESSAGES = 20_000  # one take: about 10,000 notes
 MAX_PLAYED_SECONDS = 600.0  # one take: ten minutes
@@ -53,8 +62,6 @@ def _message(k: int, m) -> tuple[float, int, int, int]:
 def parse_messages(messages) -> tuple[list, list]:
     """Recorded messages -> (notes, pedal): ``tokenizer.Note``s and ``(seconds, CC64 value)``
     pairs, in time order. One-line :class:`UserError` for anything malformed or over a bound."""
-    from perceiver_midi.tokenizer import Note
-
     if not isinstance(messages, list | tuple):
         raise UserError("the recording is not a list of MIDI messages")
     if len(messages) > MAX_PLAYED_MESSAGES:
@@ -93,8 +100,6 @@ def parse_messages(messages) -> tuple[list, list]:
 
 def played_midi(messages) -> bytes:
     """Recorded messages -> a standard MIDI file (one piano track, the pedal as CC64)."""
-    from perceiver_midi.tokenizer import midi_bytes, notes_to_pretty_midi
-
     notes, pedal = parse_messages(messages)
     if not notes:
         raise UserError("the recording has no notes: play something first")
@@ -103,8 +108,6 @@ def played_midi(messages) -> bytes:
 
 def _encoded(midi: bytes, name: str) -> np.ndarray:
     """``tokenizer.encode`` of MIDI bytes; a refusal becomes a one-line UserError."""
-    from perceiver_midi.tokenizer import MidiError, encode
-
     try:
         return np.asarray(encode(midi, name=name), np.int32)
     except MidiError as exc:
@@ -113,8 +116,6 @@ def _encoded(midi: bytes, name: str) -> np.ndarray:
 
 def _notes_midi(notes, shift: float = 0.0) -> bytes:
     """Notes moved by ``shift`` seconds, as a MIDI file (the project's writer)."""
-    from perceiver_midi.tokenizer import Note, midi_bytes, notes_to_pretty_midi
-
     moved = [Note(n.pitch, n.velocity, n.start + shift, n.end + shift) for n in notes]
     return midi_bytes(notes_to_pretty_midi(moved))
 
@@ -127,8 +128,6 @@ def played_ids(messages) -> np.ndarray:
 def append_part(piece: np.ndarray, part: np.ndarray, gap_seconds: float = 0.0) -> np.ndarray:
     """``part`` played ``gap_seconds`` after the end of ``piece`` (both token ids): one piece,
     re-encoded through a MIDI file, so notes still sounding at the end of ``piece`` end there."""
-    from perceiver_midi.tokenizer import Note, decode_notes, music_seconds
-
     gap = min(max(float(gap_seconds), 0.0), MAX_GAP_SECONDS) if math.isfinite(gap_seconds) else 0.0
     if piece.size == 0:
         return np.asarray(part, np.int32)
@@ -148,8 +147,6 @@ def append_part(piece: np.ndarray, part: np.ndarray, gap_seconds: float = 0.0) -
 def from_first_note(ids) -> np.ndarray:
     """``ids`` re-encoded from its first sounding note on (the silence before it dropped, and
     notes that never sound: zero length); empty when nothing sounds. What an answer plays."""
-    from perceiver_midi.tokenizer import decode_notes
-
     notes = decode_notes(ids)
     if not notes:
         return np.zeros((0,), np.int32)

@@ -21,6 +21,7 @@ import numpy as np
 from perceiver_midi.app.core.errors import UserError
 from perceiver_midi.app.core.pipeline import DEFAULT_PRIME_SECONDS
 from perceiver_midi.app.web import media
+from perceiver_midi.tokenizer import MidiError, encode, music_seconds
 
 MAX_UPLOAD_BYTES = 4 * 1024 * 1024  # the largest MAESTRO file is under 1 MiB
 SESSION_WAIT_S = 600.0  # a request waits this long for its session's previous one, then refuses
@@ -48,8 +49,6 @@ class Prime:
 
     @property
     def seconds(self) -> float:
-        from perceiver_midi.tokenizer import music_seconds
-
         return music_seconds(self.ids)
 
     def default_window(self) -> tuple[float, float]:
@@ -219,8 +218,6 @@ def list_examples(folder: str | os.PathLike = EXAMPLES_DIR) -> list[str]:
 def read_upload(path: str | os.PathLike | None, *, max_bytes: int = MAX_UPLOAD_BYTES) -> Prime:
     """An uploaded file -> a Prime; one-line UserError for a missing, oversized, non-MIDI, empty
     or note-less file."""
-    from perceiver_midi.tokenizer import MidiError, encode
-
     if path is None or str(path) == "":
         raise UserError("no file was uploaded")
     path = pathlib.Path(path)
