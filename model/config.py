@@ -73,6 +73,11 @@ class Config:
         (``model/gap_clock.py``), so the middle knows when it must meet the part after the gap.
       gap_join: with ``infill``, the latents of a middle also get a (zero-initialised) linear
         map of the pitches the part after the gap starts in its first second.
+      gap_segments: with ``infill``, every input token (the cross-attention's keys and values,
+        and the latents' initial states) also gets a (zero-initialised) embedding of the part of
+        an infilling prompt it is in: the gap's length, the part after the gap, the middle, or
+        anything else (``gap_clock.segments``), so a middle's latents can find the music after
+        the gap by what it is rather than by where it sits.
       note_state: add to every latent's initial state a (zero-initialised) linear map of the
         performance state at its position: which pitches sound and for how long
         (``model/note_state.py``).
@@ -106,6 +111,7 @@ class Config:
     infill: bool = False
     gap_clock: bool = False
     gap_join: bool = False
+    gap_segments: bool = False
     dtype: str = "float32"
 
     def __post_init__(self):
@@ -130,8 +136,8 @@ class Config:
             raise ValueError(f"match_lookup must be in [0, 32], got {self.match_lookup}")
         if not 0 <= self.note_lookup <= 32:
             raise ValueError(f"note_lookup must be in [0, 32], got {self.note_lookup}")
-        if (self.gap_clock or self.gap_join) and not self.infill:
-            raise ValueError("gap_clock and gap_join need infill")
+        if (self.gap_clock or self.gap_join or self.gap_segments) and not self.infill:
+            raise ValueError("gap_clock, gap_join and gap_segments need infill")
         if self.activation not in ("sq_relu", "gelu", "relu"):
             raise ValueError(f"unknown activation {self.activation!r}")
         if not 0.0 <= self.cross_attend_dropout < 1.0 or not 0.0 <= self.dropout < 1.0:

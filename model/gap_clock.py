@@ -16,6 +16,11 @@ pitches the part after the gap starts in its first second (``JOIN_STEPS``; a 128
 the same for the whole middle): what the middle must lead into, read exactly rather than found by
 the one cross-attention among thousands of inputs.
 
+With ``Config.gap_segments`` every input token also gets a (zero-initialised) embedding of its
+segment (``segments``): 0 anything else (plain music, the part before the gap, the sentinels
+SOS and PREFIX), 1 the gap's length (GAP and its TIME_SHIFTs), 2 the part after the gap (SUFFIX
+and what follows it), 3 the middle (MIDDLE and what follows it).
+
 Exact functions of earlier ids (no new information): the model stays an autoregressive model of
 the same tokens, and cached decoding (``advance``) equals the full forward (``buckets``,
 ``join_pitches``) counted over the same window, as ``note_state`` does.
@@ -23,6 +28,7 @@ the same tokens, and cached decoding (``advance``) equals the full forward (``bu
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -42,6 +48,7 @@ from perceiver_midi.model.vocab import (
 EDGES = (10, 25, 50, 100, 200, 400, 800)  # 10 ms steps left: the bucket boundaries above 0
 NUM_BUCKETS = len(EDGES) + 3  # outside, used up, then one per interval
 JOIN_STEPS = 100  # the part after the gap: the pitches it starts in its first second
+NUM_SEGMENTS = 4  # other, the gap's length, the part after the gap, the middle
 
 
 class GapClock(NamedTuple):
@@ -73,6 +80,29 @@ def bucket(middle: jax.Array, length: jax.Array, elapsed: jax.Array) -> jax.Arra
     return jnp.where(middle, 1 + (left > 0).astype(jnp.int32) + above, 0)
 
 
+def _segment(header: jax.Array, suffix: jax.Array, middle: jax.Array) -> jax.Array:
+    return jnp.where(middle, 3, jnp.where(suffix, 2, jnp.where(header, 1, 0))).astype(jnp.int32)
+
+
+def segment(state: GapClock) -> jax.Array:
+    """int32 ``[B]``: the segment of the token that led to ``state``."""
+    return _segment(state.header, state.suffix, state.middle)
+
+
+def _flags(tokens_BxL: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(header, suffix, middle) ``[B, L]`` bool: each position's state after its token."""
+    count = functools.partial(jnp.cumsum, axis=1)
+    header = count(tokens_BxL == FIM_GAP_ID) > count(tokens_BxL == FIM_SUFFIX_ID)
+    suffix = count(tokens_BxL == FIM_SUFFIX_ID) > count(tokens_BxL == FIM_PREFIX_ID)
+    middle = count(tokens_BxL == FIM_MIDDLE_ID) > 0
+    return header, suffix, middle
+
+
+def segments(tokens_BxL: jax.Array) -> jax.Array:
+    """int32 ``[B, L]``: each token's segment, counted from the first token of the input."""
+    return _segment(*_flags(tokens_BxL))
+
+
 def advance(state: GapClock, token_B: jax.Array) -> GapClock:
     """The state after one more token per sequence."""
     header = jnp.where(
@@ -100,15 +130,9 @@ def buckets(tokens_BxL: jax.Array, m: int) -> tuple[jax.Array, GapClock]:
     """Buckets ``[B, m]`` of the last ``m`` positions (counting tokens ``0..t`` of the input),
     and the state after the last token."""
     steps = _steps(tokens_BxL)
-    header = jnp.cumsum(tokens_BxL == FIM_GAP_ID, axis=1) > jnp.cumsum(
-        tokens_BxL == FIM_SUFFIX_ID, axis=1
-    )
-    middle = jnp.cumsum(tokens_BxL == FIM_MIDDLE_ID, axis=1) > 0
+    header, suffix, middle = _flags(tokens_BxL)
     length = jnp.cumsum(steps * header, axis=1, dtype=jnp.int32)
     elapsed = jnp.cumsum(steps * middle, axis=1, dtype=jnp.int32)
-    suffix = jnp.cumsum(tokens_BxL == FIM_SUFFIX_ID, axis=1) > jnp.cumsum(
-        tokens_BxL == FIM_PREFIX_ID, axis=1
-    )
     since = jnp.cumsum(steps * suffix, axis=1, dtype=jnp.int32)
     early = suffix & (since - steps * suffix < JOIN_STEPS)  # the time before the token
     on_BxLxP = tokens_BxL[..., None] - NOTE_ON_FIRST_ID == jnp.arange(NUM_PITCHES)

@@ -459,6 +459,14 @@ class PerceiverAR(nnx.Module):
                 dtype=dtype,
                 rngs=rngs,
             )
+        if config.gap_segments:  # zero-initialised, as note_in
+            self.gap_segments = nnx.Embed(
+                gap_clock.NUM_SEGMENTS,
+                config.embed_dim,
+                embedding_init=nnx.initializers.zeros_init(),
+                dtype=dtype,
+                rngs=rngs,
+            )
         self.final_norm = nnx.LayerNorm(config.d_model, dtype=dtype, rngs=rngs)
         self.logits = nnx.Linear(
             config.d_model,
@@ -510,6 +518,13 @@ class PerceiverAR(nnx.Module):
 
     # -- full forward -------------------------------------------------------------------------
 
+    def _inputs(self, emb_BxTxE: jax.Array, segment_BxT: jax.Array | None) -> jax.Array:
+        """What the keys, values and latents read of tokens: their embeddings, plus their
+        segments' with ``gap_segments`` (``segment_BxT``; the smears read the embeddings)."""
+        if segment_BxT is None:
+            return emb_BxTxE
+        return emb_BxTxE + self.gap_segments(segment_BxT)
+
     def __call__(
         self,
         tokens_BxL: jax.Array,
@@ -542,6 +557,8 @@ class PerceiverAR(nnx.Module):
                 jax.random.fold_in(rng, 1), tokens_BxL, c.input_noise, c.input_noise_events, n - m
             )
         emb_BxLxE = self.embed(tokens_BxL) if embeddings is None else embeddings
+        seg_BxL = gap_clock.segments(tokens_BxL) if c.gap_segments else None
+        in_BxLxE = self._inputs(emb_BxLxE, seg_BxL)
 
         # Cross-attend input dropout: drop non-latent input positions from the keys.
         key_ok_BxL = valid_BxL
@@ -552,7 +569,7 @@ class PerceiverAR(nnx.Module):
 
         q_index_M = jnp.arange(n - m, n, dtype=jnp.int32)
         lat_pos_BxM = pos_BxL[:, n - m :]
-        z_BxMxD = self.cross.init_latents(emb_BxLxE[:, n - m :])
+        z_BxMxD = self.cross.init_latents(in_BxLxE[:, n - m :])
         if self.note_in is not None:
             z_BxMxD = z_BxMxD + self.note_in(note_state.state_features(tokens_BxL, m)[0])
         if c.match_lookup:
@@ -569,7 +586,7 @@ class PerceiverAR(nnx.Module):
             if c.cross_smear
             else None
         )
-        k_BxHxLxK, v_BxHxLxK = self.cross.keys_values(emb_BxLxE, pos_BxL, prev)
+        k_BxHxLxK, v_BxHxLxK = self.cross.keys_values(in_BxLxE, pos_BxL, prev)
         lat_prev = [p[:, n - m :] for p in prev] if prev else None
         q_BxHxMxK = self.cross.queries(z_BxMxD, lat_pos_BxM, lat_prev)
         attn = causal_attention(
@@ -623,8 +640,11 @@ class PerceiverAR(nnx.Module):
             gap_clock.empty(batch_size),
         )
 
-    def _write_inputs(self, cache: DecodeCache, tokens_BxT: jax.Array) -> DecodeCache:
-        """Cross-attention keys/values of T tokens at columns ``cur+1 .. cur+T`` (no ring wrap)."""
+    def _write_inputs(
+        self, cache: DecodeCache, tokens_BxT: jax.Array, segment_BxT: jax.Array | None = None
+    ) -> DecodeCache:
+        """Cross-attention keys/values of T tokens at columns ``cur+1 .. cur+T`` (no ring wrap;
+        ``segment_BxT``: their segments, with ``gap_segments``)."""
         t = tokens_BxT.shape[1]
         col_T = cache.cur + 1 + jnp.arange(t, dtype=jnp.int32)
         pos_BxT = col_T[None] - cache.pad[:, None]
@@ -636,7 +656,9 @@ class PerceiverAR(nnx.Module):
             cache = cache._replace(
                 recent=jnp.concatenate([cache.recent, tokens_BxT], axis=1)[:, -s:]
             )
-        k_BxHxTxK, v_BxHxTxK = self.cross.keys_values(emb_BxTxE, pos_BxT, prev)
+        k_BxHxTxK, v_BxHxTxK = self.cross.keys_values(
+            self._inputs(emb_BxTxE, segment_BxT), pos_BxT, prev
+        )
         if self._keeps_ring:
             at_slot = (0, (cache.cur + 1) % cache.toks.shape[1])
             cache = cache._replace(
@@ -674,6 +696,31 @@ class PerceiverAR(nnx.Module):
         k_new = _fold_heads(k_BxHxSxK).astype(cache.cross_k.dtype)
         return cache._replace(cross_k=cache.cross_k.at[:, slots_S].set(k_new))
 
+    def _rewrite_window(
+        self, cache: DecodeCache, tokens_BxW: jax.Array, segment_BxW: jax.Array
+    ) -> DecodeCache:
+        """Recomputes the keys/values of the whole window as a full forward over it does: with
+        ``gap_segments`` a token's segment is counted from the window's first token, so a
+        sentinel that left the window changes the segments of the tokens after it (this also
+        restarts the smear, as ``_restart_keys``)."""
+        w = tokens_BxW.shape[1]
+        col_W = cache.lo + jnp.arange(w, dtype=jnp.int32)
+        emb_BxWxE = self.embed(tokens_BxW)
+        prev = None
+        if self.config.cross_smear:
+            prev = preceding(
+                self.cross.normed(emb_BxWxE), tokens_BxW != PAD_ID, self.config.cross_smear
+            )
+        k_BxHxWxK, v_BxHxWxK = self.cross.keys_values(
+            self._inputs(emb_BxWxE, segment_BxW), col_W[None] - cache.pad[:, None], prev
+        )
+        slots_W = col_W % cache.cross_k.shape[1]
+        dt = cache.cross_k.dtype
+        return cache._replace(
+            cross_k=cache.cross_k.at[:, slots_W].set(_fold_heads(k_BxHxWxK).astype(dt)),
+            cross_v=cache.cross_v.at[:, slots_W].set(_fold_heads(v_BxHxWxK).astype(dt)),
+        )
+
     @property
     def _keeps_ring(self) -> bool:
         """The cache keeps the window's token ids (``DecodeCache.toks``) for the lookups."""
@@ -700,7 +747,8 @@ class PerceiverAR(nnx.Module):
         """Writes a left-padded prompt window's keys/values at columns ``[0, T)``."""
         pad_B = jnp.sum(tokens_BxT == PAD_ID, axis=1, dtype=jnp.int32)
         cache = cache._replace(pad=pad_B, cur=jnp.full((), -1, jnp.int32))
-        return self._write_inputs(cache, tokens_BxT)
+        seg_BxT = gap_clock.segments(tokens_BxT) if self.config.gap_segments else None
+        return self._write_inputs(cache, tokens_BxT, seg_BxT)
 
     def refill(
         self, cache: DecodeCache, tokens_BxW: jax.Array, *, fill: int
@@ -715,9 +763,14 @@ class PerceiverAR(nnx.Module):
         """
         f = fill
         latent_tokens_BxF = tokens_BxW[:, -f:]
-        cache = self._write_inputs(cache, latent_tokens_BxF[:, -1:])
+        seg_BxW = gap_clock.segments(tokens_BxW) if self.config.gap_segments else None
+        cache = self._write_inputs(
+            cache, latent_tokens_BxF[:, -1:], None if seg_BxW is None else seg_BxW[:, -1:]
+        )
         cache = cache._replace(lo=cache.cur - tokens_BxW.shape[1] + 1)
-        if self.config.cross_smear:
+        if self.config.gap_segments:
+            cache = self._rewrite_window(cache, tokens_BxW, seg_BxW)
+        elif self.config.cross_smear:
             cache = self._restart_keys(cache, tokens_BxW)
         if self.config.match_lookup:  # the lengths the decoding steps advance
             col_C, first_B = self._ring_columns(cache)
@@ -728,7 +781,11 @@ class PerceiverAR(nnx.Module):
             )
         col_F = cache.cur - f + 1 + jnp.arange(f, dtype=jnp.int32)
         pos_BxF = col_F[None] - cache.pad[:, None]
-        z_BxFxD = self.cross.init_latents(self.embed(latent_tokens_BxF))
+        z_BxFxD = self.cross.init_latents(
+            self._inputs(
+                self.embed(latent_tokens_BxF), None if seg_BxW is None else seg_BxW[:, -f:]
+            )
+        )
         if self.note_in is not None:
             feats_BxFxS, notes = note_state.state_features(tokens_BxW, f)
             z_BxFxD = z_BxFxD + self.note_in(feats_BxFxS)
@@ -739,7 +796,7 @@ class PerceiverAR(nnx.Module):
         if self.config.note_lookup:
             found_notes = match.note_lookup(tokens_BxW, f, self.config.note_lookup)
             z_BxFxD = z_BxFxD + self._note_term(*found_notes)
-        if self.config.gap_clock or self.config.gap_join:
+        if self.config.gap_clock or self.config.gap_join or self.config.gap_segments:
             clock_BxF, clock = gap_clock.buckets(tokens_BxW, f)
             z_BxFxD = z_BxFxD + self._gap_terms(clock_BxF, clock.join)
             cache = cache._replace(clock=clock)
@@ -796,10 +853,16 @@ class PerceiverAR(nnx.Module):
         if self.config.cross_smear:
             new_Bx1 = token_B[:, None]
             prev = self._preceding(cache.recent, new_Bx1, self.embed(new_Bx1))
-        cache = self._write_inputs(cache, token_B[:, None])
+        c = self.config
+        seg_Bx1 = None
+        if c.gap_clock or c.gap_join or c.gap_segments:
+            cache = cache._replace(clock=gap_clock.advance(cache.clock, token_B))
+            if c.gap_segments:
+                seg_Bx1 = gap_clock.segment(cache.clock)[:, None]
+        cache = self._write_inputs(cache, token_B[:, None], seg_Bx1)
         col_1 = cache.cur[None]
         pos_Bx1 = col_1[None] - cache.pad[:, None]
-        z_Bx1xD = self.cross.init_latents(self.embed(token_B[:, None]))
+        z_Bx1xD = self.cross.init_latents(self._inputs(self.embed(token_B[:, None]), seg_Bx1))
         if self.note_in is not None:
             cache = cache._replace(notes=note_state.advance(cache.notes, token_B))
             z_Bx1xD = z_Bx1xD + self.note_in(note_state.features(cache.notes))[:, None]
@@ -816,9 +879,8 @@ class PerceiverAR(nnx.Module):
                 cache.toks, self._ring_columns(cache)[1], cache.cur, self.config.note_lookup
             )
             z_Bx1xD = z_Bx1xD + self._note_term(note_B, note_len_B)[:, None]
-        if self.config.gap_clock or self.config.gap_join:
-            clock = gap_clock.advance(cache.clock, token_B)
-            cache = cache._replace(clock=clock)
+        if c.gap_clock or c.gap_join:
+            clock = cache.clock
             bucket_Bx1 = gap_clock.bucket(clock.middle, clock.length, clock.elapsed)[:, None]
             z_Bx1xD = z_Bx1xD + self._gap_terms(bucket_Bx1, clock.join)
         q_BxHx1xK = self.cross.queries(z_Bx1xD, pos_Bx1, prev)

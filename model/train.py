@@ -62,6 +62,7 @@ from perceiver_midi.model.data import (
     Repeats,
     TrainBatches,
 )
+from perceiver_midi.model.evaluate import evaluate
 from perceiver_midi.model.perceiver_ar import PerceiverAR
 from perceiver_midi.model.train_step import train_step
 from perceiver_midi.tokenizer.dataset import TokenSplit, load_split
@@ -156,9 +157,10 @@ def addition_mask(params):
 def infill_mask(params):
     """True for the gap clock's and the join's maps (``Config.gap_clock``, ``gap_join``): small
     maps whose signal (the last notes before a join) is rare in a batch, so they learn slowly at
-    the rate that suits the rest."""
+    the rate that suits the rest. (The input segments, ``gap_segments``, are in every token of
+    an infilling crop: they keep the common rate.)"""
     return jax.tree_util.tree_map_with_path(
-        lambda path, _: param_name(path).startswith("gap_"), params
+        lambda path, _: param_name(path).startswith(("gap_clock.", "gap_join.")), params
     )
 
 
@@ -461,8 +463,6 @@ def train(
     """Train until ``max_steps`` (absolute step), the end of a cooldown, ``max_hours`` or a
     signal; resumable. A cooldown's last step is always validated, so its final params land in
     WORKDIR/best when they are the best seen there."""
-    from perceiver_midi.model.evaluate import evaluate
-
     workdir = pathlib.Path(workdir)
     lead = is_lead()
     workdir.mkdir(parents=True, exist_ok=True)

@@ -335,6 +335,22 @@ def test_gap_clock_table_and_running_state_equal_the_full_count():
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_segments_table_and_running_state_agree():
+    from perceiver_midi.model import gap_clock
+
+    p = infill.prompt(np.array([ON + 60, ts(30)]), np.array([ON + 62, ts(5)]), 250, 100)
+    seq = np.concatenate([[ON + 1, ts(2)], p, [ON + 64, ts(100)]])  # plain music first
+    # plain, SOS, GAP + the length (2.5 s: 3 TIME_SHIFTs), SUFFIX + the part after, PREFIX +
+    # the part before, MIDDLE + the middle
+    want = [0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 0, 0, 0, 3, 3, 3]
+    assert np.asarray(gap_clock.segments(jnp.asarray(seq[None])))[0].tolist() == want
+    state, running = gap_clock.empty(1), []
+    for tok in seq:
+        state = gap_clock.advance(state, jnp.asarray([tok]))
+        running.append(int(gap_clock.segment(state)[0]))
+    assert running == want
+
+
 def test_join_pitches_are_the_first_second_after_the_gap():
     from perceiver_midi.model import gap_clock
 
@@ -366,16 +382,37 @@ def test_a_model_grown_with_the_gap_clock_starts_unchanged():
     np.testing.assert_array_equal(np.asarray(grown(tokens)), np.asarray(base(tokens)))
     grown.gap_clock.embedding[...] = jnp.ones_like(grown.gap_clock.embedding[...])
     assert not np.allclose(np.asarray(grown(tokens)), np.asarray(base(tokens)))
-    with pytest.raises(ValueError, match="gap_clock and gap_join need infill"):
+    with pytest.raises(ValueError, match="gap_clock, gap_join and gap_segments need infill"):
         get_config("tiny", gap_clock=True)
+    with pytest.raises(ValueError, match="need infill"):
+        get_config("tiny", gap_segments=True)
+
+
+def test_a_model_grown_with_input_segments_starts_unchanged():
+    base_cfg = get_config("tiny", infill=True, gap_clock=True)
+    base = PerceiverAR(base_cfg, rngs=nnx.Rngs(0))
+    for w in (base.logits.kernel, base.gap_clock.embedding):
+        w[...] = 0.3 * jax.random.normal(jax.random.key(w.shape[0]), w.shape)
+    grown = PerceiverAR(dataclasses.replace(base_cfg, gap_segments=True), rngs=nnx.Rngs(5))
+    found = nnx.state(base, nnx.Param)
+    specs = param_specs(found), param_specs(nnx.state(grown, nnx.Param))
+    assert params_mismatch(*specs, allow_additions=True) == ""
+    nnx.update(grown, found)
+    row = infill.prompt(np.arange(10, 40), np.arange(50, 70), 120, 60)
+    tokens = jnp.asarray(np.concatenate([row, [ON + 1, ts(30), ON + 2, ts(3)]])[None, -64:])
+    np.testing.assert_array_equal(np.asarray(grown(tokens)), np.asarray(base(tokens)))
+    table = grown.gap_segments.embedding
+    table[...] = table[...].at[2].set(1.0)  # the part after the gap only
+    assert not np.allclose(np.asarray(grown(tokens)), np.asarray(base(tokens)))
 
 
 def test_clock_and_join_are_causal():
     """Changing the tokens after a latent's position leaves its logits as they were, also where
     the latents run from the part before the gap into the middle."""
-    cfg = get_config("tiny", infill=True, gap_clock=True, gap_join=True)
+    cfg = get_config("tiny", infill=True, gap_clock=True, gap_join=True, gap_segments=True)
     model = PerceiverAR(cfg, rngs=nnx.Rngs(0))
-    for w in (model.logits.kernel, model.gap_clock.embedding, model.gap_join.kernel):
+    maps = (model.gap_clock.embedding, model.gap_join.kernel, model.gap_segments.embedding)
+    for w in (model.logits.kernel, *maps):
         w[...] = 0.5 * jax.random.normal(jax.random.key(w.shape[0]), w.shape)
     rng = np.random.default_rng(0)
     suffix = np.array([ON + 50, ts(30), ON + 52, ts(80)])
@@ -400,7 +437,7 @@ def test_infill_lr_scale_moves_only_the_gap_maps_faster():
     from perceiver_midi.model.checkpoint import param_name
     from perceiver_midi.model.train import TrainConfig, infill_mask
 
-    cfg = get_config("tiny", infill=True, gap_clock=True, gap_join=True)
+    cfg = get_config("tiny", infill=True, gap_clock=True, gap_join=True, gap_segments=True)
     params = nnx.state(PerceiverAR(cfg, rngs=nnx.Rngs(0)), nnx.Param)
     flat = jax.tree_util.tree_flatten_with_path(infill_mask(params))[0]
     picked = sorted(param_name(p) for p, on in flat if on)
@@ -423,6 +460,7 @@ def test_infill_lr_scale_moves_only_the_gap_maps_faster():
     one, twenty = moved(1.0), moved(20.0)
     assert twenty["gap_join.kernel"] == pytest.approx(20 * one["gap_join.kernel"], rel=1e-3)
     assert twenty["embed.embedding"] == pytest.approx(one["embed.embedding"], rel=1e-6)
+    assert twenty["gap_segments.embedding"] == pytest.approx(one["gap_segments.embedding"])
 
 
 def _named(model):

@@ -55,6 +55,9 @@ def make_model(cfg: Config = TINY, seed: int = 0) -> PerceiverAR:
     if cfg.gap_join:
         k = model.gap_join.kernel
         k[...] = 0.5 * jax.random.normal(jax.random.key(seed + 61), k.shape)
+    if cfg.gap_segments:
+        table = model.gap_segments.embedding
+        table[...] = 0.5 * jax.random.normal(jax.random.key(seed + 62), table.shape)
     if cfg.note_lookup:
         tables = (model.match_note_follow.embedding, model.match_note_len.embedding)
         for j, table in enumerate(tables):
@@ -331,12 +334,16 @@ def test_training_mode_requires_rng():
         (None, False, 0, 0, 0, 5, False),
         (10, False, 3, 2, 6, 4, False),
         (10, False, 3, 2, 6, 4, True),
+        (None, False, 0, 0, 0, 0, "segments"),
+        (10, False, 3, 2, 6, 4, "segments"),
     ],
 )
 def test_cached_step_logits_equal_full_forward(
     num_latents, note_state, smear, latent_smear, match_lookup, note_lookup, fim
 ):
-    """Every decoding step (fills, steps, resets, sliding window) against a full forward."""
+    """Every decoding step (fills, steps, resets, sliding window) against a full forward.
+    ``fim``: infilling prompts, with the gap clock and join (True), and the input segments too
+    ("segments"; the window slides past the sentinels, so the segments change)."""
     cfg = dataclasses.replace(
         TINY,
         note_state=note_state,
@@ -344,10 +351,12 @@ def test_cached_step_logits_equal_full_forward(
         latent_smear=latent_smear,
         match_lookup=match_lookup,
         note_lookup=note_lookup,
-        infill=fim,
-        gap_clock=fim,
-        gap_join=fim,
+        infill=bool(fim),
+        gap_clock=bool(fim),
+        gap_join=bool(fim),
+        gap_segments=fim == "segments",
     )
+    fim = bool(fim)
     model = make_model(cfg, seed=3)
     rng = np.random.default_rng(0)
     # Notes and time shifts only (no VELOCITY), so many notes sound across windows.
