@@ -1,5 +1,5 @@
 """A long-running web app holds its memory (GitHub issue 22): a bounded soak of a real server on
-127.0.0.1 (``benchmarks/soak.py`` with the tiny random model; about 2.5 minutes on two busy
+127.0.0.1 (``benchmarks/soak.py`` with a small random model; about 3 minutes on two busy
 cores), and the bounds the server is launched with."""
 
 import os
@@ -9,12 +9,12 @@ import pytest
 from benchmarks.soak import soak
 from benchmarks.web_server import Server
 
-REQUESTS = 300  # one in five a broken upload (3.5 MB: the app takes at most 4 MiB)
+REQUESTS = 500  # one in five a broken upload (3.5 MB: the app takes at most 4 MiB)
 WARMUP = 100
 # After the warm-up, the issue's bound: the server's RSS with nothing in flight, and every sample
-# (requests in flight), within 10 %; and the trend (the least-squares line through the samples
-# from the warm-up on), carried on to request 1,000, within 15 % (a short run's creep shows in its
-# trend before its samples' noise lets it show in them).
+# (requests in flight), within 10 %; and the floor's trend (``benchmarks.soak.floor_line``: the
+# line through each 50 requests' smallest sample), carried on to request 1,000, within 15 % (a
+# short run's creep shows in its floor before its samples' noise lets it show in them).
 BOUND_QUIET = 1.10
 BOUND_ANY = 1.10
 BOUND_TREND = 1.15
@@ -44,10 +44,11 @@ def small_checkpoint(tmp_path_factory):
 def test_soak_memory_stays_flat_every_good_request_answered_every_bad_refused(
     small_checkpoint, tmp_path
 ):
-    """About 2.5 minutes on two busy cores. Measured (training beside): with the fix x0.98-1.04
-    with nothing in flight, trend x0.97-1.08 at request 1,000; without it (no
-    app.web.page.bound_malloc, so glibc's 8 heaps per core; Gradio's analytics unbounded) x1.05-1.09
-    and trend x1.22-1.41."""
+    """About 3 minutes on two busy cores. Measured (training beside, 500 requests): with the fix
+    x1.01 with nothing in flight, largest sample x1.05, floor trend x1.03 at request 1,000;
+    without it (glibc's default heaps, Gradio's analytics unbounded: the server environment
+    MALLOC_ARENA_MAX=16, GRADIO_ANALYTICS_MAX_EVENTS=10000, GRADIO_ANALYTICS_CACHE_FREQUENCY=1)
+    x1.12, x1.12 and x1.25."""
     # Six requests at once land on many server threads: what makes a heap per thread show.
     server = Server(str(small_checkpoint), infill_checkpoint="none", max_concurrency=6,
                     max_queue=16, log=tmp_path / "server.log")  # fmt: skip
@@ -67,11 +68,12 @@ def test_soak_memory_stays_flat_every_good_request_answered_every_bad_refused(
         f"after {WARMUP}, {r['rss_at_end_mib']:.0f} MiB at the end: x{r['growth_quiet']:.3f} "
         f"(nothing in flight), largest x{r['growth_max_over_warmup']:.3f}, trend "
         f"{r['rss_slope_after_warmup_mib_per_request']:+.3f} MiB per request: x"
-        f"{r['trend_growth_at_1000']:.3f} at request 1,000"
+        f"{r['trend_growth_at_1000']:.3f} at request 1,000; floor "
+        f"x{r['floor_trend_growth_at_1000']:.3f}"
     )
     assert r["growth_quiet"] <= BOUND_QUIET, rss
     assert r["growth_max_over_warmup"] <= BOUND_ANY, rss
-    assert r["trend_growth_at_1000"] <= BOUND_TREND, rss
+    assert r["floor_trend_growth_at_1000"] <= BOUND_TREND, rss
 
 
 def test_the_server_bounds_what_gradio_keeps(tiny_model, tmp_path, monkeypatch):
