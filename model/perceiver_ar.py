@@ -442,31 +442,17 @@ class PerceiverAR(nnx.Module):
                 config.note_lookup + 1, config.d_model, embedding_init=zeros, dtype=dtype, rngs=rngs
             )
             self.match_note_bonus = nnx.Param(jnp.zeros((config.note_lookup + 1,), jnp.float32))
-        if config.gap_clock:  # zero-initialised, as note_in
+        zeros = nnx.initializers.zeros_init()  # the gap's maps: as note_in
+        if config.gap_clock:
             self.gap_clock = nnx.Embed(
-                gap_clock.NUM_BUCKETS,
-                config.d_model,
-                embedding_init=nnx.initializers.zeros_init(),
-                dtype=dtype,
-                rngs=rngs,
+                gap_clock.NUM_BUCKETS, config.d_model, embedding_init=zeros, dtype=dtype, rngs=rngs
             )
-        if config.gap_join:  # zero-initialised, as note_in
-            self.gap_join = nnx.Linear(
-                NUM_PITCHES,
-                config.d_model,
-                use_bias=False,
-                kernel_init=nnx.initializers.zeros_init(),
-                dtype=dtype,
-                rngs=rngs,
-            )
-        if config.gap_segments:  # zero-initialised, as note_in
-            self.gap_segments = nnx.Embed(
-                gap_clock.NUM_SEGMENTS,
-                config.embed_dim,
-                embedding_init=nnx.initializers.zeros_init(),
-                dtype=dtype,
-                rngs=rngs,
-            )
+        if config.gap_join:
+            self.gap_join = nnx.Linear(NUM_PITCHES, config.d_model, use_bias=False,
+                                       kernel_init=zeros, dtype=dtype, rngs=rngs)  # fmt: skip
+        if config.gap_segments:
+            self.gap_segments = nnx.Embed(gap_clock.NUM_SEGMENTS, config.embed_dim,
+                                          embedding_init=zeros, dtype=dtype, rngs=rngs)  # fmt: skip
         self.final_norm = nnx.LayerNorm(config.d_model, dtype=dtype, rngs=rngs)
         self.logits = nnx.Linear(
             config.d_model,

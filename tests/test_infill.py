@@ -368,32 +368,16 @@ def test_join_pitches_are_the_first_second_after_the_gap():
     assert np.asarray(feats)[0].sum(axis=-1).tolist() == [0.0, 2.0, 2.0]
 
 
-def test_a_model_grown_with_the_gap_clock_starts_unchanged():
-    base_cfg = get_config("tiny", infill=True)
+@pytest.mark.parametrize("addition", ["gap_clock", "gap_segments"])
+def test_a_model_grown_with_a_gap_map_starts_unchanged(addition):
+    """A zero-initialised addition (the clock, on the latents; the segments, on every input)
+    loads a checkpoint without it and computes the same function until it is trained."""
+    base_cfg = get_config("tiny", infill=True, gap_clock=addition != "gap_clock")
     base = PerceiverAR(base_cfg, rngs=nnx.Rngs(0))
-    base.logits.kernel[...] = 0.3 * jax.random.normal(jax.random.key(1), base.logits.kernel.shape)
-    grown = PerceiverAR(dataclasses.replace(base_cfg, gap_clock=True), rngs=nnx.Rngs(5))
-    found = nnx.state(base, nnx.Param)
-    specs = param_specs(found), param_specs(nnx.state(grown, nnx.Param))
-    assert params_mismatch(*specs, allow_additions=True) == ""
-    nnx.update(grown, found)
-    row = infill.prompt(np.arange(10, 40), np.arange(50, 70), 120, 60)
-    tokens = jnp.asarray(np.concatenate([row, [ON + 1, ts(30), ON + 2, ts(3)]])[None, -64:])
-    np.testing.assert_array_equal(np.asarray(grown(tokens)), np.asarray(base(tokens)))
-    grown.gap_clock.embedding[...] = jnp.ones_like(grown.gap_clock.embedding[...])
-    assert not np.allclose(np.asarray(grown(tokens)), np.asarray(base(tokens)))
-    with pytest.raises(ValueError, match="gap_clock, gap_join and gap_segments need infill"):
-        get_config("tiny", gap_clock=True)
-    with pytest.raises(ValueError, match="need infill"):
-        get_config("tiny", gap_segments=True)
-
-
-def test_a_model_grown_with_input_segments_starts_unchanged():
-    base_cfg = get_config("tiny", infill=True, gap_clock=True)
-    base = PerceiverAR(base_cfg, rngs=nnx.Rngs(0))
-    for w in (base.logits.kernel, base.gap_clock.embedding):
+    trained = [base.logits.kernel] + ([base.gap_clock.embedding] if base_cfg.gap_clock else [])
+    for w in trained:
         w[...] = 0.3 * jax.random.normal(jax.random.key(w.shape[0]), w.shape)
-    grown = PerceiverAR(dataclasses.replace(base_cfg, gap_segments=True), rngs=nnx.Rngs(5))
+    grown = PerceiverAR(dataclasses.replace(base_cfg, **{addition: True}), rngs=nnx.Rngs(5))
     found = nnx.state(base, nnx.Param)
     specs = param_specs(found), param_specs(nnx.state(grown, nnx.Param))
     assert params_mismatch(*specs, allow_additions=True) == ""
@@ -401,9 +385,15 @@ def test_a_model_grown_with_input_segments_starts_unchanged():
     row = infill.prompt(np.arange(10, 40), np.arange(50, 70), 120, 60)
     tokens = jnp.asarray(np.concatenate([row, [ON + 1, ts(30), ON + 2, ts(3)]])[None, -64:])
     np.testing.assert_array_equal(np.asarray(grown(tokens)), np.asarray(base(tokens)))
-    table = grown.gap_segments.embedding
-    table[...] = table[...].at[2].set(1.0)  # the part after the gap only
+    table = getattr(grown, addition).embedding
+    table[...] = table[...].at[1:].set(1.0)  # inside a middle; the prompt's parts
     assert not np.allclose(np.asarray(grown(tokens)), np.asarray(base(tokens)))
+
+
+def test_the_gap_maps_need_infill():
+    for name in ("gap_clock", "gap_join", "gap_segments"):
+        with pytest.raises(ValueError, match="gap_clock, gap_join and gap_segments need infill"):
+            get_config("tiny", **{name: True})
 
 
 def test_clock_and_join_are_causal():
