@@ -78,3 +78,44 @@ def test_benchmark_runs_as_script_and_as_module(name, tmp_path):
     for cmd, cwd in runs:
         proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr
+
+
+def test_infill_attention_reads_the_cross_attention_weights_of_the_forward():
+    """The weights kept from the model's own forward: each latent's row sums to 1 over the keys
+    it may see (none after its own position, none of the PAD on the left), and they give the
+    cross-attention's output (the weights times the values)."""
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from benchmarks.infill_attention import cross_weights
+    from perceiver_midi.model import perceiver_ar
+    from perceiver_midi.model.config import get_config
+
+    cfg = get_config("tiny", infill=True, gap_segments=True)
+    model = perceiver_ar.PerceiverAR(cfg, rngs=nnx.Rngs(0))
+    n, m = cfg.max_len, cfg.num_latents
+    row = np.zeros((1, n), np.int32)
+    row[0, 5:] = np.random.default_rng(0).integers(3, 359, size=n - 5)
+    w_HxMxN = cross_weights(model, row)
+    assert w_HxMxN.shape == (cfg.num_cross_heads, m, n)
+    np.testing.assert_allclose(w_HxMxN.sum(-1), 1.0, rtol=1e-5)
+    assert np.all(w_HxMxN[..., :5] == 0)  # PAD
+    later = np.arange(n)[None] > np.arange(n - m, n)[:, None]
+    assert np.all(w_HxMxN[:, later] == 0)  # causal
+    kept = []
+    real = perceiver_ar.causal_attention
+
+    def keep(q, k, v, q_index, key_ok, chunk=0):
+        out = real(q, k, v, q_index, key_ok, chunk)
+        kept.append((v, out))
+        return out
+
+    perceiver_ar.causal_attention = keep
+    try:
+        model(jnp.asarray(row))
+    finally:
+        perceiver_ar.causal_attention = real
+    v, out = kept[0]
+    want = jnp.einsum("hmt,htk->hmk", jnp.asarray(w_HxMxN), v[0])
+    np.testing.assert_allclose(np.asarray(out[0]), np.asarray(want), atol=1e-5)
