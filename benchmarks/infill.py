@@ -98,7 +98,6 @@ def middle_nll(model, gaps: list[dict], batch: int = 4, equal_prefix: bool = Fal
     import jax.numpy as jnp
 
     from perceiver_midi.model import infill
-    from perceiver_midi.model.vocab import FIM_MIDDLE_ID, FIM_PREFIX_ID
 
     n, m = int(model.config.max_len), int(model.config.num_latents)
     forward = jax.jit(lambda t: jax.nn.log_softmax(model(t), axis=-1))
@@ -122,14 +121,12 @@ def middle_nll(model, gaps: list[dict], batch: int = 4, equal_prefix: bool = Fal
         seq, a, b = g["seq"], g["a"], g["b"]
         middle = seq[a:b]
         steps = infill.gap_steps(seq, a, b)
-        prompt = infill.prompt(seq[:a], seq[b:], steps, n + 1 - middle.size)
+        prompt = infill.prompt(
+            seq[:a], seq[b:], steps, n + 1 - middle.size, model.config.infill_join
+        )
         both = nll_of(np.concatenate([prompt, middle]).astype(np.int32), prompt.size)
         if equal_prefix:
-            kept = int(
-                np.nonzero(prompt == FIM_MIDDLE_ID)[0][0]
-                - np.nonzero(prompt == FIM_PREFIX_ID)[0][0]
-                - 1
-            )
+            kept = infill.music_before_middle(prompt).size - 1  # without MIDDLE
             before = nll_of(seq[a - kept : b], kept)
         else:
             before = nll_of(seq[:b], a)

@@ -70,7 +70,8 @@ def part_shares(model, gap: dict) -> dict:
     n, m = int(model.config.max_len), int(model.config.num_latents)
     seq, a, b = gap["seq"], gap["a"], gap["b"]
     middle = seq[a:b]
-    prompt = infill.prompt(seq[:a], seq[b:], infill.gap_steps(seq, a, b), n - middle.size)
+    steps = infill.gap_steps(seq, a, b)
+    prompt = infill.prompt(seq[:a], seq[b:], steps, n - middle.size, model.config.infill_join)
     row = np.concatenate([prompt, middle])[-n:]
     row = np.concatenate([np.full(n - row.size, PAD_ID), row]).astype(np.int32)[None]
     w_HxMxN = cross_weights(model, row)

@@ -73,6 +73,9 @@ class Config:
         (``model/gap_clock.py``), so the middle knows when it must meet the part after the gap.
       gap_join: with ``infill``, the latents of a middle also get a (zero-initialised) linear
         map of the pitches the part after the gap starts in its first second.
+      infill_join: with ``infill``, J > 0 repeats the first J tokens of the part after the gap
+        just before MIDDLE (``infill.prompt``'s ``join_tokens``), inside the latents' window; a
+        layout: the training crops and every surface's prompts follow the model's.
       gap_segments: with ``infill``, every input token (the cross-attention's keys and values,
         and the latents' initial states) also gets a (zero-initialised) embedding of the part of
         an infilling prompt it is in: the gap's length, the part after the gap, the middle, or
@@ -112,6 +115,7 @@ class Config:
     gap_clock: bool = False
     gap_join: bool = False
     gap_segments: bool = False
+    infill_join: int = 0
     dtype: str = "float32"
 
     def __post_init__(self):
@@ -138,6 +142,10 @@ class Config:
             raise ValueError(f"note_lookup must be in [0, 32], got {self.note_lookup}")
         if (self.gap_clock or self.gap_join or self.gap_segments) and not self.infill:
             raise ValueError("gap_clock, gap_join and gap_segments need infill")
+        if self.infill_join and not self.infill:
+            raise ValueError("infill_join needs infill")
+        if not 0 <= self.infill_join <= 256:
+            raise ValueError(f"infill_join must be in [0, 256], got {self.infill_join}")
         if self.activation not in ("sq_relu", "gelu", "relu"):
             raise ValueError(f"unknown activation {self.activation!r}")
         if not 0.0 <= self.cross_attend_dropout < 1.0 or not 0.0 <= self.dropout < 1.0:

@@ -58,7 +58,7 @@ class GapClock(NamedTuple):
     length: jax.Array  # [B] int32: the gap's length so far (10 ms steps)
     middle: jax.Array  # [B] bool: at or after MIDDLE
     elapsed: jax.Array  # [B] int32: music time since MIDDLE
-    suffix: jax.Array  # [B] bool: between SUFFIX and PREFIX (the part after the gap)
+    suffix: jax.Array  # [B] bool: from SUFFIX to PREFIX or MIDDLE (the part after the gap)
     since: jax.Array  # [B] int32: music time since SUFFIX
     join: jax.Array  # [B, P] bool: pitches started in the part after the gap's first second
 
@@ -93,7 +93,15 @@ def _flags(tokens_BxL: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(header, suffix, middle) ``[B, L]`` bool: each position's state after its token."""
     count = functools.partial(jnp.cumsum, axis=1)
     header = count(tokens_BxL == FIM_GAP_ID) > count(tokens_BxL == FIM_SUFFIX_ID)
-    suffix = count(tokens_BxL == FIM_SUFFIX_ID) > count(tokens_BxL == FIM_PREFIX_ID)
+    # the part after the gap: from a SUFFIX to the next PREFIX or MIDDLE (``join_tokens`` shows
+    # its start a second time, between the part before the gap and MIDDLE)
+    pos = jnp.arange(tokens_BxL.shape[1])
+    last = functools.partial(jax.lax.cummax, axis=1)
+    suffix_at = last(jnp.where(tokens_BxL == FIM_SUFFIX_ID, pos, -1))
+    ended_at = last(
+        jnp.where((tokens_BxL == FIM_PREFIX_ID) | (tokens_BxL == FIM_MIDDLE_ID), pos, -1)
+    )
+    suffix = suffix_at > ended_at
     middle = count(tokens_BxL == FIM_MIDDLE_ID) > 0
     return header, suffix, middle
 
@@ -109,9 +117,8 @@ def advance(state: GapClock, token_B: jax.Array) -> GapClock:
         token_B == FIM_GAP_ID, True, jnp.where(token_B == FIM_SUFFIX_ID, False, state.header)
     )
     middle = state.middle | (token_B == FIM_MIDDLE_ID)
-    suffix = jnp.where(
-        token_B == FIM_SUFFIX_ID, True, jnp.where(token_B == FIM_PREFIX_ID, False, state.suffix)
-    )
+    ends = (token_B == FIM_PREFIX_ID) | (token_B == FIM_MIDDLE_ID)
+    suffix = jnp.where(token_B == FIM_SUFFIX_ID, True, jnp.where(ends, False, state.suffix))
     steps = _steps(token_B)
     early = suffix & (state.since < JOIN_STEPS)  # a NOTE_ON happens at the time before it
     on_BxP = token_B[:, None] - NOTE_ON_FIRST_ID == jnp.arange(NUM_PITCHES)

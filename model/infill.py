@@ -8,6 +8,14 @@ Bavarian et al. 2022 ("Efficient Training of Language Models to Fill in the Midd
 
 The part before the gap comes last, so the middle continues it exactly as a continuation would;
 the part after the gap and the gap's music time come first, where every latent can read them.
+With ``join_tokens`` J > 0 (``Config.infill_join``) the first J tokens of the part after the gap
+come again, after a second SUFFIX, just before MIDDLE::
+
+    [..., PREFIX, <tokens before A>, SUFFIX, <the first J tokens from B on>, MIDDLE] -> the middle
+
+There the middle's latents see them in their own window: the one cross-attention reads the far
+copy about as much as any other token (``benchmarks/infill_attention.py``), not the notes the
+middle must lead into.
 
 Edges are token positions. Each token's event happens at the sum of the TIME_SHIFTs before it
 (``time_before``); the gap starts at the first token whose time is >= A and ends at the first
@@ -31,6 +39,7 @@ from perceiver_midi.model.vocab import (
 from perceiver_midi.tokenizer.windows import shift_steps, shift_tokens
 
 MAX_SUFFIX_TOKENS = 1024  # of the part after the gap, the prompt keeps this many at most
+MAX_JOIN_TOKENS = 256  # the repeated start of the part after the gap (``join_tokens``), at most
 HEADER_TOKENS = 4  # SOS, GAP, SUFFIX, PREFIX (+ MIDDLE) around the gap's TIME_SHIFTs
 
 
@@ -60,25 +69,48 @@ def gap_shift_ids(steps: int) -> list[int]:
     return shift_tokens(int(steps))
 
 
-def prompt(prefix: np.ndarray, suffix: np.ndarray, steps: int, max_len: int) -> np.ndarray:
+def join_part(suffix: np.ndarray, join_tokens: int) -> list[int]:
+    """What ``join_tokens`` J adds before MIDDLE: SUFFIX and the first J tokens of ``suffix``
+    (nothing for J = 0)."""
+    if not 0 <= join_tokens <= MAX_JOIN_TOKENS:
+        raise ValueError(f"join_tokens must be in [0, {MAX_JOIN_TOKENS}], got {join_tokens}")
+    if not join_tokens:
+        return []
+    return [FIM_SUFFIX_ID, *np.asarray(suffix, np.int32)[:join_tokens].tolist()]
+
+
+def prompt(
+    prefix: np.ndarray, suffix: np.ndarray, steps: int, max_len: int, join_tokens: int = 0
+) -> np.ndarray:
     """The infilling prompt of at most ``max_len`` tokens: ``suffix`` cut to its first
-    ``MAX_SUFFIX_TOKENS`` (and to half the room), ``prefix`` to its last tokens (what is left)."""
+    ``MAX_SUFFIX_TOKENS`` (and to half the room), ``prefix`` to its last tokens (what is left);
+    ``join_tokens``: the start of ``suffix`` again before MIDDLE (see above)."""
     shifts = gap_shift_ids(steps)
     head = [SOS_ID, FIM_GAP_ID, *shifts, FIM_SUFFIX_ID]
-    room = max_len - len(head) - 2  # PREFIX, MIDDLE
+    join = join_part(suffix, join_tokens)
+    room = max_len - len(head) - 2 - len(join)  # PREFIX, MIDDLE
     if room < 0:
         raise ValueError(f"an infilling prompt needs more than {max_len} tokens")
     suffix = np.asarray(suffix, np.int32)[: min(MAX_SUFFIX_TOKENS, room // 2)]
     room -= suffix.size
     prefix = np.asarray(prefix, np.int32)
     prefix = prefix[prefix.size - room :] if room < prefix.size else prefix
-    return np.concatenate([head, suffix, [FIM_PREFIX_ID], prefix, [FIM_MIDDLE_ID]]).astype(np.int32)
+    parts = [head, suffix, [FIM_PREFIX_ID], prefix, join, [FIM_MIDDLE_ID]]
+    return np.concatenate(parts).astype(np.int32)
 
 
 def music_before_middle(ids: np.ndarray) -> np.ndarray:
-    """The tokens of ``ids`` that the middle continues: after the last PREFIX sentinel (all of
-    ``ids`` for a plain prompt). The sampler's running state (sounding notes, velocity) starts
+    """The tokens of ``ids`` that the middle continues: after the last PREFIX sentinel, without
+    the repeated start of the part after the gap (``join_tokens``: SUFFIX up to MIDDLE); all of
+    ``ids`` for a plain prompt. The sampler's running state (sounding notes, velocity) starts
     from these, not from the part after the gap."""
     ids = np.asarray(ids)
     where = np.nonzero(ids == FIM_PREFIX_ID)[0]
-    return ids[where[-1] + 1 :] if where.size else ids
+    if not where.size:
+        return ids
+    rest = ids[where[-1] + 1 :]
+    join = np.nonzero(rest == FIM_SUFFIX_ID)[0]
+    if not join.size:
+        return rest
+    middle = np.nonzero(rest == FIM_MIDDLE_ID)[0]
+    return np.concatenate([rest[: join[0]], rest[middle[0] if middle.size else rest.size :]])

@@ -109,6 +109,27 @@ def test_music_before_middle():
     p = infill.prompt(np.array([ON + 60]), np.array([ON + 70]), 50, 100)
     assert infill.music_before_middle(p).tolist() == [ON + 60, MID]
     assert infill.music_before_middle(np.array([ON + 1, ON + 2])).tolist() == [ON + 1, ON + 2]
+    p = infill.prompt(np.array([ON + 60]), np.array([ON + 70, ts(3)]), 50, 100, join_tokens=1)
+    assert infill.music_before_middle(np.concatenate([p, [ON + 61]])).tolist() == [
+        ON + 60, MID, ON + 61
+    ]  # fmt: skip
+
+
+def test_join_tokens_repeat_the_start_after_the_gap_before_middle():
+    prefix, suffix = np.arange(10, 20), np.arange(30, 40)
+    p = infill.prompt(prefix, suffix, 150, 100, join_tokens=3)
+    assert p.tolist() == [
+        SOS_ID, GAP, ts(100), ts(50), SUF, *range(30, 40), PRE, *range(10, 20), SUF, 30, 31, 32, MID
+    ]  # fmt: skip
+    # the repeat's 4 tokens come out of the room: 18 tokens, the suffix gets half of the 7 left
+    assert infill.prompt(prefix, suffix, 150, 18, join_tokens=3).tolist() == [
+        SOS_ID, GAP, ts(100), ts(50), SUF, 30, 31, 32, PRE, 16, 17, 18, 19, SUF, 30, 31, 32, MID
+    ]  # fmt: skip
+    assert len(infill.prompt(prefix, suffix[:1], 150, 100, join_tokens=3)) == 5 + 1 + 1 + 10 + 2 + 1
+    with pytest.raises(ValueError, match="join_tokens must be in"):
+        infill.prompt(prefix, suffix, 150, 100, join_tokens=infill.MAX_JOIN_TOKENS + 1)
+    with pytest.raises(ValueError, match="infill_join needs infill"):
+        get_config("tiny", infill_join=8)
 
 
 def _split(pieces):
@@ -335,20 +356,25 @@ def test_gap_clock_table_and_running_state_equal_the_full_count():
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_segments_table_and_running_state_agree():
+@pytest.mark.parametrize("join", [0, 1])
+def test_segments_table_and_running_state_agree(join):
     from perceiver_midi.model import gap_clock
 
-    p = infill.prompt(np.array([ON + 60, ts(30)]), np.array([ON + 62, ts(5)]), 250, 100)
+    suffix = np.array([ON + 62, ts(5)])
+    p = infill.prompt(np.array([ON + 60, ts(30)]), suffix, 250, 100, join_tokens=join)
     seq = np.concatenate([[ON + 1, ts(2)], p, [ON + 64, ts(100)]])  # plain music first
     # plain, SOS, GAP + the length (2.5 s: 3 TIME_SHIFTs), SUFFIX + the part after, PREFIX +
-    # the part before, MIDDLE + the middle
-    want = [0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 0, 0, 0, 3, 3, 3]
+    # the part before, (SUFFIX + the repeated start,) MIDDLE + the middle
+    want = [0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 0, 0, 0] + [2, 2] * join + [3, 3, 3]
     assert np.asarray(gap_clock.segments(jnp.asarray(seq[None])))[0].tolist() == want
     state, running = gap_clock.empty(1), []
     for tok in seq:
         state = gap_clock.advance(state, jnp.asarray([tok]))
         running.append(int(gap_clock.segment(state)[0]))
     assert running == want
+    _, last = gap_clock.buckets(jnp.asarray(seq[None]), 3)
+    for a, b in zip(last, state, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_join_pitches_are_the_first_second_after_the_gap():
@@ -458,3 +484,38 @@ def _named(model):
 
     flat = jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]
     return {param_name(p): v for p, v in flat}
+
+
+def test_crops_with_join_tokens_repeat_the_real_start_after_the_gap():
+    """A model with ``infill_join`` trains on its layout: the part after the gap's first tokens
+    again between the part before the gap and MIDDLE, the part before still running straight
+    into the real middle."""
+    rng = np.random.default_rng(7)
+    piece = _piece(rng, 400)
+    seq = np.concatenate([[SOS_ID], piece])
+    batches = TrainBatches(
+        _split([piece]),
+        seq_len=600,
+        num_targets=40,
+        batch_size=12,
+        seed=4,
+        augmentation=NO_AUGMENTATION,
+        infill=Infill(share=1.0, whole=1.0, min_gap_steps=50, max_gap_steps=200,
+                      post_tokens=800, join_tokens=4),
+    )  # fmt: skip
+    seen = 0
+    for row in batches.batch(0):
+        row = row[row != PAD_ID]
+        assert len(row) <= 600
+        if GAP not in row:
+            continue
+        seen += 1
+        (s0, s1), (p,), (m,) = (np.nonzero(row == x)[0] for x in (SUF, PRE, MID))
+        assert s0 < p < s1 < m
+        suffix, prefix = row[s0 + 1 : p], row[p + 1 : s1]
+        head, middle = row[s1 + 1 : m], row[m + 1 :]
+        np.testing.assert_array_equal(head, suffix[:4])
+        run = np.concatenate([prefix, middle])
+        assert any((seq[i : i + len(run)] == run).all() for i in range(len(seq) - len(run) + 1))
+        assert infill.music_before_middle(row).tolist() == [*prefix, MID, *middle]
+    assert seen >= 6

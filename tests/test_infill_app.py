@@ -59,12 +59,29 @@ def _key(n):
     return (n.pitch, round(n.start, 3), round(n.end, 3), n.velocity)
 
 
-@pytest.mark.parametrize("seed", [0, 3])
-def test_outside_the_gap_the_piece_is_kept_and_the_middle_is_closed(piece, tiny_infill, seed):
+@pytest.fixture(scope="module")
+def tiny_infill_join():
+    """A tiny infilling model whose layout repeats the part after the gap's start before
+    MIDDLE (``Config.infill_join``), with input segments; random logits."""
+    import jax
+    from flax import nnx
+
+    from perceiver_midi.model.config import get_config
+    from perceiver_midi.model.perceiver_ar import PerceiverAR
+
+    cfg = get_config("tiny", infill=True, gap_segments=True, infill_join=8)
+    model = PerceiverAR(cfg, rngs=nnx.Rngs(0))
+    model.logits.kernel[...] = 0.5 * jax.random.normal(jax.random.key(1), model.logits.kernel.shape)
+    return model
+
+
+@pytest.mark.parametrize(
+    "seed, which", [(0, "tiny_infill"), (3, "tiny_infill"), (0, "tiny_infill_join")]
+)
+def test_outside_the_gap_the_piece_is_kept_and_the_middle_is_closed(piece, request, seed, which):
     original = decode_notes(encode(str(piece)))
-    filled = infill_piece(
-        tiny_infill, str(piece), Gap(2.35, 5.0), Settings(variations=2, seed=seed)
-    )
+    model = request.getfixturevalue(which)
+    filled = infill_piece(model, str(piece), Gap(2.35, 5.0), Settings(variations=2, seed=seed))
     assert [f.seed for f in filled] == [seed, seed + 1]
     for f in filled:
         assert (f.start, f.end) == (2.5, 5.0)  # the first events at or after 2.35 and 5.0

@@ -336,6 +336,7 @@ def test_training_mode_requires_rng():
         (10, False, 3, 2, 6, 4, True),
         (None, False, 0, 0, 0, 0, "segments"),
         (10, False, 3, 2, 6, 4, "segments"),
+        (10, False, 3, 2, 6, 4, "join"),
     ],
 )
 def test_cached_step_logits_equal_full_forward(
@@ -343,7 +344,8 @@ def test_cached_step_logits_equal_full_forward(
 ):
     """Every decoding step (fills, steps, resets, sliding window) against a full forward.
     ``fim``: infilling prompts, with the gap clock and join (True), and the input segments too
-    ("segments"; the window slides past the sentinels, so the segments change)."""
+    ("segments"; the window slides past the sentinels, so the segments change), and with the
+    start of the part after the gap repeated before MIDDLE ("join")."""
     cfg = dataclasses.replace(
         TINY,
         note_state=note_state,
@@ -354,9 +356,10 @@ def test_cached_step_logits_equal_full_forward(
         infill=bool(fim),
         gap_clock=bool(fim),
         gap_join=bool(fim),
-        gap_segments=fim == "segments",
+        gap_segments=fim in ("segments", "join"),
+        infill_join=4 if fim == "join" else 0,
     )
-    fim = bool(fim)
+    join, fim = cfg.infill_join, bool(fim)
     model = make_model(cfg, seed=3)
     rng = np.random.default_rng(0)
     # Notes and time shifts only (no VELOCITY), so many notes sound across windows.
@@ -367,7 +370,10 @@ def test_cached_step_logits_equal_full_forward(
         ids = vocab.NOTE_ON_FIRST_ID + np.array([60, 62, 64, 0, 0, 0]) + [0, 0, 0, 140, 256, 300]
         prompts = [rng.choice(ids, size=k) for k in (0, 7, 100)]
     if fim:  # infilling prompts: the sentinels and the gap's length before the notes
-        prompts = [infill.prompt(p[: len(p) // 2], p[len(p) // 2 :], 130, 40) for p in prompts]
+        prompts = [
+            infill.prompt(p[: len(p) // 2], p[len(p) // 2 :], 130, 40, join_tokens=join)
+            for p in prompts
+        ]
     outs, logits, plan = sample_with_logits(
         model,
         prompts,
