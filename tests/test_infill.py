@@ -146,26 +146,31 @@ def _piece(rng, n_events):
     return np.array(out, np.int32)
 
 
+def _infill_rows(piece_seed, batch_seed, seq_len, batch_size, **infill_kw):
+    """An infilling-only batch (gaps of 0.5 s up to ``max_gap_steps``, default 2 s) of a random
+    piece: ([SOS] + the piece, the rows without their PAD)."""
+    piece = _piece(np.random.default_rng(piece_seed), 400)
+    batches = TrainBatches(
+        _split([piece]),
+        seq_len=seq_len,
+        num_targets=40,
+        batch_size=batch_size,
+        seed=batch_seed,
+        augmentation=NO_AUGMENTATION,
+        infill=Infill(**{"share": 1.0, "min_gap_steps": 50, "max_gap_steps": 200,
+                         "post_tokens": 800, **infill_kw}),
+    )  # fmt: skip
+    return np.concatenate([[SOS_ID], piece]), [r[r != PAD_ID] for r in batches.batch(0)]
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_infill_crops_are_the_piece_rearranged(seed):
     """Without augmentation, an infilling row is [SOS GAP shifts SUF suffix PRE prefix MID
     middle] where prefix + middle is a run of [SOS] + piece, the suffix follows the real gap's
     end there, and the shifts add up to the gap's music time."""
-    rng = np.random.default_rng(seed)
-    piece = _piece(rng, 400)
-    seq = np.concatenate([[SOS_ID], piece])
-    batches = TrainBatches(
-        _split([piece]),
-        seq_len=300,
-        num_targets=40,
-        batch_size=6,
-        seed=seed,
-        augmentation=NO_AUGMENTATION,
-        infill=Infill(share=1.0, min_gap_steps=50, max_gap_steps=300, post_tokens=800),
-    )
+    seq, rows = _infill_rows(seed, seed, 300, 6, max_gap_steps=300)
     seen = 0
-    for row in batches.batch(0):
-        row = row[row != PAD_ID]
+    for row in rows:
         assert len(row) <= 300
         if GAP not in row:  # the gap fell after the piece's end: a plain crop
             assert not np.isin(row, [SUF, PRE, MID]).any()
@@ -192,22 +197,10 @@ def test_infill_crops_are_the_piece_rearranged(seed):
 def test_whole_middle_crops_end_at_the_join(whole, expect_whole):
     """With ``whole=1`` every infilling row ends exactly at the gap's end (the whole middle is
     in the row, so the tokens before the join are targets); with 0 most rows stop short."""
-    rng = np.random.default_rng(5)
-    piece = _piece(rng, 400)
-    seq = np.concatenate([[SOS_ID], piece])
+    seq, rows = _infill_rows(5, 2, 600, 16, whole=whole)
     times = infill.time_before(seq)
-    batches = TrainBatches(
-        _split([piece]),
-        seq_len=600,
-        num_targets=40,
-        batch_size=16,
-        seed=2,
-        augmentation=NO_AUGMENTATION,
-        infill=Infill(share=1.0, whole=whole, min_gap_steps=50, max_gap_steps=200, post_tokens=800),
-    )
     ends = []
-    for row in batches.batch(0):
-        row = row[row != PAD_ID]
+    for row in rows:
         if GAP not in row:
             continue
         (s,), (p,), (m,) = (np.nonzero(row == x)[0] for x in (SUF, PRE, MID))
@@ -490,22 +483,9 @@ def test_crops_with_join_tokens_repeat_the_real_start_after_the_gap():
     """A model with ``infill_join`` trains on its layout: the part after the gap's first tokens
     again between the part before the gap and MIDDLE, the part before still running straight
     into the real middle."""
-    rng = np.random.default_rng(7)
-    piece = _piece(rng, 400)
-    seq = np.concatenate([[SOS_ID], piece])
-    batches = TrainBatches(
-        _split([piece]),
-        seq_len=600,
-        num_targets=40,
-        batch_size=12,
-        seed=4,
-        augmentation=NO_AUGMENTATION,
-        infill=Infill(share=1.0, whole=1.0, min_gap_steps=50, max_gap_steps=200,
-                      post_tokens=800, join_tokens=4),
-    )  # fmt: skip
+    seq, rows = _infill_rows(7, 4, 600, 12, whole=1.0, join_tokens=4)
     seen = 0
-    for row in batches.batch(0):
-        row = row[row != PAD_ID]
+    for row in rows:
         assert len(row) <= 600
         if GAP not in row:
             continue
