@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from perceiver_midi.model.infill import MAX_JOIN_TOKENS
 from perceiver_midi.model.vocab import NUM_SENTINELS, VOCAB_SIZE
 
 NOISE_EVENTS = (
@@ -144,8 +145,10 @@ class Config:
             raise ValueError("gap_clock, gap_join and gap_segments need infill")
         if self.infill_join and not self.infill:
             raise ValueError("infill_join needs infill")
-        if not 0 <= self.infill_join <= 256:
-            raise ValueError(f"infill_join must be in [0, 256], got {self.infill_join}")
+        if not 0 <= self.infill_join <= MAX_JOIN_TOKENS:
+            raise ValueError(
+                f"infill_join must be in [0, {MAX_JOIN_TOKENS}], got {self.infill_join}"
+            )
         if self.activation not in ("sq_relu", "gelu", "relu"):
             raise ValueError(f"unknown activation {self.activation!r}")
         if not 0.0 <= self.cross_attend_dropout < 1.0 or not 0.0 <= self.dropout < 1.0:

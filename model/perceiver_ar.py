@@ -669,42 +669,33 @@ class PerceiverAR(nnx.Module):
             self.cross.normed(emb_BxTxE), tokens_BxT != PAD_ID, self.config.cross_smear, hist_BxSxE
         )
 
-    def _restart_keys(self, cache: DecodeCache, tokens_BxW: jax.Array) -> DecodeCache:
-        """Recomputes the keys of the window's first S columns without the tokens before the
-        window, which a full forward over the window (and a training crop) does not see."""
-        s = min(self.config.cross_smear, tokens_BxW.shape[1])
+    def _reencode(
+        self, cache: DecodeCache, tokens_BxW: jax.Array, segment_BxW: jax.Array | None
+    ) -> DecodeCache:
+        """Recomputes keys/values of the window's first columns as a full forward over the window
+        (and a training crop) computes them: the first S without the tokens before the window
+        (``cross_smear``), or, with ``gap_segments`` (``segment_BxW``), every column, each
+        token's segment counted from the window's first token (a sentinel that left the window
+        changes the segments after it)."""
+        s = tokens_BxW.shape[1] if segment_BxW is not None else self.config.cross_smear
         first_BxS = tokens_BxW[:, :s]
+        s = first_BxS.shape[1]
         col_S = cache.lo + jnp.arange(s, dtype=jnp.int32)
         emb_BxSxE = self.embed(first_BxS)
-        prev = preceding(self.cross.normed(emb_BxSxE), first_BxS != PAD_ID, self.config.cross_smear)
-        k_BxHxSxK, _ = self.cross.keys_values(emb_BxSxE, col_S[None] - cache.pad[:, None], prev)
-        slots_S = col_S % cache.cross_k.shape[1]
-        k_new = _fold_heads(k_BxHxSxK).astype(cache.cross_k.dtype)
-        return cache._replace(cross_k=cache.cross_k.at[:, slots_S].set(k_new))
-
-    def _rewrite_window(
-        self, cache: DecodeCache, tokens_BxW: jax.Array, segment_BxW: jax.Array
-    ) -> DecodeCache:
-        """Recomputes the keys/values of the whole window as a full forward over it does: with
-        ``gap_segments`` a token's segment is counted from the window's first token, so a
-        sentinel that left the window changes the segments of the tokens after it (this also
-        restarts the smear, as ``_restart_keys``)."""
-        w = tokens_BxW.shape[1]
-        col_W = cache.lo + jnp.arange(w, dtype=jnp.int32)
-        emb_BxWxE = self.embed(tokens_BxW)
         prev = None
         if self.config.cross_smear:
             prev = preceding(
-                self.cross.normed(emb_BxWxE), tokens_BxW != PAD_ID, self.config.cross_smear
+                self.cross.normed(emb_BxSxE), first_BxS != PAD_ID, self.config.cross_smear
             )
-        k_BxHxWxK, v_BxHxWxK = self.cross.keys_values(
-            self._inputs(emb_BxWxE, segment_BxW), col_W[None] - cache.pad[:, None], prev
+        seg_BxS = None if segment_BxW is None else segment_BxW[:, :s]
+        k_BxHxSxK, v_BxHxSxK = self.cross.keys_values(
+            self._inputs(emb_BxSxE, seg_BxS), col_S[None] - cache.pad[:, None], prev
         )
-        slots_W = col_W % cache.cross_k.shape[1]
+        slots_S = col_S % cache.cross_k.shape[1]
         dt = cache.cross_k.dtype
         return cache._replace(
-            cross_k=cache.cross_k.at[:, slots_W].set(_fold_heads(k_BxHxWxK).astype(dt)),
-            cross_v=cache.cross_v.at[:, slots_W].set(_fold_heads(v_BxHxWxK).astype(dt)),
+            cross_k=cache.cross_k.at[:, slots_S].set(_fold_heads(k_BxHxSxK).astype(dt)),
+            cross_v=cache.cross_v.at[:, slots_S].set(_fold_heads(v_BxHxSxK).astype(dt)),
         )
 
     @property
@@ -754,10 +745,8 @@ class PerceiverAR(nnx.Module):
             cache, latent_tokens_BxF[:, -1:], None if seg_BxW is None else seg_BxW[:, -1:]
         )
         cache = cache._replace(lo=cache.cur - tokens_BxW.shape[1] + 1)
-        if self.config.gap_segments:
-            cache = self._rewrite_window(cache, tokens_BxW, seg_BxW)
-        elif self.config.cross_smear:
-            cache = self._restart_keys(cache, tokens_BxW)
+        if self.config.gap_segments or self.config.cross_smear:
+            cache = self._reencode(cache, tokens_BxW, seg_BxW)
         if self.config.match_lookup:  # the lengths the decoding steps advance
             col_C, first_B = self._ring_columns(cache)
             cache = cache._replace(
