@@ -11,7 +11,11 @@ every middle token once:
   after it, then the part before it; ``infill.prompt`` with the room the middle leaves) and the
   middle, as ``perceiver-midi infill`` samples it;
 * **before only**: the part before the gap and the middle, the plain continuation, with all the
-  context the model takes.
+  context the model takes;
+* **wrong after** (``--wrong-after``): the infilling prompt with the part after the gap taken from
+  the next middle of the draw (another place, mostly another piece). Its NLL minus both sides'
+  is what the model reads from the true part after the gap, without the cost of the prompt's
+  layout that "before only" also counts (``reads_after``).
 
 Reported per gap and overall: mean NLL (nats/token) of the middle tokens in both arms and their
 difference, also over the tokens in the last second before the join (where the part after the
@@ -90,16 +94,20 @@ def _score_windows(seq: np.ndarray, score_from: int, n: int, m: int):
     return [np.stack(c) for c in zip(*rows, strict=True)]
 
 
-def middle_nll(model, gaps: list[dict], batch: int = 4, equal_prefix: bool = False) -> list[dict]:
+def middle_nll(
+    model, gaps: list[dict], batch: int = 4, equal_prefix: bool = False, wrong_after: bool = False
+) -> list[dict]:
     """Per gap: the NLL of every middle token in both arms and its time before the join.
     ``equal_prefix``: the before-only arm gets the same part before the gap as the infilling
-    prompt holds (isolates what the part after the gap adds from the context it costs)."""
+    prompt holds (isolates what the part after the gap adds from the context it costs).
+    ``wrong_after``: a third arm, the prompt with the next gap's part after the gap."""
     import jax
     import jax.numpy as jnp
 
     from perceiver_midi.model import infill
 
     n, m = int(model.config.max_len), int(model.config.num_latents)
+    layout = model.config.infill_layout
     forward = jax.jit(lambda t: jax.nn.log_softmax(model(t), axis=-1))
 
     def nll_of(seq, score_from):
@@ -116,15 +124,18 @@ def middle_nll(model, gaps: list[dict], batch: int = 4, equal_prefix: bool = Fal
                 out[idx[i + j][keep]] = -tok_lp[keep]
         return out[score_from:]
 
+    def both_sides(seq, a, b, after):
+        middle = seq[a:b]
+        steps = infill.gap_steps(seq, a, b)
+        prompt = infill.prompt(seq[:a], after, steps, n + 1 - middle.size, layout)
+        return prompt, nll_of(np.concatenate([prompt, middle]).astype(np.int32), prompt.size)
+
     rows = []
-    for g in gaps:
+    for i, g in enumerate(gaps):
         seq, a, b = g["seq"], g["a"], g["b"]
         middle = seq[a:b]
         steps = infill.gap_steps(seq, a, b)
-        prompt = infill.prompt(
-            seq[:a], seq[b:], steps, n + 1 - middle.size, model.config.infill_join
-        )
-        both = nll_of(np.concatenate([prompt, middle]).astype(np.int32), prompt.size)
+        prompt, both = both_sides(seq, a, b, seq[b:])
         if equal_prefix:
             kept = infill.music_before_middle(prompt).size - 1  # without MIDDLE
             before = nll_of(seq[a - kept : b], kept)
@@ -133,10 +144,12 @@ def middle_nll(model, gaps: list[dict], batch: int = 4, equal_prefix: bool = Fal
         times = infill.time_before(seq)
         to_join = (times[b] - times[a:b]) / 100.0
         pos = (times[a:b] - times[a]) / max(1, steps)
-        rows.append(
-            {"piece": g["piece"], "tokens": int(middle.size), "seconds": steps / 100,
-             "both": both, "before": before, "to_join": to_join, "position": pos}
-        )  # fmt: skip
+        row = {"piece": g["piece"], "tokens": int(middle.size), "seconds": steps / 100,
+               "both": both, "before": before, "to_join": to_join, "position": pos}  # fmt: skip
+        if wrong_after:
+            other = gaps[(i + 1) % len(gaps)]
+            row["wrong"] = both_sides(seq, a, b, other["seq"][other["b"] :])[1]
+        rows.append(row)
     return rows
 
 
@@ -157,6 +170,11 @@ def summarise(rows: list[dict]) -> dict:
         "last_second_before_only": float(before[near].mean()),
         "last_second_gain": float(before[near].mean() - both[near].mean()),
     }
+    if all("wrong" in r for r in rows):
+        wrong = np.concatenate([r["wrong"] for r in rows])
+        out["nll_wrong_after"] = float(wrong.mean())
+        out["reads_after"] = float(wrong.mean() - both.mean())
+        out["last_second_reads_after"] = float(wrong[near].mean() - both[near].mean())
     q = np.minimum((pos * QUARTERS).astype(int), QUARTERS - 1)
     out["gain_by_quarter"] = [
         float(before[q == i].mean() - both[q == i].mean()) if np.any(q == i) else None
@@ -269,6 +287,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the before-only arm gets only the part before the gap the prompt holds",
     )
+    p.add_argument(
+        "--wrong-after",
+        action="store_true",
+        help="a third arm: the prompt with another gap's part after the gap (reads_after)",
+    )
     p.add_argument("--sample", type=int, default=0, help="also regenerate this many gaps")
     p.add_argument("--sample-gap", type=float, default=5.0, help="their length (seconds)")
     p.add_argument("--rolls", help="piano rolls of the first regenerated gaps (PNG)")
@@ -286,11 +309,11 @@ def main(argv: list[str] | None = None) -> int:
     split = load_split(args.data, args.split)
     t0 = time.perf_counter()
     result = {"checkpoint": ckpt, "split": args.split, "seed": args.seed, "gaps": {},
-              "equal_prefix": args.equal_prefix}  # fmt: skip
+              "equal_prefix": args.equal_prefix, "wrong_after": args.wrong_after}  # fmt: skip
     all_rows = []
     for gap_s in args.gaps:
         gaps = pick_gaps(split, gap_s, args.per_gap, args.seed)
-        rows = middle_nll(model, gaps, equal_prefix=args.equal_prefix)
+        rows = middle_nll(model, gaps, equal_prefix=args.equal_prefix, wrong_after=args.wrong_after)
         all_rows += rows
         result["gaps"][f"{gap_s:g}"] = summarise(rows)
         print(json.dumps({f"gap {gap_s:g} s": result["gaps"][f"{gap_s:g}"]}), flush=True)
@@ -314,6 +337,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{result['overall']['nll_before_only']:.4f} (gain {result['overall']['gain']:.4f}; "
         f"last second: gain {result['overall']['last_second_gain']:.4f})"
     )
+    if args.wrong_after:
+        o = result["overall"]
+        print(
+            f"reads the part after the gap: wrong after {o['nll_wrong_after']:.4f} - both sides "
+            f"= {o['reads_after']:.4f} (last second {o['last_second_reads_after']:.4f})"
+        )
     write_json(args.out, result)
     return 0
 

@@ -71,7 +71,7 @@ def part_shares(model, gap: dict) -> dict:
     seq, a, b = gap["seq"], gap["a"], gap["b"]
     middle = seq[a:b]
     steps = infill.gap_steps(seq, a, b)
-    prompt = infill.prompt(seq[:a], seq[b:], steps, n - middle.size, model.config.infill_join)
+    prompt = infill.prompt(seq[:a], seq[b:], steps, n - middle.size, model.config.infill_layout)
     row = np.concatenate([prompt, middle])[-n:]
     row = np.concatenate([np.full(n - row.size, PAD_ID), row]).astype(np.int32)[None]
     w_HxMxN = cross_weights(model, row)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from perceiver_midi.model.infill import MAX_JOIN_TOKENS
+from perceiver_midi.model.infill import Layout
 from perceiver_midi.model.vocab import NUM_SENTINELS, VOCAB_SIZE
 
 NOISE_EVENTS = (
@@ -75,8 +75,10 @@ class Config:
       gap_join: with ``infill``, the latents of a middle also get a (zero-initialised) linear
         map of the pitches the part after the gap starts in its first second.
       infill_join: with ``infill``, J > 0 repeats the first J tokens of the part after the gap
-        just before MIDDLE (``infill.prompt``'s ``join_tokens``), inside the latents' window; a
-        layout: the training crops and every surface's prompts follow the model's.
+        just before MIDDLE (``infill.Layout``), inside the latents' window; a layout: the
+        training crops and every surface's prompts follow the model's (``infill_layout``).
+      infill_tail: with ``infill_join``, K > 0 moves the last K tokens of the part before the
+        gap after that repeat, so the middle continues the music it follows (``infill.Layout``).
       gap_segments: with ``infill``, every input token (the cross-attention's keys and values,
         and the latents' initial states) also gets a (zero-initialised) embedding of the part of
         an infilling prompt it is in: the gap's length, the part after the gap, the middle, or
@@ -117,6 +119,7 @@ class Config:
     gap_join: bool = False
     gap_segments: bool = False
     infill_join: int = 0
+    infill_tail: int = 0
     dtype: str = "float32"
 
     def __post_init__(self):
@@ -145,10 +148,7 @@ class Config:
             raise ValueError("gap_clock, gap_join and gap_segments need infill")
         if self.infill_join and not self.infill:
             raise ValueError("infill_join needs infill")
-        if not 0 <= self.infill_join <= MAX_JOIN_TOKENS:
-            raise ValueError(
-                f"infill_join must be in [0, {MAX_JOIN_TOKENS}], got {self.infill_join}"
-            )
+        self.infill_layout.check()
         if self.activation not in ("sq_relu", "gelu", "relu"):
             raise ValueError(f"unknown activation {self.activation!r}")
         if not 0.0 <= self.cross_attend_dropout < 1.0 or not 0.0 <= self.dropout < 1.0:
@@ -164,6 +164,11 @@ class Config:
     def input_vocab_size(self) -> int:
         """Rows of the input embedding: the vocabulary, plus the sentinels with ``infill``."""
         return self.vocab_size + (NUM_SENTINELS if self.infill else 0)
+
+    @property
+    def infill_layout(self) -> Layout:
+        """Where this model's infilling prompts repeat the start of the part after the gap."""
+        return Layout(self.infill_join, self.infill_tail)
 
     @property
     def embed_dim(self) -> int:

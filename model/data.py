@@ -82,7 +82,7 @@ class Infill:
     min_gap_steps: int = 100
     max_gap_steps: int = 1200
     post_tokens: int = 4000  # raw tokens read after the gap's start (gap + suffix)
-    join_tokens: int = 0  # the model's layout (Config.infill_join; infill.prompt)
+    layout: infill.Layout = infill.Layout()  # the model's (Config.infill_layout; infill.prompt)
 
     def __post_init__(self):
         if not 0.0 <= self.share <= 1.0:
@@ -212,13 +212,11 @@ class TrainBatches:
             return body[:a][-self.seq_len :]
         suffix = body[b : b + int(rng.integers(0, infill.MAX_SUFFIX_TOKENS + 1))]
         room = self.seq_len - len(infill.gap_shift_ids(steps)) - infill.HEADER_TOKENS - 1
-        room -= len(infill.join_part(suffix, self.infill.join_tokens))
+        room -= len(infill.join_part(suffix, self.infill.layout))
         whole = self.infill.whole > 0 and rng.random() < self.infill.whole
         e = b if whole else int(rng.integers(a + 1, b + 1))
         e = min(e, a + room // 2)  # a middle never crowds the part before it out of view
-        head = infill.prompt(
-            body[:a], suffix, steps, self.seq_len - (e - a), self.infill.join_tokens
-        )
+        head = infill.prompt(body[:a], suffix, steps, self.seq_len - (e - a), self.infill.layout)
         return np.concatenate([head, body[a:e]]).astype(np.int32)
 
     def batch(self, step: int) -> np.ndarray:

@@ -93,7 +93,7 @@ def _flags(tokens_BxL: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(header, suffix, middle) ``[B, L]`` bool: each position's state after its token."""
     count = functools.partial(jnp.cumsum, axis=1)
     header = count(tokens_BxL == FIM_GAP_ID) > count(tokens_BxL == FIM_SUFFIX_ID)
-    # the part after the gap: from a SUFFIX to the next PREFIX or MIDDLE (``join_tokens`` shows
+    # the part after the gap: from a SUFFIX to the next PREFIX or MIDDLE (``infill.Layout`` shows
     # its start a second time, between the part before the gap and MIDDLE)
     pos = jnp.arange(tokens_BxL.shape[1])
     last = functools.partial(jax.lax.cummax, axis=1)

@@ -488,7 +488,7 @@ def train(
         seed=tc.seed,
         augmentation=Augmentation() if tc.augment else NO_AUGMENTATION,
         repeats=Repeats(share=tc.repeat_share, max_back=tc.repeat_max_back),
-        infill=Infill(share=tc.infill_share, whole=tc.infill_whole, join_tokens=config.infill_join),
+        infill=Infill(share=tc.infill_share, whole=tc.infill_whole, layout=config.infill_layout),
     )
     processes = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
     if lead:

@@ -109,27 +109,61 @@ def test_music_before_middle():
     p = infill.prompt(np.array([ON + 60]), np.array([ON + 70]), 50, 100)
     assert infill.music_before_middle(p).tolist() == [ON + 60, MID]
     assert infill.music_before_middle(np.array([ON + 1, ON + 2])).tolist() == [ON + 1, ON + 2]
-    p = infill.prompt(np.array([ON + 60]), np.array([ON + 70, ts(3)]), 50, 100, join_tokens=1)
+    one = infill.Layout(1)
+    p = infill.prompt(np.array([ON + 60]), np.array([ON + 70, ts(3)]), 50, 100, one)
     assert infill.music_before_middle(np.concatenate([p, [ON + 61]])).tolist() == [
         ON + 60, MID, ON + 61
     ]  # fmt: skip
+    tail = infill.Layout(1, 2)
+    p = infill.prompt(np.array([ON + 60, ts(1), ON + 62]), np.array([ON + 70]), 50, 100, tail)
+    assert infill.music_before_middle(np.concatenate([p, [ON + 61]])).tolist() == [
+        ON + 60, ts(1), ON + 62, MID, ON + 61
+    ]  # fmt: skip
+    assert infill.music_before_middle(p[:-1]).tolist() == [ON + 60, ts(1), ON + 62]
 
 
 def test_join_tokens_repeat_the_start_after_the_gap_before_middle():
     prefix, suffix = np.arange(10, 20), np.arange(30, 40)
-    p = infill.prompt(prefix, suffix, 150, 100, join_tokens=3)
+    three = infill.Layout(3)
+    p = infill.prompt(prefix, suffix, 150, 100, three)
     assert p.tolist() == [
         SOS_ID, GAP, ts(100), ts(50), SUF, *range(30, 40), PRE, *range(10, 20), SUF, 30, 31, 32, MID
     ]  # fmt: skip
     # the repeat's 4 tokens come out of the room: 18 tokens, the suffix gets half of the 7 left
-    assert infill.prompt(prefix, suffix, 150, 18, join_tokens=3).tolist() == [
+    assert infill.prompt(prefix, suffix, 150, 18, three).tolist() == [
         SOS_ID, GAP, ts(100), ts(50), SUF, 30, 31, 32, PRE, 16, 17, 18, 19, SUF, 30, 31, 32, MID
     ]  # fmt: skip
-    assert len(infill.prompt(prefix, suffix[:1], 150, 100, join_tokens=3)) == 5 + 1 + 1 + 10 + 2 + 1
-    with pytest.raises(ValueError, match="join_tokens must be in"):
-        infill.prompt(prefix, suffix, 150, 100, join_tokens=infill.MAX_JOIN_TOKENS + 1)
+    assert len(infill.prompt(prefix, suffix[:1], 150, 100, three)) == 5 + 1 + 1 + 10 + 2 + 1
+    with pytest.raises(ValueError, match="infill_join must be in"):
+        infill.prompt(prefix, suffix, 150, 100, infill.Layout(infill.MAX_JOIN_TOKENS + 1))
     with pytest.raises(ValueError, match="infill_join needs infill"):
         get_config("tiny", infill_join=8)
+
+
+def test_tail_tokens_move_the_end_before_the_gap_after_the_repeat():
+    """``Layout.tail`` K: the last K tokens before the gap follow the repeat, behind a second
+    PREFIX, so MIDDLE comes right after the music it continues; the room is the same less
+    that PREFIX, and a tail longer than the part before the gap moves all of it."""
+    prefix, suffix = np.arange(10, 20), np.arange(30, 40)
+    p = infill.prompt(prefix, suffix, 150, 100, infill.Layout(3, 4))
+    assert p.tolist() == [
+        SOS_ID, GAP, ts(100), ts(50), SUF, *range(30, 40), PRE, *range(10, 16),
+        SUF, 30, 31, 32, PRE, 16, 17, 18, 19, MID,
+    ]  # fmt: skip
+    assert infill.prompt(prefix, suffix, 150, 19, infill.Layout(3, 4)).tolist() == [
+        SOS_ID, GAP, ts(100), ts(50), SUF, 30, 31, 32, PRE, SUF, 30, 31, 32, PRE,
+        16, 17, 18, 19, MID,
+    ]  # fmt: skip
+    p = infill.prompt(prefix[:2], suffix, 150, 100, infill.Layout(1, 4))
+    assert p.tolist()[-7:] == [PRE, SUF, 30, PRE, 10, 11, MID]
+    for bad, message in [
+        (infill.Layout(0, 4), "infill_tail needs infill_join"),
+        (infill.Layout(3, infill.MAX_TAIL_TOKENS + 1), "infill_tail must be in"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            infill.prompt(prefix, suffix, 150, 100, bad)
+    with pytest.raises(ValueError, match="infill_tail needs infill_join"):
+        get_config("tiny", infill=True, infill_tail=8)
 
 
 def _split(pieces):
@@ -326,6 +360,23 @@ def test_infill_benchmark_scores_every_middle_token_once():
     s = summarise(rows)
     assert s["tokens"] == sum(r["tokens"] for r in rows)
     assert s["gain"] == pytest.approx(s["nll_before_only"] - s["nll_both_sides"])
+    assert "reads_after" not in s
+    # wrong after: the prompt of each gap with the next gap's part after the gap
+    wrong = middle_nll(model, gaps, batch=2, wrong_after=True)
+    for i, (g, r, w) in enumerate(zip(gaps, rows, wrong, strict=True)):
+        np.testing.assert_array_equal(w["both"], r["both"])
+        other = gaps[(i + 1) % len(gaps)]
+        seq, a, b = g["seq"], g["a"], g["b"]
+        steps = infill.gap_steps(seq, a, b)
+        prompt = infill.prompt(seq[:a], other["seq"][other["b"] :], steps, n + 1 - r["tokens"])
+        t1 = min(prompt.size + m, prompt.size + r["tokens"])
+        full = np.concatenate([prompt, seq[a:b]])
+        logp = jax.nn.log_softmax(model(jnp.asarray(full[None, t1 - 1 - n : t1 - 1]))[0])
+        want = [-float(logp[t - (t1 - m), full[t]]) for t in range(prompt.size, t1)]
+        np.testing.assert_allclose(w["wrong"][: t1 - prompt.size], want, rtol=1e-4)
+        assert not np.allclose(w["wrong"], r["both"])
+    s = summarise(wrong)
+    assert s["reads_after"] == pytest.approx(s["nll_wrong_after"] - s["nll_both_sides"])
 
 
 def test_gap_clock_table_and_running_state_equal_the_full_count():
@@ -349,16 +400,19 @@ def test_gap_clock_table_and_running_state_equal_the_full_count():
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-@pytest.mark.parametrize("join", [0, 1])
-def test_segments_table_and_running_state_agree(join):
+@pytest.mark.parametrize("join, tail", [(0, 0), (1, 0), (1, 1)])
+def test_segments_table_and_running_state_agree(join, tail):
     from perceiver_midi.model import gap_clock
 
     suffix = np.array([ON + 62, ts(5)])
-    p = infill.prompt(np.array([ON + 60, ts(30)]), suffix, 250, 100, join_tokens=join)
+    layout = infill.Layout(join, tail)
+    p = infill.prompt(np.array([ON + 60, ts(30)]), suffix, 250, 100, layout)
     seq = np.concatenate([[ON + 1, ts(2)], p, [ON + 64, ts(100)]])  # plain music first
     # plain, SOS, GAP + the length (2.5 s: 3 TIME_SHIFTs), SUFFIX + the part after, PREFIX +
-    # the part before, (SUFFIX + the repeated start,) MIDDLE + the middle
-    want = [0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 0, 0, 0] + [2, 2] * join + [3, 3, 3]
+    # the part before, (SUFFIX + the repeated start, (PREFIX + the tail before the gap,))
+    # MIDDLE + the middle
+    before = [0, 0, 0] if not tail else [0, 0, 2, 2, 0, 0]
+    want = [0, 0, 0, 1, 1, 1, 1, 2, 2, 2] + before + [2, 2] * (join and not tail) + [3, 3, 3]
     assert np.asarray(gap_clock.segments(jnp.asarray(seq[None])))[0].tolist() == want
     state, running = gap_clock.empty(1), []
     for tok in seq:
@@ -479,22 +533,28 @@ def _named(model):
     return {param_name(p): v for p, v in flat}
 
 
-def test_crops_with_join_tokens_repeat_the_real_start_after_the_gap():
+@pytest.mark.parametrize("tail", [0, 5])
+def test_crops_with_join_tokens_repeat_the_real_start_after_the_gap(tail):
     """A model with ``infill_join`` trains on its layout: the part after the gap's first tokens
-    again between the part before the gap and MIDDLE, the part before still running straight
-    into the real middle."""
-    seq, rows = _infill_rows(7, 4, 600, 12, whole=1.0, join_tokens=4)
+    again between the part before the gap and MIDDLE (with ``infill_tail``, before the part
+    before's last tokens), the part before still running straight into the real middle."""
+    seq, rows = _infill_rows(7, 4, 600, 12, whole=1.0, layout=infill.Layout(4, tail))
     seen = 0
     for row in rows:
         assert len(row) <= 600
         if GAP not in row:
             continue
         seen += 1
-        (s0, s1), (p,), (m,) = (np.nonzero(row == x)[0] for x in (SUF, PRE, MID))
-        assert s0 < p < s1 < m
-        suffix, prefix = row[s0 + 1 : p], row[p + 1 : s1]
-        head, middle = row[s1 + 1 : m], row[m + 1 :]
+        (s0, s1), pre, (m,) = (np.nonzero(row == x)[0] for x in (SUF, PRE, MID))
+        assert len(pre) == 1 + bool(tail) and s0 < pre[0] < s1 < m
+        assert not tail or s1 < pre[-1] < m
+        suffix, prefix = row[s0 + 1 : pre[0]], row[pre[0] + 1 : s1]
+        head = row[s1 + 1 : pre[-1] if tail else m]
         np.testing.assert_array_equal(head, suffix[:4])
+        if tail:
+            assert m - pre[-1] - 1 == tail
+            prefix = np.concatenate([prefix, row[pre[-1] + 1 : m]])
+        middle = row[m + 1 :]
         run = np.concatenate([prefix, middle])
         assert any((seq[i : i + len(run)] == run).all() for i in range(len(seq) - len(run) + 1))
         assert infill.music_before_middle(row).tolist() == [*prefix, MID, *middle]

@@ -337,6 +337,7 @@ def test_training_mode_requires_rng():
         (None, False, 0, 0, 0, 0, "segments"),
         (10, False, 3, 2, 6, 4, "segments"),
         (10, False, 3, 2, 6, 4, "join"),
+        (10, False, 3, 2, 6, 4, "tail"),
     ],
 )
 def test_cached_step_logits_equal_full_forward(
@@ -345,7 +346,8 @@ def test_cached_step_logits_equal_full_forward(
     """Every decoding step (fills, steps, resets, sliding window) against a full forward.
     ``fim``: infilling prompts, with the gap clock and join (True), and the input segments too
     ("segments"; the window slides past the sentinels, so the segments change), and with the
-    start of the part after the gap repeated before MIDDLE ("join")."""
+    start of the part after the gap repeated before MIDDLE ("join"), and the end of the part
+    before the gap after that repeat ("tail")."""
     cfg = dataclasses.replace(
         TINY,
         note_state=note_state,
@@ -356,10 +358,11 @@ def test_cached_step_logits_equal_full_forward(
         infill=bool(fim),
         gap_clock=bool(fim),
         gap_join=bool(fim),
-        gap_segments=fim in ("segments", "join"),
-        infill_join=4 if fim == "join" else 0,
+        gap_segments=fim in ("segments", "join", "tail"),
+        infill_join=4 if fim in ("join", "tail") else 0,
+        infill_tail=3 if fim == "tail" else 0,
     )
-    join, fim = cfg.infill_join, bool(fim)
+    fim = bool(fim)
     model = make_model(cfg, seed=3)
     rng = np.random.default_rng(0)
     # Notes and time shifts only (no VELOCITY), so many notes sound across windows.
@@ -371,7 +374,7 @@ def test_cached_step_logits_equal_full_forward(
         prompts = [rng.choice(ids, size=k) for k in (0, 7, 100)]
     if fim:  # infilling prompts: the sentinels and the gap's length before the notes
         prompts = [
-            infill.prompt(p[: len(p) // 2], p[len(p) // 2 :], 130, 40, join_tokens=join)
+            infill.prompt(p[: len(p) // 2], p[len(p) // 2 :], 130, 40, cfg.infill_layout)
             for p in prompts
         ]
     outs, logits, plan = sample_with_logits(

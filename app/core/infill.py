@@ -192,7 +192,7 @@ def plan_gap(model, piece: np.ndarray, gap: Gap, settings: Settings, label: str 
     budget = min(max(64, math.ceil(seconds * MAX_TOKENS_PER_SECOND)), window // 2)
     gap_settings = settings.replace(seconds=seconds, tokens=budget, stop_at_eos=False)
     prefix = np.concatenate([[C.SOS_ID], piece[:a]]).astype(np.int32)
-    prompt = layout.prompt(prefix, piece[b:], steps, window - budget, model.config.infill_join)
+    prompt = layout.prompt(prefix, piece[b:], steps, window - budget, model.config.infill_layout)
     return a, b, steps, prompt, gap_settings
 
 
