@@ -74,6 +74,10 @@ class Config:
         (``model/gap_clock.py``), so the middle knows when it must meet the part after the gap.
       gap_join: with ``infill``, the latents of a middle also get a (zero-initialised) linear
         map of the pitches the part after the gap starts in its first second.
+      gap_held: with ``infill``, the latents of a middle also get a (zero-initialised) linear map
+        of the *pending* pitches (struck in the gap and sounding across its end, as the part after
+        the gap's leading NOTE_OFFs show, and not sounding yet), and their NOTE_ONs a logit bonus
+        by the time left in the gap (``gap_clock.pending``), the NOTE_ONs' total kept.
       infill_join: with ``infill``, J > 0 repeats the first J tokens of the part after the gap
         just before MIDDLE (``infill.Layout``), inside the latents' window; a layout: the
         training crops and every surface's prompts follow the model's (``infill_layout``).
@@ -118,6 +122,7 @@ class Config:
     gap_clock: bool = False
     gap_join: bool = False
     gap_segments: bool = False
+    gap_held: bool = False
     infill_join: int = 0
     infill_tail: int = 0
     dtype: str = "float32"
@@ -146,6 +151,8 @@ class Config:
             raise ValueError(f"note_lookup must be in [0, 32], got {self.note_lookup}")
         if (self.gap_clock or self.gap_join or self.gap_segments) and not self.infill:
             raise ValueError("gap_clock, gap_join and gap_segments need infill")
+        if self.gap_held and not self.infill:
+            raise ValueError("gap_held needs infill")
         if self.infill_join and not self.infill:
             raise ValueError("infill_join needs infill")
         self.infill_layout.check()

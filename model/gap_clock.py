@@ -16,6 +16,12 @@ pitches the part after the gap starts in its first second (``JOIN_STEPS``; a 128
 the same for the whole middle): what the middle must lead into, read exactly rather than found by
 the one cross-attention among thousands of inputs.
 
+With ``Config.gap_held`` a middle also knows which notes it still owes the part after the gap:
+that part starts with a NOTE_OFF for every note struck in the gap and sounding across its end
+(``held``; about 5 pitches, and half of the NOTE_ONs of a middle's last second). A pitch is
+*pending* at a middle's position when it is held and not sounding there (its last event since
+MIDDLE is not a NOTE_ON): the middle must still strike it before the join (``pending``).
+
 With ``Config.gap_segments`` every input token also gets a (zero-initialised) embedding of its
 segment (``segments``): 0 anything else (plain music, the part before the gap, the sentinels
 SOS and PREFIX), 1 the gap's length (GAP and its TIME_SHIFTs), 2 the part after the gap (SUFFIX
@@ -39,6 +45,7 @@ from perceiver_midi.model.vocab import (
     FIM_MIDDLE_ID,
     FIM_PREFIX_ID,
     FIM_SUFFIX_ID,
+    NOTE_OFF_FIRST_ID,
     NOTE_ON_FIRST_ID,
     NUM_PITCHES,
     TIME_SHIFT_FIRST_ID,
@@ -61,11 +68,15 @@ class GapClock(NamedTuple):
     suffix: jax.Array  # [B] bool: from SUFFIX to PREFIX or MIDDLE (the part after the gap)
     since: jax.Array  # [B] int32: music time since SUFFIX
     join: jax.Array  # [B, P] bool: pitches started in the part after the gap's first second
+    held: jax.Array  # [B, P] bool: pitches the part after the gap first meets as a NOTE_OFF
+    seen: jax.Array  # [B, P] bool: pitches with an event in the part after the gap
+    sounding: jax.Array  # [B, P] bool: pitches whose last event since MIDDLE is a NOTE_ON
 
 
 def empty(batch_size: int) -> GapClock:
     no, zero = jnp.zeros((batch_size,), bool), jnp.zeros((batch_size,), jnp.int32)
-    return GapClock(no, zero, no, zero, no, zero, jnp.zeros((batch_size, NUM_PITCHES), bool))
+    none = jnp.zeros((batch_size, NUM_PITCHES), bool)
+    return GapClock(no, zero, no, zero, no, zero, none, none, none, none)
 
 
 def _steps(tokens):
@@ -122,6 +133,9 @@ def advance(state: GapClock, token_B: jax.Array) -> GapClock:
     steps = _steps(token_B)
     early = suffix & (state.since < JOIN_STEPS)  # a NOTE_ON happens at the time before it
     on_BxP = token_B[:, None] - NOTE_ON_FIRST_ID == jnp.arange(NUM_PITCHES)
+    off_BxP = token_B[:, None] - NOTE_OFF_FIRST_ID == jnp.arange(NUM_PITCHES)
+    in_suffix, in_middle = suffix[:, None], middle[:, None]
+    sounding = jnp.where(in_middle & on_BxP, True, state.sounding & ~(in_middle & off_BxP))
     return GapClock(
         header=header,
         length=state.length + steps * header,
@@ -130,12 +144,18 @@ def advance(state: GapClock, token_B: jax.Array) -> GapClock:
         suffix=suffix,
         since=state.since + steps * suffix,
         join=state.join | (on_BxP & early[:, None]),
+        held=state.held | (off_BxP & in_suffix & ~state.seen),
+        seen=state.seen | ((on_BxP | off_BxP) & in_suffix),
+        sounding=sounding,
     )
 
 
-def buckets(tokens_BxL: jax.Array, m: int) -> tuple[jax.Array, GapClock]:
+def buckets(
+    tokens_BxL: jax.Array, m: int, held: bool = False
+) -> tuple[jax.Array, GapClock, jax.Array | None]:
     """Buckets ``[B, m]`` of the last ``m`` positions (counting tokens ``0..t`` of the input),
-    and the state after the last token."""
+    the state after the last token, and with ``held`` the pending pitches ``[B, m, P]`` of those
+    positions (``pending``; else None, and the state's held, seen and sounding are empty)."""
     steps = _steps(tokens_BxL)
     header, suffix, middle = _flags(tokens_BxL)
     length = jnp.cumsum(steps * header, axis=1, dtype=jnp.int32)
@@ -144,11 +164,33 @@ def buckets(tokens_BxL: jax.Array, m: int) -> tuple[jax.Array, GapClock]:
     early = suffix & (since - steps * suffix < JOIN_STEPS)  # the time before the token
     on_BxLxP = tokens_BxL[..., None] - NOTE_ON_FIRST_ID == jnp.arange(NUM_PITCHES)
     join = jnp.any(on_BxLxP & early[..., None], axis=1)  # the prompt precedes every latent
+    bucket_BxM = bucket(middle, length, elapsed)[:, -m:]
+    none = jnp.zeros_like(join)
+    held_BxP, seen_BxP, sounding_BxP, pending_BxMxP = none, none, none, None
+    if held:
+        off_BxLxP = tokens_BxL[..., None] - NOTE_OFF_FIRST_ID == jnp.arange(NUM_PITCHES)
+        event_BxLxP = (on_BxLxP | off_BxLxP) & suffix[..., None]
+        before = jnp.cumsum(event_BxLxP, axis=1, dtype=jnp.int32) - event_BxLxP
+        held_BxP = jnp.any(off_BxLxP & suffix[..., None] & (before == 0), axis=1)
+        seen_BxP = jnp.any(event_BxLxP, axis=1)
+        pos = jnp.arange(tokens_BxL.shape[1])[None, :, None]
+        latest = functools.partial(jax.lax.cummax, axis=1)
+        mid = middle[..., None]
+        last_on = latest(jnp.where(on_BxLxP & mid, pos, -1))[:, -m:]
+        last_off = latest(jnp.where(off_BxLxP & mid, pos, -1))[:, -m:]
+        sounding_BxMxP = last_on > last_off
+        pending_BxMxP = pending(held_BxP, sounding_BxMxP, bucket_BxM)
+        sounding_BxP = sounding_BxMxP[:, -1]
     last = GapClock(
         header[:, -1], length[:, -1], middle[:, -1], elapsed[:, -1], suffix[:, -1], since[:, -1],
-        join,
+        join, held_BxP, seen_BxP, sounding_BxP,
     )  # fmt: skip
-    return bucket(middle, length, elapsed)[:, -m:], last
+    return bucket_BxM, last, pending_BxMxP
+
+
+def pending(held_BxP: jax.Array, sounding_BxMxP: jax.Array, bucket_BxM: jax.Array) -> jax.Array:
+    """bool ``[B, M, P]``: the held pitches not sounding at each position inside a middle."""
+    return held_BxP[:, None, :] & ~sounding_BxMxP & (bucket_BxM > 0)[..., None]
 
 
 def join_features(join_BxP: jax.Array, middle_BxM: jax.Array) -> jax.Array:

@@ -450,6 +450,11 @@ class PerceiverAR(nnx.Module):
         if config.gap_join:
             self.gap_join = nnx.Linear(NUM_PITCHES, config.d_model, use_bias=False,
                                        kernel_init=zeros, dtype=dtype, rngs=rngs)  # fmt: skip
+        if config.gap_held:  # the pending pitches (model/gap_clock.py): into the latents, and a
+            # NOTE_ON bonus by the time left in the gap (stored / MATCH_BONUS_SCALE, as the match's)
+            self.gap_held = nnx.Linear(NUM_PITCHES, config.d_model, use_bias=False,
+                                       kernel_init=zeros, dtype=dtype, rngs=rngs)  # fmt: skip
+            self.gap_held_bonus = nnx.Param(jnp.zeros((gap_clock.NUM_BUCKETS,), jnp.float32))
         if config.gap_segments:
             self.gap_segments = nnx.Embed(gap_clock.NUM_SEGMENTS, config.embed_dim,
                                           embedding_init=zeros, dtype=dtype, rngs=rngs)  # fmt: skip
@@ -480,6 +485,16 @@ class PerceiverAR(nnx.Module):
         new_xP = new_xP + shift_x[..., None]
         return logits_xV.at[..., NOTE_ON_FIRST_ID : NOTE_ON_FIRST_ID + NUM_PITCHES].set(new_xP)
 
+    def _held_logits(self, logits_xV: jax.Array, pending_xP: jax.Array, bucket_x: jax.Array):
+        """``logits`` with the held bonus (by the time left) on the pending pitches' NOTE_ONs,
+        the NOTE_ONs then shifted so that their total probability stays the model's."""
+        bonus_x = MATCH_BONUS_SCALE * self.gap_held_bonus[...][bucket_x]
+        on_xP = logits_xV[..., NOTE_ON_FIRST_ID : NOTE_ON_FIRST_ID + NUM_PITCHES]
+        new_xP = on_xP + jnp.where(pending_xP, bonus_x[..., None], 0.0)
+        shift_x = jax.nn.logsumexp(on_xP, axis=-1) - jax.nn.logsumexp(new_xP, axis=-1)
+        new_xP = new_xP + shift_x[..., None]
+        return logits_xV.at[..., NOTE_ON_FIRST_ID : NOTE_ON_FIRST_ID + NUM_PITCHES].set(new_xP)
+
     def _note_term(self, follow: jax.Array, length: jax.Array) -> jax.Array:
         """What the note lookup adds to a latent: the followed pitch (when found), the length."""
         found = (length > 0)[..., None].astype(self.match_note_follow.embedding.dtype)
@@ -493,14 +508,22 @@ class PerceiverAR(nnx.Module):
         found = ok[..., None].astype(self.match_follow.embedding.dtype)
         return self.match_follow(jnp.where(ok, follow, 0)) * found + self.match_len(length)
 
-    def _gap_terms(self, bucket_BxM: jax.Array, join_BxP: jax.Array) -> jax.Array:
-        """What the gap clock and the join's pitches add to latents (``model/gap_clock.py``)."""
+    def _gap_terms(self, bucket_BxM: jax.Array, join_BxP: jax.Array, pending_BxMxP) -> jax.Array:
+        """What the gap clock, the join's pitches and the pending pitches add to latents
+        (``model/gap_clock.py``)."""
         out = 0.0
         if self.config.gap_clock:
             out = out + self.gap_clock(bucket_BxM)
         if self.config.gap_join:
             out = out + self.gap_join(gap_clock.join_features(join_BxP, bucket_BxM > 0))
+        if self.config.gap_held:
+            out = out + self.gap_held(pending_BxMxP.astype(self.gap_held.kernel.dtype))
         return out
+
+    @property
+    def _uses_clock(self) -> bool:
+        c = self.config
+        return c.gap_clock or c.gap_join or c.gap_held
 
     # -- full forward -------------------------------------------------------------------------
 
@@ -564,9 +587,9 @@ class PerceiverAR(nnx.Module):
         if c.note_lookup:
             found_notes = match.note_lookup(tokens_BxL, m, c.note_lookup)
             z_BxMxD = z_BxMxD + self._note_term(*found_notes)
-        if c.gap_clock or c.gap_join:
-            clock_BxM, clock = gap_clock.buckets(tokens_BxL, m)
-            z_BxMxD = z_BxMxD + self._gap_terms(clock_BxM, clock.join)
+        if self._uses_clock:
+            clock_BxM, clock, pending_BxMxP = gap_clock.buckets(tokens_BxL, m, c.gap_held)
+            z_BxMxD = z_BxMxD + self._gap_terms(clock_BxM, clock.join, pending_BxMxP)
         prev = (
             preceding(self.cross.normed(emb_BxLxE), valid_BxL, c.cross_smear)
             if c.cross_smear
@@ -593,6 +616,8 @@ class PerceiverAR(nnx.Module):
             logits_BxMxV = self._match_logits(logits_BxMxV, *found)
         if c.note_lookup:
             logits_BxMxV = self._note_logits(logits_BxMxV, *found_notes)
+        if c.gap_held:
+            logits_BxMxV = self._held_logits(logits_BxMxV, pending_BxMxP, clock_BxM)
         return logits_BxMxV
 
     # -- cached decoding ----------------------------------------------------------------------
@@ -771,9 +796,9 @@ class PerceiverAR(nnx.Module):
         if self.config.note_lookup:
             found_notes = match.note_lookup(tokens_BxW, f, self.config.note_lookup)
             z_BxFxD = z_BxFxD + self._note_term(*found_notes)
-        if self.config.gap_clock or self.config.gap_join or self.config.gap_segments:
-            clock_BxF, clock = gap_clock.buckets(tokens_BxW, f)
-            z_BxFxD = z_BxFxD + self._gap_terms(clock_BxF, clock.join)
+        if self._uses_clock or self.config.gap_segments:
+            clock_BxF, clock, pending_BxFxP = gap_clock.buckets(tokens_BxW, f, self.config.gap_held)
+            z_BxFxD = z_BxFxD + self._gap_terms(clock_BxF, clock.join, pending_BxFxP)
             cache = cache._replace(clock=clock)
         prev = None
         if self.config.cross_smear:
@@ -811,6 +836,8 @@ class PerceiverAR(nnx.Module):
             logits_BxV = self._match_logits(logits_BxV, found[0][:, -1], found[1][:, -1])
         if self.config.note_lookup:
             logits_BxV = self._note_logits(logits_BxV, found_notes[0][:, -1], found_notes[1][:, -1])
+        if self.config.gap_held:
+            logits_BxV = self._held_logits(logits_BxV, pending_BxFxP[:, -1], clock_BxF[:, -1])
         cache = cache._replace(
             lat_k=tuple(lat_k),
             lat_v=tuple(lat_v),
@@ -830,7 +857,7 @@ class PerceiverAR(nnx.Module):
             prev = self._preceding(cache.recent, new_Bx1, self.embed(new_Bx1))
         c = self.config
         seg_Bx1 = None
-        if c.gap_clock or c.gap_join or c.gap_segments:
+        if self._uses_clock or c.gap_segments:
             cache = cache._replace(clock=gap_clock.advance(cache.clock, token_B))
             if c.gap_segments:
                 seg_Bx1 = gap_clock.segment(cache.clock)[:, None]
@@ -854,10 +881,11 @@ class PerceiverAR(nnx.Module):
                 cache.toks, self._ring_columns(cache)[1], cache.cur, self.config.note_lookup
             )
             z_Bx1xD = z_Bx1xD + self._note_term(note_B, note_len_B)[:, None]
-        if c.gap_clock or c.gap_join:
+        if self._uses_clock:
             clock = cache.clock
             bucket_Bx1 = gap_clock.bucket(clock.middle, clock.length, clock.elapsed)[:, None]
-            z_Bx1xD = z_Bx1xD + self._gap_terms(bucket_Bx1, clock.join)
+            pending_Bx1xP = gap_clock.pending(clock.held, clock.sounding[:, None], bucket_Bx1)
+            z_Bx1xD = z_Bx1xD + self._gap_terms(bucket_Bx1, clock.join, pending_Bx1xP)
         q_BxHx1xK = self.cross.queries(z_Bx1xD, pos_Bx1, prev)
         b, hc = q_BxHx1xK.shape[:2]
         mask_BxHx1xC = jnp.broadcast_to(
@@ -892,6 +920,8 @@ class PerceiverAR(nnx.Module):
             logits_BxV = self._match_logits(logits_BxV, follow_B, len_B)
         if self.config.note_lookup:
             logits_BxV = self._note_logits(logits_BxV, note_B, note_len_B)
+        if c.gap_held:
+            logits_BxV = self._held_logits(logits_BxV, pending_Bx1xP[:, 0], bucket_Bx1[:, 0])
         cache = cache._replace(lat_k=tuple(lat_k), lat_v=tuple(lat_v), lat_len=cache.lat_len + 1)
         return logits_BxV, cache
 

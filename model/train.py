@@ -155,12 +155,12 @@ def addition_mask(params):
 
 
 def infill_mask(params):
-    """True for the gap clock's and the join's maps (``Config.gap_clock``, ``gap_join``): small
-    maps whose signal (the last notes before a join) is rare in a batch, so they learn slowly at
-    the rate that suits the rest. (The input segments, ``gap_segments``, are in every token of
-    an infilling crop: they keep the common rate.)"""
+    """True for the gap clock's, the join's and the held pitches' maps (``Config.gap_clock``,
+    ``gap_join``, ``gap_held``): small maps whose signal (the last notes before a join) is rare
+    in a batch, so they learn slowly at the rate that suits the rest. (The input segments,
+    ``gap_segments``, are in every token of an infilling crop: they keep the common rate.)"""
     return jax.tree_util.tree_map_with_path(
-        lambda path, _: param_name(path).startswith(("gap_clock.", "gap_join.")), params
+        lambda path, _: param_name(path).startswith(("gap_clock.", "gap_join.", "gap_held")), params
     )
 
 

@@ -386,7 +386,7 @@ def test_gap_clock_table_and_running_state_equal_the_full_count():
     p = infill.prompt(np.array([ON + 60, ts(30)]), np.array([ON + 62, ts(5)]), 250, 100)
     middle = [ON + 64, ts(100), ts(100), OFF + 64, ts(40), ts(10)]
     seq = np.concatenate([p, middle])
-    got, last = gap_clock.buckets(jnp.asarray(seq[None]), len(middle) + 2)
+    got, last, _ = gap_clock.buckets(jnp.asarray(seq[None]), len(middle) + 2, held=True)
     # the prefix's last token (outside), MIDDLE (2.5 s left), then after each middle token
     assert np.asarray(got)[0].tolist() == [0, 7, 7, 6, 4, 4, 2, 1]
     state = gap_clock.empty(1)
@@ -419,7 +419,7 @@ def test_segments_table_and_running_state_agree(join, tail):
         state = gap_clock.advance(state, jnp.asarray([tok]))
         running.append(int(gap_clock.segment(state)[0]))
     assert running == want
-    _, last = gap_clock.buckets(jnp.asarray(seq[None]), 3)
+    _, last, _ = gap_clock.buckets(jnp.asarray(seq[None]), 3, held=True)
     for a, b in zip(last, state, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -430,7 +430,7 @@ def test_join_pitches_are_the_first_second_after_the_gap():
     suffix = [ON + 50, ts(60), ON + 52, OFF + 50, ts(40), ON + 55, ts(1), ON + 57]  # 55 at 1 s
     p = infill.prompt(np.array([ON + 60, ts(30)]), np.array(suffix), 250, 100)
     seq = np.concatenate([p, [ON + 64, ts(20)]])
-    _, last = gap_clock.buckets(jnp.asarray(seq[None]), 3)
+    _, last, _ = gap_clock.buckets(jnp.asarray(seq[None]), 3, held=True)
     assert np.nonzero(np.asarray(last.join)[0])[0].tolist() == [50, 52]
     state = gap_clock.empty(1)
     for tok in seq:
@@ -439,6 +439,64 @@ def test_join_pitches_are_the_first_second_after_the_gap():
     # only the middle's latents see them
     feats = gap_clock.join_features(last.join, jnp.asarray([[False, True, True]]))
     assert np.asarray(feats)[0].sum(axis=-1).tolist() == [0.0, 2.0, 2.0]
+
+
+@pytest.mark.parametrize("layout", [infill.Layout(), infill.Layout(3, 2)])
+def test_pending_pitches_table_and_running_state_agree(layout):
+    """The part after the gap starts with NOTE_OFFs of 50 and 52 (struck in the gap, sounding
+    across its end) and plays 55 on and off: 50 and 52 are held, 55 is not. Inside the middle a
+    held pitch is pending until struck, again after its NOTE_OFF; nothing is pending outside."""
+    from perceiver_midi.model import gap_clock
+
+    suffix = [OFF + 50, ON + 55, ts(20), OFF + 52, OFF + 55, ON + 50, ts(10)]
+    p = infill.prompt(np.array([ON + 60, ts(30), ON + 52]), np.array(suffix), 250, 100, layout)
+    middle = [ON + 50, ts(50), OFF + 50, ON + 52, ts(40), ON + 55]
+    seq = np.concatenate([[ON + 50, OFF + 52], p, middle])  # plain music first: not a middle
+    m = len(middle) + 2
+    _, last, got = gap_clock.buckets(jnp.asarray(seq[None]), m, held=True)
+    assert np.nonzero(np.asarray(last.held)[0])[0].tolist() == [50, 52]
+    # the prompt's last token, MIDDLE, then after each middle token: the pitches pending
+    want = [[], [50, 52], [52], [52], [50, 52], [50], [50], [50]]
+    assert [np.nonzero(row)[0].tolist() for row in np.asarray(got)[0]] == want
+    state, running = gap_clock.empty(1), []
+    for tok in seq:
+        state = gap_clock.advance(state, jnp.asarray([tok]))
+        bucket = gap_clock.bucket(state.middle, state.length, state.elapsed)[:, None]
+        running.append(np.asarray(gap_clock.pending(state.held, state.sounding[:, None], bucket)))
+    assert [np.nonzero(r[0, 0])[0].tolist() for r in running[-m:]] == want
+    assert not np.any(np.concatenate(running[:-m]))
+    for a, b in zip(last, state, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_held_bonus_moves_only_the_pending_notes_inside_a_middle():
+    """A model grown with ``gap_held`` loads a checkpoint without it and computes the same; a
+    bonus then raises the pending pitches' NOTE_ONs inside a middle, keeps the NOTE_ONs' total
+    and every other token's logit, and changes nothing outside a middle."""
+    base_cfg = get_config("tiny", infill=True, gap_clock=True)
+    base = PerceiverAR(base_cfg, rngs=nnx.Rngs(0))
+    base.logits.kernel[...] = 0.3 * jax.random.normal(jax.random.key(1), base.logits.kernel.shape)
+    grown = PerceiverAR(dataclasses.replace(base_cfg, gap_held=True), rngs=nnx.Rngs(5))
+    found = nnx.state(base, nnx.Param)
+    specs = param_specs(found), param_specs(nnx.state(grown, nnx.Param))
+    assert params_mismatch(*specs, allow_additions=True) == ""
+    nnx.update(grown, found)
+    row = infill.prompt(np.arange(10, 40), np.array([OFF + 50, OFF + 52, ts(5)]), 120, 60)
+    tokens = jnp.asarray(np.concatenate([row, [ON + 50, ts(30), ON + 2, ts(3)]])[None, -64:])
+    np.testing.assert_array_equal(np.asarray(grown(tokens)), np.asarray(base(tokens)))
+    grown.gap_held_bonus[...] = jnp.full(grown.gap_held_bonus.shape, 0.1)  # 1.6 nats
+    old, new = np.asarray(base(tokens))[0], np.asarray(grown(tokens))[0]
+    middle = np.asarray(tokens[0] == MID).cumsum()[-old.shape[0] :] > 0
+    np.testing.assert_array_equal(new[~middle], old[~middle])
+    on = slice(ON, ON + 128)
+    np.testing.assert_allclose(new[:, :ON], old[:, :ON])
+    np.testing.assert_allclose(new[:, ON + 128 :], old[:, ON + 128 :])
+    lse = jax.scipy.special.logsumexp
+    np.testing.assert_allclose(lse(new[:, on], axis=-1), lse(old[:, on], axis=-1), rtol=1e-5)
+    lift = new[middle][:, on] - old[middle][:, on]
+    # at MIDDLE both are pending; after NOTE_ON 50 (and its shift) only 52 is
+    assert lift[0, 50] == pytest.approx(lift[0, 52]) and lift[0, 50] > lift[0, 60] + 1.5
+    assert lift[-1, 52] > lift[-1, 50] + 1.5 and lift[-1, 50] == pytest.approx(lift[-1, 60])
 
 
 @pytest.mark.parametrize("addition", ["gap_clock", "gap_segments"])
@@ -472,13 +530,17 @@ def test_the_gap_maps_need_infill():
 def test_clock_and_join_are_causal():
     """Changing the tokens after a latent's position leaves its logits as they were, also where
     the latents run from the part before the gap into the middle."""
-    cfg = get_config("tiny", infill=True, gap_clock=True, gap_join=True, gap_segments=True)
+    cfg = get_config(
+        "tiny", infill=True, gap_clock=True, gap_join=True, gap_segments=True, gap_held=True
+    )
     model = PerceiverAR(cfg, rngs=nnx.Rngs(0))
-    maps = (model.gap_clock.embedding, model.gap_join.kernel, model.gap_segments.embedding)
+    maps = (model.gap_clock.embedding, model.gap_join.kernel, model.gap_segments.embedding,
+            model.gap_held.kernel)  # fmt: skip
     for w in (model.logits.kernel, *maps):
         w[...] = 0.5 * jax.random.normal(jax.random.key(w.shape[0]), w.shape)
+    model.gap_held_bonus[...] = jnp.full(model.gap_held_bonus.shape, 0.1)
     rng = np.random.default_rng(0)
-    suffix = np.array([ON + 50, ts(30), ON + 52, ts(80)])
+    suffix = np.array([ON + 50, OFF + 62, ts(30), ON + 52, OFF + 64, ts(80)])
     head = infill.prompt(rng.integers(3, 359, size=80), suffix, 150, cfg.max_len - 8)
     tokens = np.concatenate([head, [ON + 60, ts(40), ON + 62, ts(20), OFF + 60, ts(50), 0, 0]])
     tokens = tokens[None, : cfg.max_len].astype(np.int32)
@@ -500,11 +562,13 @@ def test_infill_lr_scale_moves_only_the_gap_maps_faster():
     from perceiver_midi.model.checkpoint import param_name
     from perceiver_midi.model.train import TrainConfig, infill_mask
 
-    cfg = get_config("tiny", infill=True, gap_clock=True, gap_join=True, gap_segments=True)
+    cfg = get_config(
+        "tiny", infill=True, gap_clock=True, gap_join=True, gap_segments=True, gap_held=True
+    )
     params = nnx.state(PerceiverAR(cfg, rngs=nnx.Rngs(0)), nnx.Param)
     flat = jax.tree_util.tree_flatten_with_path(infill_mask(params))[0]
     picked = sorted(param_name(p) for p, on in flat if on)
-    assert picked == ["gap_clock.embedding", "gap_join.kernel"]
+    assert picked == ["gap_clock.embedding", "gap_held.kernel", "gap_held_bonus", "gap_join.kernel"]
 
     def moved(scale):
         from perceiver_midi.model.train import make_optimizer

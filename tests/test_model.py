@@ -55,6 +55,12 @@ def make_model(cfg: Config = TINY, seed: int = 0) -> PerceiverAR:
     if cfg.gap_join:
         k = model.gap_join.kernel
         k[...] = 0.5 * jax.random.normal(jax.random.key(seed + 61), k.shape)
+    if cfg.gap_held:
+        k = model.gap_held.kernel
+        k[...] = 0.5 * jax.random.normal(jax.random.key(seed + 63), k.shape)
+        model.gap_held_bonus[...] = 0.1 + 0.05 * jax.random.normal(
+            jax.random.key(seed + 64), model.gap_held_bonus.shape
+        )
     if cfg.gap_segments:
         table = model.gap_segments.embedding
         table[...] = 0.5 * jax.random.normal(jax.random.key(seed + 62), table.shape)
@@ -347,7 +353,7 @@ def test_cached_step_logits_equal_full_forward(
     ``fim``: infilling prompts, with the gap clock and join (True), and the input segments too
     ("segments"; the window slides past the sentinels, so the segments change), and with the
     start of the part after the gap repeated before MIDDLE ("join"), and the end of the part
-    before the gap after that repeat ("tail")."""
+    before the gap after that repeat, with the pending pitches' maps ("tail")."""
     cfg = dataclasses.replace(
         TINY,
         note_state=note_state,
@@ -361,6 +367,7 @@ def test_cached_step_logits_equal_full_forward(
         gap_segments=fim in ("segments", "join", "tail"),
         infill_join=4 if fim in ("join", "tail") else 0,
         infill_tail=3 if fim == "tail" else 0,
+        gap_held=fim == "tail",
     )
     fim = bool(fim)
     model = make_model(cfg, seed=3)
@@ -373,8 +380,17 @@ def test_cached_step_logits_equal_full_forward(
         ids = vocab.NOTE_ON_FIRST_ID + np.array([60, 62, 64, 0, 0, 0]) + [0, 0, 0, 140, 256, 300]
         prompts = [rng.choice(ids, size=k) for k in (0, 7, 100)]
     if fim:  # infilling prompts: the sentinels and the gap's length before the notes
+        # with gap_held the part after the gap starts with NOTE_OFFs: 8 pitches held, which
+        # the middle's NOTE_ONs and NOTE_OFFs turn pending and back
+        held = vocab.NOTE_OFF_FIRST_ID + np.arange(60, 68) if cfg.gap_held else []
         prompts = [
-            infill.prompt(p[: len(p) // 2], p[len(p) // 2 :], 130, 40, cfg.infill_layout)
+            infill.prompt(
+                p[: len(p) // 2],
+                np.concatenate([held, p[len(p) // 2 :]]).astype(np.int32),
+                130,
+                40,
+                cfg.infill_layout,
+            )  # fmt: skip
             for p in prompts
         ]
     outs, logits, plan = sample_with_logits(
