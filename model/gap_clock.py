@@ -19,8 +19,9 @@ the one cross-attention among thousands of inputs.
 With ``Config.gap_held`` a middle also knows which notes it still owes the part after the gap:
 that part starts with a NOTE_OFF for every note struck in the gap and sounding across its end
 (``held``; about 5 pitches, and half of the NOTE_ONs of a middle's last second). A pitch is
-*pending* at a middle's position when it is held and not sounding there (its last event since
-MIDDLE is not a NOTE_ON): the middle must still strike it before the join (``pending``).
+*pending* at a middle's position when it is held and not sounding there (its last event in the
+part before the gap and the middle so far is not a NOTE_ON): the middle must still strike it
+before the join (``pending``).
 
 With ``Config.gap_segments`` every input token also gets a (zero-initialised) embedding of its
 segment (``segments``): 0 anything else (plain music, the part before the gap, the sentinels
@@ -70,13 +71,15 @@ class GapClock(NamedTuple):
     join: jax.Array  # [B, P] bool: pitches started in the part after the gap's first second
     held: jax.Array  # [B, P] bool: pitches the part after the gap first meets as a NOTE_OFF
     seen: jax.Array  # [B, P] bool: pitches with an event in the part after the gap
-    sounding: jax.Array  # [B, P] bool: pitches whose last event since MIDDLE is a NOTE_ON
+    sounding: jax.Array  # [B, P] bool: pitches whose last event in the music (the part
+    # before the gap, the middle) is a NOTE_ON
+    prefixed: jax.Array  # [B] bool: at or after a PREFIX (the part before the gap, the middle)
 
 
 def empty(batch_size: int) -> GapClock:
     no, zero = jnp.zeros((batch_size,), bool), jnp.zeros((batch_size,), jnp.int32)
     none = jnp.zeros((batch_size, NUM_PITCHES), bool)
-    return GapClock(no, zero, no, zero, no, zero, none, none, none, none)
+    return GapClock(no, zero, no, zero, no, zero, none, none, none, none, no)
 
 
 def _steps(tokens):
@@ -134,8 +137,9 @@ def advance(state: GapClock, token_B: jax.Array) -> GapClock:
     early = suffix & (state.since < JOIN_STEPS)  # a NOTE_ON happens at the time before it
     on_BxP = token_B[:, None] - NOTE_ON_FIRST_ID == jnp.arange(NUM_PITCHES)
     off_BxP = token_B[:, None] - NOTE_OFF_FIRST_ID == jnp.arange(NUM_PITCHES)
-    in_suffix, in_middle = suffix[:, None], middle[:, None]
-    sounding = jnp.where(in_middle & on_BxP, True, state.sounding & ~(in_middle & off_BxP))
+    prefixed = state.prefixed | (token_B == FIM_PREFIX_ID)
+    in_suffix, music = suffix[:, None], ((prefixed & ~suffix) | middle)[:, None]
+    sounding = jnp.where(music & on_BxP, True, state.sounding & ~(music & off_BxP))
     return GapClock(
         header=header,
         length=state.length + steps * header,
@@ -147,6 +151,7 @@ def advance(state: GapClock, token_B: jax.Array) -> GapClock:
         held=state.held | (off_BxP & in_suffix & ~state.seen),
         seen=state.seen | ((on_BxP | off_BxP) & in_suffix),
         sounding=sounding,
+        prefixed=prefixed,
     )
 
 
@@ -165,6 +170,7 @@ def buckets(
     on_BxLxP = tokens_BxL[..., None] - NOTE_ON_FIRST_ID == jnp.arange(NUM_PITCHES)
     join = jnp.any(on_BxLxP & early[..., None], axis=1)  # the prompt precedes every latent
     bucket_BxM = bucket(middle, length, elapsed)[:, -m:]
+    prefixed = jnp.cumsum(tokens_BxL == FIM_PREFIX_ID, axis=1) > 0
     none = jnp.zeros_like(join)
     held_BxP, seen_BxP, sounding_BxP, pending_BxMxP = none, none, none, None
     if held:
@@ -175,15 +181,15 @@ def buckets(
         seen_BxP = jnp.any(event_BxLxP, axis=1)
         pos = jnp.arange(tokens_BxL.shape[1])[None, :, None]
         latest = functools.partial(jax.lax.cummax, axis=1)
-        mid = middle[..., None]
-        last_on = latest(jnp.where(on_BxLxP & mid, pos, -1))[:, -m:]
-        last_off = latest(jnp.where(off_BxLxP & mid, pos, -1))[:, -m:]
+        music = ((prefixed & ~suffix) | middle)[..., None]
+        last_on = latest(jnp.where(on_BxLxP & music, pos, -1))[:, -m:]
+        last_off = latest(jnp.where(off_BxLxP & music, pos, -1))[:, -m:]
         sounding_BxMxP = last_on > last_off
         pending_BxMxP = pending(held_BxP, sounding_BxMxP, bucket_BxM)
         sounding_BxP = sounding_BxMxP[:, -1]
     last = GapClock(
         header[:, -1], length[:, -1], middle[:, -1], elapsed[:, -1], suffix[:, -1], since[:, -1],
-        join, held_BxP, seen_BxP, sounding_BxP,
+        join, held_BxP, seen_BxP, sounding_BxP, prefixed[:, -1],
     )  # fmt: skip
     return bucket_BxM, last, pending_BxMxP
 
