@@ -207,6 +207,17 @@ def noise_inputs(
     return jnp.where(hit_BxL, repl_BxL, tokens_BxL)
 
 
+def pitch_bonus(logits_xV: jax.Array, hit_xP: jax.Array, bonus_x: jax.Array) -> jax.Array:
+    """``logits`` with ``bonus_x`` added to the NOTE_ONs of the pitches ``hit_xP``, the NOTE_ONs
+    then shifted so that their total probability (when a note starts) stays the model's: a
+    bonus chooses among pitches, never the timing."""
+    on_xP = logits_xV[..., NOTE_ON_FIRST_ID : NOTE_ON_FIRST_ID + NUM_PITCHES]
+    new_xP = on_xP + jnp.where(hit_xP, bonus_x[..., None], 0.0)
+    shift_x = jax.nn.logsumexp(on_xP, axis=-1) - jax.nn.logsumexp(new_xP, axis=-1)
+    new_xP = new_xP + shift_x[..., None]
+    return logits_xV.at[..., NOTE_ON_FIRST_ID : NOTE_ON_FIRST_ID + NUM_PITCHES].set(new_xP)
+
+
 def keep_mask(rng: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
     """Boolean mask, True with probability ``1 - rate`` (rate rounded to a multiple of 1/256).
 
@@ -475,25 +486,15 @@ class PerceiverAR(nnx.Module):
         return logits_xV + jnp.where(hit_xV, bonus_x[..., None], 0.0)
 
     def _note_logits(self, logits_xV: jax.Array, follow_x: jax.Array, length_x: jax.Array):
-        """``logits`` with the note lookup's bonus on the followed pitch's NOTE_ON, the NOTE_ONs
-        then shifted so that their total probability (when a note starts) stays the model's."""
+        """``logits`` with the note lookup's bonus on the followed pitch's NOTE_ON."""
         bonus_x = MATCH_BONUS_SCALE * self.match_note_bonus[...][length_x] * (length_x > 0)
-        on_xP = logits_xV[..., NOTE_ON_FIRST_ID : NOTE_ON_FIRST_ID + NUM_PITCHES]
         hit_xP = jnp.arange(NUM_PITCHES) == (follow_x - NOTE_ON_FIRST_ID)[..., None]
-        new_xP = on_xP + jnp.where(hit_xP, bonus_x[..., None], 0.0)
-        shift_x = jax.nn.logsumexp(on_xP, axis=-1) - jax.nn.logsumexp(new_xP, axis=-1)
-        new_xP = new_xP + shift_x[..., None]
-        return logits_xV.at[..., NOTE_ON_FIRST_ID : NOTE_ON_FIRST_ID + NUM_PITCHES].set(new_xP)
+        return pitch_bonus(logits_xV, hit_xP, bonus_x)
 
     def _held_logits(self, logits_xV: jax.Array, pending_xP: jax.Array, bucket_x: jax.Array):
-        """``logits`` with the held bonus (by the time left) on the pending pitches' NOTE_ONs,
-        the NOTE_ONs then shifted so that their total probability stays the model's."""
+        """``logits`` with the held bonus (by the time left) on the pending pitches' NOTE_ONs."""
         bonus_x = MATCH_BONUS_SCALE * self.gap_held_bonus[...][bucket_x]
-        on_xP = logits_xV[..., NOTE_ON_FIRST_ID : NOTE_ON_FIRST_ID + NUM_PITCHES]
-        new_xP = on_xP + jnp.where(pending_xP, bonus_x[..., None], 0.0)
-        shift_x = jax.nn.logsumexp(on_xP, axis=-1) - jax.nn.logsumexp(new_xP, axis=-1)
-        new_xP = new_xP + shift_x[..., None]
-        return logits_xV.at[..., NOTE_ON_FIRST_ID : NOTE_ON_FIRST_ID + NUM_PITCHES].set(new_xP)
+        return pitch_bonus(logits_xV, pending_xP, bonus_x)
 
     def _note_term(self, follow: jax.Array, length: jax.Array) -> jax.Array:
         """What the note lookup adds to a latent: the followed pitch (when found), the length."""
