@@ -26,8 +26,9 @@ least 0.05 lower overall and 0.15 lower over the last second.
 free-running through ``app.core.infill.infill_items`` (the shipped sampler defaults, one seed each),
 and the generated middles are compared with the real ones as music: mean polyphony and notes/s
 (ratios of the means; the bar is +-30%), notes left sounding across the gap's end (by
-construction none), and piano rolls of the first few (``--rolls``: 3 s of context each side,
-real middle above, generated below).
+construction none), the share of the middles' NOTE_ONs on the pitches the real piece holds
+across the gap's end (does the middle lead into what follows?), and piano rolls of the first
+few (``--rolls``: 3 s of context each side, real middle above, generated below).
 
 Writes ``benchmarks/results/infill.json``. Needs the prepared MAESTRO tokens (``--data``).
 """
@@ -195,6 +196,28 @@ def _middle_notes(notes: np.ndarray, start: float, end: float) -> np.ndarray:
     return inside
 
 
+def held_pitches(after: np.ndarray) -> np.ndarray:
+    """bool [128]: the pitches the part after a gap first meets as a NOTE_OFF (notes sounding
+    across the gap's end; ``gap_clock``'s ``held``, counted over ``MAX_SUFFIX_TOKENS``)."""
+    import jax.numpy as jnp
+
+    from perceiver_midi.model import gap_clock, infill
+    from perceiver_midi.model.vocab import FIM_SUFFIX_ID
+
+    seq = np.concatenate([[FIM_SUFFIX_ID], np.asarray(after)[: infill.MAX_SUFFIX_TOKENS]])
+    return np.asarray(gap_clock.buckets(jnp.asarray(seq[None], jnp.int32), 1, held=True)[1].held)[0]
+
+
+def held_onsets(middle: np.ndarray, held: np.ndarray) -> tuple[int, int]:
+    """(NOTE_ONs of ``middle`` on a ``held`` pitch, all its NOTE_ONs)."""
+    from perceiver_midi.model.vocab import NOTE_ON_FIRST_ID, NUM_PITCHES
+
+    ids = np.asarray(middle)
+    pitches = ids[(ids >= NOTE_ON_FIRST_ID) & (ids < NOTE_ON_FIRST_ID + NUM_PITCHES)]
+    pitches = pitches - NOTE_ON_FIRST_ID
+    return int(held[pitches].sum()), int(pitches.size)
+
+
 def play_middles(model, gaps: list[dict], seed: int) -> dict:
     """Regenerates each gap once (free-running) and compares the middles with the real ones."""
     from benchmarks.music_metrics import mean_polyphony, notes_of
@@ -218,15 +241,18 @@ def play_middles(model, gaps: list[dict], seed: int) -> dict:
         real, gen = _middle_notes(real_all, start, end), _middle_notes(gen_all, start, end)
         seconds = end - start
         over = gen_all[(gen_all[:, 2] < end - 1e-9) & (gen_all[:, 3] > end + 1e-9)]
+        held = held_pitches(piece[b:])
         rows.append(
             {"seconds": seconds, "stop": f.stop,
              "polyphony": (mean_polyphony(real, seconds), mean_polyphony(gen, seconds)),
              "density": (len(real) / seconds, len(gen) / seconds),
-             "sounding_across_end": int(len(over))}
+             "sounding_across_end": int(len(over)),
+             "held": (*held_onsets(piece[a:b], held), *held_onsets(f.middle, held))}
         )  # fmt: skip
         if len(rolls) < ROLL_COUNT:
             rolls.append((g["piece"], start, end, real_all, gen_all))
     poly = np.asarray([r["polyphony"] for r in rows])
+    held = np.asarray([r["held"] for r in rows]).sum(axis=0)
     dens = np.asarray([r["density"] for r in rows])
     return {
         "middles": len(rows),
@@ -237,6 +263,9 @@ def play_middles(model, gaps: list[dict], seed: int) -> dict:
         "density_generated": float(dens[:, 1].mean()),
         "density_ratio": float(dens[:, 1].mean() / max(1e-9, dens[:, 0].mean())),
         "sounding_across_end": int(sum(r["sounding_across_end"] for r in rows)),
+        # of the middles' NOTE_ONs, the share on pitches sounding across the real gap's end
+        "held_onset_share_real": float(held[0] / max(1, held[1])),
+        "held_onset_share_generated": float(held[2] / max(1, held[3])),
         "filled_to_the_end": int(sum(r["stop"] == "seconds" for r in rows)),
         "_rolls": rolls,
     }

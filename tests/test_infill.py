@@ -379,6 +379,16 @@ def test_infill_benchmark_scores_every_middle_token_once():
     assert s["reads_after"] == pytest.approx(s["nll_wrong_after"] - s["nll_both_sides"])
 
 
+def test_infill_benchmark_counts_the_onsets_on_held_pitches():
+    from benchmarks.infill import held_onsets, held_pitches
+
+    after = np.array([OFF + 50, ON + 55, ts(20), OFF + 52, OFF + 55, ON + 60, ts(5), OFF + 60])
+    held = held_pitches(after)
+    assert np.nonzero(held)[0].tolist() == [50, 52]  # 55 and 60 start after the gap
+    assert held_onsets(np.array([ON + 50, ts(3), ON + 61, ON + 52, OFF + 50]), held) == (2, 3)
+    assert held_onsets(np.array([ts(3)]), held) == (0, 0)
+
+
 def test_gap_clock_table_and_running_state_equal_the_full_count():
     from perceiver_midi.model import gap_clock
 
