@@ -26,8 +26,9 @@ least 0.05 lower overall and 0.15 lower over the last second.
 free-running through ``app.core.infill.infill_items`` (the shipped sampler defaults, one seed each),
 and the generated middles are compared with the real ones as music: mean polyphony and notes/s
 (ratios of the means; the bar is +-30%), notes left sounding across the gap's end (by
-construction none), the share of the middles' NOTE_ONs on the pitches the real piece holds
-across the gap's end (does the middle lead into what follows?), and piano rolls of the first
+construction none), the share of the pitches the real piece holds across the gap's end (the
+part after it starts with their NOTE_OFFs) that the generated middle has sounding there (does
+it lead into what follows?), and piano rolls of the first
 few (``--rolls``: 3 s of context each side, real middle above, generated below).
 
 Writes ``benchmarks/results/infill.json``. Needs the prepared MAESTRO tokens (``--data``).
@@ -208,14 +209,11 @@ def held_pitches(after: np.ndarray) -> np.ndarray:
     return np.asarray(gap_clock.buckets(jnp.asarray(seq[None], jnp.int32), 1, held=True)[1].held)[0]
 
 
-def held_onsets(middle: np.ndarray, held: np.ndarray) -> tuple[int, int]:
-    """(NOTE_ONs of ``middle`` on a ``held`` pitch, all its NOTE_ONs)."""
-    from perceiver_midi.model.vocab import NOTE_ON_FIRST_ID, NUM_PITCHES
-
-    ids = np.asarray(middle)
-    pitches = ids[(ids >= NOTE_ON_FIRST_ID) & (ids < NOTE_ON_FIRST_ID + NUM_PITCHES)]
-    pitches = pitches - NOTE_ON_FIRST_ID
-    return int(held[pitches].sum()), int(pitches.size)
+def held_at_end(notes: np.ndarray, end: float, held: np.ndarray) -> int:
+    """How many ``held`` pitches sound at ``end`` (a note from before it lasting to it or past
+    it) in ``notes`` (rows of pitch, velocity, start, end in seconds)."""
+    sounding = notes[(notes[:, 2] < end - 1e-9) & (notes[:, 3] >= end - 1e-6), 0].astype(int)
+    return int(held[np.unique(sounding)].sum())
 
 
 def play_middles(model, gaps: list[dict], seed: int) -> dict:
@@ -247,7 +245,8 @@ def play_middles(model, gaps: list[dict], seed: int) -> dict:
              "polyphony": (mean_polyphony(real, seconds), mean_polyphony(gen, seconds)),
              "density": (len(real) / seconds, len(gen) / seconds),
              "sounding_across_end": int(len(over)),
-             "held": (*held_onsets(piece[a:b], held), *held_onsets(f.middle, held))}
+             "held": (int(held.sum()), held_at_end(real_all, end, held),
+                      held_at_end(gen_all, end, held))}
         )  # fmt: skip
         if len(rolls) < ROLL_COUNT:
             rolls.append((g["piece"], start, end, real_all, gen_all))
@@ -263,9 +262,10 @@ def play_middles(model, gaps: list[dict], seed: int) -> dict:
         "density_generated": float(dens[:, 1].mean()),
         "density_ratio": float(dens[:, 1].mean() / max(1e-9, dens[:, 0].mean())),
         "sounding_across_end": int(sum(r["sounding_across_end"] for r in rows)),
-        # of the middles' NOTE_ONs, the share on pitches sounding across the real gap's end
-        "held_onset_share_real": float(held[0] / max(1, held[1])),
-        "held_onset_share_generated": float(held[2] / max(1, held[3])),
+        # of the pitches the real piece holds across the gap's end, the share sounding there
+        "held_pitches": int(held[0]),
+        "held_sounding_real": float(held[1] / max(1, held[0])),
+        "held_sounding_generated": float(held[2] / max(1, held[0])),
         "filled_to_the_end": int(sum(r["stop"] == "seconds" for r in rows)),
         "_rolls": rolls,
     }

@@ -379,14 +379,20 @@ def test_infill_benchmark_scores_every_middle_token_once():
     assert s["reads_after"] == pytest.approx(s["nll_wrong_after"] - s["nll_both_sides"])
 
 
-def test_infill_benchmark_counts_the_onsets_on_held_pitches():
-    from benchmarks.infill import held_onsets, held_pitches
+def test_infill_benchmark_counts_the_held_pitches_sounding_at_the_end():
+    from benchmarks.infill import held_at_end, held_pitches
 
     after = np.array([OFF + 50, ON + 55, ts(20), OFF + 52, OFF + 55, ON + 60, ts(5), OFF + 60])
     held = held_pitches(after)
     assert np.nonzero(held)[0].tolist() == [50, 52]  # 55 and 60 start after the gap
-    assert held_onsets(np.array([ON + 50, ts(3), ON + 61, ON + 52, OFF + 50]), held) == (2, 3)
-    assert held_onsets(np.array([ts(3)]), held) == (0, 0)
+    notes = np.array([  # pitch, velocity, start, end (s): the gap ends at 2.0
+        [50, 80, 1.5, 2.0],  # held, closed at the end: sounds there
+        [52, 80, 0.5, 1.2],  # held, released before the end
+        [60, 80, 1.9, 2.5],  # sounds at the end, not held
+        [52, 80, 2.0, 2.4],  # starts at the end: the part after it
+    ])  # fmt: skip
+    assert held_at_end(notes, 2.0, held) == 1
+    assert held_at_end(notes[1:], 2.0, held) == 0
 
 
 def test_gap_clock_table_and_running_state_equal_the_full_count():
