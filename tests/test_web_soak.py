@@ -101,3 +101,42 @@ def test_the_server_bounds_what_gradio_keeps(tiny_model, tmp_path, monkeypatch):
     assert calls["state_session_capacity"] == web.MAX_SESSIONS
     assert calls["analytics"] == web.ANALYTICS_MAX_EVENTS
     assert os.environ["GRADIO_ANALYTICS_CACHE_FREQUENCY"] == str(web.ANALYTICS_EVERY)
+
+
+MALLOC_PROBE = """
+import ctypes, sys
+from perceiver_midi.app.web.page import MMAP_THRESHOLD, bound_malloc
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in (
+        "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split())]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+if sys.argv[1] == "bound":
+    assert bound_malloc()
+size = 4 * MMAP_THRESHOLD
+libc.free(libc.malloc(size))  # glibc's default raises its threshold to this block's size here
+before = libc.mallinfo2().hblkhd
+block = libc.malloc(size)
+print(libc.mallinfo2().hblkhd - before >= size)  # mapped on its own: given back when freed
+libc.free(block)
+"""
+
+
+@pytest.mark.parametrize("bound", [True, False])
+def test_bound_malloc_maps_large_blocks_on_their_own(bound):
+    """With ``bound_malloc`` a block of a few times ``MMAP_THRESHOLD`` is mapped on its own even
+    after such a block was freed (glibc's default then serves it from a heap, which keeps it)."""
+    import ctypes
+    import subprocess
+    import sys
+
+    if not hasattr(ctypes.CDLL(None), "mallinfo2"):
+        pytest.skip("not glibc 2.33 or newer: bound_malloc changes nothing there")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    run = subprocess.run([sys.executable, "-c", MALLOC_PROBE, "bound" if bound else "default"],
+                         capture_output=True, text=True, env=env, check=True)  # fmt: skip
+    assert run.stdout.strip() == str(bound)
