@@ -17,12 +17,15 @@ from perceiver_midi.app.core.errors import UserError
 from perceiver_midi.app.core.infill import Gap, infill_piece, plan_gap, write_infill
 from perceiver_midi.app.core.pipeline import (
     CONTROL_FIELDS,
+    DEFAULT_GUIDANCE,
+    DEFAULT_GUIDANCE_TOKENS,
     DEFAULT_MAX_NOTE_SECONDS,
     DEFAULT_MAX_POLYPHONY,
     DEFAULT_MIN_P,
     DEFAULT_PRIME_SECONDS,
     DEFAULT_SECONDS,
     DEFAULT_TOP_P,
+    MAX_GUIDANCE,
     MAX_NOTE_SECONDS,
     MAX_SECONDS,
     MAX_TOKENS,
@@ -106,6 +109,22 @@ def _add_sampling(p: argparse.ArgumentParser, *, batch: bool = False, infill: bo
         default=DEFAULT_MIN_P,
         metavar="P",
         help="keep tokens at least P times as likely as the likeliest (default 0 = off)",
+    )
+    g.add_argument(
+        "--guidance",
+        type=float,
+        default=DEFAULT_GUIDANCE,
+        metavar="G",
+        help="context guidance: weigh what the prime changes in the model's prediction G times "
+        f"more (default {DEFAULT_GUIDANCE:g} = off, at most {MAX_GUIDANCE:g}; doubles the work)",
+    )
+    g.add_argument(
+        "--guidance-tokens",
+        type=int,
+        default=DEFAULT_GUIDANCE_TOKENS,
+        metavar="K",
+        help="the guidance's comparison sees only the prime's last K tokens (default "
+        f"{DEFAULT_GUIDANCE_TOKENS})",
     )
     seed_help = (
         "base seed; each item's seed is derived from it and the prime's identity"

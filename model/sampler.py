@@ -81,6 +81,7 @@ from perceiver_midi.model.vocab import (
 DEFAULT_REFILL_HEADROOM = 128  # flaxformer's default: refill the latent cache to num_latents - 128
 DEFAULT_CHUNK_WITH_CALLBACK = 64
 _NO_TIME_LIMIT = np.iinfo(np.int32).max // 2
+MAX_GUIDANCE = 4.0  # SampleOptions.guidance: beyond this the short context's logits dominate
 ONSET_SLOTS = 16  # onsets kept per pitch for max_note_seconds (overlapping notes of one pitch)
 
 
@@ -137,6 +138,13 @@ class SampleOptions:
     # force (from the prompt, else 100) is outside.
     velocity_range: tuple[int, int] | None = None
     max_polyphony: int | None = None  # no NOTE_ON while this many notes sound (prompt's count)
+    # Context guidance (0 = off): each prompt is also decoded from its last ``guidance_tokens``
+    # tokens alone, and the tokens are drawn from ``full + guidance * (full - short)`` logits,
+    # so what the older part of the prompt changes in the model's prediction counts more
+    # (contrastive / classifier-free guidance with the prompt's past as the condition). Doubles
+    # the sampler's batch.
+    guidance: float = 0.0
+    guidance_tokens: int = 0
 
     def __post_init__(self):
         def fix(name, value):
@@ -159,6 +167,11 @@ class SampleOptions:
             raise ValueError(
                 f"max_note_seconds must be > 0 and finite, got {self.max_note_seconds}"
             )
+        if not 0.0 <= self.guidance <= MAX_GUIDANCE:
+            raise ValueError(f"guidance must be in [0, {MAX_GUIDANCE:g}], got {self.guidance}")
+        if int(self.guidance_tokens) < 0:
+            raise ValueError(f"guidance_tokens must be >= 0, got {self.guidance_tokens}")
+        fix("guidance_tokens", int(self.guidance_tokens))
         if self.num_latents is not None and int(self.num_latents) < 1:
             raise ValueError(f"num_latents must be >= 1, got {self.num_latents}")
         if self.allowed_pitches is not None:  # any iterable in, a sorted tuple stored (hashable)
@@ -192,6 +205,7 @@ class _Plan:
     buffer: int  # W + padded max_new_tokens
     uncached: bool  # recompute a full forward for every token
     record_logits: bool
+    guided: bool = False  # rows [batch/2:] are the short-context rows of rows [:batch/2]
 
 
 class _Settings(NamedTuple):
@@ -208,6 +222,7 @@ class _Settings(NamedTuple):
     velocity_lo: jax.Array  # [] i32: VELOCITY tokens only for velocities in [lo, hi]
     velocity_hi: jax.Array  # [] i32
     max_polyphony: jax.Array  # [] i32: no NOTE_ON while this many notes sound
+    guidance: jax.Array  # [] f32: weight of (full - short) logits (guided plans only)
 
 
 class _Carry(NamedTuple):
@@ -343,8 +358,28 @@ def _truncate(x_BxV: jax.Array, s: _Settings) -> jax.Array:
     return jnp.where(x_BxV < floor_Bx1, -jnp.inf, x_BxV)
 
 
+def guided_logits(full_HxV: jax.Array, short_HxV: jax.Array, guidance: jax.Array) -> jax.Array:
+    """Context guidance: ``full + guidance * (full - short)`` (log-probabilities up to a constant
+    per row, which the softmax drops)."""
+    full_HxV = full_HxV.astype(jnp.float32)
+    return full_HxV + guidance * (full_HxV - short_HxV.astype(jnp.float32))
+
+
+def _choose_guided(logits_BxV: jax.Array, c: _Carry, s: _Settings) -> jax.Array:
+    """One token per prompt from its two rows' logits (``guided_logits``), chosen with the full
+    rows' state and keys, and fed to both rows."""
+    h = logits_BxV.shape[0] // 2
+    mixed_HxV = guided_logits(logits_BxV[:h], logits_BxV[h:], s.guidance)
+    c_h = c._replace(
+        sounding=c.sounding[:h], onsets=c.onsets[:h], head=c.head[:h],
+        velocity=c.velocity[:h], time=c.time[:h],
+    )  # fmt: skip
+    tok_H = _choose_tokens(mixed_HxV, c_h, s._replace(keys=s.keys[:h]))
+    return jnp.concatenate([tok_H, tok_H])
+
+
 def _advance(c: _Carry, cache, logits_BxV, s: _Settings, plan: _Plan) -> _Carry:
-    tok_B = _choose_tokens(logits_BxV, c, s)
+    tok_B = (_choose_guided if plan.guided else _choose_tokens)(logits_BxV, c, s)
     tokens = jax.lax.dynamic_update_slice(c.tokens, tok_B[:, None], (0, plan.window + c.g))
     is_eos_B = (tok_B == EOS_ID) & s.stop_at_eos
     keep_B = ~c.done & ~is_eos_B
@@ -660,16 +695,25 @@ def _generate(
     windows = [
         _prompt_window_ids(p, i, cfg.input_vocab_size, window) for i, p in enumerate(prompt_list)
     ]
-    sounding = np.zeros((_next_pow2(n_prompts), NUM_PITCHES), np.int32)
+    rows = _next_pow2(n_prompts)  # rows per half: the batch, or its full-context half
+    guided = o.guidance > 0
+    if guided:  # the short-context rows: SOS and the last tokens of the music continued
+        windows += [
+            _prompt_window_ids(infill.music_before_middle(p)[-o.guidance_tokens :] if
+                               o.guidance_tokens else p[:0], i, cfg.input_vocab_size, window)
+            for i, p in enumerate(prompt_list)
+        ]  # fmt: skip
+    sounding = np.zeros((rows * (2 if guided else 1), NUM_PITCHES), np.int32)
     onsets = np.zeros((*sounding.shape, ONSET_SLOTS), np.int32)
     head = np.zeros_like(sounding)
     velocity = np.full(sounding.shape[0], DEFAULT_VELOCITY, np.int32)
     for i, p in enumerate(prompt_list):  # the whole prompt: a note may outlast the window
         p = infill.music_before_middle(p)  # an infilling prompt: the part before the gap
-        sounding[i] = sounding_pitches(p)
-        velocity[i] = current_velocity(p)
-        if o.max_note_seconds is not None:  # without a limit the onsets change no token
-            onsets[i], head[i] = onset_queues(p)
+        for r in (i, rows + i) if guided else (i,):  # a short row keeps its prompt's state
+            sounding[r] = sounding_pitches(p)
+            velocity[r] = current_velocity(p)
+            if o.max_note_seconds is not None:  # without a limit the onsets change no token
+                onsets[r], head[r] = onset_queues(p)
     seeds = _per_prompt_seeds(seed, n_prompts)
     if max_new_tokens == 0:
         return [np.zeros((0,), np.int32) for _ in range(n_prompts)], None, None
@@ -681,19 +725,21 @@ def _generate(
         num_latents=mc,
         fill=mc - headroom,
         period=headroom + 1,
-        batch=_next_pow2(n_prompts),
+        batch=sounding.shape[0],
         buffer=window + bucket_g,
         uncached=not use_cache,
         record_logits=record_logits,
+        guided=guided,
     )
 
     tokens = np.full((plan.batch, plan.buffer), PAD_ID, np.int32)
     tokens[:, window - 1] = SOS_ID  # batch-padding rows: a bare SOS, marked done
     for i, ids in enumerate(windows):
-        tokens[i, window - ids.size : window] = ids
-    done = np.arange(plan.batch) >= n_prompts
+        tokens[i % n_prompts + rows * (i // n_prompts), window - ids.size : window] = ids
+    done = np.arange(plan.batch) % rows >= n_prompts
 
-    seeds = np.concatenate([seeds, np.zeros(plan.batch - n_prompts, np.uint32)])
+    seeds = np.concatenate([seeds, np.zeros(rows - n_prompts, np.uint32)])
+    seeds = np.tile(seeds, plan.batch // rows)  # a short row draws nothing: its keys are unused
     keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
     max_time = _NO_TIME_LIMIT
     if o.max_seconds is not None:
@@ -711,6 +757,7 @@ def _generate(
         max_time=jnp.full((plan.batch,), max_time, jnp.int32),
         sounding_offs=jnp.bool_(o.sounding_note_offs),
         max_note=jnp.int32(max_note),
+        guidance=jnp.float32(o.guidance),
         **controls,
     )
 

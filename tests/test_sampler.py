@@ -619,3 +619,93 @@ def test_sounding_onsets_is_the_oldest_open_note_as_decoding_pairs_them():
                 assert got[p] == true
             else:
                 assert got[p] >= true
+
+
+# ---------------------------------------------------------------------------------------------
+# Context guidance: full + guidance * (full - short)
+# ---------------------------------------------------------------------------------------------
+
+MARK, A_ID, B_ID = 200, 40, 41
+
+
+class _MarkCache(NamedTuple):
+    seen: jax.Array  # [B] bool: the row's inputs so far hold MARK
+
+
+class MarkModel(RuleModel):
+    """Fake logits that depend on the far past: A gets 1.0 (1.4 once MARK is among the row's
+    inputs), B 1.5, the rest -20. Unguided greedy plays B; a row that saw MARK, guided by a row
+    that did not (weight g), gives A 1.4 + 0.4 g: A for g > 0.25."""
+
+    def init_cache(self, batch_size, *, num_latents, cross_capacity):
+        del num_latents, cross_capacity
+        return _MarkCache(seen=jnp.zeros((batch_size,), bool))
+
+    def encode_prompt(self, cache, tokens_BxT):
+        return _MarkCache(seen=cache.seen | jnp.any(tokens_BxT == MARK, axis=1))
+
+    def _mark_logits(self, seen_B):
+        logits = jnp.full((seen_B.shape[0], TINY.vocab_size), -20.0)
+        logits = logits.at[:, B_ID].set(1.5)
+        return logits.at[:, A_ID].set(jnp.where(seen_B, 1.4, 1.0))
+
+    def refill(self, cache, tokens_BxW, *, fill):
+        del fill
+        cache = _MarkCache(seen=cache.seen | jnp.any(tokens_BxW == MARK, axis=1))
+        return self._mark_logits(cache.seen), cache
+
+    def decode_step(self, cache, token_B):
+        cache = _MarkCache(seen=cache.seen | (token_B == MARK))
+        return self._mark_logits(cache.seen), cache
+
+
+@pytest.mark.parametrize(
+    ("guidance", "guidance_tokens", "expected"),
+    [
+        (0.0, 4, B_ID),  # off
+        (1.0, 4, A_ID),  # the short rows (SOS + 4 tokens) miss MARK: 1.8 against 1.5
+        (0.2, 4, B_ID),  # 1.48 against 1.5
+        (1.0, 40, B_ID),  # the short rows see MARK too: nothing to amplify
+        (1.0, 0, A_ID),  # SOS alone
+    ],
+)
+def test_guidance_amplifies_what_the_far_past_changes(guidance, guidance_tokens, expected):
+    prompts = [np.array([MARK] + [10] * 20), np.array([11] * 30)]  # only the first holds MARK
+    outs = sample(MarkModel(), prompts, max_new_tokens=12, temperature=0.0,
+                  guidance=guidance, guidance_tokens=guidance_tokens)  # fmt: skip
+    np.testing.assert_array_equal(outs[0], np.full(12, expected))
+    np.testing.assert_array_equal(outs[1], np.full(12, B_ID))  # no MARK: full == short
+
+
+def test_guided_logits_table():
+    full = jnp.array([[0.0, 1.0, -1.0]])
+    short = jnp.array([[0.5, 1.0, -3.0]])
+    np.testing.assert_allclose(
+        sampler_lib.guided_logits(full, short, jnp.float32(2.0)), [[-1.0, 1.0, 3.0]]
+    )
+
+
+def test_guided_rows_that_see_the_whole_prompt_sample_as_unguided(random_tiny):
+    """Each prompt's short row holds the whole prompt: the guided draws (same seeds, a batch of
+    twice the rows) are the unguided ones; with a short context they differ, and a batch run
+    still equals single runs."""
+    prompts = _prompts([3, 30, 45])
+    kwargs = {"max_new_tokens": 40, "stop_at_eos": False, "top_p": 0.95, "seed": 5}
+    plain = sample(random_tiny, prompts, **kwargs)
+    whole = sample(random_tiny, prompts, guidance=1.5, guidance_tokens=100, **kwargs)
+    short = sample(random_tiny, prompts, guidance=1.5, guidance_tokens=8, **kwargs)
+    for p, w in zip(plain, whole, strict=True):
+        np.testing.assert_array_equal(p, w)
+    assert not np.array_equal(plain[2], short[2])
+    for i, prompt in enumerate(prompts):
+        single = sample(random_tiny, [prompt], guidance=1.5, guidance_tokens=8,
+                        **{**kwargs, "seed": 5 + i})  # fmt: skip
+        np.testing.assert_array_equal(single[0], short[i])
+
+
+def test_guidance_bounds():
+    for bad in (-0.5, sampler_lib.MAX_GUIDANCE + 1):
+        with pytest.raises(ValueError, match="guidance must be in"):
+            sampler_lib.SampleOptions(max_new_tokens=4, guidance=bad)
+    with pytest.raises(ValueError, match="guidance_tokens"):
+        sampler_lib.SampleOptions(max_new_tokens=4, guidance=1.0, guidance_tokens=-1)

@@ -25,6 +25,8 @@ CASES = {
     "top_k": ("40", 40, "-3"),
     "top_p": ("0.9", 0.9, "2"),
     "min_p": ("0.05", 0.05, "1.5"),
+    "guidance": ("1.5", 1.5, "9"),
+    "guidance_tokens": ("64", 64, "-4"),
     "seed": ("11", 11, "-1"),
     "latents": ("8", 8, "0.5"),
     "max_note_seconds": ("2.5", 2.5, "-1"),
@@ -195,6 +197,8 @@ FROM_SETTINGS = {
     "top_k": "top_k",
     "top_p": "top_p",
     "min_p": "min_p",
+    "guidance": "guidance",
+    "guidance_tokens": "guidance_tokens",
     "max_seconds": "seconds",
     "num_latents": "latents",
     "stop_at_eos": "stop_at_eos",
@@ -218,12 +222,13 @@ def test_settings_build_the_sampler_options():
     from perceiver_midi.model.sampler import SampleOptions
 
     s = Settings(
-        seconds=7, tokens=300, temperature=0.8, top_k=40, top_p=0.9, min_p=0.05, latents=8,
-        stop_at_eos=False, max_note_seconds=2.5, pitch_range="60:64", key="C",
+        seconds=7, tokens=300, temperature=0.8, top_k=40, top_p=0.9, min_p=0.05, guidance=1.5,
+        guidance_tokens=64, latents=8, stop_at_eos=False, max_note_seconds=2.5, pitch_range="60:64", key="C",
         velocity_range="40:90", max_polyphony=4,
     )  # fmt: skip
     assert s.sample_options() == SampleOptions(
-        max_new_tokens=300, temperature=0.8, top_k=40, top_p=0.9, min_p=0.05, max_seconds=7.0,
+        max_new_tokens=300, temperature=0.8, top_k=40, top_p=0.9, min_p=0.05, guidance=1.5,
+        guidance_tokens=64, max_seconds=7.0,
         num_latents=8, stop_at_eos=False, max_note_seconds=2.5, allowed_pitches=(60, 62, 64),
         velocity_range=(40, 90), max_polyphony=4,
     )  # fmt: skip
@@ -242,6 +247,8 @@ def test_settings_build_the_sampler_options():
         ("top_p", 0.0),
         ("top_p", 1.5),
         ("min_p", 1.5),
+        ("guidance", -1.0),
+        ("guidance_tokens", -1),
         ("max_seconds", 0.0),
         ("max_note_seconds", float("inf")),
         ("num_latents", 0),

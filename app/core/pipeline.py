@@ -45,7 +45,13 @@ import numpy as np
 
 from perceiver_midi.app.core import controls, render
 from perceiver_midi.app.core.errors import UserError
-from perceiver_midi.model.sampler import SampleOptions, StopSampling, prompt_window, sample
+from perceiver_midi.model.sampler import (
+    MAX_GUIDANCE,
+    SampleOptions,
+    StopSampling,
+    prompt_window,
+    sample,
+)
 from perceiver_midi.tokenizer import (
     MidiError,
     atomic_write_bytes,
@@ -92,12 +98,19 @@ DEFAULT_MAX_POLYPHONY = 16
 DEFAULT_TOP_P = 0.93
 # min-p sampling (0 = off): keep tokens at least this times as likely as the most likely one.
 DEFAULT_MIN_P = 0.0
+# Context guidance (0 = off; the sampler's SampleOptions.guidance, at most MAX_GUIDANCE): tokens
+# are drawn from full + G x (full - short), where the short rows see only the last
+# guidance_tokens of the prime (0: none of it) and what was generated since. Doubles the
+# sampling work.
+DEFAULT_GUIDANCE = 0.0
+DEFAULT_GUIDANCE_TOKENS = 0
 MAX_TOKENS = 2**17  # token budget of one continuation (MAX_SECONDS at MAX_TOKENS_PER_SECOND fits)
 MAX_VARIATIONS = 16  # continuations of one prime
 MAX_TOP_K = C.VOCAB_SIZE
 MAX_TEMPERATURE = 100.0
 MAX_LATENTS = 2**16  # a checkpoint's own number of latents is checked when it samples
 MAX_PRIME_TOKENS = 2**24
+MAX_GUIDANCE_TOKENS = 2**16  # a model sees at most its own context of them
 MAX_PRIME_SECONDS = 24 * 3600.0
 # The web app and its /continue API serve many users from one process: tighter bounds.
 WEB_MAX_SECONDS = 120.0
@@ -298,7 +311,7 @@ class Settings:
     ``seconds``); at least one must be set; both: whichever is reached first.
     variations: continuations of the same prime, sampled as one batch (seeds seed, seed+1, ...).
     temperature (0 = greedy), top_k (0 = off), top_p (1 = off), min_p (0 = off): the sampling
-    controls.
+    controls. guidance (0 = off) and guidance_tokens: context guidance (``DEFAULT_GUIDANCE``).
     latents: latents used while sampling (None: the model's own); the test-time compute knob.
     stop_at_eos: False never samples EOS, so the budget is always filled.
     max_note_seconds: longest note (None: no limit); a note sounding that long gets its
@@ -316,6 +329,8 @@ class Settings:
     top_k: int = 0
     top_p: float = DEFAULT_TOP_P
     min_p: float = DEFAULT_MIN_P
+    guidance: float = DEFAULT_GUIDANCE
+    guidance_tokens: int = DEFAULT_GUIDANCE_TOKENS
     seed: int = 0
     latents: int | None = None
     window: Window = dataclasses.field(default_factory=Window)
@@ -341,6 +356,9 @@ class Settings:
         fix("top_k", as_int(self.top_k, "top-k", 0, MAX_TOP_K))
         fix("top_p", as_float(self.top_p, "top-p", 0, 1, lo_open=True))
         fix("min_p", as_float(self.min_p, "min-p", 0, 1))
+        fix("guidance", as_float(self.guidance, "guidance", 0, MAX_GUIDANCE))
+        fix("guidance_tokens", as_int(self.guidance_tokens, "guidance-tokens", 0,
+                                      MAX_GUIDANCE_TOKENS))  # fmt: skip
         fix("seed", as_int(self.seed, "seed", 0, MAX_SEED - self.variations + 1))
         if self.latents is not None:
             fix("latents", as_int(self.latents, "latents", 1, MAX_LATENTS))
@@ -375,6 +393,8 @@ class Settings:
             top_k=int(self.top_k),
             top_p=float(self.top_p),
             min_p=float(self.min_p),
+            guidance=float(self.guidance),
+            guidance_tokens=int(self.guidance_tokens),
             max_seconds=self.seconds,
             num_latents=self.latents,
             stop_at_eos=bool(self.stop_at_eos),
@@ -407,6 +427,8 @@ CONTROL_FIELDS = (
     "top_k",
     "top_p",
     "min_p",
+    "guidance",
+    "guidance_tokens",
     "latents",
     "max_note_seconds",
     "pitch_range",

@@ -59,6 +59,8 @@ from perceiver_midi.app.core.infill import (
 )
 from perceiver_midi.app.core.pipeline import (
     CONTROL_FIELDS,
+    DEFAULT_GUIDANCE,
+    DEFAULT_GUIDANCE_TOKENS,
     DEFAULT_MAX_NOTE_SECONDS,
     DEFAULT_MAX_POLYPHONY,
     DEFAULT_MIN_P,
@@ -127,6 +129,8 @@ class GenerateRequest:
     top_p: float = DEFAULT_TOP_P
     top_k: int = 0
     min_p: float = DEFAULT_MIN_P
+    guidance: float = DEFAULT_GUIDANCE
+    guidance_tokens: int = DEFAULT_GUIDANCE_TOKENS
     seed: int = 0
     random_seed: bool = False
     latents: int | None = None  # None or >= the model's: the model's own
@@ -164,6 +168,8 @@ API_SAMPLING = (
     ApiParam("top_p", DEFAULT_TOP_P, float),
     ApiParam("top_k", 0, int),
     ApiParam("min_p", DEFAULT_MIN_P, float),
+    ApiParam("guidance", DEFAULT_GUIDANCE, float),
+    ApiParam("guidance_tokens", DEFAULT_GUIDANCE_TOKENS, int),
     ApiParam("seed", 0, int),
     ApiParam("latents", 0, int),
     ApiParam("max_note_seconds", DEFAULT_MAX_NOTE_SECONDS, float),

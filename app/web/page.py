@@ -46,7 +46,12 @@ from typing import Any
 from perceiver_midi.app.core.controls import ANY_KEY, KEY_CHOICES
 from perceiver_midi.app.core.errors import UserError
 from perceiver_midi.app.core.infill import CONTEXT_SECONDS, MAX_GAP_SECONDS
-from perceiver_midi.app.core.pipeline import CONTROL_FIELDS
+from perceiver_midi.app.core.pipeline import (
+    CONTROL_FIELDS,
+    DEFAULT_GUIDANCE,
+    DEFAULT_GUIDANCE_TOKENS,
+    MAX_GUIDANCE,
+)
 from perceiver_midi.app.web.handlers import (
     CONTINUE_API,
     DEFAULT_MAX_NOTE_SECONDS,
@@ -437,6 +442,24 @@ def _controls_panel(composer: Composer) -> _Controls:
                 label="Longest note, seconds (0 = no limit)",
                 info="A note held this long is ended before the music moves on.",
             )
+        with gr.Row():
+            guidance = gr.Slider(
+                0,
+                MAX_GUIDANCE,
+                value=DEFAULT_GUIDANCE,
+                step=0.1,
+                label="Context guidance (0 = off)",
+                info="Weighs what the prime changes in the model's prediction more; "
+                "twice the work.",
+                elem_id="guidance",
+            )
+            guidance_tokens = gr.Number(
+                value=DEFAULT_GUIDANCE_TOKENS,
+                precision=0,
+                minimum=0,
+                label="Guidance compares with the prime's last tokens",
+                elem_id="guidance-tokens",
+            )
     with gr.Accordion("Controls (held on every generated note)", open=False):
         with gr.Row():
             pitch_range = gr.Textbox(
@@ -470,7 +493,8 @@ def _controls_panel(composer: Composer) -> _Controls:
         stop = gr.Button("Stop", variant="stop", interactive=False, elem_id="stop")
     status = gr.Markdown("", elem_id="status")
     sampling = dict(
-        temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed,
+        temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, guidance=guidance,
+        guidance_tokens=guidance_tokens, seed=seed,
         random_seed=random_seed, latents=latents, max_note_seconds=max_note,
         pitch_range=pitch_range, key=key, velocity_range=velocity_range,
         max_polyphony=max_polyphony,
@@ -823,7 +847,8 @@ CONTINUE_DESCRIPTION = (
     "window's end, then the continuation) and a JSON summary. Window, as the CLI's "
     "options (0 or '' = not given): prime_range 'START:END' or the last "
     "prime_seconds, then at most the last prime_tokens of it; prime_tokens alone: "
-    "the last tokens; nothing: the last 20 s. min_p: 0 = off. latents 0 = the "
+    "the last tokens; nothing: the last 20 s. min_p: 0 = off. guidance: context "
+    "guidance (0 = off), against the prime's last guidance_tokens. latents 0 = the "
     "model's. Variation v uses seed + v - 1. "
     "ignore_eos: never end early (as the CLI's --ignore-eos). max_note_seconds: "
     f"a note held this long is ended before the music moves on (default "
