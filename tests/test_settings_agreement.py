@@ -223,8 +223,8 @@ def test_settings_build_the_sampler_options():
 
     s = Settings(
         seconds=7, tokens=300, temperature=0.8, top_k=40, top_p=0.9, min_p=0.05, guidance=1.5,
-        guidance_tokens=64, latents=8, stop_at_eos=False, max_note_seconds=2.5, pitch_range="60:64", key="C",
-        velocity_range="40:90", max_polyphony=4,
+        guidance_tokens=64, latents=8, stop_at_eos=False, max_note_seconds=2.5,
+        pitch_range="60:64", key="C", velocity_range="40:90", max_polyphony=4,
     )  # fmt: skip
     assert s.sample_options() == SampleOptions(
         max_new_tokens=300, temperature=0.8, top_k=40, top_p=0.9, min_p=0.05, guidance=1.5,
