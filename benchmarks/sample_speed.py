@@ -1,13 +1,16 @@
 """Sampling speed of checkpoints side by side (a change of model shape must say what it costs).
 
     python benchmarks/sample_speed.py --checkpoint A --checkpoint B [--batch 1 --batch 4]
+    python benchmarks/sample_speed.py --checkpoint A --guidance 0 --guidance 1   # its cost
 
 Each checkpoint samples ``--tokens`` new tokens (EOS off, default settings otherwise) after a
 ``--prompt`` token prompt (a fixed random walk of note/shift tokens, the same for all), through
 ``model.sampler.sample``, the sampler every surface uses; the first call compiles and is not
 timed, then ``--repeats`` timed calls (median). The checkpoints alternate within each repeat, so
-load from a training job beside it hits them alike. Reports new tokens/s and the ratio to the
-first checkpoint; writes ``benchmarks/results/sample_speed.json``.
+load from a training job beside it hits them alike. ``--guidance G`` (repeatable) runs each
+checkpoint with context guidance G (``SampleOptions.guidance``, the short rows seeing none of
+the prompt; 0 = off) as arms of their own. Reports new tokens/s and the ratio to the first arm;
+writes ``benchmarks/results/sample_speed.json``.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokens", type=int, default=256)
     p.add_argument("--prompt", type=int, default=3000)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--guidance", type=float, action="append", help="repeatable (default 0: off)")
     add_note_flag(p)
     add_out_flag(p, RESULTS)
     args = p.parse_args(argv)
@@ -45,23 +49,28 @@ def main(argv: list[str] | None = None) -> int:
 
     rng = np.random.default_rng(0)
     prompt = rng.integers(3, 359, size=args.prompt).astype(np.int32)
-    models = {c: load_model(c) for c in args.checkpoint}
+    loaded = {c: load_model(c) for c in args.checkpoint}
+    guidance = args.guidance or [0.0]
+    arms = {  # name -> (model, guidance)
+        c if len(guidance) == 1 and not g else f"{c} @ guidance {g:g}": (loaded[c], g)
+        for c in args.checkpoint
+        for g in guidance
+    }
     results = {}
     for b in args.batch or [1, 4]:
-        times = {c: [] for c in models}
+        times = {c: [] for c in arms}
         for rep in range(args.repeats + 1):
-            for c, model in models.items():
+            for c, (model, g) in arms.items():
                 t0 = time.perf_counter()
-                out = sample(
-                    model, [prompt] * b, max_new_tokens=args.tokens, seed=rep, stop_at_eos=False
-                )
+                out = sample(model, [prompt] * b, max_new_tokens=args.tokens, seed=rep,
+                             stop_at_eos=False, guidance=g)  # fmt: skip
                 dt = time.perf_counter() - t0
                 assert all(len(o) == args.tokens for o in out)
                 if rep:  # the first call compiles
                     times[c].append(dt)
-        first = args.checkpoint[0]
+        first = next(iter(arms))
         base = b * args.tokens / statistics.median(times[first])
-        for c in models:
+        for c in arms:
             tps = b * args.tokens / statistics.median(times[c])
             results.setdefault(c, {})[f"batch{b}"] = {
                 "tokens_per_s": round(tps, 1),
@@ -74,7 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         {
             "benchmark": "sample_speed",
             "checkpoints": results,
-            "settings": {"tokens": args.tokens, "prompt": args.prompt, "repeats": args.repeats},
+            "settings": {
+                "tokens": args.tokens,
+                "prompt": args.prompt,
+                "repeats": args.repeats,
+                "guidance": guidance,
+            },  # fmt: skip
             "training_beside": training_beside(),
             "environment": environment(),
             "note": args.note,
