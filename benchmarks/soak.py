@@ -23,7 +23,7 @@ over the warm-up's), every good request answered and every bad one refused. Also
 trend after the warm-up (the least-squares line through the samples, in MiB per request, and its
 value at request 1,000 over its value at the warm-up's end). ``--server-env KEY=VALUE`` runs the
 server with that environment (e.g. ``MALLOC_ARENA_MAX=16``: glibc's default on 2 cores, which
-``app.web.page.bound_malloc`` leaves alone when set). Writes ``benchmarks/results/soak.json``
+``app.web.memory.bound_malloc`` leaves alone when set). Writes ``benchmarks/results/soak.json``
 (``soak_quick.json`` with ``--quick``).
 """
 
