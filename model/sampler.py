@@ -697,23 +697,25 @@ def _generate(
     ]
     rows = _next_pow2(n_prompts)  # rows per half: the batch, or its full-context half
     guided = o.guidance > 0
+    befores = [infill.music_before_middle(p) for p in prompt_list]  # plain prompts: themselves
     if guided:  # the short-context rows: SOS and the last tokens of the music continued
+        k = o.guidance_tokens
         windows += [
-            _prompt_window_ids(infill.music_before_middle(p)[-o.guidance_tokens :] if
-                               o.guidance_tokens else p[:0], i, cfg.input_vocab_size, window)
-            for i, p in enumerate(prompt_list)
-        ]  # fmt: skip
+            _prompt_window_ids(m[max(0, m.size - k) :], i, cfg.input_vocab_size, window)
+            for i, m in enumerate(befores)
+        ]
     sounding = np.zeros((rows * (2 if guided else 1), NUM_PITCHES), np.int32)
     onsets = np.zeros((*sounding.shape, ONSET_SLOTS), np.int32)
     head = np.zeros_like(sounding)
     velocity = np.full(sounding.shape[0], DEFAULT_VELOCITY, np.int32)
-    for i, p in enumerate(prompt_list):  # the whole prompt: a note may outlast the window
-        p = infill.music_before_middle(p)  # an infilling prompt: the part before the gap
-        for r in (i, rows + i) if guided else (i,):  # a short row keeps its prompt's state
-            sounding[r] = sounding_pitches(p)
-            velocity[r] = current_velocity(p)
-            if o.max_note_seconds is not None:  # without a limit the onsets change no token
-                onsets[r], head[r] = onset_queues(p)
+    for i, p in enumerate(befores):  # the whole prompt (an infilling one: the part before the
+        sounding[i] = sounding_pitches(p)  # gap): a note may outlast the window
+        velocity[i] = current_velocity(p)
+        if o.max_note_seconds is not None:  # without a limit the onsets change no token
+            onsets[i], head[i] = onset_queues(p)
+    if guided:  # a short row carries its prompt's state (only the full rows' is read)
+        for state in (sounding, onsets, head, velocity):
+            state[rows : rows + n_prompts] = state[:n_prompts]
     seeds = _per_prompt_seeds(seed, n_prompts)
     if max_new_tokens == 0:
         return [np.zeros((0,), np.int32) for _ in range(n_prompts)], None, None
