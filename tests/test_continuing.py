@@ -139,3 +139,10 @@ def test_retrieval_mrr_and_key_fit():
     up_a_tritone = FIGURE_C.copy()
     up_a_tritone[:, 0] += 6
     assert key_fit(FIGURE_C, up_a_tritone) < 0
+
+
+def test_the_two_pitch_run_feature_is_its_log():
+    from benchmarks.music_metrics import continuing_features
+
+    stuck = _notes([(60, 0.1 * i) for i in range(31)])
+    assert continuing_features(FIGURE_C, stuck)["two_pitch_run"] == pytest.approx(5.0)
