@@ -13,7 +13,7 @@ import pytest
 import soundfile
 
 from perceiver_midi.app.core.errors import UserError
-from perceiver_midi.app.core.pipeline import Window
+from perceiver_midi.app.core.pipeline import DEFAULT_MAX_NOTE_SECONDS, DEFAULT_MAX_POLYPHONY, Window
 from perceiver_midi.app.web.handlers import (
     Composer,
     Done,
@@ -212,8 +212,13 @@ def test_window_and_settings(composer, session, tmp_path):
     assert plan.settings.window.kind == "range" and 0 < plan.prime.window.size <= 6
     assert composer.plan(prime, GenerateRequest(latents=16)).settings.latents is None
     assert composer.plan(prime, GenerateRequest()).settings.stop_at_eos
-    assert composer.plan(prime, GenerateRequest()).settings.max_note_seconds == 4.0  # default
-    assert composer.plan(prime, GenerateRequest()).settings.max_polyphony == 16  # default
+    assert (
+        composer.plan(prime, GenerateRequest()).settings.max_note_seconds
+        == DEFAULT_MAX_NOTE_SECONDS
+    )
+    assert (
+        composer.plan(prime, GenerateRequest()).settings.max_polyphony == DEFAULT_MAX_POLYPHONY
+    )  # default
     assert composer.plan(prime, GenerateRequest(max_polyphony=0)).settings.max_polyphony is None
     assert not composer.plan(prime, GenerateRequest(stop_at_eos=False)).settings.stop_at_eos
     for value, limit in ((None, None), (0, None), (2.5, 2.5)):  # None, 0: no limit
@@ -429,15 +434,16 @@ def test_continue_endpoint_answers_gradio_client(served, short_prime, tmp_path):
 def test_twenty_concurrent_requests_same_files_as_one_by_one_and_no_compilation(
     served, short_prime, tmp_path
 ):
-    """Every shape a request can ask for (1-4 variations, each latents choice, any length up to
-    the maximum) was compiled at start: serving compiles nothing, and requests served 20 at
-    once give byte for byte the files of the same requests run one by one."""
+    """Every shape a request can ask for (1-4 variations, each latents choice, guided or not, any
+    length up to the maximum) was compiled at start: serving compiles nothing, and requests
+    served 20 at once give byte for byte the files of the same requests run one by one."""
     import jax
     from gradio_client import Client, handle_file
 
     requests = [
         dict(seed=i, variations=1 + i % 4, latents=(0, 8, 4)[i % 3],
-             seconds=(SECONDS, 120.0)[i == 7], temperature=(1.0, 0.7)[i % 2])
+             seconds=(SECONDS, 120.0)[i == 7], temperature=(1.0, 0.7)[i % 2],
+             guidance=(0.0, 0.7, 1.5)[i % 5 % 3])
         for i in range(20)
     ]  # fmt: skip
 
@@ -721,7 +727,7 @@ def test_infill_endpoint_gives_the_files_of_app_infill_and_compiles_nothing(
             pitch_range="60:72", api_name="/infill",
         )  # fmt: skip
         _, quarter, _ = client.predict(handle_file(str(piece8)), start=6, end=7.9, latents=4,
-                                       temperature=0.8, api_name="/infill")  # fmt: skip
+                                       temperature=0.8, guidance=0, api_name="/infill")  # fmt: skip
     finally:
         jax.monitoring.unregister_event_duration_listener(listen)
     assert compiles == [], f"{len(compiles)} XLA compilations while serving /infill"
@@ -741,7 +747,8 @@ def test_infill_endpoint_gives_the_files_of_app_infill_and_compiles_nothing(
     assert (
         info["range"] == {"start": 2.35, "end": 5.0} and info["settings"]["pitch_range"] == "60:72"
     )
-    (f,) = infill_piece(tiny_infill, str(piece8), Gap(6, 7.9), Settings(latents=4, temperature=0.8))
+    quarter_settings = Settings(latents=4, temperature=0.8, guidance=0)
+    (f,) = infill_piece(tiny_infill, str(piece8), Gap(6, 7.9), quarter_settings)
     assert open(quarter[0], "rb").read() == midi_bytes(f.midi())
 
     for start, end, message in [(9, 10, "after the piece's end"), (0, 20, "at most 12 s")]:
