@@ -348,7 +348,7 @@ def test_app_command_loads_warms_and_launches(tiny_checkpoint, monkeypatch, caps
         return None, "http://fake", None
 
     monkeypatch.setattr(gr.Blocks, "launch", fake_launch)
-    monkeypatch.setattr(web.Composer, "warm_up", lambda self, log=None: 0.0)
+    monkeypatch.setattr(web.Composer, "warm_up", lambda self, log=None, part="all": 0.0)
     rc = main(["app", "--checkpoint", str(tiny_checkpoint), "--host", "0.0.0.0",
                "--port", "7999", "--max-concurrency", "3", "--share"])  # fmt: skip
     assert rc == 0
@@ -356,7 +356,45 @@ def test_app_command_loads_warms_and_launches(tiny_checkpoint, monkeypatch, caps
     assert kw["server_name"] == "0.0.0.0" and kw["server_port"] == 7999 and kw["share"]
     assert calls["concurrency"] == 3
     assert {"continue", "generate"} <= calls["endpoints"]
-    assert "warm in" in capsys.readouterr().err
+    assert "warm for the default settings in" in capsys.readouterr().err
+
+
+def test_warm_up_parts_split_the_shapes(tiny_model, tiny_infill, tmp_path, monkeypatch):
+    """`perceiver-midi app` serves after part "default" (the shapes of requests at the default
+    guidance and latents, 1-4 variations) and compiles part "rest" in the background: the two
+    parts are disjoint and together are "all", for continuing and infilling."""
+    from collections import Counter
+
+    from perceiver_midi.app.core.pipeline import DEFAULT_GUIDANCE
+    from perceiver_midi.app.web import handlers
+
+    seen = []
+
+    def fake_continue(model, prime, settings, **kw):
+        seen.append(("continue", settings.variations, settings.latents, settings.guidance))
+
+    def fake_infill(self, piece, gap, settings, **kw):
+        seen.append(("infill", settings.variations, settings.latents, settings.guidance))
+
+    monkeypatch.setattr(handlers, "continue_prime", fake_continue)
+    monkeypatch.setattr(handlers.Composer, "_infill", fake_infill)
+    monkeypatch.setattr(handlers.media, "warm_up", lambda folder: None)
+    composer = Composer(tiny_model, infill_model=tiny_infill, root=tmp_path)
+    shapes = {}
+    for part in ("default", "rest", "all"):
+        seen.clear()
+        composer.warm_up(part=part)
+        shapes[part] = list(seen)
+    composer.close()
+    assert Counter(shapes["default"] + shapes["rest"]) == Counter(shapes["all"])
+    assert not set(shapes["default"]) & set(shapes["rest"])
+    assert Counter(shapes["default"]) == Counter(
+        (task, b, None, DEFAULT_GUIDANCE) for task in ("continue", "infill") for b in (1, 2, 4)
+    )
+    assert {g for *_, g in shapes["rest"]} == {0.0, DEFAULT_GUIDANCE}
+    assert len(shapes["all"]) == 2 * 3 * 2 * 3  # tasks x variations x guided or not x latents
+    with pytest.raises(ValueError, match="part"):
+        composer.warm_up(part="some")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -648,7 +686,7 @@ def test_app_command_chooses_the_infilling_model(
         return None, "http://fake", None
 
     monkeypatch.setattr(gr.Blocks, "launch", fake_launch)
-    monkeypatch.setattr(web.Composer, "warm_up", lambda self, log=None: 0.0)
+    monkeypatch.setattr(web.Composer, "warm_up", lambda self, log=None, part="all": 0.0)
     monkeypatch.setenv("PERCEIVER_MIDI_INFILL_CHECKPOINT", str(tmp_path / "not-shipped"))
     main_ckpt, infill_ckpt = str(tiny_checkpoint), str(tiny_infill_checkpoint)
 
