@@ -904,32 +904,26 @@ class Composer:
             return part == "all" or (part == "default") == default
 
         # Guided and unguided samplers are two programs (the guidance's value is traced).
-        shapes = [(latents, b, g) for latents in self.latent_choices for b in batches
-                  for g in WARM_GUIDANCE if chosen(latents, self.num_latents, g)]  # fmt: skip
-        for latents, b, g in shapes:
-            t = time.perf_counter()
-            own = latents == self.num_latents
-            settings = Settings(variations=b, latents=None if own else latents, guidance=g)
-            continue_prime(self.model, None, settings, callback=lambda info: True,
-                           length_bucket=WEB_LENGTH_BUCKET)  # fmt: skip
-            if log:
-                log(
-                    f"  sampler compiled for {b} variation{'s' if b > 1 else ''}, "
-                    f"{latents} latents, guidance {g:g} ({time.perf_counter() - t:.1f} s)"
-                )
-        piece = media.warm_up_ids()
         infill_own = self.infill_model.config.num_latents if self.infill_model else 0
-        shapes = [(latents, b, g) for latents in self.infill_latent_choices for b in batches
-                  for g in WARM_GUIDANCE if chosen(latents, infill_own, g)]  # fmt: skip
-        for latents, b, g in shapes:
+        tasks = [("sampler", self.latent_choices, self.num_latents),
+                 ("infilling", self.infill_latent_choices, infill_own)]  # fmt: skip
+        piece = media.warm_up_ids()
+        shapes = [(task, own, latents, b, g) for task, choices, own in tasks
+                  for latents in choices for b in batches for g in WARM_GUIDANCE
+                  if chosen(latents, own, g)]  # fmt: skip
+        for task, own_latents, latents, b, g in shapes:
             t = time.perf_counter()
-            own = latents == infill_own
+            own = latents == own_latents
             settings = Settings(variations=b, latents=None if own else latents, guidance=g)
-            self._infill(piece, Gap(0.0, 0.1), settings, label="warm-up",
-                         callback=lambda info: True)  # fmt: skip
+            if task == "sampler":
+                continue_prime(self.model, None, settings, callback=lambda info: True,
+                               length_bucket=WEB_LENGTH_BUCKET)  # fmt: skip
+            else:
+                self._infill(piece, Gap(0.0, 0.1), settings, label="warm-up",
+                             callback=lambda info: True)  # fmt: skip
             if log:
                 log(
-                    f"  infilling compiled for {b} variation{'s' if b > 1 else ''}, "
+                    f"  {task} compiled for {b} variation{'s' if b > 1 else ''}, "
                     f"{latents} latents, guidance {g:g} ({time.perf_counter() - t:.1f} s)"
                 )
         if part == "rest":
