@@ -39,7 +39,13 @@ from perceiver_midi.app.core.pipeline import (
     output_stem,
     write_outputs,
 )
-from perceiver_midi.model.checkpoint import CheckpointError, default_checkpoint, load_model
+from perceiver_midi.model.checkpoint import (
+    DEFAULT_NAME,
+    INFILL_NAME,
+    CheckpointError,
+    default_checkpoint,
+    load_model,
+)
 from perceiver_midi.tokenizer import MidiError, read_midi
 
 # ----------------------------------------------------------------------------------------------
@@ -116,7 +122,7 @@ def _add_sampling(p: argparse.ArgumentParser, *, batch: bool = False, infill: bo
         default=DEFAULT_GUIDANCE,
         metavar="G",
         help="context guidance: weigh what the prime changes in the model's prediction G times "
-        f"more (default {DEFAULT_GUIDANCE:g} = off, at most {MAX_GUIDANCE:g}; doubles the work)",
+        f"more (default {DEFAULT_GUIDANCE:g}; 0 = off, at most {MAX_GUIDANCE:g}; doubles the work)",
     )
     g.add_argument(
         "--guidance-tokens",
@@ -149,7 +155,7 @@ def _add_sampling(p: argparse.ArgumentParser, *, batch: bool = False, infill: bo
         help="longest note: a note sounding S seconds is ended before time moves on "
         f"(default {DEFAULT_MAX_NOTE_SECONDS:g}; 0 = no limit; at most {MAX_NOTE_SECONDS:g})",
     )
-    default = "maestro-cpu-infill" if infill else "maestro-cpu"
+    default = INFILL_NAME if infill else DEFAULT_NAME
     g.add_argument(
         "--checkpoint", metavar="DIR", help=f"model checkpoint (default: the shipped {default})"
     )

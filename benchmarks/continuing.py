@@ -214,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--draws", type=int, default=2)
     p.add_argument("--top-p", type=float, help="sampler top-p (default: the shipped default)")
     p.add_argument("--temperature", type=float, help="sampler temperature (default: 1)")
+    p.add_argument("--min-p", type=float, help="min-p sampling (default: the shipped default)")
+    p.add_argument("--max-polyphony", type=int, help="polyphony cap (default: the shipped one)")
+    p.add_argument("--guidance", type=float, help="context guidance (default: the shipped one)")
+    p.add_argument("--guidance-tokens", type=int, help="guidance window (default: the shipped one)")
     p.add_argument("--label", help="the result's key (default: the checkpoint)")
     add_out_flag(p, RESULTS)
     p.add_argument("--rolls", default=str(ROLLS))
@@ -223,17 +227,14 @@ def main(argv: list[str] | None = None) -> int:
     from perceiver_midi.model.checkpoint import default_checkpoint, load_model
 
     ckpt = args.checkpoint or str(default_checkpoint())
-    extra = {}
-    if args.top_p is not None:
-        extra["top_p"] = args.top_p
-    if args.temperature is not None:
-        extra["temperature"] = args.temperature
+    flags = ("top_p", "temperature", "min_p", "max_polyphony", "guidance", "guidance_tokens")
+    extra = {k: getattr(args, k) for k in flags if getattr(args, k) is not None}
     settings = Settings(seconds=CONTINUATION_S, **extra)
     t0 = time.perf_counter()
     result = run_figured(load_model(ckpt), args.draws, settings=settings)
     entry = {
         **result["summary"],
-        "settings": {"top_p": settings.top_p, "temperature": settings.temperature},
+        "settings": {k: getattr(settings, k) for k in flags},
         "per_prime": result["rows"],
         "seconds": round(time.perf_counter() - t0, 1),
         "environment": environment(),

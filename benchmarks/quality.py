@@ -305,6 +305,8 @@ def print_table(summary: dict, diag: dict) -> None:
 def parse_args(argv):
     from benchmarks.env import add_checkpoint_flag, add_note_flag, add_out_flag
     from perceiver_midi.app.core.pipeline import (
+        DEFAULT_GUIDANCE,
+        DEFAULT_GUIDANCE_TOKENS,
         DEFAULT_MAX_NOTE_SECONDS,
         DEFAULT_MAX_POLYPHONY,
         DEFAULT_MIN_P,
@@ -366,6 +368,17 @@ def parse_args(argv):
         "--min-p",
         type=float,
         help=f"min-p sampling (as perceiver-midi continue: {DEFAULT_MIN_P:g}, off)",
+    )
+    p.add_argument(
+        "--guidance",
+        type=float,
+        help=f"context guidance (as perceiver-midi continue: {DEFAULT_GUIDANCE:g})",
+    )
+    p.add_argument(
+        "--guidance-tokens",
+        type=int,
+        metavar="K",
+        help=f"the guidance's short window (as perceiver-midi continue: {DEFAULT_GUIDANCE_TOKENS})",
     )
     p.add_argument("--latents", type=int, help="latents while sampling (default: the model's)")
     p.add_argument(
@@ -442,6 +455,8 @@ def run(args) -> dict:
         **({} if args.temperature is None else {"temperature": args.temperature}),
         **({} if args.top_p is None else {"top_p": args.top_p}),
         **({} if args.min_p is None else {"min_p": args.min_p}),
+        **({} if args.guidance is None else {"guidance": args.guidance}),
+        **({} if args.guidance_tokens is None else {"guidance_tokens": args.guidance_tokens}),
         **({} if args.latents is None else {"latents": args.latents}),
     )
     n_primes = len(chosen)  # row i is prime i % n_primes of draw i // n_primes

@@ -85,17 +85,33 @@ class Server:
             start_new_session=True,
         )
 
-    def wait_ready(self, timeout: float = 900.0) -> float:
+    def wait_ready(self, timeout: float = 900.0, all_shapes: bool = True) -> float:
+        """Seconds until the app answers and (``all_shapes``) its background warm-up is done:
+        it serves once the default settings' shapes are compiled and compiles the rest after."""
+        from perceiver_midi.app.web.page import ALL_SHAPES_COMPILED
+
         while time.perf_counter() - self.t0 < timeout:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the app exited ({self.proc.returncode}):\n{self.tail()}")
             try:
                 with urllib.request.urlopen(self.url, timeout=2) as r:
                     if r.status == 200:
+                        if all_shapes:
+                            return self.wait_log(ALL_SHAPES_COMPILED, timeout)
                         return time.perf_counter() - self.t0
             except OSError:
                 time.sleep(0.5)
         raise TimeoutError(f"the app did not answer in {timeout:.0f} s:\n{self.tail()}")
+
+    def wait_log(self, text: str, timeout: float = 1800.0) -> float:
+        """Seconds from the start until ``text`` appears in the server's log."""
+        while time.perf_counter() - self.t0 < timeout:
+            if text in self.log.read_text(errors="replace"):
+                return time.perf_counter() - self.t0
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the app exited ({self.proc.returncode}):\n{self.tail()}")
+            time.sleep(1.0)
+        raise TimeoutError(f"no {text!r} in the app's log in {timeout:.0f} s:\n{self.tail()}")
 
     def rss_mib(self) -> float:
         return rss_mib(self.proc.pid)

@@ -16,6 +16,7 @@ from benchmarks.music_metrics import (
     reuse,
     rhythm_ngrams,
     self_repetition,
+    two_pitch_run,
 )
 from perceiver_midi.model.vocab import PAD_ID, SOS_ID
 
@@ -63,6 +64,23 @@ def test_self_repetition_and_variety():
     counts = np.array([3, 3, 6]) / 12
     assert v["pitch_class_entropy"] == pytest.approx(-(counts * np.log2(counts)).sum())
     assert pitch_variety(zigzag)["distinct_pitches"] == 9.0
+
+
+@pytest.mark.parametrize(
+    "rows, run",
+    [
+        ([], 0),
+        ([(60, 0.0)], 1),
+        ([(60, 0.1 * i) for i in range(30)], 30),  # one note repeated: stuck
+        ([(60 + 2 * (i % 2), 0.1 * i) for i in range(30)], 30),  # a two-note loop (trill)
+        ([(48, 0.0), (55, 0.25), (52, 0.5), (55, 0.75)], 3),  # Alberti: G-E-G, then C again
+        ([(60, 0.0), (60, 0.1), (62, 0.2), (64, 0.3), (64, 0.4), (64, 0.5), (60, 0.6)], 4),
+        # chords are read lowest note up: C-E C-E, then the G of C-E-G ends the run
+        ([(60, 0.0), (64, 0.0), (60, 0.5), (64, 0.5), (67, 0.5), (60, 1.0)], 4),
+    ],
+)
+def test_two_pitch_run_table(rows, run):
+    assert two_pitch_run(_notes(rows)) == run
 
 
 def test_rhythm_ngrams_are_tempo_free():
@@ -121,3 +139,10 @@ def test_retrieval_mrr_and_key_fit():
     up_a_tritone = FIGURE_C.copy()
     up_a_tritone[:, 0] += 6
     assert key_fit(FIGURE_C, up_a_tritone) < 0
+
+
+def test_the_two_pitch_run_feature_is_its_log():
+    from benchmarks.music_metrics import continuing_features
+
+    stuck = _notes([(60, 0.1 * i) for i in range(31)])
+    assert continuing_features(FIGURE_C, stuck)["two_pitch_run"] == pytest.approx(5.0)

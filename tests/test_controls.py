@@ -14,7 +14,7 @@ from flax import nnx
 
 from perceiver_midi.app.core import controls
 from perceiver_midi.app.core.errors import UserError
-from perceiver_midi.app.core.pipeline import Settings
+from perceiver_midi.app.core.pipeline import DEFAULT_MAX_NOTE_SECONDS, Settings
 from perceiver_midi.model import vocab
 from perceiver_midi.model.config import get_config
 from perceiver_midi.model.perceiver_ar import PerceiverAR
@@ -260,7 +260,8 @@ def test_cli_batch_and_api_honour_the_controls(tiny_model, tiny_checkpoint, shor
         velocity_range="40:90", max_polyphony=2,
     )  # fmt: skip
     assert info["settings"]["pitch_range"] == "60:72" and info["settings"]["key"] == "A minor"
-    assert info["settings"]["max_polyphony"] == 2 and info["settings"]["max_note_seconds"] == 4.0
+    assert info["settings"]["max_polyphony"] == 2
+    assert info["settings"]["max_note_seconds"] == DEFAULT_MAX_NOTE_SECONDS
     cont = [m for m in midis if not m.endswith("_full.mid")]
     assert open(cont[0], "rb").read() == (out / "short_v1.mid").read_bytes()
     # ... and the same piece so far: the CLI's --full is the web app's _full.mid.
@@ -302,7 +303,7 @@ def test_polyphony_limit_defaults_to_the_pipeline_s_and_0_turns_it_off():
     _add_window(parser)
     assert settings_from_args(parser.parse_args([])).max_polyphony == DEFAULT_MAX_POLYPHONY
     assert settings_from_args(parser.parse_args(["--max-polyphony", "0"])).max_polyphony is None
-    assert Settings().max_polyphony == DEFAULT_MAX_POLYPHONY == 16
+    assert Settings().max_polyphony == DEFAULT_MAX_POLYPHONY == 12
 
 
 def test_cli_bad_control_is_one_line_exit_2(tiny_checkpoint, short_prime, tmp_path):

@@ -1,8 +1,8 @@
 """Installed like a library (issue 22): the wheel holds one import namespace, ``perceiver_midi``
 (nothing generic such as ``app``, ``model`` or ``tokenizer`` lands in site-packages), the shipped
-models as package data (the default and the infilling one, not the training candidates beside
-them) and the web app's files. Installed in a fresh venv outside the checkout, ``perceiver-midi
-continue`` and ``perceiver-midi infill`` work from another folder.
+model as package data (the default, which also infills; not the previous default nor the
+training candidates beside it) and the web app's files. Installed in a fresh venv outside the
+checkout, ``perceiver-midi continue`` and ``perceiver-midi infill`` work from another folder.
 
 The wheel is built by pip from a copy of the tracked files (so no stale ``build/`` of the checkout
 leaks in); the fresh venv takes its dependencies from the package index (about a minute with
@@ -21,7 +21,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FOLDERS = ("app", "model", "tokenizer")  # perceiver_midi.<folder> (pyproject.toml: package-dir)
-SHIPPED_CHECKPOINTS = ("checkpoints/maestro-cpu", "checkpoints/maestro-cpu-infill")
+SHIPPED_CHECKPOINTS = ("checkpoints/maestro-cpu-infill",)  # model.checkpoint.DEFAULT_NAME
 NETWORK_ERRORS = (
     "NewConnectionError",
     "Temporary failure in name resolution",
@@ -97,8 +97,8 @@ def test_wheel_holds_the_namespace_the_default_model_and_the_web_files(wheel):
         assert not missing, f"{folder}/: not in the wheel: {sorted(missing)}"
     assert {"perceiver_midi/app/web/play.js", "perceiver_midi/app/web/play.css"} <= set(names)
 
-    # The shipped models (the default and the infilling one), all of them; nothing else of
-    # checkpoints/ (training candidates stay out).
+    # The shipped model (the default, which infills too), all of it; nothing else of
+    # checkpoints/ (the previous default and training candidates stay out).
     shipped = set()
     for folder in SHIPPED_CHECKPOINTS:
         shipped |= {
@@ -142,7 +142,7 @@ def test_wheel_installs_in_a_fresh_venv_and_continues_a_piece(wheel, tmp_path_fa
     assert proc.returncode == 0, proc.stderr
     default, web_files = proc.stdout.split()
     site = pathlib.Path(default).resolve()
-    assert venv.resolve() in site.parents and site.name == "maestro-cpu", default
+    assert venv.resolve() in site.parents and site.name == "maestro-cpu-infill", default
     assert web_files == "True"
 
     # The main job: a continuation with the shipped model, from another folder.
@@ -153,7 +153,7 @@ def test_wheel_installs_in_a_fresh_venv_and_continues_a_piece(wheel, tmp_path_fa
     assert midi.read_bytes()[:4] == b"MThd"
     assert audio.read_bytes()[:4] == b"RIFF" and audio.stat().st_size > 44
 
-    # Infilling with the shipped infilling model, from the same folder.
+    # Infilling with the same shipped model, from the same folder.
     proc = run(cli, "infill", example, "--range", "10:13", "--audio", "none", "--out", out)
     assert proc.returncode == 0, proc.stderr
     assert (out / "bach_prelude_c_infill_v1.mid").read_bytes()[:4] == b"MThd"

@@ -180,7 +180,11 @@ def test_the_api_handlers_take_their_tables(composer, monkeypatch):
         (p.name, p.default) for p in CONTINUE_API[1:]
     ]
     handler(None, 7.0)
-    assert seen["prime"] is None and seen["seconds"] == 7.0 and seen["max_polyphony"] == 16
+    assert (
+        seen["prime"] is None
+        and seen["seconds"] == 7.0
+        and seen["max_polyphony"] == Settings().max_polyphony
+    )
     with pytest.raises(TypeError):
         api_arguments(CONTINUE_API, (None,), {"no_such_setting": 1})
 

@@ -13,7 +13,7 @@ import pytest
 import soundfile
 
 from perceiver_midi.app.core.errors import UserError
-from perceiver_midi.app.core.pipeline import Window
+from perceiver_midi.app.core.pipeline import DEFAULT_MAX_NOTE_SECONDS, DEFAULT_MAX_POLYPHONY, Window
 from perceiver_midi.app.web.handlers import (
     Composer,
     Done,
@@ -212,8 +212,13 @@ def test_window_and_settings(composer, session, tmp_path):
     assert plan.settings.window.kind == "range" and 0 < plan.prime.window.size <= 6
     assert composer.plan(prime, GenerateRequest(latents=16)).settings.latents is None
     assert composer.plan(prime, GenerateRequest()).settings.stop_at_eos
-    assert composer.plan(prime, GenerateRequest()).settings.max_note_seconds == 4.0  # default
-    assert composer.plan(prime, GenerateRequest()).settings.max_polyphony == 16  # default
+    assert (
+        composer.plan(prime, GenerateRequest()).settings.max_note_seconds
+        == DEFAULT_MAX_NOTE_SECONDS
+    )
+    assert (
+        composer.plan(prime, GenerateRequest()).settings.max_polyphony == DEFAULT_MAX_POLYPHONY
+    )  # default
     assert composer.plan(prime, GenerateRequest(max_polyphony=0)).settings.max_polyphony is None
     assert not composer.plan(prime, GenerateRequest(stop_at_eos=False)).settings.stop_at_eos
     for value, limit in ((None, None), (0, None), (2.5, 2.5)):  # None, 0: no limit
@@ -343,7 +348,7 @@ def test_app_command_loads_warms_and_launches(tiny_checkpoint, monkeypatch, caps
         return None, "http://fake", None
 
     monkeypatch.setattr(gr.Blocks, "launch", fake_launch)
-    monkeypatch.setattr(web.Composer, "warm_up", lambda self, log=None: 0.0)
+    monkeypatch.setattr(web.Composer, "warm_up", lambda self, log=None, part="all": 0.0)
     rc = main(["app", "--checkpoint", str(tiny_checkpoint), "--host", "0.0.0.0",
                "--port", "7999", "--max-concurrency", "3", "--share"])  # fmt: skip
     assert rc == 0
@@ -351,7 +356,45 @@ def test_app_command_loads_warms_and_launches(tiny_checkpoint, monkeypatch, caps
     assert kw["server_name"] == "0.0.0.0" and kw["server_port"] == 7999 and kw["share"]
     assert calls["concurrency"] == 3
     assert {"continue", "generate"} <= calls["endpoints"]
-    assert "warm in" in capsys.readouterr().err
+    assert "warm for the default settings in" in capsys.readouterr().err
+
+
+def test_warm_up_parts_split_the_shapes(tiny_model, tiny_infill, tmp_path, monkeypatch):
+    """`perceiver-midi app` serves after part "default" (the shapes of requests at the default
+    guidance and latents, 1-4 variations) and compiles part "rest" in the background: the two
+    parts are disjoint and together are "all", for continuing and infilling."""
+    from collections import Counter
+
+    from perceiver_midi.app.core.pipeline import DEFAULT_GUIDANCE
+    from perceiver_midi.app.web import handlers
+
+    seen = []
+
+    def fake_continue(model, prime, settings, **kw):
+        seen.append(("continue", settings.variations, settings.latents, settings.guidance))
+
+    def fake_infill(self, piece, gap, settings, **kw):
+        seen.append(("infill", settings.variations, settings.latents, settings.guidance))
+
+    monkeypatch.setattr(handlers, "continue_prime", fake_continue)
+    monkeypatch.setattr(handlers.Composer, "_infill", fake_infill)
+    monkeypatch.setattr(handlers.media, "warm_up", lambda folder: None)
+    composer = Composer(tiny_model, infill_model=tiny_infill, root=tmp_path)
+    shapes = {}
+    for part in ("default", "rest", "all"):
+        seen.clear()
+        composer.warm_up(part=part)
+        shapes[part] = list(seen)
+    composer.close()
+    assert Counter(shapes["default"] + shapes["rest"]) == Counter(shapes["all"])
+    assert not set(shapes["default"]) & set(shapes["rest"])
+    assert Counter(shapes["default"]) == Counter(
+        (task, b, None, DEFAULT_GUIDANCE) for task in ("continue", "infill") for b in (1, 2, 4)
+    )
+    assert {g for *_, g in shapes["rest"]} == {0.0, DEFAULT_GUIDANCE}
+    assert len(shapes["all"]) == 2 * 3 * 2 * 3  # tasks x variations x guided or not x latents
+    with pytest.raises(ValueError, match="part"):
+        composer.warm_up(part="some")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -429,15 +472,16 @@ def test_continue_endpoint_answers_gradio_client(served, short_prime, tmp_path):
 def test_twenty_concurrent_requests_same_files_as_one_by_one_and_no_compilation(
     served, short_prime, tmp_path
 ):
-    """Every shape a request can ask for (1-4 variations, each latents choice, any length up to
-    the maximum) was compiled at start: serving compiles nothing, and requests served 20 at
-    once give byte for byte the files of the same requests run one by one."""
+    """Every shape a request can ask for (1-4 variations, each latents choice, guided or not, any
+    length up to the maximum) was compiled at start: serving compiles nothing, and requests
+    served 20 at once give byte for byte the files of the same requests run one by one."""
     import jax
     from gradio_client import Client, handle_file
 
     requests = [
         dict(seed=i, variations=1 + i % 4, latents=(0, 8, 4)[i % 3],
-             seconds=(SECONDS, 120.0)[i == 7], temperature=(1.0, 0.7)[i % 2])
+             seconds=(SECONDS, 120.0)[i == 7], temperature=(1.0, 0.7)[i % 2],
+             guidance=(0.0, 0.7, 1.5)[i % 5 % 3])
         for i in range(20)
     ]  # fmt: skip
 
@@ -642,7 +686,7 @@ def test_app_command_chooses_the_infilling_model(
         return None, "http://fake", None
 
     monkeypatch.setattr(gr.Blocks, "launch", fake_launch)
-    monkeypatch.setattr(web.Composer, "warm_up", lambda self, log=None: 0.0)
+    monkeypatch.setattr(web.Composer, "warm_up", lambda self, log=None, part="all": 0.0)
     monkeypatch.setenv("PERCEIVER_MIDI_INFILL_CHECKPOINT", str(tmp_path / "not-shipped"))
     main_ckpt, infill_ckpt = str(tiny_checkpoint), str(tiny_infill_checkpoint)
 
@@ -721,7 +765,7 @@ def test_infill_endpoint_gives_the_files_of_app_infill_and_compiles_nothing(
             pitch_range="60:72", api_name="/infill",
         )  # fmt: skip
         _, quarter, _ = client.predict(handle_file(str(piece8)), start=6, end=7.9, latents=4,
-                                       temperature=0.8, api_name="/infill")  # fmt: skip
+                                       temperature=0.8, guidance=0, api_name="/infill")  # fmt: skip
     finally:
         jax.monitoring.unregister_event_duration_listener(listen)
     assert compiles == [], f"{len(compiles)} XLA compilations while serving /infill"
@@ -741,7 +785,8 @@ def test_infill_endpoint_gives_the_files_of_app_infill_and_compiles_nothing(
     assert (
         info["range"] == {"start": 2.35, "end": 5.0} and info["settings"]["pitch_range"] == "60:72"
     )
-    (f,) = infill_piece(tiny_infill, str(piece8), Gap(6, 7.9), Settings(latents=4, temperature=0.8))
+    quarter_settings = Settings(latents=4, temperature=0.8, guidance=0)
+    (f,) = infill_piece(tiny_infill, str(piece8), Gap(6, 7.9), quarter_settings)
     assert open(quarter[0], "rb").read() == midi_bytes(f.midi())
 
     for start, end, message in [(9, 10, "after the piece's end"), (0, 20, "at most 12 s")]:

@@ -1,6 +1,6 @@
 """Batch (dataset) generation: many primes x variations -> files + ``manifest.jsonl``, resumable.
 
-    summary = run_batch("primes/", "out/", checkpoint="checkpoints/maestro-cpu",
+    summary = run_batch("primes/", "out/", checkpoint="checkpoints/maestro-cpu-infill",
                         defaults=Settings(seconds=20), variations=4, base_seed=0)
 
 Items and seeds. PRIMES is a folder of MIDI files (searched recursively; the identity of a prime

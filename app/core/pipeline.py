@@ -3,7 +3,7 @@
     from perceiver_midi.app.core.pipeline import Settings, Window, continue_prime, write_outputs
     from perceiver_midi.model.checkpoint import load_model
 
-    model = load_model("checkpoints/maestro-cpu")
+    model = load_model("checkpoints/maestro-cpu-infill")
     settings = Settings(seconds=20, variations=2, seed=7, window=Window.last_seconds(20))
     for c in continue_prime(model, "sketch.mid", settings):
         write_outputs(c, "out", "sketch")          # out/sketch_v1.mid + out/sketch_v1.wav
@@ -78,15 +78,22 @@ MAX_NOTE_SECONDS = MAX_SECONDS  # the longest-note limit (max_note_seconds)
 # Notes sounding this long are ended (0/None: no limit). Measured with benchmarks/quality.py on 32
 # validation primes (results/experiments/quality_guard-S*_r1.json, round-1 model): polyphony 1.66x
 # the real continuations' without a limit, 1.51x at 7 s, 1.32x at 4 s; notes held > 8 s 2.25% -> 0;
-# density unchanged. Real MAESTRO continuations hold 0.8% of their notes longer than 4 s.
-DEFAULT_MAX_NOTE_SECONDS = 4.0
+# density unchanged. Real MAESTRO continuations hold 0.8% of their notes longer than 4 s. With the
+# round-7 model, guidance 0.7, the cap of 12 and top-p 0.97 (below), 3 s scores best (overall
+# 0.876 vs 0.840 at 4 s; 32 validation primes x 2 draws, benchmarks/results/experiments/
+# quality_sampler_*.json): at 4 s, 7% of the generated notes outlast 4 s (real: 0.8%). With top-p
+# 0.93, 3 s loops instead: one prime repeats a single note for 20 s (the two-pitch run feature).
+DEFAULT_MAX_NOTE_SECONDS = 3.0
 # No new note while this many sound (0/None: no limit; the bound is app/core/controls.py's).
 # Measured with benchmarks/quality.py on the same 32 primes, round-1 model, with the 4 s limit above
 # (results/experiments/quality_polycap-*_r1.json): polyphony 1.32x the real continuations' with no
 # cap, 1.15x at 16, 1.10x at 12, 0.95x at 10; density 1.04x, 0.96x, 0.97x, 0.91x. 16 is the loosest
 # that meets the +-30% bars: real continuations have >= 16 notes sounding 2.2% of the time (>= 12:
-# 6.2%; the sustain pedal holds many).
-DEFAULT_MAX_POLYPHONY = 16
+# 6.2%; the sustain pedal holds many). With context guidance (below) the round-7 model holds more
+# notes: 1.13x uncapped on validation primes, 1.35x on test primes (over the bar); 12 brings them
+# to 1.02x / 1.15x and gives the best overall score measured (benchmarks/results/experiments/
+# quality_guided_maestro-cpu-infill_g0.7_k0_cap12.json, quality_test_round7-infill_guided0.7_cap12).
+DEFAULT_MAX_POLYPHONY = 12
 # Nucleus sampling by default (1 = off). Measured with benchmarks/quality.py, shipped round-3 model
 # with the two limits above, 32 validation primes, polyphony / density ratios to the real
 # continuations per draw (seeds 0, 100, 200; results/experiments/quality_round3_top-p*.json): top-p
@@ -94,15 +101,23 @@ DEFAULT_MAX_POLYPHONY = 16
 # 1.10; 0.95: 1.23 1.28 1.34 / 1.15 1.15 1.08; 0.93: 1.10 1.03 0.99 / 1.15 1.06 0.91 (mean feature
 # overlap 0.836, the best); 0.90: 0.86 / 1.02 (overlap 0.798). 0.93 meets the bars in every draw,
 # and on 32 held-out test primes (results/experiments/quality_round3_test-split.json: 1.19 / 0.94).
-# Round 4 (the same recipe, trained further) with 0.93: results/quality.json.
-DEFAULT_TOP_P = 0.93
+# Round 7 (the default since 2026-12-07) with guidance 0.7, the cap of 12 and the 3 s note limit,
+# 32 validation primes x 2 draws, the 19-feature overall score (benchmarks/results/experiments/
+# quality_sampler_*.json): top-p 0.93 0.847 (7 of 64 continuations stuck on two pitches for 30
+# or more notes, distinct pitches 0.75x, self-repetition 1.37x), 0.95 0.869 (3 stuck), 0.97
+# 0.876 (2 stuck; distinct pitches 0.92x, self-repetition 0.60x, prime reuse 0.56x); top-p 1
+# 0.821 and min-p 0.035 0.812 (18 features, 4 s limit). Defaults: results/quality.json.
+DEFAULT_TOP_P = 0.97
 # min-p sampling (0 = off): keep tokens at least this times as likely as the most likely one.
 DEFAULT_MIN_P = 0.0
 # Context guidance (0 = off; the sampler's SampleOptions.guidance, at most MAX_GUIDANCE): tokens
 # are drawn from full + G x (full - short), where the short rows see only the last
 # guidance_tokens of the prime (0: none of it) and what was generated since. Doubles the
-# sampling work.
-DEFAULT_GUIDANCE = 0.0
+# sampling work. Measured with benchmarks/quality.py (--draws 2, 32 primes) on the round-7 model
+# with the cap of 12 above: overall score 0.848 on validation primes (0.796 unguided, 0.820 at
+# G 1), 0.796 on test primes; figured primes keep 0.42 of their figure (0.23 unguided;
+# benchmarks/continuing.py). The README's table has every arm.
+DEFAULT_GUIDANCE = 0.7
 DEFAULT_GUIDANCE_TOKENS = 0
 MAX_TOKENS = 2**17  # token budget of one continuation (MAX_SECONDS at MAX_TOKENS_PER_SECOND fits)
 MAX_VARIATIONS = 16  # continuations of one prime

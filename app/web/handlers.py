@@ -108,6 +108,8 @@ from perceiver_midi.tokenizer import (
 PROGRESS_EVERY_S = 0.25  # at most this often a progress update is sent to the page
 LIVE_ROLL_EVERY_S = 2.0  # ... and a piano roll of the music so far (drawing costs ~0.1 s of CPU)
 API_FILES_TTL_S = 3600.0  # /continue and /infill output folders older than this are removed
+# Compiled at start: the unguided sampler and the guided one (any guidance > 0 runs the latter).
+WARM_GUIDANCE = sorted({0.0, DEFAULT_GUIDANCE or 1.0})
 NO_INFILL_MODEL = (
     "no infilling model is loaded: start the app with --infill-checkpoint DIR (a checkpoint "
     "trained with --set infill=True)"
@@ -883,35 +885,49 @@ class Composer:
 
     # -- start-up --------------------------------------------------------------------------------
 
-    def warm_up(self, *, log=None) -> float:
+    def warm_up(self, *, log=None, part: str = "all") -> float:
         """Compiles the sampler for every shape a request can ask for (each batch bucket of
-        1..MAX_VARIATIONS variations x each latents choice, at the one length every request
-        uses: ``WEB_LENGTH_BUCKET``; one chunk each, then stops), the same for the infilling
-        model (at ``infill_length_bucket``), and loads the renderers, so no request waits for a
-        compilation. Returns the seconds it took."""
+        1..MAX_VARIATIONS variations x each latents choice x unguided and guided, at the one
+        length every request uses: ``WEB_LENGTH_BUCKET``; one chunk each, then stops), the same
+        for the infilling model (at ``infill_length_bucket``), and loads the renderers, so no
+        request waits for a compilation. ``part``: "all"; "default", the shapes of requests at
+        the default guidance and latents (any number of variations), which `perceiver-midi app`
+        compiles before it serves; "rest", the others, which it compiles in the background
+        (each takes ~20 s on 2 cores). Returns the seconds it took."""
+        if part not in ("all", "default", "rest"):
+            raise ValueError(f"part must be 'all', 'default' or 'rest', got {part!r}")
         t0 = time.perf_counter()
         batches = sorted({1 << (v - 1).bit_length() for v in range(1, MAX_VARIATIONS + 1)})
-        for latents in self.latent_choices:
-            for b in batches:
-                t = time.perf_counter()
-                own = latents == self.num_latents
-                settings = Settings(variations=b, latents=None if own else latents)
+
+        def chosen(latents: int, own: int, g: float) -> bool:
+            default = latents == own and g == DEFAULT_GUIDANCE
+            return part == "all" or (part == "default") == default
+
+        # Guided and unguided samplers are two programs (the guidance's value is traced).
+        infill_own = self.infill_model.config.num_latents if self.infill_model else 0
+        tasks = [("sampler", self.latent_choices, self.num_latents),
+                 ("infilling", self.infill_latent_choices, infill_own)]  # fmt: skip
+        piece = media.warm_up_ids()
+        shapes = [(task, own, latents, b, g) for task, choices, own in tasks
+                  for latents in choices for b in batches for g in WARM_GUIDANCE
+                  if chosen(latents, own, g)]  # fmt: skip
+        for task, own_latents, latents, b, g in shapes:
+            t = time.perf_counter()
+            own = latents == own_latents
+            settings = Settings(variations=b, latents=None if own else latents, guidance=g)
+            if task == "sampler":
                 continue_prime(self.model, None, settings, callback=lambda info: True,
                                length_bucket=WEB_LENGTH_BUCKET)  # fmt: skip
-                if log:
-                    log(f"  sampler compiled for {b} variation{'s' if b > 1 else ''}, "
-                        f"{latents} latents ({time.perf_counter() - t:.1f} s)")  # fmt: skip
-        piece = media.warm_up_ids()
-        for latents in self.infill_latent_choices:
-            for b in batches:
-                t = time.perf_counter()
-                own = latents == self.infill_model.config.num_latents
-                settings = Settings(variations=b, latents=None if own else latents)
+            else:
                 self._infill(piece, Gap(0.0, 0.1), settings, label="warm-up",
                              callback=lambda info: True)  # fmt: skip
-                if log:
-                    log(f"  infilling compiled for {b} variation{'s' if b > 1 else ''}, "
-                        f"{latents} latents ({time.perf_counter() - t:.1f} s)")  # fmt: skip
+            if log:
+                log(
+                    f"  {task} compiled for {b} variation{'s' if b > 1 else ''}, "
+                    f"{latents} latents, guidance {g:g} ({time.perf_counter() - t:.1f} s)"
+                )
+        if part == "rest":
+            return time.perf_counter() - t0
         folder = self.root / f"warm-{uuid.uuid4().hex[:8]}"
         folder.mkdir(parents=True, exist_ok=True)
         media.warm_up(folder)

@@ -1,7 +1,7 @@
 """The Gradio web app: ``perceiver-midi app`` (or ``python -m perceiver_midi.app``).
 
-    perceiver-midi app --checkpoint checkpoints/maestro-cpu --port 7860
-    perceiver-midi app --infill-checkpoint checkpoints/maestro-cpu-infill   # its default
+    perceiver-midi app --checkpoint checkpoints/maestro-cpu-infill --port 7860   # its default
+    perceiver-midi app --checkpoint checkpoints/maestro-cpu --infill-checkpoint none
 
 The page, in the order a composer works:
   1. Prime: upload a MIDI file, choose a shipped example, or start from nothing; or play it
@@ -40,6 +40,7 @@ import functools
 import logging
 import os
 import sys
+import threading
 import time
 from typing import Any
 
@@ -75,8 +76,16 @@ from perceiver_midi.app.web.handlers import (
 from perceiver_midi.app.web.memory import bound_malloc
 from perceiver_midi.app.web.play import play_panel
 from perceiver_midi.app.web.session import MAX_UPLOAD_BYTES, Session, human_size, list_examples
-from perceiver_midi.model.checkpoint import CheckpointError, default_checkpoint, load_model
+from perceiver_midi.model.checkpoint import (
+    DEFAULT_NAME,
+    INFILL_NAME,
+    CheckpointError,
+    default_checkpoint,
+    load_model,
+)
 
+# Logged once the background warm-up is done (benchmarks/web_server.py waits for it).
+ALL_SHAPES_COMPILED = "every shape compiled"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 DEFAULT_MAX_CONCURRENCY = 2
@@ -449,8 +458,8 @@ def _controls_panel(composer: Composer) -> _Controls:
                 value=DEFAULT_GUIDANCE,
                 step=0.1,
                 label="Context guidance (0 = off)",
-                info="Weighs what the prime changes in the model's prediction more; "
-                "twice the work.",
+                info="Weighs what the prime changes in the model's prediction more, "
+                "so the continuation keeps more of it; twice the work.",
                 elem_id="guidance",
             )
             guidance_tokens = gr.Number(
@@ -848,7 +857,8 @@ CONTINUE_DESCRIPTION = (
     "options (0 or '' = not given): prime_range 'START:END' or the last "
     "prime_seconds, then at most the last prime_tokens of it; prime_tokens alone: "
     "the last tokens; nothing: the last 20 s. min_p: 0 = off. guidance: context "
-    "guidance (0 = off), against the prime's last guidance_tokens. latents 0 = the "
+    f"guidance (default {DEFAULT_GUIDANCE:g}; 0 = off), against the prime's last "
+    "guidance_tokens. latents 0 = the "
     "model's. Variation v uses seed + v - 1. "
     "ignore_eos: never end early (as the CLI's --ignore-eos). max_note_seconds: "
     f"a note held this long is ended before the music moves on (default "
@@ -917,13 +927,15 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port ({DEFAULT_PORT})")
     p.add_argument("--share", action="store_true", help="also serve on a public gradio.live link")
     p.add_argument(
-        "--checkpoint", metavar="DIR", help="model checkpoint (default: checkpoints/maestro-cpu)"
+        "--checkpoint",
+        metavar="DIR",
+        help=f"model checkpoint (default: checkpoints/{DEFAULT_NAME})",
     )
     p.add_argument(
         "--infill-checkpoint",
         metavar="DIR",
         help="the model of 'Regenerate a span' and /infill, trained to infill (default: the "
-        "--checkpoint model if it can infill, else checkpoints/maestro-cpu-infill when present; "
+        f"--checkpoint model if it can infill, else checkpoints/{INFILL_NAME} when present; "
         "'none': no infilling)",
     )
     p.add_argument(
@@ -1007,8 +1019,16 @@ def cmd_app(args: argparse.Namespace) -> int:
     )
     composer = Composer(model, infill_model=infill)
     try:
-        took = composer.warm_up(log=_say)
-        _say(f"warm in {took:.1f} s")
+        took = composer.warm_up(log=_say, part="default")
+        _say(f"warm for the default settings in {took:.1f} s; the other shapes (guidance 0, "
+             "fewer latents) compile in the background, and a request needing one before it "
+             "is ready compiles it")  # fmt: skip
+
+        def warm_rest():
+            took = composer.warm_up(log=_say, part="rest")
+            _say(f"{ALL_SHAPES_COMPILED} ({took:.1f} s more)")
+
+        threading.Thread(target=warm_rest, name="warm-up", daemon=True).start()
         demo = build_app(model, composer=composer)
         try:
             serve(demo, host=args.host, port=args.port, max_concurrency=args.max_concurrency,
