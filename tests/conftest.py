@@ -12,11 +12,12 @@ MAESTRO = pathlib.Path(
 # Linux caps a process's memory mappings (vm.max_map_count, 65,530 by default). XLA:CPU keeps
 # ~15 mappings per compiled program, and jax caches every program it compiles for as long as the
 # process lives: over the whole suite (~640 tests, thousands of shapes) one pytest process passes
-# 65,000. XLA's JIT then fails to mprotect a new program's memory and frees it with its unwind
-# tables still registered with libgcc (jaxlib 0.10.2), and the next C++ exception segfaults in
-# the unwinder. So the suite drops jax's caches whenever the process holds a third of the limit
-# (programs still in use are recompiled on their next call). A CLI run, a batch job or the web
-# app compiles a bounded set of programs and stays far below the limit.
+# 65,000. XLA's JIT then cannot map a new program's memory ("LLVM compilation error: Cannot
+# allocate memory"): it aborts, or frees code whose unwind tables stay registered with libgcc
+# (jaxlib 0.10.2) and the next C++ exception segfaults in the unwinder. So the suite drops jax's
+# caches whenever the process holds a third of the limit (programs still in use are recompiled on
+# their next call). A CLI run, a batch job or the web app compiles a bounded set of programs and
+# stays far below the limit.
 MAP_SHARE = 1 / 3
 
 
