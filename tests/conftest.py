@@ -14,33 +14,40 @@ MAESTRO = pathlib.Path(
 # process lives: over the whole suite (~640 tests, thousands of shapes) one pytest process passes
 # 65,000. XLA's JIT then cannot map a new program's memory ("LLVM compilation error: Cannot
 # allocate memory"): it aborts, or frees code whose unwind tables stay registered with libgcc
-# (jaxlib 0.10.2) and the next C++ exception segfaults in the unwinder. So the suite drops jax's
-# caches whenever the process holds a third of the limit (programs still in use are recompiled on
-# their next call). A CLI run, a batch job or the web app compiles a bounded set of programs and
-# stays far below the limit.
-MAP_SHARE = 1 / 3
+# (jaxlib 0.10.2) and the next C++ exception segfaults in the unwinder. So after each test file
+# the suite drops jax's caches if the process holds a third of the limit (between files, so a
+# file's warmed-up web server never recompiles while it serves), and after any test at three
+# quarters. A CLI run, a batch job or the web app compiles a bounded set of programs and stays far
+# below the limit.
+BETWEEN_FILES, ANY_TEST = 1 / 3, 3 / 4
 
 
-def _mapping_counts() -> tuple[int, int] | None:
-    """(mappings this process holds, the kernel's limit), or None where /proc does not say."""
+def _drop_programs_over(share: float) -> None:
+    """Drop jax's compiled programs if this process holds over ``share`` of its mapping limit."""
     try:
         with open("/proc/self/maps", "rb") as maps:
             held = sum(1 for _ in maps)
         with open("/proc/sys/vm/max_map_count") as limit:
-            return held, int(limit.read())
-    except (OSError, ValueError):
-        return None
-
-
-@pytest.fixture(autouse=True)
-def _bounded_program_cache():
-    yield
-    counts = _mapping_counts()
-    if counts is not None and counts[0] > MAP_SHARE * counts[1]:
+            over = held > share * int(limit.read())
+    except (OSError, ValueError):  # no /proc: not Linux
+        return
+    if over:
         import jax
 
         jax.clear_caches()
         gc.collect()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _bounded_programs_per_file():
+    yield
+    _drop_programs_over(BETWEEN_FILES)
+
+
+@pytest.fixture(autouse=True)
+def _bounded_programs_per_test():
+    yield
+    _drop_programs_over(ANY_TEST)
 
 
 @pytest.fixture(scope="session")
