@@ -207,7 +207,14 @@ def draw_rolls(path: pathlib.Path, rolls: list) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.env import add_checkpoint_flag, add_out_flag, environment, write_json
+    from benchmarks.env import (
+        add_checkpoint_flag,
+        add_out_flag,
+        add_rolls_flag,
+        environment,
+        rolls_path,
+        write_json,
+    )
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_checkpoint_flag(p)
@@ -220,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guidance-tokens", type=int, help="guidance window (default: the shipped one)")
     p.add_argument("--label", help="the result's key (default: the checkpoint)")
     add_out_flag(p, RESULTS)
-    p.add_argument("--rolls", default=str(ROLLS))
+    add_rolls_flag(p, ROLLS, "piano rolls of the primes and first continuations (PNG)")
     args = p.parse_args(argv)
 
     from perceiver_midi.app.core.pipeline import Settings
@@ -243,8 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     results = json.loads(out_path.read_text()) if out_path.exists() else {}
     results[args.label or ckpt] = entry
     write_json(out_path, results)
-    if args.rolls:
-        draw_rolls(pathlib.Path(args.rolls), result["rolls"])
+    if (png := rolls_path(args.rolls)) is not None:
+        draw_rolls(png, result["rolls"])
     print(json.dumps(result["summary"]))
     return 0
 

@@ -148,6 +148,20 @@ def add_out_flag(parser, default: str | os.PathLike) -> None:
     parser.add_argument("--out", default=str(default), help="results JSON (default: %(default)s)")
 
 
+def add_rolls_flag(parser, default: str | os.PathLike | None, help: str) -> None:
+    """``--rolls PATH``: a piano-roll PNG; ``none`` (any case) skips it. Read by ``rolls_path``."""
+    parser.add_argument(
+        "--rolls", default=None if default is None else str(default), help=f"{help}; 'none' to skip"
+    )
+
+
+def rolls_path(value: str | None) -> pathlib.Path | None:
+    """The ``--rolls`` value as a path, or None for no PNG (left out, empty or ``none``)."""
+    if not value or value.lower() == "none":
+        return None
+    return pathlib.Path(value)
+
+
 def add_note_flag(parser) -> None:
     """``--note TEXT`` (default ""): a remark stored with the results."""
     parser.add_argument(

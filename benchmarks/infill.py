@@ -302,7 +302,14 @@ def draw_rolls(path: pathlib.Path, rolls: list) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.env import add_out_flag, environment, training_beside, write_json
+    from benchmarks.env import (
+        add_out_flag,
+        add_rolls_flag,
+        environment,
+        rolls_path,
+        training_beside,
+        write_json,
+    )
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", help="an infilling checkpoint (default: the shipped one)")
@@ -323,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--sample", type=int, default=0, help="also regenerate this many gaps")
     p.add_argument("--sample-gap", type=float, default=5.0, help="their length (seconds)")
-    p.add_argument("--rolls", help="piano rolls of the first regenerated gaps (PNG)")
+    add_rolls_flag(p, None, "piano rolls of the first regenerated gaps (PNG)")
     add_out_flag(p, RESULTS)
     args = p.parse_args(argv)
 
@@ -354,8 +361,8 @@ def main(argv: list[str] | None = None) -> int:
         rolls = played.pop("_rolls")
         result["played"] = {"gap_seconds": args.sample_gap, **played}
         print(json.dumps({"played": result["played"]}), flush=True)
-        if args.rolls:
-            draw_rolls(pathlib.Path(args.rolls), rolls)
+        if (png := rolls_path(args.rolls)) is not None:
+            draw_rolls(png, rolls)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     result["training_beside"] = training_beside()
     result["environment"] = environment()

@@ -303,7 +303,7 @@ def print_table(summary: dict, diag: dict) -> None:
 
 
 def parse_args(argv):
-    from benchmarks.env import add_checkpoint_flag, add_note_flag, add_out_flag
+    from benchmarks.env import add_checkpoint_flag, add_note_flag, add_out_flag, add_rolls_flag
     from perceiver_midi.app.core.pipeline import (
         DEFAULT_GUIDANCE,
         DEFAULT_GUIDANCE_TOKENS,
@@ -388,11 +388,7 @@ def parse_args(argv):
     )
     p.add_argument("--skip-nll", action="store_true", help="leave out the validation NLL")
     add_out_flag(p, RESULTS)
-    p.add_argument(
-        "--rolls",
-        default=str(ROLLS),
-        help="piano-roll PNG (MAESTRO excerpts: keep it git-ignored); 'none' to skip",
-    )
+    add_rolls_flag(p, ROLLS, "piano-roll PNG (MAESTRO excerpts: keep it git-ignored)")
     add_note_flag(p)
     args = p.parse_args(argv)
     if args.pieces is None:
@@ -421,7 +417,7 @@ def parse_args(argv):
 
 
 def run(args) -> dict:
-    from benchmarks.env import environment
+    from benchmarks.env import environment, rolls_path
     from perceiver_midi.app.core.pipeline import Settings, Window, prime_ids
     from perceiver_midi.model.checkpoint import (
         CheckpointError,
@@ -559,10 +555,9 @@ def run(args) -> dict:
         nll = validation_nll(model, pathlib.Path(args.data), maestro, nll_pieces)
         nll_s = time.perf_counter() - t0
 
-    rolls_path = None
-    if args.rolls.lower() != "none":
-        rolls_path = pathlib.Path(args.rolls)
-        draw_rolls(rolls_path, rolls, args.seconds)
+    png = rolls_path(args.rolls)
+    if png is not None:
+        draw_rolls(png, rolls, args.seconds)
 
     return {
         "benchmark": "quality",
@@ -603,7 +598,7 @@ def run(args) -> dict:
         },
         "nll": nll,
         "pieces": pieces,
-        "rolls": str(rolls_path) if rolls_path else None,
+        "rolls": str(png) if png else None,
         "timings": {
             "generate_s": generate_s,
             "nll_s": nll_s,

@@ -11,7 +11,7 @@ from importlib import metadata
 
 import pytest
 
-from benchmarks.env import write_json
+from benchmarks.env import add_rolls_flag, rolls_path, write_json
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
@@ -26,6 +26,27 @@ def test_write_json_mode_follows_umask(tmp_path, umask, mode):
     assert stat.S_IMODE(out.stat().st_mode) == mode
     assert json.loads(out.read_text()) == {"a": 2}
     assert [p.name for p in out.parent.iterdir()] == ["x.json"]  # no temp file left
+
+
+@pytest.mark.parametrize(
+    "argv, default, png",
+    [
+        ([], "r/rolls.png", "r/rolls.png"),
+        (["--rolls", "none"], "r/rolls.png", None),
+        (["--rolls", "None"], "r/rolls.png", None),
+        (["--rolls", ""], "r/rolls.png", None),
+        (["--rolls", "x.png"], None, "x.png"),
+        ([], None, None),
+    ],
+)
+def test_rolls_flag_reads_none_as_skip_on_every_benchmark(argv, default, png):
+    """Once a benchmark wrote a PNG named 'none' at the top level: 'none' means no PNG."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_rolls_flag(parser, default, "rolls")
+    got = rolls_path(parser.parse_args(argv).rolls)
+    assert got == (None if png is None else pathlib.Path(png))
 
 
 def test_model_quick_run_never_marks_a_target():
