@@ -96,6 +96,33 @@ def _score_windows(seq: np.ndarray, score_from: int, n: int, m: int):
     return [np.stack(c) for c in zip(*rows, strict=True)]
 
 
+def log_probs(model, batch: int = 4):
+    """``f(seq, score_from)`` -> float32 ``[len(seq) - score_from, V]``: the model's
+    log-probabilities of the token at each position from ``score_from`` on, each with the last
+    N tokens before it (windows of M targets, ``batch`` windows per call)."""
+    import jax
+    import jax.numpy as jnp
+
+    n, m = int(model.config.max_len), int(model.config.num_latents)
+    forward = jax.jit(lambda t: jax.nn.log_softmax(model(t), axis=-1))
+
+    def run(seq: np.ndarray, score_from: int) -> np.ndarray:
+        x, _, mask, idx = _score_windows(seq, score_from, n, m)
+        out = None
+        for i in range(0, len(x), batch):
+            xb = np.zeros((batch, n), np.int32)
+            xb[: len(x[i : i + batch])] = x[i : i + batch]
+            logp = np.asarray(forward(jnp.asarray(xb)))[: len(x[i : i + batch])]
+            if out is None:
+                out = np.zeros((seq.size, logp.shape[-1]), np.float32)
+            for j in range(logp.shape[0]):
+                keep = mask[i + j]
+                out[idx[i + j][keep]] = logp[j][keep]
+        return out[score_from:]
+
+    return run
+
+
 def middle_nll(
     model, gaps: list[dict], batch: int = 4, equal_prefix: bool = False, wrong_after: bool = False
 ) -> list[dict]:
@@ -103,28 +130,15 @@ def middle_nll(
     ``equal_prefix``: the before-only arm gets the same part before the gap as the infilling
     prompt holds (isolates what the part after the gap adds from the context it costs).
     ``wrong_after``: a third arm, the prompt with the next gap's part after the gap."""
-    import jax
-    import jax.numpy as jnp
-
     from perceiver_midi.model import infill
 
-    n, m = int(model.config.max_len), int(model.config.num_latents)
+    n = int(model.config.max_len)
     layout = model.config.infill_layout
-    forward = jax.jit(lambda t: jax.nn.log_softmax(model(t), axis=-1))
+    forward = log_probs(model, batch)
 
     def nll_of(seq, score_from):
-        x, y, mask, idx = _score_windows(seq, score_from, n, m)
-        out = np.zeros(seq.size)
-        for i in range(0, len(x), batch):
-            xb = np.zeros((batch, n), np.int32)
-            xb[: len(x[i : i + batch])] = x[i : i + batch]
-            logp = np.asarray(forward(jnp.asarray(xb)))[: len(x[i : i + batch])]
-            for j in range(logp.shape[0]):
-                keep = mask[i + j]
-                tgt = np.minimum(y[i + j], logp.shape[-1] - 1)[:, None]  # a masked sentinel
-                tok_lp = np.take_along_axis(logp[j], tgt, axis=-1)[:, 0]
-                out[idx[i + j][keep]] = -tok_lp[keep]
-        return out[score_from:]
+        logp_TxV = forward(seq, score_from)
+        return -np.take_along_axis(logp_TxV, seq[score_from:, None], axis=-1)[:, 0]
 
     def both_sides(seq, a, b, after):
         middle = seq[a:b]

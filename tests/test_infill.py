@@ -640,3 +640,44 @@ def test_crops_with_join_tokens_repeat_the_real_start_after_the_gap(tail):
         assert any((seq[i : i + len(run)] == run).all() for i in range(len(seq) - len(run) + 1))
         assert infill.music_before_middle(row).tolist() == [*prefix, MID, *middle]
     assert seen >= 6
+
+
+def test_infill_bonus_pitch_sets_table():
+    from benchmarks.infill_bonus import SETS, pitch_sets
+
+    after = np.array([
+        OFF + 50,  # held (first met as a NOTE_OFF)
+        ON + 60, ON + 64,  # join: started in the first second
+        ts(100), ON + 72,  # at 1 s: after_3s (72 is also pitch class 0, but a start after 1 s)
+        ts(100), ON + 67, OFF + 60,  # at 2 s: after_3s
+        ts(100), ON + 62,  # at 3 s: too late for any set
+    ])  # fmt: skip
+    got = {s: np.nonzero(row)[0].tolist() for s, row in zip(SETS, pitch_sets(after), strict=True)}
+    join_class = [p for p in range(128) if p % 12 in (0, 4) and p not in (60, 64)]
+    assert got == {"join": [60, 64], "join_class": join_class, "after_3s": [67, 72], "held": [50]}
+
+
+def test_infill_bonus_fit_finds_a_planted_bonus_and_nothing_without_one():
+    """Oracle: middles whose every target is a join pitch's NOTE_ON under flat log-probabilities
+    gain from a positive join bonus; the held arm (no held pitches here) gains nothing."""
+    from benchmarks.infill_bonus import SETS, fit, gains
+
+    rng = np.random.default_rng(0)
+    t = 200
+    sets = np.zeros((2, len(SETS), 128), bool)
+    sets[:, 0, [60, 64, 67]] = True  # join pitches of both middles
+    rows = {
+        "logp": np.full((t, VOCAB_SIZE), -np.log(VOCAB_SIZE), np.float32),
+        "target": ON + rng.choice([60, 64, 67], t),
+        "bucket": rng.integers(2, 10, t),
+        "left": rng.uniform(0.05, 10, t),
+        "seconds": np.repeat([2.0, 10.0], t // 2),
+        "sets": sets,
+        "middle": np.repeat([0, 1], t // 2),
+    }
+    join = fit(rows, [True, False, False, False])
+    assert (join[0, 2:] > 1).all() and not join[1:].any()  # unused sets stay 0
+    g = gains(rows, join)
+    assert g["gain"] > 1.0 and g["gain_2s"] > 1.0 and g["last_second_gain"] > 1.0
+    held = fit(rows, [False, False, False, True])
+    assert gains(rows, held)["gain"] == pytest.approx(0.0, abs=1e-6)
