@@ -66,6 +66,10 @@ class Config:
         a figure replayed with human timing is still found; the pitch that followed gets a
         logit bonus by match length that moves probability among the NOTE_ONs only (their
         total, and so the timing, stays the model's), plus zero-initialised embeddings.
+      match_min_notes: N > 0: both lookups drop a match whose earlier occurrence is fewer than N
+        notes back (a note or a trill repeating itself), which in free-running sampling feeds
+        on the model's own repeats (``model/match.py``). No parameters: a checkpoint can be
+        read with or without it.
       infill: the input embedding also holds the infilling sentinels (``vocab.FIM_*``,
         ``model/infill.py``), so a prompt can show what comes after a gap before what comes
         before it; the logits stay ``vocab_size`` wide (a sentinel is never predicted).
@@ -118,6 +122,7 @@ class Config:
     latent_smear: int = 0
     match_lookup: int = 0
     note_lookup: int = 0
+    match_min_notes: int = 0
     infill: bool = False
     gap_clock: bool = False
     gap_join: bool = False
@@ -149,6 +154,8 @@ class Config:
             raise ValueError(f"match_lookup must be in [0, 32], got {self.match_lookup}")
         if not 0 <= self.note_lookup <= 32:
             raise ValueError(f"note_lookup must be in [0, 32], got {self.note_lookup}")
+        if not 0 <= self.match_min_notes <= 16:
+            raise ValueError(f"match_min_notes must be in [0, 16], got {self.match_min_notes}")
         if (self.gap_clock or self.gap_join or self.gap_segments) and not self.infill:
             raise ValueError("gap_clock, gap_join and gap_segments need infill")
         if self.gap_held and not self.infill:

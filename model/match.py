@@ -20,6 +20,13 @@ another order around the notes, so a run of agreeing tokens stays short. ``note_
 (``Config.note_lookup``) is the same search over the NOTE_ON pitches alone: which pitch
 followed the last time the latest notes were played in this order?
 
+A match one or two notes back is a note or a trill repeating itself; in free-running sampling the
+model's own repeats then find ever longer matches, whose logit bonus makes the next repeat more
+likely: a continuation stuck on one note for 15 s. ``min_notes`` (``Config.match_min_notes``) N > 0
+drops a match (length 0) whose earlier occurrence starts fewer than N notes back (the NOTE_ONs from
+the followed token to the query, both included, or the query's note and those after the matched
+run); a figure of N notes or more is still found.
+
 Pure functions of token ids (no parameters); ``lookup`` serves the full forward and a latent
 refill; a decoding step keeps each ring slot's match length (``ring_lengths`` at a refill,
 ``advance_lengths`` per token) and reads the answer with ``best_in_ring``. Both give the same
@@ -74,10 +81,11 @@ def _best(len_BxQxT: jax.Array, order_T: jax.Array, ok_BxQxT: jax.Array):
     return best_BxQ, jnp.where(jnp.max(score, axis=-1) >= 0, best_len_BxQ, 0)
 
 
-def lookup(tokens_BxL: jax.Array, num_queries: int, max_len: int):
+def lookup(tokens_BxL: jax.Array, num_queries: int, max_len: int, min_notes: int = 0):
     """For the last Q positions p of ``tokens`` (left-padded): (follow_BxQ, length_BxQ), the token
     at the best t <= p (its L preceding coarse tokens vs the L ending at p) and the match length
-    (0..L; with 0 the token is meaningless)."""
+    (0..L; with 0 the token is meaningless; 0 too when tokens t..p hold fewer than ``min_notes``
+    NOTE_ONs)."""
     b, n = tokens_BxL.shape
     q = num_queries
     c_BxL = coarse(tokens_BxL)
@@ -93,6 +101,12 @@ def lookup(tokens_BxL: jax.Array, num_queries: int, max_len: int):
         length = length + alive
     ok = (t_T[None, :] <= p_Q[:, None])[None] & (length > 0)
     best_BxQ, len_BxQ = _best(length, t_T, ok)
+    if min_notes:
+        on_BxL = _is_note_on(tokens_BxL).astype(jnp.int32)
+        before_BxL = jnp.cumsum(on_BxL, axis=1) - on_BxL  # NOTE_ONs before each position
+        upto_BxQ = jnp.cumsum(on_BxL, axis=1)[:, n - q :]  # NOTE_ONs up to and with p
+        notes_BxQ = upto_BxQ - jnp.take_along_axis(before_BxL, best_BxQ, axis=1)
+        len_BxQ = jnp.where(notes_BxQ < min_notes, 0, len_BxQ)
     return jnp.take_along_axis(tokens_BxL, best_BxQ, axis=1), len_BxQ
 
 
@@ -130,25 +144,34 @@ def advance_lengths(
     return jnp.where(agree_BxC & (cur >= first_B)[:, None], grown, 0)
 
 
-def best_in_ring(ring_BxC: jax.Array, length_BxC: jax.Array, col_C, first_B, cur):
+def best_in_ring(
+    ring_BxC: jax.Array, length_BxC: jax.Array, col_C, first_B, cur, min_notes: int = 0
+):
     """(follow_B, length_B) from the ring's match lengths: ``lookup``'s answer for ``cur``."""
-    ok = (col_C[None] >= first_B[:, None]) & (col_C[None] <= cur) & (length_BxC > 0)
+    inside_BxC = (col_C[None] >= first_B[:, None]) & (col_C[None] <= cur)
+    ok = inside_BxC & (length_BxC > 0)
     order_C = col_C - jnp.min(col_C)  # recency, >= 0
     best_B1, len_B1 = _best(length_BxC[:, None], order_C, ok[:, None])
-    return jnp.take_along_axis(ring_BxC, best_B1, axis=1)[:, 0], len_B1[:, 0]
+    len_B = len_B1[:, 0]
+    if min_notes:
+        since_BxC = inside_BxC & (col_C[None] >= col_C[best_B1[:, 0]][:, None])
+        notes_B = jnp.sum(_is_note_on(ring_BxC) & since_BxC, axis=1)
+        len_B = jnp.where(notes_B < min_notes, 0, len_B)
+    return jnp.take_along_axis(ring_BxC, best_B1, axis=1)[:, 0], len_B
 
 
 def _is_note_on(tokens):
     return (tokens >= NOTE_ON_FIRST_ID) & (tokens < NOTE_ON_FIRST_ID + NUM_PITCHES)
 
 
-def note_lookup(tokens_BxL: jax.Array, num_queries: int, max_len: int):
+def note_lookup(tokens_BxL: jax.Array, num_queries: int, max_len: int, min_notes: int = 0):
     """For the last Q positions p of ``tokens``: (follow_BxQ, length_BxQ) over the NOTE_ONs only.
 
     The notes up to p, in order, end with pitches a_1..a_k; the answer is the NOTE_ON id that
     followed the latest earlier run of notes equal to the longest such suffix (at most L notes;
-    the most recent among equals), and that length (0..L; with 0 the id is meaningless). Every
-    other token is ignored, so timing, NOTE_OFFs and loudness never break a match."""
+    the most recent among equals), and that length (0..L; with 0 the id is meaningless; 0 too
+    when that run ends fewer than ``min_notes`` notes before a_k). Every other token is
+    ignored, so timing, NOTE_OFFs and loudness never break a match."""
     b, n = tokens_BxL.shape
     on_BxL = _is_note_on(tokens_BxL)
     count_BxL = jnp.cumsum(on_BxL, axis=1, dtype=jnp.int32)  # notes up to and including p
@@ -169,16 +192,20 @@ def note_lookup(tokens_BxL: jax.Array, num_queries: int, max_len: int):
         length = length + alive
     ok = (j_T[None, None, :] < last_BxQ[:, :, None]) & (length > 0)
     best_BxQ, len_BxQ = _best(length, j_T, ok)
+    if min_notes:
+        len_BxQ = jnp.where(last_BxQ - best_BxQ < min_notes, 0, len_BxQ)
     follow_BxQ = jnp.take_along_axis(notes_BxL, jnp.minimum(best_BxQ + 1, n - 1), axis=1)
     return follow_BxQ, len_BxQ
 
 
-def note_lookup_ring(ring_BxC: jax.Array, first_B: jax.Array, cur, max_len: int):
+def note_lookup_ring(
+    ring_BxC: jax.Array, first_B: jax.Array, cur, max_len: int, min_notes: int = 0
+):
     """``note_lookup``'s answer for the newest column ``cur`` of a ring of token ids (column c in
     slot c % C) whose window starts at column ``first_B``: (follow_B, length_B). O(L C)."""
     cap = ring_BxC.shape[1]
     col_C = cur - cap + 1 + jnp.arange(cap, dtype=jnp.int32)  # oldest first, ``cur`` last
     ordered_BxC = ring_BxC[:, col_C % cap]
     ordered_BxC = jnp.where(col_C[None] >= first_B[:, None], ordered_BxC, PAD_ID)
-    follow_Bx1, len_Bx1 = note_lookup(ordered_BxC, 1, max_len)
+    follow_Bx1, len_Bx1 = note_lookup(ordered_BxC, 1, max_len, min_notes)
     return follow_Bx1[:, 0], len_Bx1[:, 0]

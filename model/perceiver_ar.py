@@ -583,10 +583,10 @@ class PerceiverAR(nnx.Module):
         if self.note_in is not None:
             z_BxMxD = z_BxMxD + self.note_in(note_state.state_features(tokens_BxL, m)[0])
         if c.match_lookup:
-            found = match.lookup(tokens_BxL, m, c.match_lookup)
+            found = match.lookup(tokens_BxL, m, c.match_lookup, c.match_min_notes)
             z_BxMxD = z_BxMxD + self._match_term(*found)
         if c.note_lookup:
-            found_notes = match.note_lookup(tokens_BxL, m, c.note_lookup)
+            found_notes = match.note_lookup(tokens_BxL, m, c.note_lookup, c.match_min_notes)
             z_BxMxD = z_BxMxD + self._note_term(*found_notes)
         if self._uses_clock:
             clock_BxM, clock, pending_BxMxP = gap_clock.buckets(tokens_BxL, m, c.gap_held)
@@ -792,10 +792,14 @@ class PerceiverAR(nnx.Module):
             z_BxFxD = z_BxFxD + self.note_in(feats_BxFxS)
             cache = cache._replace(notes=notes)
         if self.config.match_lookup:
-            found = match.lookup(tokens_BxW, f, self.config.match_lookup)
+            found = match.lookup(
+                tokens_BxW, f, self.config.match_lookup, self.config.match_min_notes
+            )
             z_BxFxD = z_BxFxD + self._match_term(*found)
         if self.config.note_lookup:
-            found_notes = match.note_lookup(tokens_BxW, f, self.config.note_lookup)
+            found_notes = match.note_lookup(
+                tokens_BxW, f, self.config.note_lookup, self.config.match_min_notes
+            )
             z_BxFxD = z_BxFxD + self._note_term(*found_notes)
         if self._uses_clock or self.config.gap_segments:
             clock_BxF, clock, pending_BxFxP = gap_clock.buckets(tokens_BxW, f, self.config.gap_held)
@@ -875,12 +879,15 @@ class PerceiverAR(nnx.Module):
                 cache.mlen, cache.toks, col_C, first_B, cache.cur, self.config.match_lookup
             )
             cache = cache._replace(mlen=mlen)
-            follow_B, len_B = match.best_in_ring(cache.toks, mlen, col_C, first_B, cache.cur)
+            follow_B, len_B = match.best_in_ring(
+                cache.toks, mlen, col_C, first_B, cache.cur, self.config.match_min_notes
+            )
             z_Bx1xD = z_Bx1xD + self._match_term(follow_B, len_B)[:, None]
         if self.config.note_lookup:
             note_B, note_len_B = match.note_lookup_ring(
-                cache.toks, self._ring_columns(cache)[1], cache.cur, self.config.note_lookup
-            )
+                cache.toks, self._ring_columns(cache)[1], cache.cur, self.config.note_lookup,
+                self.config.match_min_notes,
+            )  # fmt: skip
             z_Bx1xD = z_Bx1xD + self._note_term(note_B, note_len_B)[:, None]
         if self._uses_clock:
             clock = cache.clock

@@ -13,8 +13,13 @@ from perceiver_midi.model.config import get_config
 from perceiver_midi.model.perceiver_ar import PerceiverAR
 
 
-def _oracle(tokens: np.ndarray, q: int, max_len: int):
-    """Brute force over every (p, t): the latest t <= p with the longest coarse agreement."""
+def _is_on(t) -> bool:
+    return vocab.NOTE_ON_FIRST_ID <= t < vocab.NOTE_ON_FIRST_ID + vocab.NUM_PITCHES
+
+
+def _oracle(tokens: np.ndarray, q: int, max_len: int, min_notes: int = 0):
+    """Brute force over every (p, t): the latest t <= p with the longest coarse agreement;
+    dropped (length 0) when tokens t..p hold fewer than ``min_notes`` NOTE_ONs."""
     c = match.coarse_table()[tokens]
     b, n = tokens.shape
     follow = np.zeros((b, q), np.int64)
@@ -31,19 +36,23 @@ def _oracle(tokens: np.ndarray, q: int, max_len: int):
                     k += 1
                 if k > 0 and (k, t) > best:
                     best = (k, t)
-            length[bi, qi] = best[0]
+            near = sum(_is_on(x) for x in tokens[bi, best[1] : p + 1]) < min_notes
+            length[bi, qi] = 0 if near else best[0]
             follow[bi, qi] = tokens[bi, best[1]] if best[0] else tokens[bi, 0]
     return follow, length
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_lookup_equals_brute_force(seed):
+@pytest.mark.parametrize("seed, min_notes", [(0, 0), (1, 0), (2, 0), (3, 0), (0, 2), (1, 3)])
+def test_lookup_equals_brute_force(seed, min_notes):
     rng = np.random.default_rng(seed)
     alphabet = np.array([5, 60, 140, 260, 261, 270, 365, 380])  # few ids: many matches
     tokens = rng.choice(alphabet, size=(2, 48)).astype(np.int32)
     tokens[1, :9] = vocab.PAD_ID  # left padding never matches
-    follow, length = match.lookup(jnp.asarray(tokens), 16, 5)
-    want_follow, want_len = _oracle(tokens, 16, 5)
+    follow, length = match.lookup(jnp.asarray(tokens), 16, 5, min_notes)
+    want_follow, want_len = _oracle(tokens, 16, 5, min_notes)
+    if min_notes:  # some matches are dropped, not all
+        kept = _oracle(tokens, 16, 5)[1] > 0
+        assert 0 < (want_len[kept] == 0).sum() < kept.sum()
     np.testing.assert_array_equal(np.asarray(length), want_len)
     found = want_len > 0
     np.testing.assert_array_equal(np.asarray(follow)[found], want_follow[found])
@@ -60,6 +69,35 @@ def test_a_repeat_is_found_and_gives_the_next_token():
     np.testing.assert_array_equal(np.asarray(follow)[0], want[30 - q : 30])
     assert np.all(np.asarray(length) == 8)
     assert n == 61
+
+
+@pytest.mark.parametrize(
+    "pitches, kept",
+    [
+        ([72], False),  # one note struck again and again: dropped
+        ([72, 76], False),  # a trill: dropped
+        ([60, 64, 67], True),  # a broken chord of three notes: kept
+        ([60, 67, 64, 67], True),  # an Alberti bass: kept
+    ],
+)
+def test_min_notes_drops_a_note_or_trill_repeating_itself_and_keeps_a_figure(pitches, kept):
+    """The loop a free-running sampler falls into (a note or trill feeding the lookup its own
+    repeats) finds no match with ``min_notes=3``; a figure of three notes or more still does,
+    in both lookups and in the decoding step's ring form."""
+    on, off, shift = vocab.NOTE_ON_FIRST_ID, vocab.NOTE_OFF_FIRST_ID, vocab.TIME_SHIFT_FIRST_ID
+    play = [t for p in pitches for t in (on + p, shift + 9, off + p, shift + 4)]
+    tokens = np.array([[vocab.SOS_ID] + play * (24 // len(pitches))], np.int32)
+    for lookup in (match.lookup, match.note_lookup):
+        plain = lookup(jnp.asarray(tokens), 8, 8)[1]
+        assert (np.asarray(plain) == 8).all()
+        lengths = np.asarray(lookup(jnp.asarray(tokens), 8, 8, 3)[1])
+        assert (lengths == 8).all() if kept else (lengths == 0).all()
+    cap, cur = tokens.shape[1], tokens.shape[1] - 1  # the ring holds the whole stream
+    col = jnp.arange(cap)
+    first = jnp.asarray([0])
+    ring_len = match.ring_lengths(jnp.asarray(tokens), col, first, cur, 8)
+    _, length = match.best_in_ring(jnp.asarray(tokens), ring_len, col, first, cur, 3)
+    assert int(length[0]) == (int(match.lookup(jnp.asarray(tokens), 1, 8)[1][0, 0]) if kept else 0)
 
 
 def test_coarse_view_table():
@@ -139,9 +177,10 @@ def test_advancing_ring_lengths_equals_recomputing_them():
 # -- the note lookup (NOTE_ON pitches only) --------------------------------------------------
 
 
-def _note_oracle(tokens: np.ndarray, q: int, max_len: int):
+def _note_oracle(tokens: np.ndarray, q: int, max_len: int, min_notes: int = 0):
     """Brute force: the NOTE_ONs up to p as a list; the latest earlier run equal to the longest
-    suffix (<= max_len notes) that has a follower; that follower and the length."""
+    suffix (<= max_len notes) that has a follower; that follower and the length (0 when that
+    run ends fewer than ``min_notes`` notes before the newest)."""
     b, n = tokens.shape
     follow = np.zeros((b, q), np.int64)
     length = np.zeros((b, q), np.int64)
@@ -157,24 +196,24 @@ def _note_oracle(tokens: np.ndarray, q: int, max_len: int):
                     k += 1
                 if k > 0 and (k, j) > best:
                     best = (k, j)
-            length[bi, qi] = best[0]
+            length[bi, qi] = 0 if i - best[1] < min_notes else best[0]
             follow[bi, qi] = notes[best[1] + 1] if best[0] else 0
     return follow, length
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_note_lookup_equals_brute_force(seed):
+@pytest.mark.parametrize("seed, min_notes", [(0, 0), (1, 0), (2, 0), (3, 0), (0, 2), (1, 3)])
+def test_note_lookup_equals_brute_force(seed, min_notes):
     rng = np.random.default_rng(seed)
     on = vocab.NOTE_ON_FIRST_ID
     alphabet = np.array([on + 60, on + 62, on + 64, 140, 260, 261, 365, 380])  # 3 pitches
     tokens = rng.choice(alphabet, size=(3, 64)).astype(np.int32)
     tokens[1, :9] = vocab.PAD_ID  # left padding is no note
     tokens[2, :] = 260  # no note at all: no match anywhere
-    follow, length = match.note_lookup(jnp.asarray(tokens), 24, 5)
-    want_follow, want_len = _note_oracle(tokens, 24, 5)
+    follow, length = match.note_lookup(jnp.asarray(tokens), 24, 5, min_notes)
+    want_follow, want_len = _note_oracle(tokens, 24, 5, min_notes)
     np.testing.assert_array_equal(np.asarray(length), want_len)
     found = want_len > 0
-    assert found[:2].mean() > 0.5 and not found[2].any()
+    assert found[:2].mean() > (0.2 if min_notes else 0.5) and not found[2].any()
     np.testing.assert_array_equal(np.asarray(follow)[found], want_follow[found])
 
 
@@ -215,7 +254,8 @@ def test_note_lookup_ignores_timing_loudness_and_note_offs():
     assert np.mean(right) < 0.75, right
 
 
-def test_note_lookup_ring_equals_window():
+@pytest.mark.parametrize("min_notes", [0, 3])
+def test_note_lookup_ring_equals_window(min_notes):
     """The decoding form (a ring of columns, window from ``first``) answers as the full form."""
     rng = np.random.default_rng(2)
     on = vocab.NOTE_ON_FIRST_ID
@@ -226,10 +266,12 @@ def test_note_lookup_ring_equals_window():
     ring = np.zeros((2, cap), np.int32)
     ring[:, cols[-cap:] % cap] = seq[:, -cap:]
     first = np.array([20, 30], np.int32)  # each row's window starts here
-    follow, length = match.note_lookup_ring(jnp.asarray(ring), jnp.asarray(first), cur, 6)
+    follow, length = match.note_lookup_ring(
+        jnp.asarray(ring), jnp.asarray(first), cur, 6, min_notes
+    )
     for bi in range(2):
         window = seq[bi : bi + 1, first[bi] :]
-        want_f, want_l = match.note_lookup(jnp.asarray(window), 1, 6)
+        want_f, want_l = match.note_lookup(jnp.asarray(window), 1, 6, min_notes)
         assert int(length[bi]) == int(want_l[0, 0])
         if int(want_l[0, 0]):
             assert int(follow[bi]) == int(want_f[0, 0])

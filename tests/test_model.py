@@ -327,33 +327,37 @@ def test_training_mode_requires_rng():
 
 
 @pytest.mark.parametrize(
-    "num_latents, note_state, smear, latent_smear, match_lookup, note_lookup, fim",
+    "num_latents, note_state, smear, latent_smear, match_lookup, note_lookup, fim, min_notes",
     [
-        (None, False, 0, 0, 0, 0, False),
-        (10, False, 0, 0, 0, 0, False),
-        (None, True, 0, 0, 0, 0, False),
-        (None, False, 3, 0, 0, 0, False),
-        (10, False, 2, 0, 0, 0, False),
-        (10, False, 3, 2, 0, 0, False),
-        (None, False, 0, 0, 4, 0, False),
-        (10, False, 3, 2, 6, 0, False),
-        (None, False, 0, 0, 0, 5, False),
-        (10, False, 3, 2, 6, 4, False),
-        (10, False, 3, 2, 6, 4, True),
-        (None, False, 0, 0, 0, 0, "segments"),
-        (10, False, 3, 2, 6, 4, "segments"),
-        (10, False, 3, 2, 6, 4, "join"),
-        (10, False, 3, 2, 6, 4, "tail"),
+        (None, False, 0, 0, 0, 0, False, 0),
+        (10, False, 0, 0, 0, 0, False, 0),
+        (None, True, 0, 0, 0, 0, False, 0),
+        (None, False, 3, 0, 0, 0, False, 0),
+        (10, False, 2, 0, 0, 0, False, 0),
+        (10, False, 3, 2, 0, 0, False, 0),
+        (None, False, 0, 0, 4, 0, False, 0),
+        (10, False, 3, 2, 6, 0, False, 0),
+        (None, False, 0, 0, 0, 5, False, 0),
+        (10, False, 3, 2, 6, 4, False, 0),
+        (10, False, 3, 2, 6, 4, True, 0),
+        (None, False, 0, 0, 0, 0, "segments", 0),
+        (10, False, 3, 2, 6, 4, "segments", 0),
+        (10, False, 3, 2, 6, 4, "join", 0),
+        (10, False, 3, 2, 6, 4, "tail", 0),
+        (None, False, 0, 0, 4, 0, False, 2),
+        (None, False, 0, 0, 0, 5, False, 3),
+        (10, False, 3, 2, 6, 4, False, 3),
     ],
 )
 def test_cached_step_logits_equal_full_forward(
-    num_latents, note_state, smear, latent_smear, match_lookup, note_lookup, fim
+    num_latents, note_state, smear, latent_smear, match_lookup, note_lookup, fim, min_notes
 ):
     """Every decoding step (fills, steps, resets, sliding window) against a full forward.
     ``fim``: infilling prompts, with the gap clock and join (True), and the input segments too
     ("segments"; the window slides past the sentinels, so the segments change), and with the
     start of the part after the gap repeated before MIDDLE ("join"), and the end of the part
-    before the gap after that repeat, with the pending pitches' maps ("tail")."""
+    before the gap after that repeat, with the pending pitches' maps ("tail"). ``min_notes``:
+    the lookups drop matches fewer than that many notes back."""
     cfg = dataclasses.replace(
         TINY,
         note_state=note_state,
@@ -361,6 +365,7 @@ def test_cached_step_logits_equal_full_forward(
         latent_smear=latent_smear,
         match_lookup=match_lookup,
         note_lookup=note_lookup,
+        match_min_notes=min_notes,
         infill=bool(fim),
         gap_clock=bool(fim),
         gap_join=bool(fim),
