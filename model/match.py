@@ -23,9 +23,9 @@ followed the last time the latest notes were played in this order?
 A match one or two notes back is a note or a trill repeating itself; in free-running sampling the
 model's own repeats then find ever longer matches, whose logit bonus makes the next repeat more
 likely: a continuation stuck on one note for 15 s. ``min_notes`` (``Config.match_min_notes``) N > 0
-drops a match (length 0) whose earlier occurrence starts fewer than N notes back (the NOTE_ONs from
-the followed token to the query, both included, or the query's note and those after the matched
-run); a figure of N notes or more is still found.
+drops a match (length 0) that lies fewer than N notes back: for ``lookup``, fewer than N NOTE_ONs
+from the followed token to the query, both included; for ``note_lookup``, a matched run that ends
+fewer than N notes before the query's. A figure of N notes or more is still found.
 
 Pure functions of token ids (no parameters); ``lookup`` serves the full forward and a latent
 refill; a decoding step keeps each ring slot's match length (``ring_lengths`` at a refill,
