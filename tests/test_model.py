@@ -344,8 +344,6 @@ def test_training_mode_requires_rng():
         (10, False, 3, 2, 6, 4, "segments", 0),
         (10, False, 3, 2, 6, 4, "join", 0),
         (10, False, 3, 2, 6, 4, "tail", 0),
-        (None, False, 0, 0, 4, 0, False, 2),
-        (None, False, 0, 0, 0, 5, False, 3),
         (10, False, 3, 2, 6, 4, False, 3),
     ],
 )
