@@ -103,9 +103,9 @@ def lookup(tokens_BxL: jax.Array, num_queries: int, max_len: int, min_notes: int
     best_BxQ, len_BxQ = _best(length, t_T, ok)
     if min_notes:
         on_BxL = _is_note_on(tokens_BxL).astype(jnp.int32)
-        before_BxL = jnp.cumsum(on_BxL, axis=1) - on_BxL  # NOTE_ONs before each position
-        upto_BxQ = jnp.cumsum(on_BxL, axis=1)[:, n - q :]  # NOTE_ONs up to and with p
-        notes_BxQ = upto_BxQ - jnp.take_along_axis(before_BxL, best_BxQ, axis=1)
+        upto_BxL = jnp.cumsum(on_BxL, axis=1)  # NOTE_ONs up to and with each position
+        before_BxQ = jnp.take_along_axis(upto_BxL - on_BxL, best_BxQ, axis=1)  # before t
+        notes_BxQ = upto_BxL[:, n - q :] - before_BxQ
         len_BxQ = jnp.where(notes_BxQ < min_notes, 0, len_BxQ)
     return jnp.take_along_axis(tokens_BxL, best_BxQ, axis=1), len_BxQ
 
