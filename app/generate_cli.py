@@ -19,12 +19,14 @@ from perceiver_midi.app.core.pipeline import (
     CONTROL_FIELDS,
     DEFAULT_GUIDANCE,
     DEFAULT_GUIDANCE_TOKENS,
+    DEFAULT_HUMANIZE,
     DEFAULT_MAX_NOTE_SECONDS,
     DEFAULT_MAX_POLYPHONY,
     DEFAULT_MIN_P,
     DEFAULT_PRIME_SECONDS,
     DEFAULT_SECONDS,
     DEFAULT_TOP_P,
+    HUMANIZE_CHOICES,
     MAX_GUIDANCE,
     MAX_NOTE_SECONDS,
     MAX_SECONDS,
@@ -132,6 +134,14 @@ def _add_sampling(p: argparse.ArgumentParser, *, batch: bool = False, infill: bo
         help="the guidance's comparison sees only the prime's last K tokens (default "
         f"{DEFAULT_GUIDANCE_TOKENS})",
     )
+    if not infill:  # (an infilling prompt is never humanized)
+        g.add_argument(
+            "--humanize",
+            choices=HUMANIZE_CHOICES,
+            help="a prime that looks quantized (onsets on a grid or one loudness) reaches the "
+            "model played with human timing and loudness; the files keep it as given (default "
+            f"{DEFAULT_HUMANIZE}; on: every prime; off: never)",
+        )
     seed_help = (
         "base seed; each item's seed is derived from it and the prime's identity"
         if batch
@@ -250,7 +260,7 @@ def settings_from_args(args: argparse.Namespace, *, window: bool = True):
         if args.prime_seconds is not None and args.prime_range is not None:
             raise UserError("--prime-seconds and --prime-range contradict each other: give one")
         win = Window.from_options(args.prime_seconds, args.prime_tokens, args.prime_range)
-    controls = {f: getattr(args, f) for f in CONTROL_FIELDS}  # None: the Settings default
+    controls = {f: getattr(args, f, None) for f in CONTROL_FIELDS}  # None: the Settings default
     return Settings(
         seconds=seconds,
         tokens=tokens,

@@ -20,7 +20,9 @@ from perceiver_midi.model.vocab import (
     VOCAB_SIZE,
 )
 from perceiver_midi.tokenizer.augment import augment
+from perceiver_midi.tokenizer.constants import NUM_VELOCITY_BINS
 from perceiver_midi.tokenizer.dataset import TokenSplit
+from perceiver_midi.tokenizer.retime import sketch_view
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +67,43 @@ class Repeats:
 
 
 NO_REPEATS = Repeats()
+
+
+@dataclasses.dataclass(frozen=True)
+class Sketches:
+    """Plain crops seen as a sketch from a DAW or notation program encodes them
+    (``tokenizer.augment.sketch_view``), inputs and targets alike: a ``share`` of the plain crops
+    has every onset and end on a grid of ``min_grid``..``max_grid`` steps (drawn per crop; 12.5 is
+    a sixteenth at 120 bpm) and, for a ``one_velocity`` share of those, one loudness (a bin in
+    ``min_bin``..``max_bin``). Users' primes are often such sketches; MAESTRO holds none, and the
+    model keeps a quantized figure less often than the same figure played with human timing
+    (``benchmarks/continuing.py``)."""
+
+    share: float = 0.0
+    min_grid: float = 5.0
+    max_grid: float = 15.0
+    one_velocity: float = 0.5
+    min_bin: int = 12
+    max_bin: int = 24
+
+    def __post_init__(self):
+        if not 0.0 <= self.share <= 1.0:
+            raise ValueError(f"sketch share must be in [0, 1], got {self.share}")
+        if not 1.0 <= self.min_grid <= self.max_grid:
+            raise ValueError("sketches need 1 <= min_grid <= max_grid")
+        if not 0.0 <= self.one_velocity <= 1.0:
+            raise ValueError(f"one_velocity must be in [0, 1], got {self.one_velocity}")
+        if not 1 <= self.min_bin <= self.max_bin <= NUM_VELOCITY_BINS:
+            raise ValueError(f"sketch velocity bins must be in 1..{NUM_VELOCITY_BINS}")
+
+    def view(self, body: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        grid = float(rng.uniform(self.min_grid, self.max_grid))
+        one = rng.random() < self.one_velocity
+        vbin = int(rng.integers(self.min_bin, self.max_bin + 1)) if one else 0
+        return sketch_view(body, grid, vbin)
+
+
+NO_SKETCHES = Sketches()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +189,7 @@ class TrainBatches:
         augmentation: Augmentation = Augmentation(),
         repeats: Repeats = NO_REPEATS,
         infill: Infill = NO_INFILL,
+        sketches: Sketches = NO_SKETCHES,
     ):
         if len(split) == 0:
             raise ValueError("the training split has no pieces")
@@ -161,6 +201,7 @@ class TrainBatches:
         self.aug = augmentation
         self.repeats = repeats
         self.infill = infill
+        self.sketches = sketches
         lengths = np.diff(split.offsets).astype(np.float64) + 1  # + SOS
         self.piece_p = lengths / lengths.sum()  # every token equally likely to be a target
 
@@ -197,6 +238,8 @@ class TrainBatches:
             body = body[-self.seq_len :]
         if not fim and self.repeats.share > 0 and rng.random() < self.repeats.share:
             body = replay(body, rng, self.repeats)
+        if not fim and self.sketches.share > 0 and rng.random() < self.sketches.share:
+            body = self.sketches.view(body, rng)[-self.seq_len :]  # fewer VELOCITYs: shorter
         out = np.full(self.seq_len, PAD_ID, np.int32)
         out[self.seq_len - body.size :] = body
         return out

@@ -60,6 +60,7 @@ from perceiver_midi.model.data import (
     Augmentation,
     Infill,
     Repeats,
+    Sketches,
     TrainBatches,
 )
 from perceiver_midi.model.evaluate import evaluate
@@ -87,6 +88,7 @@ class TrainConfig:
     augment: bool = True
     repeat_share: float = 0.0  # crops ending in a replay of their own earlier passage (Repeats)
     repeat_max_back: int = 1500  # how far back the first playing may start, in tokens
+    sketch_share: float = 0.0  # plain crops seen as a DAW sketch: on a grid, one loudness
     infill_share: float = 0.0  # infilling crops (data.Infill; the model needs Config.infill)
     infill_whole: float = 0.0  # of those, the share whose crop ends at the gap's end (the join)
     addition_lr_scale: float = 1.0  # rate multiplier of the zero-initialised additions
@@ -488,6 +490,7 @@ def train(
         seed=tc.seed,
         augmentation=Augmentation() if tc.augment else NO_AUGMENTATION,
         repeats=Repeats(share=tc.repeat_share, max_back=tc.repeat_max_back),
+        sketches=Sketches(share=tc.sketch_share),
         infill=Infill(share=tc.infill_share, whole=tc.infill_whole, layout=config.infill_layout),
     )
     processes = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""

@@ -34,6 +34,7 @@ CASES = {
     "key": ("Am", "A minor", "H"),
     "velocity_range": ("40:90", (40, 90), "0:300"),
     "max_polyphony": ("4", 4, "-2"),
+    "humanize": ("off", "off", "maybe"),
 }
 # Fields with their own tests: the window (tests/test_windows.py: one rule on every surface) and
 # stop_at_eos (the CLI's --ignore-eos, /continue's ignore_eos, the page's checkbox).

@@ -61,6 +61,7 @@ from perceiver_midi.app.core.pipeline import (
     CONTROL_FIELDS,
     DEFAULT_GUIDANCE,
     DEFAULT_GUIDANCE_TOKENS,
+    DEFAULT_HUMANIZE,
     DEFAULT_MAX_NOTE_SECONDS,
     DEFAULT_MAX_POLYPHONY,
     DEFAULT_MIN_P,
@@ -146,6 +147,7 @@ class GenerateRequest:
     key: str | None = None
     velocity_range: str | None = None
     max_polyphony: int | None = DEFAULT_MAX_POLYPHONY  # None or 0: no limit
+    humanize: str = DEFAULT_HUMANIZE  # a sketch-like prime heard played (Settings.humanize)
 
 
 REQUIRED = inspect.Parameter.empty
@@ -179,6 +181,7 @@ API_SAMPLING = (
     ApiParam("key", "", str),
     ApiParam("velocity_range", "", str),
     ApiParam("max_polyphony", DEFAULT_MAX_POLYPHONY, int),
+    ApiParam("humanize", DEFAULT_HUMANIZE, str),  # continuations only: prompts stay as they are
 )
 CONTINUE_API = (
     ApiParam("prime", REQUIRED, "file"),  # None: start from nothing

@@ -51,6 +51,8 @@ from perceiver_midi.app.core.pipeline import (
     CONTROL_FIELDS,
     DEFAULT_GUIDANCE,
     DEFAULT_GUIDANCE_TOKENS,
+    DEFAULT_HUMANIZE,
+    HUMANIZE_CHOICES,
     MAX_GUIDANCE,
 )
 from perceiver_midi.app.web.handlers import (
@@ -497,6 +499,14 @@ def _controls_panel(composer: Composer) -> _Controls:
                 label="Most notes at once (0 = no limit)",
                 elem_id="max-polyphony",
             )
+            humanize = gr.Dropdown(
+                list(HUMANIZE_CHOICES),
+                value=DEFAULT_HUMANIZE,
+                label="Play a quantized prime to the model with human timing",
+                info="auto: when the prime looks quantized (a grid, one loudness); your files "
+                "keep it as it is.",
+                elem_id="humanize",
+            )
     with gr.Row():
         generate = gr.Button("Generate", variant="primary", elem_id="generate")
         stop = gr.Button("Stop", variant="stop", interactive=False, elem_id="stop")
@@ -506,7 +516,7 @@ def _controls_panel(composer: Composer) -> _Controls:
         guidance_tokens=guidance_tokens, seed=seed,
         random_seed=random_seed, latents=latents, max_note_seconds=max_note,
         pitch_range=pitch_range, key=key, velocity_range=velocity_range,
-        max_polyphony=max_polyphony,
+        max_polyphony=max_polyphony, humanize=humanize,
     )  # fmt: skip
     return _Controls(seconds, variations, prime_tokens, stop_at_eos, sampling, generate, stop,
                      status)  # fmt: skip
@@ -867,7 +877,9 @@ CONTINUE_DESCRIPTION = (
     "= off): pitch_range 'LOW:HIGH' (MIDI numbers or names, C4 = 60), key ('Am', "
     "'F# major', or pitch classes 'C,D,E'), velocity_range 'LOW:HIGH' (1-127), "
     f"max_polyphony (no new note while that many sound; default "
-    f"{DEFAULT_MAX_POLYPHONY}, 0 = no limit)."
+    f"{DEFAULT_MAX_POLYPHONY}, 0 = no limit). humanize: a prime that looks quantized "
+    f"reaches the model played with human timing and loudness (default "
+    f"{DEFAULT_HUMANIZE}; 'on': every prime; 'off': never; as the CLI's --humanize)."
 )
 INFILL_DESCRIPTION = (
     "Regenerate the span start..end (seconds; at most "
