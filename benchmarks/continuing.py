@@ -1,6 +1,8 @@
 """Does a continuation continue *this* music? Metrics, and primes made of one obvious figure.
 
     python benchmarks/continuing.py [--checkpoint DIR] [--draws 2]   # figured primes (minutes)
+    python benchmarks/continuing.py --example [--draws 2]            # the README's quick start
+    python benchmarks/continuing.py --maestro-windows DATA  # real windows that look quantized
 
 The metrics (``continuing_features``: figure and rhythm reuse, self-repetition, pitch variety,
 key fit; ``retrieval_mrr``) are in ``benchmarks/music_metrics.py``.
@@ -14,6 +16,11 @@ DAW sketch is), half with human timing (onsets moved by up to +-15 ms, velocitie
 Each prime is continued (20 s) through the pipeline every surface uses with the shipped default
 settings, ``--draws`` times (draw k: seeds ``1000 * k + i``). "Figure kept" is ``reuse(prime,
 continuation, 4)``; the primes' own second halves keep ~1.0 of their first halves' 4-grams.
+
+``--flip-timing`` swaps which half is quantized (same figures, keys and tempi, the other timing):
+the control that separates timing from the figure. The summary gives "figure kept" for the
+quantized and the played primes apart. ``--humanize`` sets what the model hears of a quantized
+prime (``Settings.humanize``; default: the shipped one).
 
 Writes ``benchmarks/results/continuing.json`` (merged per checkpoint) and a piano roll of every
 prime and its first draw's continuation (``--rolls``, default
@@ -35,7 +42,12 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 if not __package__:  # a script run (not python -m benchmarks.x): benchmarks.* need the repo root
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.music_metrics import continuing_features, notes_of, reuse  # noqa: E402
+from benchmarks.music_metrics import (  # noqa: E402
+    continuing_features,
+    notes_of,
+    reuse,
+    two_pitch_run,
+)
 
 RESULTS = ROOT / "benchmarks" / "results" / "continuing.json"
 ROLLS = ROOT / "benchmarks" / "results" / "continuing_rolls.png"
@@ -107,14 +119,15 @@ FIGURES = (
 )
 
 
-def figured_primes(seed: int = 0) -> list[dict]:
-    """The figured primes: ``{"name", "ids"}`` in ``FIGURES`` order; odd ones with human timing."""
+def figured_primes(seed: int = 0, flip_timing: bool = False) -> list[dict]:
+    """The figured primes: ``{"name", "ids"}`` in ``FIGURES`` order; odd ones with human timing
+    (even ones with ``flip_timing``)."""
     from perceiver_midi.tokenizer import Note, encode, notes_to_pretty_midi
 
     rng = np.random.default_rng(seed)
     out = []
     for i, (kind, key, bpm) in enumerate(FIGURES):
-        human = i % 2 == 1
+        human = (i % 2 == 1) != flip_timing
         beat_s = 60.0 / bpm
         notes = []
         for pitch, start_b, len_b, vel in _figure_notes(kind, KEYS[key], bpm):
@@ -141,12 +154,14 @@ def figured_primes(seed: int = 0) -> list[dict]:
 POOLED = ("rhythm_reuse", "self_repetition", "distinct_pitches", "pitch_class_entropy")
 
 
-def run_figured(model, draws: int = 2, batch: int = 12, settings=None) -> dict:
+def run_figured(
+    model, draws: int = 2, batch: int = 12, settings=None, flip_timing: bool = False
+) -> dict:
     """Continue every figured prime ``draws`` times; per prime and pooled metrics."""
     from perceiver_midi.app.core.pipeline import Settings, sample_continuations
 
     settings = settings or Settings(seconds=CONTINUATION_S)
-    primes = figured_primes()
+    primes = figured_primes(flip_timing=flip_timing)
     rows, rolls = [], []
     for k in range(draws):
         ids = [p["ids"] for p in primes]
@@ -175,12 +190,60 @@ def run_figured(model, draws: int = 2, batch: int = 12, settings=None) -> dict:
             float(np.nanmean([r["prime_reuse"] for r in rows if r["draw"] == k]))
             for k in range(draws)
         ],
+        **{
+            f"figure_kept_{kind}": float(
+                np.nanmean(
+                    [r["prime_reuse"] for r in rows if r["prime"].endswith("-human") == played]
+                )
+            )
+            for kind, played in (("quantized", False), ("played", True))
+        },
         "prime_halves_kept": float(np.mean(halves)),
         **{key: float(np.nanmean([r[key] for r in rows])) for key in POOLED},
         "draws": draws,
         "primes": len(primes),
     }
     return {"summary": summary, "rows": rows, "rolls": rolls}
+
+
+EXAMPLE = ROOT / "examples" / "bach_prelude_c.mid"
+
+
+def run_example(model, settings, variations: int = 2) -> dict:
+    """The README's quick start (``perceiver-midi continue examples/bach_prelude_c.mid --seconds
+    20 --variations 2``, the default window): of each variation's interval 4-grams, the share that
+    occurs in the prime, and its longest run on at most two pitches."""
+    from perceiver_midi.app.core.pipeline import continue_prime
+    from perceiver_midi.tokenizer.retime import looks_quantized
+
+    conts = continue_prime(model, str(EXAMPLE), settings.replace(variations=variations))
+    prime_notes = notes_of(conts[0].prime)
+    cont_notes = [notes_of(c.continuation_ids()) for c in conts]
+    return {
+        "prime_looks_quantized": looks_quantized(conts[0].prime),
+        "kept_by_variation": [reuse(prime_notes, n) for n in cont_notes],
+        "two_pitch_run_by_variation": [two_pitch_run(n) for n in cont_notes],
+        "rolls": [("bach_prelude_c", prime_notes, n) for n in cont_notes],
+    }
+
+
+def maestro_windows(data: str, tokens: int = 1200, every: int = 5000) -> dict:
+    """How many MAESTRO windows (``tokens`` long, one every ``every`` tokens of each validation
+    and test piece of a prepared data dir) look quantized: what ``--humanize auto`` would change
+    on real primes."""
+    from perceiver_midi.tokenizer.dataset import load_split
+    from perceiver_midi.tokenizer.retime import looks_quantized
+
+    out = {}
+    for split in ("validation", "test"):
+        pieces = load_split(data, split)
+        flags = [
+            looks_quantized(piece[start : start + tokens])
+            for piece in (np.asarray(pieces.piece(k), np.int32) for k in range(len(pieces)))
+            for start in range(0, max(1, piece.size - tokens), every)
+        ]
+        out[split] = {"windows": len(flags), "look_quantized": int(np.sum(flags))}
+    return out
 
 
 def draw_rolls(path: pathlib.Path, rolls: list) -> None:
@@ -225,6 +288,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-polyphony", type=int, help="polyphony cap (default: the shipped one)")
     p.add_argument("--guidance", type=float, help="context guidance (default: the shipped one)")
     p.add_argument("--guidance-tokens", type=int, help="guidance window (default: the shipped one)")
+    p.add_argument(
+        "--humanize", help="what the model hears of a quantized prime (default: the shipped one)"
+    )
+    p.add_argument(
+        "--flip-timing", action="store_true", help="quantize the other half of the primes"
+    )
+    p.add_argument(
+        "--example",
+        action="store_true",
+        help="instead: the README's quick start (examples/bach_prelude_c.mid; --draws variations)",
+    )
+    p.add_argument(
+        "--maestro-windows",
+        metavar="DATA",
+        help="instead: count the windows of a prepared data dir's validation and test pieces "
+        "that look quantized (no model)",
+    )
     p.add_argument("--label", help="the result's key (default: the checkpoint)")
     add_out_flag(p, RESULTS)
     add_rolls_flag(p, ROLLS, "piano rolls of the primes and first continuations (PNG)")
@@ -234,13 +314,37 @@ def main(argv: list[str] | None = None) -> int:
     from perceiver_midi.model.checkpoint import default_checkpoint, load_model
 
     ckpt = args.checkpoint or str(default_checkpoint())
-    flags = ("top_p", "temperature", "min_p", "max_polyphony", "guidance", "guidance_tokens")
+    flags = (
+        "top_p", "temperature", "min_p", "max_polyphony", "guidance", "guidance_tokens", "humanize"
+    )  # fmt: skip
     extra = {k: getattr(args, k) for k in flags if getattr(args, k) is not None}
     settings = Settings(seconds=CONTINUATION_S, **extra)
     t0 = time.perf_counter()
-    result = run_figured(load_model(ckpt), args.draws, settings=settings)
+    if args.maestro_windows:
+        entry = {"windows": maestro_windows(args.maestro_windows), "environment": environment()}
+        out_path = pathlib.Path(args.out)
+        results = json.loads(out_path.read_text()) if out_path.exists() else {}
+        results["MAESTRO windows that look quantized"] = entry
+        write_json(out_path, results)
+        print(json.dumps(entry["windows"]))
+        return 0
+    model = load_model(ckpt)
+    if args.example:
+        example = run_example(model, settings, args.draws)
+        entry = {k: v for k, v in example.items() if k != "rolls"}
+        entry |= {"settings": {k: getattr(settings, k) for k in flags}}
+        out_path = pathlib.Path(args.out)
+        results = json.loads(out_path.read_text()) if out_path.exists() else {}
+        results[f"README example: {args.label or ckpt}"] = entry
+        write_json(out_path, results)
+        if (png := rolls_path(args.rolls)) is not None:
+            draw_rolls(png, example["rolls"])
+        print(json.dumps(entry))
+        return 0
+    result = run_figured(model, args.draws, settings=settings, flip_timing=args.flip_timing)
     entry = {
         **result["summary"],
+        "flip_timing": args.flip_timing,
         "settings": {k: getattr(settings, k) for k in flags},
         "per_prime": result["rows"],
         "seconds": round(time.perf_counter() - t0, 1),

@@ -103,6 +103,19 @@ def test_figured_primes_keep_their_own_figure():
     assert all(np.array_equal(a["ids"], b["ids"]) for a, b in zip(primes, again, strict=True))
 
 
+def test_flipped_timing_swaps_which_figures_are_quantized():
+    from perceiver_midi.tokenizer.retime import looks_quantized
+
+    primes, flipped = figured_primes(), figured_primes(flip_timing=True)
+    for i, (a, b) in enumerate(zip(primes, flipped, strict=True)):
+        assert a["name"].endswith("-human") == (i % 2 == 1) != b["name"].endswith("-human")
+        assert a["name"].split("-")[:3] == b["name"].split("-")[:3]  # same figure, key, tempo
+        quantized = a if i % 2 == 0 else b
+        assert looks_quantized(quantized["ids"]), quantized["name"]
+        same = [np.sort(notes_of(x["ids"])[:, 0]) for x in (a, b)]  # the same notes
+        np.testing.assert_array_equal(*same)
+
+
 def test_copy_rows_put_the_second_playing_at_the_end():
     n, e = 4096, EXCERPT_TOKENS
     piece = np.arange(EXCERPT_START + 2 * e + FAR_GAP_TOKENS, dtype=np.int32) % 300 + 3
