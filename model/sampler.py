@@ -138,6 +138,12 @@ class SampleOptions:
     # force (from the prompt, else 100) is outside.
     velocity_range: tuple[int, int] | None = None
     max_polyphony: int | None = None  # no NOTE_ON while this many notes sound (prompt's count)
+    # Longest run of notes on at most two pitches (None: no limit): once the latest notes (the
+    # prompt's included) have stayed on two pitches this long, neither may start the next note.
+    # A stuck continuation repeats one note or a trill for hundreds of notes. Off in the app: at
+    # 48 the round-7 model's stuck loops go on between single forced notes (benchmarks/results/
+    # experiments/quality_test_runcap48-round7.json).
+    max_pitch_run: int | None = None
     # Context guidance (0 = off): each prompt is also decoded from its last ``guidance_tokens``
     # tokens alone, and the tokens are drawn from ``full + guidance * (full - short)`` logits,
     # so what the older part of the prompt changes in the model's prediction counts more
@@ -180,6 +186,8 @@ class SampleOptions:
         if self.velocity_range is not None:
             fix("velocity_range", tuple(int(v) for v in self.velocity_range))
         _control_settings(self.allowed_pitches, self.velocity_range, self.max_polyphony)
+        if self.max_pitch_run is not None and int(self.max_pitch_run) < 2:
+            raise ValueError(f"max_pitch_run must be >= 2, got {self.max_pitch_run}")
 
     def replace(self, **changes) -> SampleOptions:
         return dataclasses.replace(self, **changes)
@@ -222,6 +230,7 @@ class _Settings(NamedTuple):
     velocity_lo: jax.Array  # [] i32: VELOCITY tokens only for velocities in [lo, hi]
     velocity_hi: jax.Array  # [] i32
     max_polyphony: jax.Array  # [] i32: no NOTE_ON while this many notes sound
+    max_run: jax.Array  # [] i32: longest run of notes on two pitches (_NO_TIME_LIMIT = no limit)
     guidance: jax.Array  # [] f32: weight of (full - short) logits (guided plans only)
 
 
@@ -236,6 +245,7 @@ class _Carry(NamedTuple):
     onsets: jax.Array  # [B, 128, ONSET_SLOTS] i32 ring of the onsets of sounding notes per pitch
     head: jax.Array  # [B, 128] i32 slot of the oldest sounding note's onset
     velocity: jax.Array  # [B] i32 MIDI velocity of the next NOTE_ON (prompt + kept tokens)
+    run: jax.Array  # [B, 4] i32 the latest run on two pitches: last pitch, other, length, streak
     logits: jax.Array  # [B, G, V] f32 when recording, else [0]
 
 
@@ -320,6 +330,7 @@ def _choose_tokens(logits_BxV: jax.Array, c: _Carry, s: _Settings) -> jax.Array:
     oldest_BxP = jnp.take_along_axis(c.onsets, c.head[..., None], axis=-1)[..., 0]
     overlong_BxP = (c.sounding > 0) & (c.time[:, None] - oldest_BxP >= s.max_note)
     logits_BxV = end_overlong_notes(logits_BxV, overlong_BxP)
+    logits_BxV = end_pitch_runs(logits_BxV, c.run, s.max_run)
     greedy_B = jnp.argmax(logits_BxV, axis=-1)
 
     x_BxV = logits_BxV / jnp.maximum(s.temperature, 1e-6)
@@ -372,7 +383,7 @@ def _choose_guided(logits_BxV: jax.Array, c: _Carry, s: _Settings) -> jax.Array:
     mixed_HxV = guided_logits(logits_BxV[:h], logits_BxV[h:], s.guidance)
     c_h = c._replace(
         sounding=c.sounding[:h], onsets=c.onsets[:h], head=c.head[:h],
-        velocity=c.velocity[:h], time=c.time[:h],
+        velocity=c.velocity[:h], time=c.time[:h], run=c.run[:h],
     )  # fmt: skip
     tok_H = _choose_tokens(mixed_HxV, c_h, s._replace(keys=s.keys[:h]))
     return jnp.concatenate([tok_H, tok_H])
@@ -404,8 +415,64 @@ def _advance(c: _Carry, cache, logits_BxV, s: _Settings, plan: _Plan) -> _Carry:
         onsets=onsets,
         head=head,
         velocity=velocity_B,
+        run=_update_run(c.run, tok_B, keep_B),
         logits=logits,
     )
+
+
+PITCH_RUN_NONE = (-1, -1, 0, 0)  # no note yet: (last pitch, other pitch, run length, streak)
+
+
+def next_run(run: tuple[int, int, int, int], pitch: int) -> tuple[int, int, int, int]:
+    """The run state after a NOTE_ON of ``pitch``: the latest notes on at most two pitches (the
+    last one's and one other), how many, and how many of them end on the last pitch in a row."""
+    last, other, n, streak = run
+    if pitch == last:
+        return last, other, n + 1, streak + 1
+    if pitch == other:
+        return pitch, last, n + 1, 1
+    return pitch, last, streak + 1, 1  # a third pitch: the run is the last streak and it
+
+
+def pitch_run(ids: np.ndarray) -> np.ndarray:
+    """int32 [4]: the run state (``next_run``) after the NOTE_ONs of ``ids``."""
+    ids = np.asarray(ids)
+    run = PITCH_RUN_NONE
+    for tok in ids[(ids >= NOTE_ON_FIRST_ID) & (ids < NOTE_ON_FIRST_ID + NUM_PITCHES)].tolist():
+        run = next_run(run, tok - NOTE_ON_FIRST_ID)
+    return np.asarray(run, np.int32)
+
+
+def _update_run(run_Bx4: jax.Array, tok_B: jax.Array, keep_B: jax.Array) -> jax.Array:
+    """``next_run`` for the rows whose kept token is a NOTE_ON."""
+    last, other, n, streak = (run_Bx4[:, i] for i in range(4))
+    pitch = tok_B - NOTE_ON_FIRST_ID
+    is_on = (pitch >= 0) & (pitch < NUM_PITCHES) & keep_B
+    same, back = pitch == last, pitch == other
+    new = jnp.stack(
+        [
+            pitch,
+            jnp.where(same, other, last),
+            jnp.where(same | back, n + 1, streak + 1),
+            jnp.where(same, streak + 1, 1),
+        ],
+        axis=1,
+    )
+    return jnp.where(is_on[:, None], new, run_Bx4).astype(jnp.int32)
+
+
+def end_pitch_runs(logits_BxV: jax.Array, run_Bx4: jax.Array, max_run: jax.Array) -> jax.Array:
+    """No NOTE_ON of the run's two pitches once it is ``max_run`` notes long (``-inf``), so the
+    next note is another pitch (other tokens, TIME_SHIFTs among them, stay as they were); unless
+    no other pitch may start one (the controls allow only those two), so notes go on."""
+    pitch_P = jnp.arange(NUM_PITCHES)
+    in_run_BxP = (pitch_P == run_Bx4[:, :1]) | (pitch_P == run_Bx4[:, 1:2])
+    ban_BxP = in_run_BxP & (run_Bx4[:, 2:3] >= max_run)
+    on_BxP = logits_BxV[:, NOTE_ON_FIRST_ID : NOTE_ON_FIRST_ID + NUM_PITCHES]
+    banned_BxP = jnp.where(ban_BxP, -jnp.inf, on_BxP)
+    other_B = jnp.any(jnp.isfinite(banned_BxP), axis=-1)
+    on_BxP = jnp.where(other_B[:, None], banned_BxP, on_BxP)
+    return jax.lax.dynamic_update_slice_in_dim(logits_BxV, on_BxP, NOTE_ON_FIRST_ID, axis=1)
 
 
 def _update_sounding(sounding_BxP: jax.Array, tok_B: jax.Array, keep_B: jax.Array) -> jax.Array:
@@ -543,6 +610,7 @@ def _init_carry(
     onsets_BxPxK,
     head_BxP,
     velocity_B,
+    run_Bx4,
 ) -> _Carry:
     model = nnx.merge(graphdef, params)
     b, s = tokens_BxS.shape
@@ -568,6 +636,7 @@ def _init_carry(
         onsets_BxPxK,
         head_BxP,
         velocity_B,
+        run_Bx4,
         logits,
     )
 
@@ -708,13 +777,15 @@ def _generate(
     onsets = np.zeros((*sounding.shape, ONSET_SLOTS), np.int32)
     head = np.zeros_like(sounding)
     velocity = np.full(sounding.shape[0], DEFAULT_VELOCITY, np.int32)
+    run = np.tile(np.asarray(PITCH_RUN_NONE, np.int32), (sounding.shape[0], 1))
     for i, p in enumerate(befores):  # the whole prompt (an infilling one: the part before the
         sounding[i] = sounding_pitches(p)  # gap): a note may outlast the window
         velocity[i] = current_velocity(p)
+        run[i] = pitch_run(p)
         if o.max_note_seconds is not None:  # without a limit the onsets change no token
             onsets[i], head[i] = onset_queues(p)
     if guided:  # a short row carries its prompt's state (only the full rows' is read)
-        for state in (sounding, onsets, head, velocity):
+        for state in (sounding, onsets, head, velocity, run):
             state[rows : rows + n_prompts] = state[:n_prompts]
     seeds = _per_prompt_seeds(seed, n_prompts)
     if max_new_tokens == 0:
@@ -759,6 +830,7 @@ def _generate(
         max_time=jnp.full((plan.batch,), max_time, jnp.int32),
         sounding_offs=jnp.bool_(o.sounding_note_offs),
         max_note=jnp.int32(max_note),
+        max_run=jnp.int32(_NO_TIME_LIMIT if o.max_pitch_run is None else int(o.max_pitch_run)),
         guidance=jnp.float32(o.guidance),
         **controls,
     )
@@ -774,6 +846,7 @@ def _generate(
         jnp.asarray(onsets),
         jnp.asarray(head),
         jnp.asarray(velocity),
+        jnp.asarray(run),
     )
     if callback is not None and chunk_size is None:
         chunk_size = DEFAULT_CHUNK_WITH_CALLBACK

@@ -709,3 +709,77 @@ def test_guidance_bounds():
             sampler_lib.SampleOptions(max_new_tokens=4, guidance=bad)
     with pytest.raises(ValueError, match="guidance_tokens"):
         sampler_lib.SampleOptions(max_new_tokens=4, guidance=1.0, guidance_tokens=-1)
+
+
+# -- the longest run on two pitches (max_pitch_run) ----------------------------------------------
+
+
+def _trailing_run(pitches) -> int:
+    """Brute force: the longest suffix of ``pitches`` on at most two distinct pitches."""
+    best = 0
+    for k in range(1, len(pitches) + 1):
+        if len(set(pitches[-k:])) <= 2:
+            best = k
+    return best
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_pitch_run_state_is_the_longest_trailing_run_on_two_pitches(seed):
+    rng = np.random.default_rng(seed)
+    pitches = rng.choice([60, 62, 64], size=60, p=[0.5, 0.4, 0.1]).tolist()
+    run = sampler_lib.PITCH_RUN_NONE
+    for k, p in enumerate(pitches):
+        run = sampler_lib.next_run(run, p)
+        assert run[0] == p and run[2] == _trailing_run(pitches[: k + 1])
+    ids = np.array([t for p in pitches for t in (ON + p, HALF_SECOND_SHIFT, OFF + p)], np.int32)
+    np.testing.assert_array_equal(sampler_lib.pitch_run(ids), run)  # NOTE_OFFs and shifts: none
+
+
+class Trill(RuleModel):
+    """Fake logits: a trill, NOTE_ON 62 after NOTE_ON 60 and 60 after anything else (logit
+    100); every other NOTE_ON 10, everything else -1e9. Stuck on two pitches for ever."""
+
+    def _logits(self, last_B):
+        b = last_B.shape[0]
+        target_B = jnp.where(last_B == ON + 60, ON + 62, ON + 60)
+        logits = jnp.full((b, TINY.vocab_size), -1e9, jnp.float32)
+        logits = logits.at[:, ON : ON + 128].set(10.0)
+        return logits.at[jnp.arange(b), target_B].set(100.0)
+
+
+@pytest.mark.parametrize("guidance", [0.0, 0.5])
+@pytest.mark.parametrize("limit", [2, 9])
+def test_max_pitch_run_breaks_a_stuck_trill(limit, guidance):
+    trill = [ON + 60, ON + 62] * 10  # the prompt already trills for 20 notes
+    prompts = [np.zeros(0, np.int32), np.array(trill, np.int32)]
+    kw = {"max_new_tokens": 60, "seed": 3, "stop_at_eos": False, "guidance": guidance}
+    free = sample(Trill(), prompts, **kw)
+    held = sample(Trill(), prompts, max_pitch_run=limit, **kw)
+    for prompt, f, h in zip(prompts, free, held, strict=True):
+        assert set(f.tolist()) == {ON + 60, ON + 62}  # the model alone never leaves the trill
+        pitches = [t - ON for t in np.concatenate([prompt, h]).tolist()]
+        runs = [_trailing_run(pitches[: k + 1]) for k in range(len(prompt), len(pitches))]
+        assert max(runs) <= limit  # every generated note keeps the run within the limit
+        assert sum(p not in (60, 62) for p in pitches[len(prompt) :]) >= 60 // (limit + 1)
+    assert held[1][0] - ON not in (60, 62)  # the prompt's own run counts
+
+
+def test_max_pitch_run_off_is_bit_identical(random_tiny):
+    prompts = _prompts([4, 40, 90])
+    kwargs = {"max_new_tokens": 150, "seed": 7, "stop_at_eos": False, "top_p": 0.95}
+    default = sample(random_tiny, prompts, **kwargs)
+    for limit in (None, 10**6):
+        outs = sample(random_tiny, prompts, max_pitch_run=limit, **kwargs)
+        for x, y in zip(default, outs, strict=True):
+            np.testing.assert_array_equal(x, y)
+    with pytest.raises(ValueError, match="max_pitch_run"):
+        sampler_lib.SampleOptions(max_new_tokens=4, max_pitch_run=1)
+
+
+def test_max_pitch_run_yields_to_the_controls():
+    """With only the run's two pitches allowed, the notes go on (no silence for ever)."""
+    out = sample(
+        Trill(), [np.zeros(0, np.int32)], max_new_tokens=40, seed=0, stop_at_eos=False,
+        max_pitch_run=4, allowed_pitches=(60, 62),
+    )[0]  # fmt: skip
+    assert out.size == 40 and set(out.tolist()) == {ON + 60, ON + 62}
