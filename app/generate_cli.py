@@ -134,14 +134,13 @@ def _add_sampling(p: argparse.ArgumentParser, *, batch: bool = False, infill: bo
         help="the guidance's comparison sees only the prime's last K tokens (default "
         f"{DEFAULT_GUIDANCE_TOKENS})",
     )
-    if not infill:  # (an infilling prompt is never humanized)
-        g.add_argument(
-            "--humanize",
-            choices=HUMANIZE_CHOICES,
-            help="a prime that looks quantized (onsets on a grid or one loudness) reaches the "
-            "model played with human timing and loudness; the files keep it as given (default "
-            f"{DEFAULT_HUMANIZE}; on: every prime; off: never)",
-        )
+    g.add_argument(
+        "--humanize",
+        choices=HUMANIZE_CHOICES,
+        help="music that looks quantized (onsets on a grid, at most two loudness levels) reaches "
+        "the model played with human timing and loudness; the files keep it as given (default "
+        f"{DEFAULT_HUMANIZE}; on: always; off: never)",
+    )
     seed_help = (
         "base seed; each item's seed is derived from it and the prime's identity"
         if batch
@@ -260,7 +259,7 @@ def settings_from_args(args: argparse.Namespace, *, window: bool = True):
         if args.prime_seconds is not None and args.prime_range is not None:
             raise UserError("--prime-seconds and --prime-range contradict each other: give one")
         win = Window.from_options(args.prime_seconds, args.prime_tokens, args.prime_range)
-    controls = {f: getattr(args, f, None) for f in CONTROL_FIELDS}  # None: the Settings default
+    controls = {f: getattr(args, f) for f in CONTROL_FIELDS}  # None: the Settings default
     return Settings(
         seconds=seconds,
         tokens=tokens,

@@ -2,6 +2,7 @@
 
     python benchmarks/continuing.py [--checkpoint DIR] [--draws 2]   # figured primes (minutes)
     python benchmarks/continuing.py --example [--draws 2]            # the README's quick start
+    python benchmarks/continuing.py --infill [--draws 2]             # a span of each regenerated
     python benchmarks/continuing.py --maestro-windows DATA  # real windows that look quantized
 
 The metrics (``continuing_features``: figure and rhythm reuse, self-repetition, pitch variety,
@@ -227,6 +228,37 @@ def run_example(model, settings, variations: int = 2) -> dict:
     }
 
 
+INFILL_SPAN = (8.0, 12.0)  # --infill: the span of each figured prime regenerated (seconds)
+
+
+def run_figured_infill(model, draws: int, settings) -> dict:
+    """Regenerate ``INFILL_SPAN`` of every figured prime ``draws`` times (the infilling pipeline
+    every surface uses); "figure kept" of each new middle: its interval 4-grams found in the
+    prime, for the quantized and played primes apart."""
+    from perceiver_midi.app.core.infill import Gap, infill_items
+
+    rows = []
+    for i, p in enumerate(figured_primes()):
+        seeds = [1000 * k + i for k in range(draws)]
+        filled = infill_items(model, p["ids"], Gap(*INFILL_SPAN), settings, seeds, range(draws))
+        for k, f in enumerate(filled):
+            kept = reuse(notes_of(p["ids"]), notes_of(f.middle))
+            rows.append({"prime": p["name"], "draw": k, "prime_reuse": kept})
+    kept = {
+        kind: float(
+            np.nanmean([r["prime_reuse"] for r in rows if r["prime"].endswith("-human") == h])
+        )
+        for kind, h in (("quantized", False), ("played", True))
+    }
+    return {
+        "middle_kept": float(np.nanmean([r["prime_reuse"] for r in rows])),
+        **{f"middle_kept_{k}": v for k, v in kept.items()},
+        "span": list(INFILL_SPAN),
+        "draws": draws,
+        "per_prime": rows,
+    }
+
+
 def maestro_windows(data: str, tokens: int = 1200, every: int = 5000) -> dict:
     """How many MAESTRO windows (``tokens`` long, one every ``every`` tokens of each validation
     and test piece of a prepared data dir) look quantized: what ``--humanize auto`` would change
@@ -300,6 +332,12 @@ def main(argv: list[str] | None = None) -> int:
         help="instead: the README's quick start (examples/bach_prelude_c.mid; --draws variations)",
     )
     p.add_argument(
+        "--infill",
+        action="store_true",
+        help=f"instead: regenerate {INFILL_SPAN[0]:g}-{INFILL_SPAN[1]:g} s of every figured prime "
+        "(--draws times) and measure the new middles",
+    )
+    p.add_argument(
         "--maestro-windows",
         metavar="DATA",
         help="instead: count the windows of a prepared data dir's validation and test pieces "
@@ -329,6 +367,15 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(entry["windows"]))
         return 0
     model = load_model(ckpt)
+    if args.infill:
+        entry = run_figured_infill(model, args.draws, settings)
+        entry |= {"settings": {k: getattr(settings, k) for k in flags}}
+        out_path = pathlib.Path(args.out)
+        results = json.loads(out_path.read_text()) if out_path.exists() else {}
+        results[f"infilled span: {args.label or ckpt}"] = entry
+        write_json(out_path, results)
+        print(json.dumps({k: v for k, v in entry.items() if k != "per_prime"}))
+        return 0
     if args.example:
         example = run_example(model, settings, args.draws)
         entry = {k: v for k, v in example.items() if k != "rolls"}

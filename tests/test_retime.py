@@ -324,3 +324,34 @@ def test_an_infilling_prompt_is_never_humanized(wide_model, monkeypatch):
     )
     pipeline.sample_continuations(wide_model, [prompt], [0], pipeline.Settings(seconds=1.0))
     np.testing.assert_array_equal(heard[0], prompt)
+
+
+@pytest.mark.parametrize("mode", ["auto", "off"])
+def test_an_infilled_sketch_is_heard_played_and_kept_as_it_is(tiny_infill, monkeypatch, mode):
+    """Infilling a sketch: the model hears the parts before and after the gap humanized (per
+    variation), the prompt built from them as from the piece; the files keep the piece."""
+    from perceiver_midi.app.core import infill, pipeline
+
+    piece = _figure(False, False)
+    gap = infill.Gap(8.0, 12.0)
+    settings = pipeline.Settings(variations=2, humanize=mode)
+    a, b, steps, plain, gap_settings = infill.plan_gap(tiny_infill, piece, gap, settings)
+    heard_prompts = []
+
+    def spy(model, primes, opts, seed, **kw):
+        heard_prompts.extend(np.asarray(p) for p in primes)
+        return [np.zeros(0, np.int32) for _ in primes]
+
+    monkeypatch.setattr(pipeline, "sample", spy)
+    filled = infill.infill_items(tiny_infill, piece, gap, settings, [3, 4], [1, 2])
+    size = pipeline.context_tokens(tiny_infill) + 1 - gap_settings.tokens
+    for prompt, seed, f in zip(heard_prompts, [3, 4], filled, strict=True):
+        np.testing.assert_array_equal(f.piece, piece)
+        if mode == "off":
+            np.testing.assert_array_equal(prompt, plain)
+            continue
+        rng = np.random.default_rng([seed, pipeline.HUMANIZE_STREAM])
+        before, after = humanize(piece[:a], rng), humanize(piece[b:], rng)
+        want = infill._gap_prompt(tiny_infill, piece, a, b, steps, size, before, after)
+        np.testing.assert_array_equal(prompt, want)
+        assert not np.array_equal(prompt, plain)

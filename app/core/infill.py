@@ -40,6 +40,7 @@ from perceiver_midi.app.core.pipeline import (
     audio_bytes,
     context_tokens,
     cut_prime,
+    heard,
     sample_continuations,
     variation_seeds,
     write_files,
@@ -191,9 +192,17 @@ def plan_gap(model, piece: np.ndarray, gap: Gap, settings: Settings, label: str 
     window = context_tokens(model, settings.latents) + 1  # the sampler's view, SOS included
     budget = min(max(64, math.ceil(seconds * MAX_TOKENS_PER_SECOND)), window // 2)
     gap_settings = settings.replace(seconds=seconds, tokens=budget, stop_at_eos=False)
-    prefix = np.concatenate([[C.SOS_ID], piece[:a]]).astype(np.int32)
-    prompt = layout.prompt(prefix, piece[b:], steps, window - budget, model.config.infill_layout)
+    prompt = _gap_prompt(model, piece, a, b, steps, window - budget)
     return a, b, steps, prompt, gap_settings
+
+
+def _gap_prompt(model, piece, a, b, steps, size, before=None, after=None) -> np.ndarray:
+    """The infilling prompt of ``size`` tokens for the gap [a, b) of ``piece``, from ``before``
+    and ``after`` (default: the piece's own parts; the model may hear them humanized)."""
+    before = piece[:a] if before is None else before
+    after = piece[b:] if after is None else after
+    prefix = np.concatenate([[C.SOS_ID], before]).astype(np.int32)
+    return layout.prompt(prefix, after, steps, size, model.config.infill_layout)
 
 
 def infill_piece(
@@ -233,8 +242,16 @@ def infill_items(
     """New middles for ``gap`` of ``piece`` (ids), one per seed, in one sampler call (the batch
     generator's items; ``variations`` label them)."""
     a, b, steps, prompt, gap_settings = plan_gap(model, piece, gap, settings, label)
+    size = context_tokens(model, settings.latents) + 1 - gap_settings.tokens  # as plan_gap's
+    prompts = []
+    for seed in seeds:  # a sketch's parts heard played, per variation (Settings.humanize)
+        before, after = heard([piece[:a], piece[b:]], seed, settings.humanize, music=piece)
+        if np.array_equal(before, piece[:a]) and np.array_equal(after, piece[b:]):
+            prompts.append(prompt)
+        else:
+            prompts.append(_gap_prompt(model, piece, a, b, steps, size, before, after))
     conts = sample_continuations(
-        model, [prompt] * len(seeds), list(seeds), gap_settings, callback=callback,
+        model, prompts, list(seeds), gap_settings, callback=callback,
         variations=list(variations), length_bucket=length_bucket,
     )  # fmt: skip
     out = []

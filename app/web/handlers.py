@@ -181,7 +181,7 @@ API_SAMPLING = (
     ApiParam("key", "", str),
     ApiParam("velocity_range", "", str),
     ApiParam("max_polyphony", DEFAULT_MAX_POLYPHONY, int),
-    ApiParam("humanize", DEFAULT_HUMANIZE, str),  # continuations only: prompts stay as they are
+    ApiParam("humanize", DEFAULT_HUMANIZE, str),
 )
 CONTINUE_API = (
     ApiParam("prime", REQUIRED, "file"),  # None: start from nothing

@@ -502,9 +502,9 @@ def _controls_panel(composer: Composer) -> _Controls:
             humanize = gr.Dropdown(
                 list(HUMANIZE_CHOICES),
                 value=DEFAULT_HUMANIZE,
-                label="Play a quantized prime to the model with human timing",
-                info="auto: when the prime looks quantized (a grid, one loudness); your files "
-                "keep it as it is.",
+                label="Play quantized music to the model with human timing",
+                info="auto: when the prime or piece looks quantized (a grid, one or two "
+                "loudness levels); your files keep it as it is.",
                 elem_id="humanize",
             )
     with gr.Row():
@@ -877,7 +877,7 @@ CONTINUE_DESCRIPTION = (
     "= off): pitch_range 'LOW:HIGH' (MIDI numbers or names, C4 = 60), key ('Am', "
     "'F# major', or pitch classes 'C,D,E'), velocity_range 'LOW:HIGH' (1-127), "
     f"max_polyphony (no new note while that many sound; default "
-    f"{DEFAULT_MAX_POLYPHONY}, 0 = no limit). humanize: a prime that looks quantized "
+    f"{DEFAULT_MAX_POLYPHONY}, 0 = no limit). humanize: music that looks quantized "
     f"reaches the model played with human timing and loudness (default "
     f"{DEFAULT_HUMANIZE}; 'on': every prime; 'off': never; as the CLI's --humanize)."
 )
