@@ -41,6 +41,7 @@ from perceiver_midi.app.core.pipeline import (
     context_tokens,
     cut_prime,
     heard,
+    plays,
     sample_continuations,
     variation_seeds,
     write_files,
@@ -242,14 +243,13 @@ def infill_items(
     """New middles for ``gap`` of ``piece`` (ids), one per seed, in one sampler call (the batch
     generator's items; ``variations`` label them)."""
     a, b, steps, prompt, gap_settings = plan_gap(model, piece, gap, settings, label)
-    size = context_tokens(model, settings.latents) + 1 - gap_settings.tokens  # as plan_gap's
-    prompts = []
-    for seed in seeds:  # a sketch's parts heard played, per variation (Settings.humanize)
-        before, after = heard([piece[:a], piece[b:]], seed, settings.humanize, music=piece)
-        if np.array_equal(before, piece[:a]) and np.array_equal(after, piece[b:]):
-            prompts.append(prompt)
-        else:
-            prompts.append(_gap_prompt(model, piece, a, b, steps, size, before, after))
+    prompts = [prompt] * len(seeds)
+    if plays(settings.humanize, piece):  # a sketch's parts heard played, per variation
+        size = context_tokens(model, settings.latents) + 1 - gap_settings.tokens  # plan_gap's
+        prompts = [
+            _gap_prompt(model, piece, a, b, steps, size, *heard([piece[:a], piece[b:]], seed, True))
+            for seed in seeds
+        ]
     conts = sample_continuations(
         model, prompts, list(seeds), gap_settings, callback=callback,
         variations=list(variations), length_bucket=length_bucket,

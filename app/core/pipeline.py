@@ -640,16 +640,18 @@ def check_latents(model, latents: int | None) -> None:
         raise UserError(f"latents must be in 1..{m} for this checkpoint, got {latents}")
 
 
-def heard(parts: Sequence[np.ndarray], seed: int, humanize: str, music=None) -> list[np.ndarray]:
-    """What the model hears of ``parts`` of one piece (``Settings.humanize``): each played with
-    human timing and loudness, drawn from the variation's seed, when the music (``music``,
-    default the parts joined) looks like a sketch; the parts themselves otherwise. A prime is
-    one part; an infilling prompt's the parts before and after the gap."""
+def plays(humanize: str, music: np.ndarray) -> bool:
+    """Whether the model hears ``music`` humanized (``Settings.humanize``): always ("on"), never
+    ("off"), or when it looks like a sketch ("auto")."""
+    return humanize == "on" or (humanize == "auto" and looks_quantized(music))
+
+
+def heard(parts: Sequence[np.ndarray], seed: int, play: bool) -> list[np.ndarray]:
+    """What the model hears of ``parts`` of one piece: with ``play`` (``plays``) each played with
+    human timing and loudness, drawn from the variation's seed; else the parts themselves. A
+    prime is one part; an infilling prompt's, the parts before and after the gap."""
     parts = [np.asarray(p, np.int32) for p in parts]
-    if humanize == "off":
-        return parts
-    music = np.concatenate(parts) if music is None else music
-    if humanize == "auto" and not looks_quantized(music):
+    if not play:
         return parts
     rng = np.random.default_rng([int(seed), HUMANIZE_STREAM])
     return [humanize_ids(p, rng) if p.size else p for p in parts]
@@ -660,7 +662,7 @@ def _heard(prime: np.ndarray, seed: int, humanize: str) -> np.ndarray:
     humanized before its sentinels went in: ``app.core.infill``)."""
     if prime.size == 0 or int(prime.max()) >= C.VOCAB_SIZE:
         return prime
-    return heard([prime], seed, humanize)[0]
+    return heard([prime], seed, plays(humanize, prime))[0]
 
 
 def sample_continuations(
