@@ -301,6 +301,16 @@ def draw_rolls(path: pathlib.Path, rolls: list) -> None:
     save_png(fig, path, dpi=80)
 
 
+def _record(out: str, key: str, entry: dict) -> None:
+    """Merges ``entry`` under ``key`` into the results file ``out``."""
+    from benchmarks.env import write_json
+
+    path = pathlib.Path(out)
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results[key] = entry
+    write_json(path, results)
+
+
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.env import (
         add_checkpoint_flag,
@@ -308,7 +318,6 @@ def main(argv: list[str] | None = None) -> int:
         add_rolls_flag,
         environment,
         rolls_path,
-        write_json,
     )
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -360,30 +369,21 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     if args.maestro_windows:
         entry = {"windows": maestro_windows(args.maestro_windows), "environment": environment()}
-        out_path = pathlib.Path(args.out)
-        results = json.loads(out_path.read_text()) if out_path.exists() else {}
-        results["MAESTRO windows that look quantized"] = entry
-        write_json(out_path, results)
+        _record(args.out, "MAESTRO windows that look quantized", entry)
         print(json.dumps(entry["windows"]))
         return 0
     model = load_model(ckpt)
     if args.infill:
         entry = run_figured_infill(model, args.draws, settings)
         entry |= {"settings": {k: getattr(settings, k) for k in flags}}
-        out_path = pathlib.Path(args.out)
-        results = json.loads(out_path.read_text()) if out_path.exists() else {}
-        results[f"infilled span: {args.label or ckpt}"] = entry
-        write_json(out_path, results)
+        _record(args.out, f"infilled span: {args.label or ckpt}", entry)
         print(json.dumps({k: v for k, v in entry.items() if k != "per_prime"}))
         return 0
     if args.example:
         example = run_example(model, settings, args.draws)
         entry = {k: v for k, v in example.items() if k != "rolls"}
         entry |= {"settings": {k: getattr(settings, k) for k in flags}}
-        out_path = pathlib.Path(args.out)
-        results = json.loads(out_path.read_text()) if out_path.exists() else {}
-        results[f"README example: {args.label or ckpt}"] = entry
-        write_json(out_path, results)
+        _record(args.out, f"README example: {args.label or ckpt}", entry)
         if (png := rolls_path(args.rolls)) is not None:
             draw_rolls(png, example["rolls"])
         print(json.dumps(entry))
@@ -397,10 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(time.perf_counter() - t0, 1),
         "environment": environment(),
     }
-    out_path = pathlib.Path(args.out)
-    results = json.loads(out_path.read_text()) if out_path.exists() else {}
-    results[args.label or ckpt] = entry
-    write_json(out_path, results)
+    _record(args.out, args.label or ckpt, entry)
     if (png := rolls_path(args.rolls)) is not None:
         draw_rolls(png, result["rolls"])
     print(json.dumps(result["summary"]))

@@ -105,11 +105,14 @@ def _write(
     return np.asarray(out, ids.dtype)
 
 
-def _retime(ids, move: Callable[[list[_Note]], None], when: Callable[[int], int]) -> np.ndarray:
-    """``move`` changes the notes in place; ``when`` maps the other events' times and the end."""
+def _retime(
+    ids, move: Callable[[list[_Note], int], None], when: Callable[[int], int]
+) -> np.ndarray:
+    """``move(notes, end)`` changes the notes in place (``end``: the ids' end time); ``when`` maps
+    the other events' times and the end."""
     arr = np.asarray(ids)
     notes, loose, clock = _read(arr)
-    move(notes)
+    move(notes, clock)
     end = when(clock)
     loose = [(min(end, when(t)), kind, tok) for t, kind, tok in loose]
     return _write(arr, notes, loose, end)
@@ -136,7 +139,7 @@ def sketch_view(ids, grid: float, velocity_bin: int = 0) -> np.ndarray:
         raise ValueError(f"velocity_bin must be in 0..{C.NUM_VELOCITY_BINS}, got {velocity_bin}")
     fixed = C.VELOCITY_FIRST_ID + velocity_bin - 1 if velocity_bin else None
 
-    def snap(notes):
+    def snap(notes, _end):
         for n in notes:
             on = _cell(n[1], grid)
             n[1] = _step(on, grid)
@@ -191,7 +194,7 @@ def humanize(
     every note's loudness by up to ``loudness`` bins (uniform, from ``rng``), inside the ids' own
     span, so the notes sounding at the end and the end's time stay as they were."""
 
-    def move(notes):
+    def move(notes, clock):
         lo, hi = C.VELOCITY_FIRST_ID, C.VELOCITY_FIRST_ID + C.NUM_VELOCITY_BINS - 1
         for n in notes:
             last_on = n[2] - 1 if n[2] >= 0 else clock
@@ -201,7 +204,4 @@ def humanize(
             if n[3] >= 0:
                 n[3] = int(np.clip(n[3] + rng.integers(-loudness, loudness + 1), lo, hi))
 
-    arr = np.asarray(ids)
-    clock = int(sum(int(t) - C.TIME_SHIFT_FIRST_ID + 1 for t in arr.tolist()
-                    if C.TIME_SHIFT_FIRST_ID <= t <= C.TIME_SHIFT_LAST_ID))  # fmt: skip
-    return _retime(arr, move, lambda t: t)
+    return _retime(ids, move, lambda t: t)
