@@ -38,6 +38,37 @@ def _drop_programs_over(share: float) -> None:
         gc.collect()
 
 
+# The files whose tests use the session's served app (``served_app``): under pytest-xdist they
+# run in one worker, so the app is built once (collection checks that the list is complete).
+SERVED_APP_FILES = ("test_web.py", "test_web_browser.py", "test_web_play.py")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's ``--dist loadfile`` (pyproject's addopts: a test file runs in one worker,
+    so its module fixtures and the programs its tests share compile once), with the files of
+    ``SERVED_APP_FILES`` one unit. (Not ``loadgroup``: pytest 9.2 drops its groups, issue
+    pytest-dev/pytest-xdist#1386.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class Scheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = super()._split_scope(nodeid)
+            return "served_app" if pathlib.PurePath(file).name in SERVED_APP_FILES else file
+
+    return Scheduling(config, log)
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "served_app" in item.fixturenames and item.path.name not in SERVED_APP_FILES:
+            raise pytest.UsageError(
+                f"{item.path.name} uses served_app: add it to SERVED_APP_FILES in tests/conftest.py"
+            )
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _bounded_programs_per_file():
     yield
@@ -119,3 +150,35 @@ def short_prime(tmp_path_factory) -> pathlib.Path:
     path = tmp_path_factory.mktemp("primes") / "short.mid"
     pm.write(str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def served_app(tmp_path_factory, tiny_checkpoint, tiny_infill_checkpoint):
+    """A served web app with both tiny random models, every shape compiled first (as `perceiver-
+    midi app` does), one for the whole session: the API tests and the browser tests of several
+    files share it, so the ~2.5 minutes of compiling happen once. A test that asserts serving
+    compiles nothing calls ``composer.warm_up()`` first (seconds when all is compiled), since
+    the suite may have dropped jax's caches between files (``_bounded_programs_per_file``)."""
+    from types import SimpleNamespace
+
+    from perceiver_midi.app.web.handlers import Composer
+    from perceiver_midi.app.web.page import build_app, serve
+    from perceiver_midi.model.checkpoint import load_model
+
+    model = load_model(os.environ.get("PERCEIVER_MIDI_BROWSER_CHECKPOINT") or tiny_checkpoint)
+    infill = load_model(
+        os.environ.get("PERCEIVER_MIDI_BROWSER_INFILL_CHECKPOINT") or tiny_infill_checkpoint
+    )
+    composer = Composer(model, infill_model=infill, root=tmp_path_factory.mktemp("served-app"))
+    composer.warm_up()  # every shape a request can ask for, as `perceiver-midi app` does
+    demo = build_app(model, composer=composer)
+    # A queue for 20 requests at once (tests/test_web.py), two served at a time as by default.
+    url = serve(demo, host="127.0.0.1", port=None, max_concurrency=2, max_queue=32, block=False)
+    yield SimpleNamespace(url=url, composer=composer)
+    demo.close()
+    composer.close()
+
+
+@pytest.fixture(scope="session")
+def app_url(served_app) -> str:
+    return served_app.url

@@ -402,17 +402,11 @@ def test_warm_up_parts_split_the_shapes(tiny_model, tiny_infill, tmp_path, monke
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def served(tiny_model, tmp_path_factory):
-    from perceiver_midi.app.web.page import build_app, serve
-
-    composer = Composer(tiny_model, root=tmp_path_factory.mktemp("served"))
-    composer.warm_up()  # as `perceiver-midi app` does before it serves
-    demo = build_app(tiny_model, composer=composer)
-    url = serve(demo, host="127.0.0.1", port=None, max_concurrency=2, max_queue=32, block=False)
-    yield url
-    demo.close()
-    composer.close()
+@pytest.fixture()
+def served(served_app):
+    """The session's served app (tests/conftest.py), every shape compiled."""
+    served_app.composer.warm_up()  # compiles again only what the suite's cache drops let go
+    return served_app.url
 
 
 def test_the_queue_is_bounded(tiny_model, short_prime, tmp_path):
@@ -724,22 +718,8 @@ def test_app_command_chooses_the_infilling_model(
     assert capsys.readouterr().err == "error: /no/such: no such checkpoint\n"
 
 
-@pytest.fixture(scope="module")
-def served_infill(tiny_model, tiny_infill, tmp_path_factory):
-    from perceiver_midi.app.web.page import build_app, serve
-
-    composer = Composer(tiny_model, infill_model=tiny_infill,
-                        root=tmp_path_factory.mktemp("served-infill"))  # fmt: skip
-    composer.warm_up()  # as `perceiver-midi app` does: the infilling model's shapes too
-    demo = build_app(tiny_model, composer=composer)
-    url = serve(demo, host="127.0.0.1", port=None, max_concurrency=2, block=False)
-    yield url
-    demo.close()
-    composer.close()
-
-
 def test_infill_endpoint_gives_the_files_of_app_infill_and_compiles_nothing(
-    served_infill, tiny_infill, piece8, tmp_path
+    served, tiny_infill, piece8, tmp_path
 ):
     """/infill through gradio_client: the whole piece and the span alone per variation, byte for
     byte what app.core.infill.infill_piece gives for the same request and seed; every shape was
@@ -751,7 +731,7 @@ def test_infill_endpoint_gives_the_files_of_app_infill_and_compiles_nothing(
     from perceiver_midi.app.core.pipeline import Settings
     from perceiver_midi.tokenizer import midi_bytes
 
-    client = Client(served_infill, verbose=False, download_files=str(tmp_path))
+    client = Client(served, verbose=False, download_files=str(tmp_path))
     compiles = []
 
     def listen(event, duration, **kw):
@@ -795,9 +775,18 @@ def test_infill_endpoint_gives_the_files_of_app_infill_and_compiles_nothing(
         assert "Traceback" not in str(err.value)
 
 
-def test_infill_endpoint_without_an_infilling_model_says_so(served, piece8):
+def test_infill_endpoint_without_an_infilling_model_says_so(tiny_model, piece8, tmp_path):
     from gradio_client import Client, handle_file
 
-    client = Client(served, verbose=False, download_files=False)
-    with pytest.raises(Exception, match="no infilling model is loaded"):
-        client.predict(handle_file(str(piece8)), start=1, end=2, api_name="/infill")
+    from perceiver_midi.app.web.page import build_app, serve
+
+    composer = Composer(tiny_model, root=tmp_path / "root")  # no infilling model, nothing compiled
+    demo = build_app(tiny_model, composer=composer)
+    url = serve(demo, host="127.0.0.1", port=None, block=False)
+    try:
+        client = Client(url, verbose=False, download_files=False)
+        with pytest.raises(Exception, match="no infilling model is loaded"):
+            client.predict(handle_file(str(piece8)), start=1, end=2, api_name="/infill")
+    finally:
+        demo.close()
+        composer.close()

@@ -69,25 +69,6 @@ def _chromium() -> pathlib.Path:
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory, tiny_checkpoint, tiny_infill_checkpoint):
-    from perceiver_midi.app.web.handlers import Composer
-    from perceiver_midi.app.web.page import build_app, serve
-    from perceiver_midi.model.checkpoint import load_model
-
-    model = load_model(os.environ.get("PERCEIVER_MIDI_BROWSER_CHECKPOINT") or tiny_checkpoint)
-    infill = load_model(
-        os.environ.get("PERCEIVER_MIDI_BROWSER_INFILL_CHECKPOINT") or tiny_infill_checkpoint
-    )
-    composer = Composer(model, infill_model=infill, root=tmp_path_factory.mktemp("browser-app"))
-    composer.warm_up()  # every shape a request can ask for, as `perceiver-midi app` does
-    demo = build_app(model, composer=composer)
-    url = serve(demo, host="127.0.0.1", port=None, max_concurrency=2, block=False)
-    yield url
-    demo.close()
-    composer.close()
-
-
-@pytest.fixture(scope="module")
 def page():
     sync_api = pytest.importorskip(
         "playwright.sync_api", reason="the Playwright Python package is not installed"

@@ -12,11 +12,8 @@ import re
 import numpy as np
 import pytest
 
-from tests import test_web_browser
 from tests.fake_midi import FAKE_MIDI_JS
 from tests.test_web_browser import ARTIFACTS, CHROMIUM_ARGS, TIMEOUT_MS, _chromium, _wait_text
-
-app_url = test_web_browser.app_url  # the same fixture: a server with the tiny random model
 
 pytestmark = pytest.mark.filterwarnings(  # from gradio's queue, not ours
     "ignore:.*no_silent_downcasting:Warning", "ignore:The copy keyword is deprecated:Warning"
