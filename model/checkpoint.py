@@ -32,7 +32,7 @@ from perceiver_midi.model.perceiver_ar import PerceiverAR
 # a clone (and of an editable install), site-packages/perceiver_midi/checkpoints/ in a wheel install
 # (which holds the default model alone). Found by import, never by a path relative to a clone.
 CHECKPOINTS_DIR = pathlib.Path(str(importlib.resources.files("perceiver_midi.checkpoints")))
-# One shipped model continues and infills (round 7, trained to infill: Config.infill); the
+# One shipped model continues and infills (round 10, trained to infill: Config.infill); the
 # round-4 continuation model (checkpoints/maestro-cpu) stays in a clone for comparison.
 DEFAULT_NAME = "maestro-cpu-infill"
 INFILL_NAME = DEFAULT_NAME  # the infilling model (its own override: PERCEIVER_MIDI_INFILL_...)

@@ -103,12 +103,13 @@ DEFAULT_MAX_POLYPHONY = 12
 # 1.10; 0.95: 1.23 1.28 1.34 / 1.15 1.15 1.08; 0.93: 1.10 1.03 0.99 / 1.15 1.06 0.91 (mean feature
 # overlap 0.836, the best); 0.90: 0.86 / 1.02 (overlap 0.798). 0.93 meets the bars in every draw,
 # and on 32 held-out test primes (results/experiments/quality_round3_test-split.json: 1.19 / 0.94).
-# Round 7 (the default since 2026-12-07) with guidance 0.7, the cap of 12 and the 3 s note limit,
+# Round 7 (the default 2026-12-07 until round 10) with guidance 0.7, the cap of 12, the 3 s limit,
 # 32 validation primes x 2 draws, the 19-feature overall score (benchmarks/results/experiments/
 # quality_sampler_*.json): top-p 0.93 0.847 (7 of 64 continuations stuck on two pitches for 30
 # or more notes, distinct pitches 0.75x, self-repetition 1.37x), 0.95 0.869 (3 stuck), 0.97
 # 0.876 (2 stuck; distinct pitches 0.92x, self-repetition 0.60x, prime reuse 0.56x); top-p 1
-# 0.821 and min-p 0.035 0.812 (18 features, 4 s limit). Defaults: results/quality.json.
+# 0.821 and min-p 0.035 0.812 (18 features, 4 s limit). Round 10 at the same defaults:
+# results/quality.json (the model card compares the two).
 DEFAULT_TOP_P = 0.97
 # min-p sampling (0 = off): keep tokens at least this times as likely as the most likely one.
 DEFAULT_MIN_P = 0.0
