@@ -4,6 +4,8 @@ import pathlib
 
 import pytest
 
+from tests.served import serving
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MAESTRO = pathlib.Path(
     os.environ.get("PERCEIVER_MIDI_MAESTRO", ROOT.parent / "shared/data/maestro-v3.0.0")
@@ -161,22 +163,16 @@ def served_app(tmp_path_factory, tiny_checkpoint, tiny_infill_checkpoint):
     the suite may have dropped jax's caches between files (``_bounded_programs_per_file``)."""
     from types import SimpleNamespace
 
-    from perceiver_midi.app.web.handlers import Composer
-    from perceiver_midi.app.web.page import build_app, serve
     from perceiver_midi.model.checkpoint import load_model
 
     model = load_model(os.environ.get("PERCEIVER_MIDI_BROWSER_CHECKPOINT") or tiny_checkpoint)
     infill = load_model(
         os.environ.get("PERCEIVER_MIDI_BROWSER_INFILL_CHECKPOINT") or tiny_infill_checkpoint
     )
-    composer = Composer(model, infill_model=infill, root=tmp_path_factory.mktemp("served-app"))
-    composer.warm_up()  # every shape a request can ask for, as `perceiver-midi app` does
-    demo = build_app(model, composer=composer)
     # A queue for 20 requests at once (tests/test_web.py), two served at a time as by default.
-    url = serve(demo, host="127.0.0.1", port=None, max_concurrency=2, max_queue=32, block=False)
-    yield SimpleNamespace(url=url, composer=composer)
-    demo.close()
-    composer.close()
+    with serving(model, tmp_path_factory.mktemp("served-app"), infill_model=infill, warm=True,
+                 max_concurrency=2, max_queue=32) as (url, composer):  # fmt: skip
+        yield SimpleNamespace(url=url, composer=composer)
 
 
 @pytest.fixture(scope="session")

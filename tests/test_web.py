@@ -23,6 +23,7 @@ from perceiver_midi.app.web.handlers import (
     Started,
 )
 from perceiver_midi.tokenizer import decode_notes, encode, music_seconds
+from tests.served import serving
 
 SECONDS = 3.0  # the token bucket of tests/test_pipeline.py: no extra compilation
 
@@ -414,12 +415,6 @@ def test_the_queue_is_bounded(tiny_model, short_prime, tmp_path):
     from gradio_client import Client, handle_file
     from gradio_client.utils import QueueError
 
-    from perceiver_midi.app.web.page import build_app, serve
-
-    composer = Composer(tiny_model, root=tmp_path / "root")
-    demo = build_app(tiny_model, composer=composer)
-    url = serve(demo, host="127.0.0.1", port=None, max_concurrency=1, max_queue=2, block=False)
-
     def one(i: int) -> str:
         client = Client(url, verbose=False, download_files=str(tmp_path / str(i)))
         try:
@@ -429,12 +424,9 @@ def test_the_queue_is_bounded(tiny_model, short_prime, tmp_path):
             return "refused"
         return "served"
 
-    try:
+    with serving(tiny_model, tmp_path / "root", max_concurrency=1, max_queue=2) as (url, _):
         with concurrent.futures.ThreadPoolExecutor(10) as pool:
             outcomes = list(pool.map(one, range(10)))
-    finally:
-        demo.close()
-        composer.close()
     assert "refused" in outcomes and "served" in outcomes, outcomes
 
 
@@ -778,15 +770,7 @@ def test_infill_endpoint_gives_the_files_of_app_infill_and_compiles_nothing(
 def test_infill_endpoint_without_an_infilling_model_says_so(tiny_model, piece8, tmp_path):
     from gradio_client import Client, handle_file
 
-    from perceiver_midi.app.web.page import build_app, serve
-
-    composer = Composer(tiny_model, root=tmp_path / "root")  # no infilling model, nothing compiled
-    demo = build_app(tiny_model, composer=composer)
-    url = serve(demo, host="127.0.0.1", port=None, block=False)
-    try:
+    with serving(tiny_model, tmp_path / "root") as (url, _):  # no infilling model, none compiled
         client = Client(url, verbose=False, download_files=False)
         with pytest.raises(Exception, match="no infilling model is loaded"):
             client.predict(handle_file(str(piece8)), start=1, end=2, api_name="/infill")
-    finally:
-        demo.close()
-        composer.close()
