@@ -17,6 +17,16 @@ every middle token once:
   is what the model reads from the true part after the gap, without the cost of the prompt's
   layout that "before only" also counts (``reads_after``).
 
+**Windows** (``--chunk C``): by default a middle's tokens are scored M at a time from its start,
+each window's latents ending at its last target (the paper's way); the first tokens of a middle
+longer than M minus the prompt's tail then see few latents, in both arms. With ``--chunk 128``
+the middle is scored in spans of about 128 tokens, each with the latent window ending at the
+span's end, so every token has at least M - 128 latents before it, as the sampler has between
+two fills. ``--reanchor`` also gives each span a prompt of its own for the rest of the gap (the
+part before the gap and the middle so far as its part before), keeping the repeat of the part
+after the gap near every span (measured: it gains over plain chunked windows no more than the
+windows themselves do; ``benchmarks/README.md``).
+
 Reported per gap and overall: mean NLL (nats/token) of the middle tokens in both arms and their
 difference, also over the tokens in the last second before the join (where the part after the
 gap should help most) and by position in the gap (quarters). Bars of the issue: both sides at
@@ -53,6 +63,7 @@ MIN_START_S = 10.0  # the part before a gap has at least this much music
 MIN_AFTER_S = 2.0  # and the part after it
 LAST_S = 1.0  # "near the join": middle tokens this close to the gap's end
 QUARTERS = 4
+MAX_CHUNK = 4096  # --chunk: at most a context's worth
 
 
 def pick_gaps(split, gap_s: float, count: int, seed: int) -> list[dict]:
@@ -123,15 +134,49 @@ def log_probs(model, batch: int = 4):
     return run
 
 
+def chunks(seq: np.ndarray, a: int, b: int, size: int) -> list[tuple[int, int]]:
+    """[a, b) cut into spans of about ``size`` tokens, each cut just after a TIME_SHIFT (where
+    an infilling prompt's gap may start); ``size`` 0: the whole span."""
+    from perceiver_midi.tokenizer import constants as C
+
+    if size <= 0:
+        return [(a, b)]
+    out, c = [], a
+    while c < b:
+        e = min(b, c + size)
+        while e < b and not C.TIME_SHIFT_FIRST_ID <= seq[e - 1] <= C.TIME_SHIFT_LAST_ID:
+            e += 1
+        out.append((c, e))
+        c = e
+    return out
+
+
 def middle_nll(
-    model, gaps: list[dict], batch: int = 4, equal_prefix: bool = False, wrong_after: bool = False
+    model,
+    gaps: list[dict],
+    batch: int = 4,
+    equal_prefix: bool = False,
+    wrong_after: bool = False,
+    chunk: int = 0,
+    reanchor: bool = False,
 ) -> list[dict]:
     """Per gap: the NLL of every middle token in both arms and its time before the join.
     ``equal_prefix``: the before-only arm gets the same part before the gap as the infilling
     prompt holds (isolates what the part after the gap adds from the context it costs).
-    ``wrong_after``: a third arm, the prompt with the next gap's part after the gap."""
+    ``wrong_after``: a third arm, the prompt with the next gap's part after the gap.
+    ``chunk`` C > 0: the middle is scored in spans of about C tokens (``chunks``), each with
+    the latent window ending at the span's end in both arms, so every token has at least
+    M - C latents before it, as in the sampler between two fills (C = its headroom, 128);
+    0: windows of M targets from the middle's start, the paper's way, where the first tokens of
+    a middle longer than M - the prompt's tail see few latents. ``reanchor`` (with ``chunk``):
+    each span gets an infilling prompt of its own, for the rest of the gap, with the part
+    before the gap and the middle so far as its part before (the join's repeat stays near)."""
     from perceiver_midi.model import infill
 
+    if equal_prefix and chunk:
+        raise ValueError("equal_prefix scores the middle in one piece: no chunk")
+    if reanchor and not chunk:
+        raise ValueError("reanchor needs chunk > 0")
     n = int(model.config.max_len)
     layout = model.config.infill_layout
     forward = log_probs(model, batch)
@@ -142,9 +187,20 @@ def middle_nll(
 
     def both_sides(seq, a, b, after):
         middle = seq[a:b]
+        spans = chunks(seq, a, b, chunk)
         steps = infill.gap_steps(seq, a, b)
         prompt = infill.prompt(seq[:a], after, steps, n + 1 - middle.size, layout)
-        return prompt, nll_of(np.concatenate([prompt, middle]).astype(np.int32), prompt.size)
+        if reanchor:
+            out = []
+            for c, e in spans:
+                rest = infill.prompt(
+                    seq[:c], after, infill.gap_steps(seq, c, b), n + 1 - (e - c), layout
+                )
+                out.append(nll_of(np.concatenate([rest, seq[c:e]]).astype(np.int32), rest.size))
+            return prompt, np.concatenate(out)
+        full = np.concatenate([prompt, middle]).astype(np.int32)
+        p = prompt.size - a  # full[p + t] is seq[t] for t in [a, b)
+        return prompt, np.concatenate([nll_of(full[: p + e], p + c) for c, e in spans])
 
     rows = []
     for i, g in enumerate(gaps):
@@ -156,7 +212,7 @@ def middle_nll(
             kept = infill.music_before_middle(prompt).size - 1  # without MIDDLE
             before = nll_of(seq[a - kept : b], kept)
         else:
-            before = nll_of(seq[:b], a)
+            before = np.concatenate([nll_of(seq[:e], c) for c, e in chunks(seq, a, b, chunk)])
         times = infill.time_before(seq)
         to_join = (times[b] - times[a:b]) / 100.0
         pos = (times[a:b] - times[a]) / max(1, steps)
@@ -342,11 +398,29 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="a third arm: the prompt with another gap's part after the gap (reads_after)",
     )
+    p.add_argument(
+        "--chunk",
+        type=int,
+        default=0,
+        help="score each middle in spans of about this many tokens, the latent window ending at"
+        " each span's end (128: as the sampler between fills; 0: the paper's windows)",
+    )
+    p.add_argument(
+        "--reanchor",
+        action="store_true",
+        help="with --chunk: each span gets a prompt of its own for the rest of the gap",
+    )
     p.add_argument("--sample", type=int, default=0, help="also regenerate this many gaps")
     p.add_argument("--sample-gap", type=float, default=5.0, help="their length (seconds)")
     add_rolls_flag(p, None, "piano rolls of the first regenerated gaps (PNG)")
     add_out_flag(p, RESULTS)
     args = p.parse_args(argv)
+    if not 0 <= args.chunk <= MAX_CHUNK:
+        p.error(f"--chunk must be in [0, {MAX_CHUNK}], got {args.chunk}")
+    if args.reanchor and not args.chunk:
+        p.error("--reanchor needs --chunk")
+    if args.equal_prefix and args.chunk:
+        p.error("--equal-prefix scores each middle in one piece: leave out --chunk")
 
     from perceiver_midi.model.checkpoint import default_checkpoint, load_model
     from perceiver_midi.tokenizer.dataset import load_split
@@ -359,11 +433,15 @@ def main(argv: list[str] | None = None) -> int:
     split = load_split(args.data, args.split)
     t0 = time.perf_counter()
     result = {"checkpoint": ckpt, "split": args.split, "seed": args.seed, "gaps": {},
-              "equal_prefix": args.equal_prefix, "wrong_after": args.wrong_after}  # fmt: skip
+              "equal_prefix": args.equal_prefix, "wrong_after": args.wrong_after,
+              "chunk": args.chunk, "reanchor": args.reanchor}  # fmt: skip
     all_rows = []
     for gap_s in args.gaps:
         gaps = pick_gaps(split, gap_s, args.per_gap, args.seed)
-        rows = middle_nll(model, gaps, equal_prefix=args.equal_prefix, wrong_after=args.wrong_after)
+        rows = middle_nll(
+            model, gaps, equal_prefix=args.equal_prefix, wrong_after=args.wrong_after,
+            chunk=args.chunk, reanchor=args.reanchor,
+        )  # fmt: skip
         all_rows += rows
         result["gaps"][f"{gap_s:g}"] = summarise(rows)
         print(json.dumps({f"gap {gap_s:g} s": result["gaps"][f"{gap_s:g}"]}), flush=True)

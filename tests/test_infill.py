@@ -379,6 +379,59 @@ def test_infill_benchmark_scores_every_middle_token_once():
     assert s["reads_after"] == pytest.approx(s["nll_wrong_after"] - s["nll_both_sides"])
 
 
+def test_infill_benchmark_chunked_windows_and_reanchored_prompts():
+    from benchmarks.infill import chunks, middle_nll, pick_gaps
+
+    cfg = get_config("tiny", infill=True)
+    model = PerceiverAR(cfg, rngs=nnx.Rngs(0))
+    model.logits.kernel[...] = 0.3 * jax.random.normal(jax.random.key(1), model.logits.kernel.shape)
+    rng = np.random.default_rng(0)
+    split = _split([_piece(rng, 400), _piece(rng, 400)])
+    gaps = pick_gaps(split, 1.5, 2, seed=1)
+    n, m, size = cfg.max_len, cfg.num_latents, 6
+
+    def oracle(full, c, e):  # targets full[c:e], the latent window ending at e (left-padded)
+        x = np.zeros(n, np.int32)
+        inp = full[max(0, e - 1 - n) : e - 1]
+        x[n - inp.size :] = inp
+        logp = jax.nn.log_softmax(model(jnp.asarray(x[None]))[0])
+        return [-float(logp[t - (e - m), full[t]]) for t in range(c, e)]
+
+    plain = middle_nll(model, gaps, batch=2, chunk=size)
+    again = middle_nll(model, gaps, batch=2, chunk=size, reanchor=True)
+    for g, r, q in zip(gaps, plain, again, strict=True):
+        seq, a, b = g["seq"], g["a"], g["b"]
+        spans = chunks(seq, a, b, size)
+        # spans tile [a, b), each at least `size` long (but the last) and cut after a TIME_SHIFT
+        assert len(spans) > 1 and spans[0][0] == a and spans[-1][1] == b
+        assert all(e == c2 for (_, e), (c2, _) in zip(spans, spans[1:], strict=False))
+        assert all(e - c >= size and is_shift(seq[e - 1]) for c, e in spans[:-1])
+        assert r["both"].size == r["before"].size == q["both"].size == b - a
+        steps = infill.gap_steps(seq, a, b)
+        prompt = infill.prompt(seq[:a], seq[b:], steps, n + 1 - (b - a))
+        full = np.concatenate([prompt, seq[a:b]])
+        p = prompt.size - a
+        for c, e in spans:  # every span: the latent window ends at its end, in both arms
+            np.testing.assert_allclose(r["before"][c - a : e - a], oracle(seq, c, e), rtol=1e-4)
+            want = oracle(full, p + c, p + e)
+            np.testing.assert_allclose(r["both"][c - a : e - a], want, rtol=1e-4)
+        c, e = spans[1]
+        # reanchored: the second span has a prompt for the rest of the gap [c, b)
+        rest = infill.prompt(seq[:c], seq[b:], infill.gap_steps(seq, c, b), n + 1 - (e - c))
+        full = np.concatenate([rest, seq[c:e]])
+        np.testing.assert_allclose(
+            q["both"][c - a : e - a], oracle(full, rest.size, full.size), rtol=1e-4
+        )
+        np.testing.assert_array_equal(q["before"], r["before"])
+        assert not np.allclose(q["both"][c - a :], r["both"][c - a :])
+    with pytest.raises(ValueError, match="reanchor needs chunk"):
+        middle_nll(model, gaps, reanchor=True)
+
+
+def is_shift(token) -> bool:
+    return bool(TS <= token < TS + 100)
+
+
 def test_infill_benchmark_counts_the_held_pitches_sounding_at_the_end():
     from benchmarks.infill import held_at_end, held_pitches
 
