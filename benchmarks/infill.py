@@ -137,18 +137,29 @@ def log_probs(model, batch: int = 4):
 def chunks(seq: np.ndarray, a: int, b: int, size: int) -> list[tuple[int, int]]:
     """[a, b) cut into spans of about ``size`` tokens, each cut just after a TIME_SHIFT (where
     an infilling prompt's gap may start); ``size`` 0: the whole span."""
-    from perceiver_midi.tokenizer import constants as C
+    from perceiver_midi.tokenizer.windows import shift_steps
 
     if size <= 0:
         return [(a, b)]
+    is_shift = shift_steps(np.asarray(seq)) > 0
     out, c = [], a
     while c < b:
         e = min(b, c + size)
-        while e < b and not C.TIME_SHIFT_FIRST_ID <= seq[e - 1] <= C.TIME_SHIFT_LAST_ID:
+        while e < b and not is_shift[e - 1]:
             e += 1
         out.append((c, e))
         c = e
     return out
+
+
+def check_windows(chunk: int, reanchor: bool, equal_prefix: bool) -> None:
+    """ValueError for a combination of ``middle_nll``'s window options it cannot score."""
+    if not 0 <= chunk <= MAX_CHUNK:
+        raise ValueError(f"--chunk must be in [0, {MAX_CHUNK}], got {chunk}")
+    if reanchor and not chunk:
+        raise ValueError("reanchor needs chunk > 0 (--reanchor needs --chunk)")
+    if equal_prefix and chunk:
+        raise ValueError("equal_prefix scores the middle in one piece: no chunk")
 
 
 def middle_nll(
@@ -173,10 +184,7 @@ def middle_nll(
     before the gap and the middle so far as its part before (the join's repeat stays near)."""
     from perceiver_midi.model import infill
 
-    if equal_prefix and chunk:
-        raise ValueError("equal_prefix scores the middle in one piece: no chunk")
-    if reanchor and not chunk:
-        raise ValueError("reanchor needs chunk > 0")
+    check_windows(chunk, reanchor, equal_prefix)
     n = int(model.config.max_len)
     layout = model.config.infill_layout
     forward = log_probs(model, batch)
@@ -415,12 +423,10 @@ def main(argv: list[str] | None = None) -> int:
     add_rolls_flag(p, None, "piano rolls of the first regenerated gaps (PNG)")
     add_out_flag(p, RESULTS)
     args = p.parse_args(argv)
-    if not 0 <= args.chunk <= MAX_CHUNK:
-        p.error(f"--chunk must be in [0, {MAX_CHUNK}], got {args.chunk}")
-    if args.reanchor and not args.chunk:
-        p.error("--reanchor needs --chunk")
-    if args.equal_prefix and args.chunk:
-        p.error("--equal-prefix scores each middle in one piece: leave out --chunk")
+    try:
+        check_windows(args.chunk, args.reanchor, args.equal_prefix)
+    except ValueError as exc:
+        p.error(str(exc))
 
     from perceiver_midi.model.checkpoint import default_checkpoint, load_model
     from perceiver_midi.tokenizer.dataset import load_split
